@@ -1,0 +1,19 @@
+//! The hardware-free half of lg.ko.
+//!
+//! lg.ko is built by Kbuild (see `lg-module/Kbuild`), which compiles `lg-module/lguest.rs` as the
+//! crate root; that file includes the modules below by path, the very same files this crate
+//! compiles for the unit tests. So every decision the host makes without touching hardware
+//! (which requests to accept, how a guest page table is walked) is tested here with plain
+//! `cargo test`, and runs unchanged in the kernel.
+//!
+//! Files included into the module must not use `std` outside `#[cfg(test)]`, and reach the ABI
+//! as `crate::abi`, which both crate roots provide.
+#![no_std]
+
+#[cfg(test)]
+extern crate std;
+
+pub use lguest_abi as abi;
+
+pub mod pagewalk;
+pub mod session;

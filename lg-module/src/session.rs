@@ -1,0 +1,369 @@
+//! One open `/dev/lguest`: how the host answers each request, minus the hardware.
+//!
+//! This is the decision half of lg.ko's `write()` and `read()`: it decodes a request, checks
+//! who is asking and whether every value makes sense, and changes the guest only when the whole
+//! request is good (a refused request changes nothing). The kernel half (`lg-module/chardev.rs`)
+//! copies bytes from user space, holds the lock, and turns a [`Refusal`] into an errno.
+//!
+//! Two things the kernel provides are traits here, so the tests can play the kernel:
+//! [`Caller`] (who is calling, and how to make them the guest's owner) and [`UserMemory`] (the
+//! launcher's memory, where guest RAM lives).
+
+use crate::abi::boot::{GUEST_INITIAL_RFLAGS, GUEST_KERNEL_CS, GUEST_KERNEL_SS};
+use crate::abi::dev::{Initialize, Refusal, Request, MAX_GUEST_PAGES};
+use crate::abi::regs::{Reg, Regs};
+use crate::abi::PAGE_SIZE;
+use crate::pagewalk::{self, GuestPhysRead};
+
+/// The task calling `write()` or `read()`.
+pub trait Caller {
+    /// What the guest keeps of the task that initialised it. In lg.ko: references to that task
+    /// and its mm, released when the guest is dropped.
+    type Owner;
+
+    /// Whether this caller is the task that initialised the guest.
+    fn is(&self, owner: &Self::Owner) -> bool;
+
+    /// Bind a new guest to this caller (the kernel takes its references here).
+    fn become_owner(&self) -> Result<Self::Owner, Refusal>;
+}
+
+/// The caller's own (user-space) memory, where the launcher mapped guest RAM.
+pub trait UserMemory {
+    /// Read the little-endian u64 at user address `addr`; [`Refusal::Fault`] if unmapped.
+    fn read_u64(&self, addr: u64) -> Result<u64, Refusal>;
+}
+
+/// The first address above user space on x86-64 with 4-level paging (the host kernel is built
+/// without 5-level paging: docs/building.md). Guest memory must lie entirely below it.
+pub const USER_SPACE_END: u64 = 0x7fff_ffff_f000;
+
+/// Guest RAM as seen through the launcher's mapping: guest-physical `gpa` is user address
+/// `base + gpa`, and nothing at or above `ram_bytes` is read.
+struct GuestRamView<'a, M> {
+    user: &'a M,
+    base: u64,
+    ram_bytes: u64,
+}
+
+impl<M: UserMemory> GuestPhysRead for GuestRamView<'_, M> {
+    fn read_u64(&self, gpa: u64) -> Result<u64, Refusal> {
+        // The walker already bounds its reads by RAM; checking again here keeps this view safe
+        // for any future caller too.
+        match gpa.checked_add(8) {
+            Some(end) if end <= self.ram_bytes => self.user.read_u64(self.base + gpa),
+            _ => Err(Refusal::OutsideRam),
+        }
+    }
+}
+
+/// Everything a guest is, so far: whose it is, and its registers.
+struct Guest<O> {
+    owner: O,
+    regs: Regs,
+    /// The register the next `read()` returns, set by GETREG.
+    pending_read: Option<Reg>,
+}
+
+/// The state of one open `/dev/lguest`.
+pub struct Session<O> {
+    guest: Option<Guest<O>>,
+}
+
+impl<O> Default for Session<O> {
+    fn default() -> Self {
+        Session { guest: None }
+    }
+}
+
+impl<O> Session<O> {
+    /// Answer one `write()`: `bytes` is what user space wrote (at most
+    /// [`crate::abi::dev::MAX_REQUEST_BYTES`] + 8 of it, enough to tell a long write). Returns
+    /// the byte count to report as written.
+    pub fn write<C, M>(&mut self, bytes: &[u8], caller: &C, user: &M) -> Result<usize, Refusal>
+    where
+        C: Caller<Owner = O>,
+        M: UserMemory,
+    {
+        // A stranger learns nothing about this guest, not even whether its request parses.
+        if let Some(guest) = &self.guest {
+            if !caller.is(&guest.owner) {
+                return Err(Refusal::NotOwner);
+            }
+        }
+        let request = Request::decode(bytes)?;
+        match request {
+            Request::Initialize(config) => {
+                if self.guest.is_some() {
+                    return Err(Refusal::AlreadyInitialized);
+                }
+                check_initialize(&config, user)?;
+                // Only now, with everything checked, does the guest come to exist.
+                self.guest = Some(Guest {
+                    owner: caller.become_owner()?,
+                    regs: initial_regs(&config),
+                    pending_read: None,
+                });
+            }
+            Request::GetReg { offset } => {
+                let guest = self.guest.as_mut().ok_or(Refusal::NotInitialized)?;
+                guest.pending_read = Some(Reg::from_offset(offset).ok_or(Refusal::NoSuchRegister)?);
+            }
+            Request::SetReg { offset, value } => {
+                let guest = self.guest.as_mut().ok_or(Refusal::NotInitialized)?;
+                let reg = Reg::from_offset(offset).ok_or(Refusal::NoSuchRegister)?;
+                if !reg.is_writable() {
+                    return Err(Refusal::ReadOnlyRegister);
+                }
+                guest.regs.set(reg, value);
+            }
+        }
+        Ok(bytes.len())
+    }
+
+    /// Answer one `read()` into a buffer of `buf_len` bytes: the register GETREG asked for.
+    pub fn read<C: Caller<Owner = O>>(&mut self, caller: &C, buf_len: usize) -> Result<u64, Refusal> {
+        let guest = self.guest.as_mut().ok_or(Refusal::NotInitialized)?;
+        if !caller.is(&guest.owner) {
+            return Err(Refusal::NotOwner);
+        }
+        if buf_len < 8 {
+            return Err(Refusal::ShortRead);
+        }
+        let reg = guest.pending_read.take().ok_or(Refusal::NothingToRead)?;
+        Ok(guest.regs.get(reg))
+    }
+
+    /// Whether INITIALIZE has succeeded on this file.
+    #[cfg(test)]
+    fn is_initialized(&self) -> bool {
+        self.guest.is_some()
+    }
+}
+
+/// Check every field of INITIALIZE; see [`Initialize`] for what each means.
+///
+/// The launcher is trusted no more than the guest: these checks are what stands between a
+/// bogus INITIALIZE and the host walking, mapping and pinning memory that is not guest RAM.
+fn check_initialize(config: &Initialize, user: &impl UserMemory) -> Result<(), Refusal> {
+    let page_aligned = |x: u64| x % PAGE_SIZE == 0;
+    if config.pfn_limit == 0
+        || !page_aligned(config.base)
+        || !page_aligned(config.cr3)
+        || !page_aligned(config.boot_params)
+    {
+        return Err(Refusal::Misaligned);
+    }
+    if config.pfn_limit > MAX_GUEST_PAGES
+        || config.device_limit > MAX_GUEST_PAGES
+        || config.device_limit < config.pfn_limit
+    {
+        return Err(Refusal::Overflow);
+    }
+    // device_limit <= MAX_GUEST_PAGES, so the size cannot overflow; the end can.
+    let guest_end = config.base.checked_add(config.device_limit * PAGE_SIZE);
+    if !matches!(guest_end, Some(end) if end <= USER_SPACE_END) {
+        return Err(Refusal::Overflow);
+    }
+    let ram_bytes = config.pfn_limit * PAGE_SIZE;
+    if config.cr3 >= ram_bytes || config.boot_params >= ram_bytes {
+        return Err(Refusal::OutsideRam);
+    }
+    let ram = GuestRamView { user, base: config.base, ram_bytes };
+    match pagewalk::translate(&ram, ram_bytes, config.cr3, config.start_ip)? {
+        Some(gpa) if gpa < ram_bytes => Ok(()),
+        _ => Err(Refusal::OutsideRam),
+    }
+}
+
+/// The registers a guest starts with: at its entry point, at CPL 1 (the selectors' RPL), with
+/// RSI pointing at boot_params as Linux's 64-bit boot protocol expects.
+fn initial_regs(config: &Initialize) -> Regs {
+    let mut regs = Regs::default();
+    regs.set(Reg::Rip, config.start_ip);
+    regs.set(Reg::Rsi, config.boot_params);
+    regs.set(Reg::Cs, GUEST_KERNEL_CS);
+    regs.set(Reg::Ss, GUEST_KERNEL_SS);
+    regs.set(Reg::Rflags, GUEST_INITIAL_RFLAGS);
+    regs
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pagewalk::tests::FakeRam;
+    use core::cell::Cell;
+
+    const BASE: u64 = 0x7f00_0000_0000;
+    const RAM_PAGES: u64 = 1024;
+
+    /// The launcher's address space: guest RAM (4 MiB) at BASE, nothing else mapped.
+    struct FakeUser(FakeRam);
+
+    impl UserMemory for FakeUser {
+        fn read_u64(&self, addr: u64) -> Result<u64, Refusal> {
+            let gpa = addr.checked_sub(BASE).ok_or(Refusal::Fault)?;
+            self.0.read_u64(gpa)
+        }
+    }
+
+    /// A task, by pid; `owners` counts references taken, as the kernel's would be.
+    struct Task {
+        pid: u32,
+        owners: Cell<u32>,
+    }
+
+    impl Caller for Task {
+        type Owner = u32;
+        fn is(&self, owner: &u32) -> bool {
+            self.pid == *owner
+        }
+        fn become_owner(&self) -> Result<u32, Refusal> {
+            self.owners.set(self.owners.get() + 1);
+            Ok(self.pid)
+        }
+    }
+
+    fn task(pid: u32) -> Task {
+        Task { pid, owners: Cell::new(0) }
+    }
+
+    /// Identity map of the first 2 MiB: PML4 0x1000 -> PDPT 0x2000 -> PD 0x3000 (huge).
+    fn user() -> FakeUser {
+        let mut ram = FakeRam::new((RAM_PAGES * PAGE_SIZE) as usize);
+        ram.put(0x1000, 0x2000 | 3);
+        ram.put(0x2000, 0x3000 | 3);
+        ram.put(0x3000, 0x83);
+        FakeUser(ram)
+    }
+
+    fn valid() -> Initialize {
+        Initialize {
+            base: BASE,
+            pfn_limit: RAM_PAGES,
+            start_ip: 0x10_0000,
+            device_limit: RAM_PAGES + 16,
+            cr3: 0x1000,
+            boot_params: 0x7000,
+        }
+    }
+
+    fn init_bytes(config: Initialize) -> std::vec::Vec<u8> {
+        Request::Initialize(config).encode().as_bytes().to_vec()
+    }
+
+    fn initialized(owner: &Task) -> Session<u32> {
+        let mut s = Session::default();
+        assert_eq!(s.write(&init_bytes(valid()), owner, &user()), Ok(56));
+        s
+    }
+
+    #[test]
+    fn initialize_sets_up_the_guest_once() {
+        let t = task(1);
+        let mut s = initialized(&t);
+        assert!(s.is_initialized());
+        assert_eq!(t.owners.get(), 1);
+        assert_eq!(s.write(&init_bytes(valid()), &t, &user()), Err(Refusal::AlreadyInitialized));
+        assert_eq!(t.owners.get(), 1, "a refused INITIALIZE takes no reference");
+    }
+
+    #[test]
+    fn every_bad_initialize_field_has_its_refusal_and_changes_nothing() {
+        let bad: [(&str, fn(&mut Initialize), Refusal); 14] = [
+            ("base unaligned", |c| c.base += 8, Refusal::Misaligned),
+            ("no RAM", |c| c.pfn_limit = 0, Refusal::Misaligned),
+            ("cr3 unaligned", |c| c.cr3 += 1, Refusal::Misaligned),
+            ("boot_params unaligned", |c| c.boot_params += 4, Refusal::Misaligned),
+            ("too much RAM", |c| c.pfn_limit = MAX_GUEST_PAGES + 1, Refusal::Overflow),
+            ("devices below RAM", |c| c.device_limit = RAM_PAGES - 1, Refusal::Overflow),
+            ("devices too many", |c| c.device_limit = u64::MAX, Refusal::Overflow),
+            ("wraps around", |c| c.base = u64::MAX & !0xfff, Refusal::Overflow),
+            ("beyond user space", |c| c.base = USER_SPACE_END - PAGE_SIZE, Refusal::Overflow),
+            ("cr3 outside RAM", |c| c.cr3 = RAM_PAGES * PAGE_SIZE, Refusal::OutsideRam),
+            ("boot_params outside RAM", |c| c.boot_params = 1 << 40, Refusal::OutsideRam),
+            ("entry unmapped", |c| c.start_ip = 0x4000_0000, Refusal::OutsideRam),
+            ("entry noncanonical", |c| c.start_ip = 1 << 63, Refusal::OutsideRam),
+            ("memory unreadable", |c| c.base -= PAGE_SIZE * 4096, Refusal::Fault),
+        ];
+        for (what, spoil, refusal) in bad {
+            let t = task(1);
+            let mut s = Session::default();
+            let mut config = valid();
+            spoil(&mut config);
+            assert_eq!(s.write(&init_bytes(config), &t, &user()), Err(refusal), "{what}");
+            assert!(!s.is_initialized(), "{what}: refused, yet a guest exists");
+            assert_eq!(t.owners.get(), 0, "{what}: refused, yet a reference was taken");
+            assert_eq!(s.write(&init_bytes(valid()), &t, &user()), Ok(56), "{what}: then valid");
+        }
+    }
+
+    #[test]
+    fn entry_mapped_outside_ram_is_refused() {
+        let mut u = user();
+        // A second 2 MiB page whose frame lies beyond the 4 MiB of RAM.
+        u.0.put(0x3000 + 8, 0x4000_0000 | 0x83);
+        let mut config = valid();
+        config.start_ip = 0x20_0000;
+        assert_eq!(
+            Session::default().write(&init_bytes(config), &task(1), &u),
+            Err(Refusal::OutsideRam)
+        );
+    }
+
+    #[test]
+    fn registers_start_at_the_entry_and_round_trip() {
+        let t = task(1);
+        let mut s = initialized(&t);
+        let get = |s: &mut Session<u32>, reg: Reg| {
+            let req = Request::GetReg { offset: reg.offset() }.encode();
+            assert_eq!(s.write(req.as_bytes(), &t, &user()), Ok(16));
+            s.read(&t, 8)
+        };
+        assert_eq!(get(&mut s, Reg::Rip), Ok(0x10_0000));
+        assert_eq!(get(&mut s, Reg::Rsi), Ok(0x7000));
+        assert_eq!(get(&mut s, Reg::Cs), Ok(GUEST_KERNEL_CS));
+        assert_eq!(get(&mut s, Reg::Rflags), Ok(GUEST_INITIAL_RFLAGS));
+        for (i, reg) in Reg::ALL.into_iter().enumerate() {
+            let value = 0x1111_0000 + i as u64;
+            let req = Request::SetReg { offset: reg.offset(), value }.encode();
+            let before = get(&mut s, reg);
+            if reg.is_writable() {
+                assert_eq!(s.write(req.as_bytes(), &t, &user()), Ok(24));
+                assert_eq!(get(&mut s, reg), Ok(value), "{reg:?}");
+            } else {
+                assert_eq!(s.write(req.as_bytes(), &t, &user()), Err(Refusal::ReadOnlyRegister));
+                assert_eq!(get(&mut s, reg), before, "{reg:?} changed");
+            }
+        }
+    }
+
+    #[test]
+    fn read_needs_a_guest_a_pending_getreg_and_room() {
+        let t = task(1);
+        let mut fresh: Session<u32> = Session::default();
+        assert_eq!(fresh.read(&t, 8), Err(Refusal::NotInitialized));
+        let getreg = Request::GetReg { offset: 0 }.encode();
+        assert_eq!(fresh.write(getreg.as_bytes(), &t, &user()), Err(Refusal::NotInitialized));
+        let mut s = initialized(&t);
+        assert_eq!(s.read(&t, 8), Err(Refusal::NothingToRead));
+        s.write(getreg.as_bytes(), &t, &user()).unwrap();
+        assert_eq!(s.read(&t, 4), Err(Refusal::ShortRead));
+        assert_eq!(s.read(&t, 8), Ok(0), "a short read leaves the GETREG pending");
+        let bad = Request::GetReg { offset: 4 }.encode();
+        assert_eq!(s.write(bad.as_bytes(), &t, &user()), Err(Refusal::NoSuchRegister));
+    }
+
+    #[test]
+    fn only_the_owner_may_touch_an_initialized_guest() {
+        let owner = task(1);
+        let stranger = task(2);
+        let mut s = initialized(&owner);
+        let getreg = Request::GetReg { offset: 0 }.encode();
+        assert_eq!(s.write(getreg.as_bytes(), &stranger, &user()), Err(Refusal::NotOwner));
+        assert_eq!(s.write(&init_bytes(valid()), &stranger, &user()), Err(Refusal::NotOwner));
+        assert_eq!(s.write(&[0; 3], &stranger, &user()), Err(Refusal::NotOwner));
+        assert_eq!(s.read(&stranger, 8), Err(Refusal::NotOwner));
+        assert_eq!(s.write(getreg.as_bytes(), &owner, &user()), Ok(16));
+    }
+}

@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# Assemble the VM's initramfs: busybox, our init, lg.ko, the launcher, the scenario runner and a
+# kernel for the launcher to load. Usage: build-initramfs.sh LG_KO BIN_DIR BZIMAGE OUT
+# An uncompressed cpio: the host kernel unpacks it faster than it would gunzip it under TCG.
+set -euo pipefail
+. "$(dirname "$0")/common.sh"
+[ $# = 4 ] || die "usage: build-initramfs.sh LG_KO BIN_DIR BZIMAGE OUT"
+lg_ko=$1 bin=$2 bzimage=$3 out=$4
+
+root=$(mktemp -d)
+trap 'rm -rf "$root"' EXIT
+mkdir -p "$root"/{bin,lib/modules,boot,proc,sys,dev,tmp}
+cp /bin/busybox "$root/bin/busybox"
+cp "$REPO/tests/harness/initramfs/init" "$root/init"
+cp "$lg_ko" "$root/lib/modules/lg.ko"
+cp "$bin/lguest-launcher" "$bin/lguest-e2e" "$root/bin/"
+cp "$bzimage" "$root/boot/bzImage"
+(cd "$root" && find . -print0 | cpio --null -o -H newc --quiet) >"$out"
