@@ -1,0 +1,32 @@
+//! The lguest-rs launcher: the user-space half of a guest.
+//!
+//! `lguest-launcher 64m bzImage console=hvc0` turns a kernel file into a running guest. The
+//! launcher is an ordinary process; the guest's "physical" memory is part of its own address
+//! space, and lg.ko runs the guest inside that memory when the launcher asks. The journey of a
+//! kernel image, one module per step:
+//!
+//! 1. [`size`]: `64m` becomes a byte count, refused early if lg.ko would refuse it later.
+//! 2. [`memory`]: one anonymous mapping becomes guest RAM, guest-physical 0 at [`GuestRam::base`],
+//!    with a guard page on either side; everything below writes it through vm-memory's
+//!    bounds-checked accessors.
+//! 3. [`kernel`]: the file is opened as a bzImage (its compressed payload found and unpacked)
+//!    or as an ELF vmlinux; its segments are copied to the physical addresses they name, and its
+//!    lguest ELF note gives the entry point. A kernel without that note was not built for lguest
+//!    and would run privileged instructions at once, so it is refused.
+//! 4. [`boot_params`]: the rest of memory is laid out around the kernel (initrd, page tables at
+//!    the top of RAM) and described in boot_params, with the command line, an e820 map and
+//!    `hardware_subarch` saying "lguest".
+//! 5. [`pagetables`]: the guest starts in long mode with paging on, so the launcher builds its
+//!    first page tables: RAM identity-mapped and at the kernel's link address.
+//! 6. [`device`]: `/dev/lguest` is opened and told, in one INITIALIZE, where memory, entry point,
+//!    page tables and boot_params are. From then on each `read()` runs the guest until it needs
+//!    the launcher.
+//!
+//! [`GuestRam::base`]: memory::GuestRam::base
+
+pub mod boot_params;
+pub mod device;
+pub mod kernel;
+pub mod memory;
+pub mod pagetables;
+pub mod size;
