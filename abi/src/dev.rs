@@ -60,9 +60,14 @@ pub struct Initialize {
 pub enum Request {
     Initialize(Initialize),
     /// GETREG: the register's byte offset.
-    GetReg { offset: u64 },
+    GetReg {
+        offset: u64,
+    },
     /// SETREG: the register's byte offset and its new value.
-    SetReg { offset: u64, value: u64 },
+    SetReg {
+        offset: u64,
+        value: u64,
+    },
 }
 
 /// The largest request on the wire, in bytes (INITIALIZE).
@@ -144,7 +149,10 @@ impl Encoded {
         for (chunk, word) in bytes.chunks_exact_mut(8).zip(words) {
             chunk.copy_from_slice(&word.to_le_bytes());
         }
-        Encoded { bytes, len: words.len() * 8 }
+        Encoded {
+            bytes,
+            len: words.len() * 8,
+        }
     }
 
     pub fn as_bytes(&self) -> &[u8] {
@@ -203,7 +211,10 @@ impl Request {
                 boot_params: word(6),
             }),
             GETREG => Request::GetReg { offset: word(1) },
-            _ => Request::SetReg { offset: word(1), value: word(2) },
+            _ => Request::SetReg {
+                offset: word(1),
+                value: word(2),
+            },
         })
     }
 }
@@ -228,7 +239,10 @@ mod tests {
         for req in [
             Request::Initialize(sample_init()),
             Request::GetReg { offset: 8 },
-            Request::SetReg { offset: 16, value: u64::MAX },
+            Request::SetReg {
+                offset: 16,
+                value: u64::MAX,
+            },
         ] {
             assert_eq!(Request::decode(req.encode().as_bytes()), Ok(req));
         }
@@ -236,7 +250,11 @@ mod tests {
 
     #[test]
     fn wire_form_is_little_endian_words() {
-        let enc = Request::SetReg { offset: 0x10, value: 0x0102 }.encode();
+        let enc = Request::SetReg {
+            offset: 0x10,
+            value: 0x0102,
+        }
+        .encode();
         assert_eq!(
             enc.as_bytes(),
             &[6, 0, 0, 0, 0, 0, 0, 0, 0x10, 0, 0, 0, 0, 0, 0, 0, 2, 1, 0, 0, 0, 0, 0, 0]
@@ -252,8 +270,14 @@ mod tests {
         let mut long = [0u8; 64];
         long[..56].copy_from_slice(bytes);
         assert_eq!(Request::decode(&long), Err(Refusal::LongWrite));
-        assert_eq!(Request::decode(&3u64.to_le_bytes()), Err(Refusal::UnknownRequest));
-        assert_eq!(Request::decode(&u64::MAX.to_le_bytes()), Err(Refusal::UnknownRequest));
+        assert_eq!(
+            Request::decode(&3u64.to_le_bytes()),
+            Err(Refusal::UnknownRequest)
+        );
+        assert_eq!(
+            Request::decode(&u64::MAX.to_le_bytes()),
+            Err(Refusal::UnknownRequest)
+        );
     }
 
     #[test]

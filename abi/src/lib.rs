@@ -17,6 +17,7 @@
 
 pub mod boot;
 pub mod dev;
+pub mod paging;
 pub mod regs;
 
 /// Guests run on 4 KiB pages; every size and address in this ABI that names a page uses it.

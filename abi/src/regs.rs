@@ -108,7 +108,11 @@ mod tests {
             assert_eq!(Reg::from_offset(reg.offset()), Some(reg));
         }
         assert_eq!(Reg::from_offset(4), None, "unaligned offset");
-        assert_eq!(Reg::from_offset(Reg::COUNT as u64 * 8), None, "one past the end");
+        assert_eq!(
+            Reg::from_offset(Reg::COUNT as u64 * 8),
+            None,
+            "one past the end"
+        );
         assert_eq!(Reg::from_offset(u64::MAX - 7), None, "huge offset");
     }
 

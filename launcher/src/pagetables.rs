@@ -20,21 +20,14 @@
 //! memory in one go, which lets [`page_table_bytes`] size the area with the very same code.
 
 use anyhow::{bail, ensure, Context};
+use lguest_abi::paging::{ENTRIES_PER_TABLE, PTE_ADDR_MASK, PTE_HUGE, PTE_PRESENT, PTE_WRITE};
 use lguest_abi::PAGE_SIZE;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
-/// Present: the entry maps something.
-const PTE_PRESENT: u64 = 1 << 0;
-/// Writable. Without USER (bit 2) the page is for the guest kernel only; NX and GLOBAL are left
-/// clear, so everything is executable and nothing survives a CR3 load: the guest kernel replaces
-/// these tables with its own soon enough.
-const PTE_WRITE: u64 = 1 << 1;
-/// In a page-directory entry: this entry maps a 2 MiB page instead of pointing to a page table.
-const PTE_HUGE: u64 = 1 << 7;
-/// Bits 12..51 of an entry hold the physical address of the page or next table.
-const PTE_ADDR: u64 = 0x000f_ffff_ffff_f000;
-
-const ENTRIES: usize = 512;
+// Every entry is PRESENT|WRITE, and the leaves HUGE where they map 2 MiB. Without USER (bit 2)
+// the pages are for the guest kernel only; NX and GLOBAL are left clear, so everything is
+// executable and nothing survives a CR3 load: the guest kernel replaces these tables with its
+// own soon enough.
 const HUGE_PAGE: u64 = 2 << 20;
 /// 4-level paging translates 48 bits; the lower half of the address space ends here and the
 /// upper half starts at its sign-extended mirror.
@@ -131,14 +124,14 @@ fn mappings(ram_bytes: u64, offset: u64) -> anyhow::Result<Vec<(u64, u64)>> {
 /// `area_start + i * PAGE_SIZE`; table 0 is the PML4.
 struct Tables {
     area_start: u64,
-    tables: Vec<[u64; ENTRIES]>,
+    tables: Vec<[u64; ENTRIES_PER_TABLE]>,
 }
 
 impl Tables {
     fn build(area_start: u64, maps: &[(u64, u64)]) -> Tables {
         let mut t = Tables {
             area_start,
-            tables: vec![[0; ENTRIES]],
+            tables: vec![[0; ENTRIES_PER_TABLE]],
         };
         for &(va, len) in maps {
             let whole = len & !(HUGE_PAGE - 1);
@@ -168,10 +161,10 @@ impl Tables {
     fn child(&mut self, table: usize, index: usize) -> usize {
         let entry = self.tables[table][index];
         if entry & PTE_PRESENT != 0 {
-            return ((entry & PTE_ADDR) - self.area_start) as usize / PAGE_SIZE as usize;
+            return ((entry & PTE_ADDR_MASK) - self.area_start) as usize / PAGE_SIZE as usize;
         }
         let new = self.tables.len();
-        self.tables.push([0; ENTRIES]);
+        self.tables.push([0; ENTRIES_PER_TABLE]);
         self.tables[table][index] =
             (self.area_start + new as u64 * PAGE_SIZE) | PTE_PRESENT | PTE_WRITE;
         new
@@ -212,12 +205,12 @@ mod tests {
                 "entry {entry:#x} must be RW, not USER"
             );
             if level == 2 && entry & PTE_HUGE != 0 {
-                return Some((entry & PTE_ADDR) + (va & (HUGE_PAGE - 1)));
+                return Some((entry & PTE_ADDR_MASK) + (va & (HUGE_PAGE - 1)));
             }
             if level == 1 {
-                return Some((entry & PTE_ADDR) + (va & (PAGE_SIZE - 1)));
+                return Some((entry & PTE_ADDR_MASK) + (va & (PAGE_SIZE - 1)));
             }
-            table = entry & PTE_ADDR;
+            table = entry & PTE_ADDR_MASK;
         }
         unreachable!()
     }

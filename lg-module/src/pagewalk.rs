@@ -9,13 +9,7 @@
 //! copy_from_user and the unit tests with an array.
 
 use crate::abi::dev::Refusal;
-
-/// Present, the first bit of every level's entry.
-pub const PTE_PRESENT: u64 = 1 << 0;
-/// Page size: at the PDPT (1 GiB) and PD (2 MiB) levels the entry maps a page, not a table.
-pub const PTE_HUGE: u64 = 1 << 7;
-/// Bits 12-51 of an entry: the physical address of the next table or the page.
-pub const PTE_ADDR_MASK: u64 = 0x000f_ffff_ffff_f000;
+use crate::abi::paging::{PTE_ADDR_MASK, PTE_HUGE, PTE_PRESENT};
 
 /// Reads 8 bytes of guest-physical memory.
 pub trait GuestPhysRead {
@@ -56,7 +50,9 @@ pub fn translate(
         // A huge page: 1 GiB at the PDPT level, 2 MiB at the PD level.
         if (shift == 30 || shift == 21) && entry & PTE_HUGE != 0 {
             let page_mask = (1u64 << shift) - 1;
-            return Ok(Some((entry & PTE_ADDR_MASK & !page_mask) | (va & page_mask)));
+            return Ok(Some(
+                (entry & PTE_ADDR_MASK & !page_mask) | (va & page_mask),
+            ));
         }
         table = entry & PTE_ADDR_MASK;
     }
@@ -110,22 +106,43 @@ pub(crate) mod tests {
         let ram = sample();
         assert_eq!(translate(&ram, RAM, 0x1000, 0x1234), Ok(Some(0x1234)));
         assert_eq!(translate(&ram, RAM, 0x1000, 0x20_5abc), Ok(Some(0x30_0abc)));
-        assert_eq!(translate(&ram, RAM, 0x1000, 0xffff_ffff_c000_0042), Ok(Some(0x42)));
+        assert_eq!(
+            translate(&ram, RAM, 0x1000, 0xffff_ffff_c000_0042),
+            Ok(Some(0x42))
+        );
     }
 
     #[test]
     fn unmapped_and_noncanonical_addresses_are_none() {
         let ram = sample();
-        assert_eq!(translate(&ram, RAM, 0x1000, 0x20_6000), Ok(None), "PT entry absent");
-        assert_eq!(translate(&ram, RAM, 0x1000, 0x4000_0000), Ok(None), "PDPT entry absent");
-        assert_eq!(translate(&ram, RAM, 0x1000, 0x0000_8000_0000_0000), Ok(None));
+        assert_eq!(
+            translate(&ram, RAM, 0x1000, 0x20_6000),
+            Ok(None),
+            "PT entry absent"
+        );
+        assert_eq!(
+            translate(&ram, RAM, 0x1000, 0x4000_0000),
+            Ok(None),
+            "PDPT entry absent"
+        );
+        assert_eq!(
+            translate(&ram, RAM, 0x1000, 0x0000_8000_0000_0000),
+            Ok(None)
+        );
     }
 
     #[test]
     fn a_table_pointer_outside_ram_is_refused() {
         let mut ram = sample();
         ram.put(0x3000 + 16, 0x1_0000_0000 | 3);
-        assert_eq!(translate(&ram, RAM, 0x1000, 0x40_0000), Err(Refusal::OutsideRam));
-        assert_eq!(translate(&ram, RAM, RAM, 0), Err(Refusal::OutsideRam), "cr3 past RAM");
+        assert_eq!(
+            translate(&ram, RAM, 0x1000, 0x40_0000),
+            Err(Refusal::OutsideRam)
+        );
+        assert_eq!(
+            translate(&ram, RAM, RAM, 0),
+            Err(Refusal::OutsideRam),
+            "cr3 past RAM"
+        );
     }
 }

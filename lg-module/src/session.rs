@@ -122,7 +122,11 @@ impl<O> Session<O> {
     }
 
     /// Answer one `read()` into a buffer of `buf_len` bytes: the register GETREG asked for.
-    pub fn read<C: Caller<Owner = O>>(&mut self, caller: &C, buf_len: usize) -> Result<u64, Refusal> {
+    pub fn read<C: Caller<Owner = O>>(
+        &mut self,
+        caller: &C,
+        buf_len: usize,
+    ) -> Result<u64, Refusal> {
         let guest = self.guest.as_mut().ok_or(Refusal::NotInitialized)?;
         if !caller.is(&guest.owner) {
             return Err(Refusal::NotOwner);
@@ -169,7 +173,11 @@ fn check_initialize(config: &Initialize, user: &impl UserMemory) -> Result<(), R
     if config.cr3 >= ram_bytes || config.boot_params >= ram_bytes {
         return Err(Refusal::OutsideRam);
     }
-    let ram = GuestRamView { user, base: config.base, ram_bytes };
+    let ram = GuestRamView {
+        user,
+        base: config.base,
+        ram_bytes,
+    };
     match pagewalk::translate(&ram, ram_bytes, config.cr3, config.start_ip)? {
         Some(gpa) if gpa < ram_bytes => Ok(()),
         _ => Err(Refusal::OutsideRam),
@@ -225,7 +233,10 @@ mod tests {
     }
 
     fn task(pid: u32) -> Task {
-        Task { pid, owners: Cell::new(0) }
+        Task {
+            pid,
+            owners: Cell::new(0),
+        }
     }
 
     /// Identity map of the first 2 MiB: PML4 0x1000 -> PDPT 0x2000 -> PD 0x3000 (huge).
@@ -264,7 +275,10 @@ mod tests {
         let mut s = initialized(&t);
         assert!(s.is_initialized());
         assert_eq!(t.owners.get(), 1);
-        assert_eq!(s.write(&init_bytes(valid()), &t, &user()), Err(Refusal::AlreadyInitialized));
+        assert_eq!(
+            s.write(&init_bytes(valid()), &t, &user()),
+            Err(Refusal::AlreadyInitialized)
+        );
         assert_eq!(t.owners.get(), 1, "a refused INITIALIZE takes no reference");
     }
 
@@ -274,27 +288,83 @@ mod tests {
             ("base unaligned", |c| c.base += 8, Refusal::Misaligned),
             ("no RAM", |c| c.pfn_limit = 0, Refusal::Misaligned),
             ("cr3 unaligned", |c| c.cr3 += 1, Refusal::Misaligned),
-            ("boot_params unaligned", |c| c.boot_params += 4, Refusal::Misaligned),
-            ("too much RAM", |c| c.pfn_limit = MAX_GUEST_PAGES + 1, Refusal::Overflow),
-            ("devices below RAM", |c| c.device_limit = RAM_PAGES - 1, Refusal::Overflow),
-            ("devices too many", |c| c.device_limit = u64::MAX, Refusal::Overflow),
-            ("wraps around", |c| c.base = u64::MAX & !0xfff, Refusal::Overflow),
-            ("beyond user space", |c| c.base = USER_SPACE_END - PAGE_SIZE, Refusal::Overflow),
-            ("cr3 outside RAM", |c| c.cr3 = RAM_PAGES * PAGE_SIZE, Refusal::OutsideRam),
-            ("boot_params outside RAM", |c| c.boot_params = 1 << 40, Refusal::OutsideRam),
-            ("entry unmapped", |c| c.start_ip = 0x4000_0000, Refusal::OutsideRam),
-            ("entry noncanonical", |c| c.start_ip = 1 << 63, Refusal::OutsideRam),
-            ("memory unreadable", |c| c.base -= PAGE_SIZE * 4096, Refusal::Fault),
+            (
+                "boot_params unaligned",
+                |c| c.boot_params += 4,
+                Refusal::Misaligned,
+            ),
+            (
+                "too much RAM",
+                |c| c.pfn_limit = MAX_GUEST_PAGES + 1,
+                Refusal::Overflow,
+            ),
+            (
+                "devices below RAM",
+                |c| c.device_limit = RAM_PAGES - 1,
+                Refusal::Overflow,
+            ),
+            (
+                "devices too many",
+                |c| c.device_limit = u64::MAX,
+                Refusal::Overflow,
+            ),
+            (
+                "wraps around",
+                |c| c.base = u64::MAX & !0xfff,
+                Refusal::Overflow,
+            ),
+            (
+                "beyond user space",
+                |c| c.base = USER_SPACE_END - PAGE_SIZE,
+                Refusal::Overflow,
+            ),
+            (
+                "cr3 outside RAM",
+                |c| c.cr3 = RAM_PAGES * PAGE_SIZE,
+                Refusal::OutsideRam,
+            ),
+            (
+                "boot_params outside RAM",
+                |c| c.boot_params = 1 << 40,
+                Refusal::OutsideRam,
+            ),
+            (
+                "entry unmapped",
+                |c| c.start_ip = 0x4000_0000,
+                Refusal::OutsideRam,
+            ),
+            (
+                "entry noncanonical",
+                |c| c.start_ip = 1 << 63,
+                Refusal::OutsideRam,
+            ),
+            (
+                "memory unreadable",
+                |c| c.base -= PAGE_SIZE * 4096,
+                Refusal::Fault,
+            ),
         ];
         for (what, spoil, refusal) in bad {
             let t = task(1);
             let mut s = Session::default();
             let mut config = valid();
             spoil(&mut config);
-            assert_eq!(s.write(&init_bytes(config), &t, &user()), Err(refusal), "{what}");
+            assert_eq!(
+                s.write(&init_bytes(config), &t, &user()),
+                Err(refusal),
+                "{what}"
+            );
             assert!(!s.is_initialized(), "{what}: refused, yet a guest exists");
-            assert_eq!(t.owners.get(), 0, "{what}: refused, yet a reference was taken");
-            assert_eq!(s.write(&init_bytes(valid()), &t, &user()), Ok(56), "{what}: then valid");
+            assert_eq!(
+                t.owners.get(),
+                0,
+                "{what}: refused, yet a reference was taken"
+            );
+            assert_eq!(
+                s.write(&init_bytes(valid()), &t, &user()),
+                Ok(56),
+                "{what}: then valid"
+            );
         }
     }
 
@@ -316,7 +386,10 @@ mod tests {
         let t = task(1);
         let mut s = initialized(&t);
         let get = |s: &mut Session<u32>, reg: Reg| {
-            let req = Request::GetReg { offset: reg.offset() }.encode();
+            let req = Request::GetReg {
+                offset: reg.offset(),
+            }
+            .encode();
             assert_eq!(s.write(req.as_bytes(), &t, &user()), Ok(16));
             s.read(&t, 8)
         };
@@ -326,13 +399,20 @@ mod tests {
         assert_eq!(get(&mut s, Reg::Rflags), Ok(GUEST_INITIAL_RFLAGS));
         for (i, reg) in Reg::ALL.into_iter().enumerate() {
             let value = 0x1111_0000 + i as u64;
-            let req = Request::SetReg { offset: reg.offset(), value }.encode();
+            let req = Request::SetReg {
+                offset: reg.offset(),
+                value,
+            }
+            .encode();
             let before = get(&mut s, reg);
             if reg.is_writable() {
                 assert_eq!(s.write(req.as_bytes(), &t, &user()), Ok(24));
                 assert_eq!(get(&mut s, reg), Ok(value), "{reg:?}");
             } else {
-                assert_eq!(s.write(req.as_bytes(), &t, &user()), Err(Refusal::ReadOnlyRegister));
+                assert_eq!(
+                    s.write(req.as_bytes(), &t, &user()),
+                    Err(Refusal::ReadOnlyRegister)
+                );
                 assert_eq!(get(&mut s, reg), before, "{reg:?} changed");
             }
         }
@@ -344,14 +424,24 @@ mod tests {
         let mut fresh: Session<u32> = Session::default();
         assert_eq!(fresh.read(&t, 8), Err(Refusal::NotInitialized));
         let getreg = Request::GetReg { offset: 0 }.encode();
-        assert_eq!(fresh.write(getreg.as_bytes(), &t, &user()), Err(Refusal::NotInitialized));
+        assert_eq!(
+            fresh.write(getreg.as_bytes(), &t, &user()),
+            Err(Refusal::NotInitialized)
+        );
         let mut s = initialized(&t);
         assert_eq!(s.read(&t, 8), Err(Refusal::NothingToRead));
         s.write(getreg.as_bytes(), &t, &user()).unwrap();
         assert_eq!(s.read(&t, 4), Err(Refusal::ShortRead));
-        assert_eq!(s.read(&t, 8), Ok(0), "a short read leaves the GETREG pending");
+        assert_eq!(
+            s.read(&t, 8),
+            Ok(0),
+            "a short read leaves the GETREG pending"
+        );
         let bad = Request::GetReg { offset: 4 }.encode();
-        assert_eq!(s.write(bad.as_bytes(), &t, &user()), Err(Refusal::NoSuchRegister));
+        assert_eq!(
+            s.write(bad.as_bytes(), &t, &user()),
+            Err(Refusal::NoSuchRegister)
+        );
     }
 
     #[test]
@@ -360,8 +450,14 @@ mod tests {
         let stranger = task(2);
         let mut s = initialized(&owner);
         let getreg = Request::GetReg { offset: 0 }.encode();
-        assert_eq!(s.write(getreg.as_bytes(), &stranger, &user()), Err(Refusal::NotOwner));
-        assert_eq!(s.write(&init_bytes(valid()), &stranger, &user()), Err(Refusal::NotOwner));
+        assert_eq!(
+            s.write(getreg.as_bytes(), &stranger, &user()),
+            Err(Refusal::NotOwner)
+        );
+        assert_eq!(
+            s.write(&init_bytes(valid()), &stranger, &user()),
+            Err(Refusal::NotOwner)
+        );
         assert_eq!(s.write(&[0; 3], &stranger, &user()), Err(Refusal::NotOwner));
         assert_eq!(s.read(&stranger, 8), Err(Refusal::NotOwner));
         assert_eq!(s.write(getreg.as_bytes(), &owner, &user()), Ok(16));

@@ -1,0 +1,16 @@
+//! The x86-64 page-table entry format, as the launcher writes it and the host walks it.
+//!
+//! This is the hardware's ABI rather than ours, but two parties of lguest-rs speak it: the
+//! launcher builds the guest's first page tables, and lg.ko walks the guest's page tables (to
+//! check the entry point now, to shadow them later). One definition keeps them in step.
+
+/// Present: the entry maps a page or points to a table.
+pub const PTE_PRESENT: u64 = 1 << 0;
+/// Writable. Without it the page (or everything below the table) is read-only.
+pub const PTE_WRITE: u64 = 1 << 1;
+/// Page size: in a PDPT entry a 1 GiB page, in a PD entry a 2 MiB page, instead of a table.
+pub const PTE_HUGE: u64 = 1 << 7;
+/// Bits 12..51 of an entry: the physical address of the page or of the next table.
+pub const PTE_ADDR_MASK: u64 = 0x000f_ffff_ffff_f000;
+/// Entries in one table of any level.
+pub const ENTRIES_PER_TABLE: usize = 512;
