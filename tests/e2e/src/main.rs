@@ -1,0 +1,110 @@
+//! lguest-e2e: the end-to-end tests, run inside the QEMU VM on the project's host kernel.
+//!
+//! Everything that needs lg.ko loaded into a real kernel is tested here: loading and unloading
+//! the module, the /dev/lguest ABI request by request (every refusal with its errno), who may
+//! use a guest, and the launcher as a user meets it. The VM's initramfs holds this binary
+//! (static), lg.ko, the launcher and a kernel image; the host-side harness boots it, runs
+//! `lguest-e2e <scenario>...`, and counts the lines.
+//!
+//! Usage: `lguest-e2e <scenario>...`, `lguest-e2e all` or `lguest-e2e list`. Each scenario
+//! prints exactly one line, `e2e <name>: PASS` or `e2e <name>: FAIL: <why>`, and the exit code
+//! is 0 iff all passed (2 for a usage error). Each scenario watches the kernel log while it runs
+//! (a WARN or oops fails it) and leaves lg.ko loaded, so the next starts from a known state.
+
+mod check;
+mod elf;
+mod kmod;
+mod kmsg;
+mod lguest;
+mod procfs;
+mod scenarios;
+
+use std::panic::{self, AssertUnwindSafe};
+use std::process::ExitCode;
+use std::sync::Mutex;
+
+use scenarios::{Scenario, SCENARIOS};
+
+/// The last panic's message and place, kept by the panic hook for the FAIL line.
+static PANIC: Mutex<Option<String>> = Mutex::new(None);
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.is_empty() {
+        eprintln!("usage: lguest-e2e <scenario>... | all | list");
+        return ExitCode::from(2);
+    }
+    if args == ["list"] {
+        for s in &SCENARIOS {
+            println!("{}", s.name);
+        }
+        return ExitCode::SUCCESS;
+    }
+    let mut chosen: Vec<&Scenario> = Vec::new();
+    for arg in &args {
+        if arg == "all" {
+            chosen.extend(SCENARIOS.iter());
+        } else if let Some(s) = SCENARIOS.iter().find(|s| s.name == arg) {
+            chosen.push(s);
+        } else {
+            eprintln!("lguest-e2e: unknown scenario '{arg}' (`lguest-e2e list` shows them)");
+            return ExitCode::from(2);
+        }
+    }
+
+    // A panic is a failed scenario, not the end of the run: keep its message for the FAIL line
+    // instead of letting the default hook print it.
+    panic::set_hook(Box::new(|info| {
+        let text = info.to_string().replace('\n', " ");
+        *PANIC.lock().unwrap_or_else(|e| e.into_inner()) = Some(text);
+    }));
+
+    let mut all_passed = true;
+    for s in chosen {
+        let verdict = run(s);
+        all_passed &= verdict.is_ok();
+        match verdict {
+            Ok(()) => println!("e2e {}: PASS", s.name),
+            Err(why) => println!("e2e {}: FAIL: {why}", s.name),
+        }
+    }
+    if all_passed {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}
+
+/// Runs one scenario; `Err` holds the one-line reason it failed.
+fn run(s: &Scenario) -> Result<(), String> {
+    let mut log = kmsg::KmsgCursor::at_end().map_err(one_line)?;
+    let outcome = catch_panic(s.run).and_then(|result| result.map_err(one_line));
+    // Leave the module loaded whatever happened, so one failure does not cascade.
+    let reloaded =
+        kmod::ensure_loaded().map_err(|e| format!("cannot reload lg.ko: {}", one_line(e)));
+    // The host's log is checked even when the scenario failed: an oops explains more than the
+    // errno that followed it.
+    let alarm = match log.first_alarm() {
+        Ok(Some(line)) => Err(format!("host kernel log: {line}")),
+        Ok(None) => Ok(()),
+        Err(e) => Err(one_line(e)),
+    };
+    match (outcome, alarm) {
+        (Err(why), Err(log)) => Err(format!("{why} ({log})")),
+        (Err(why), Ok(())) | (Ok(()), Err(why)) => Err(why),
+        (Ok(()), Ok(())) => reloaded,
+    }
+}
+
+/// Runs `f`, turning a panic into its message and place (kept by the hook `main` installs).
+fn catch_panic<T>(f: impl FnOnce() -> T) -> Result<T, String> {
+    panic::catch_unwind(AssertUnwindSafe(f)).map_err(|_| {
+        let text = PANIC.lock().unwrap_or_else(|e| e.into_inner()).take();
+        text.unwrap_or_else(|| "panicked".to_owned())
+    })
+}
+
+/// An error with its causes, on one line: "outer: cause: root cause".
+fn one_line(e: anyhow::Error) -> String {
+    format!("{e:#}").replace('\n', " | ")
+}
