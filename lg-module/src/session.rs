@@ -150,7 +150,7 @@ impl<O> Session<O> {
 /// The launcher is trusted no more than the guest: these checks are what stands between a
 /// bogus INITIALIZE and the host walking, mapping and pinning memory that is not guest RAM.
 fn check_initialize(config: &Initialize, user: &impl UserMemory) -> Result<(), Refusal> {
-    let page_aligned = |x: u64| x % PAGE_SIZE == 0;
+    let page_aligned = |x: u64| x.is_multiple_of(PAGE_SIZE);
     if config.pfn_limit == 0
         || !page_aligned(config.base)
         || !page_aligned(config.cr3)
@@ -284,7 +284,8 @@ mod tests {
 
     #[test]
     fn every_bad_initialize_field_has_its_refusal_and_changes_nothing() {
-        let bad: [(&str, fn(&mut Initialize), Refusal); 14] = [
+        type Spoil = fn(&mut Initialize);
+        let bad: [(&str, Spoil, Refusal); 14] = [
             ("base unaligned", |c| c.base += 8, Refusal::Misaligned),
             ("no RAM", |c| c.pfn_limit = 0, Refusal::Misaligned),
             ("cr3 unaligned", |c| c.cr3 += 1, Refusal::Misaligned),
@@ -310,7 +311,7 @@ mod tests {
             ),
             (
                 "wraps around",
-                |c| c.base = u64::MAX & !0xfff,
+                |c| c.base = !0xfff,
                 Refusal::Overflow,
             ),
             (
