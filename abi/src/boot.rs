@@ -15,12 +15,30 @@ pub const NOTE_TYPE_ENTRY: u32 = 1;
 /// `boot_params.hdr.hardware_subarch` for an lguest guest, as Linux's `X86_SUBARCH_LGUEST`.
 pub const X86_SUBARCH_LGUEST: u32 = 1;
 
-/// The guest kernel's code segment selector: GDT entry 2, as Linux's `__KERNEL_CS`, with
-/// RPL 1 because the guest kernel runs at CPL 1.
-pub const GUEST_KERNEL_CS: u64 = (2 << 3) | 1;
+/// The guest's GDT, which the host owns and loads while the guest runs. Entries 2, 3 and 8 are
+/// where the host kernel has its own code segment, data segment and TSS, so that host and
+/// Switcher agree on those selectors at every instant of the world switch (docs/world-switch.md);
+/// the guest's own segments sit elsewhere:
+///
+/// | entry | selector | what                                   |
+/// |-------|----------|----------------------------------------|
+/// | 2     | 0x10     | ring-0 code: the Switcher (host only)  |
+/// | 3     | 0x18     | ring-0 data (host only)                |
+/// | 5     | 0x2b     | user data, DPL 3                       |
+/// | 6     | 0x33     | user 64-bit code, DPL 3                |
+/// | 8-9   | 0x40     | this CPU's TSS                         |
+/// | 10    | 0x51     | guest kernel 64-bit code, DPL 1        |
+/// | 11    | 0x59     | guest kernel data, DPL 1               |
+pub const GUEST_GDT_ENTRIES: usize = 12;
 
-/// The guest kernel's stack segment selector: GDT entry 3 (`__KERNEL_DS`), RPL 1.
-pub const GUEST_KERNEL_SS: u64 = (3 << 3) | 1;
+/// The guest kernel's code segment selector: GDT entry 10, RPL 1 (the guest kernel's CPL).
+pub const GUEST_KERNEL_CS: u64 = (10 << 3) | 1;
+/// The guest kernel's stack segment selector: GDT entry 11, RPL 1.
+pub const GUEST_KERNEL_SS: u64 = (11 << 3) | 1;
+/// Guest user space's code segment selector: GDT entry 6, RPL 3 (as Linux's `__USER_CS`).
+pub const GUEST_USER_CS: u64 = (6 << 3) | 3;
+/// Guest user space's stack and data segment selector: GDT entry 5, RPL 3 (`__USER_DS`).
+pub const GUEST_USER_SS: u64 = (5 << 3) | 3;
 
 /// RFLAGS the guest starts with: the always-one bit 1 and IF. The real IF stays on while a
 /// guest runs so the host's interrupts keep arriving; the guest's own "interrupts enabled"

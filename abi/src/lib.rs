@@ -16,7 +16,10 @@
 #![forbid(unsafe_code)]
 
 pub mod boot;
+pub mod data;
 pub mod dev;
+pub mod exit;
+pub mod hcall;
 pub mod paging;
 pub mod regs;
 
