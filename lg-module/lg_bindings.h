@@ -1,3 +1,24 @@
 /* SPDX-License-Identifier: GPL-2.0 */
 /* The C declarations lg.ko needs beyond what 6.12's kernel::bindings has (see Kbuild). */
 #include <linux/miscdevice.h>
+
+/* helpers.c */
+unsigned long lg_pa(const void *kaddr);
+void *lg_va(unsigned long phys);
+unsigned long lg_page_to_phys(struct page *page);
+void *lg_current_gdt_rw(void);
+unsigned long lg_read_cr4(void);
+pgd_t *lg_mm_pgd(struct mm_struct *mm);
+unsigned int lg_this_cpu(void);
+unsigned int lg_nr_cpu_ids(void);
+void lg_irq_disable(void);
+void lg_irq_enable(void);
+void lg_cond_resched(void);
+void lg_fpu_begin(void);
+void lg_fpu_end(void);
+
+/* switcher/switcher.S */
+extern const char lg_switcher_start[], lg_switcher_end[];
+extern const unsigned long lg_switcher_offsets[3];
+extern const unsigned long lg_switcher_layout[12];
+void lg_reraise(unsigned int vector);

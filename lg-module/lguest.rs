@@ -4,11 +4,14 @@
 //! This is where the journey crosses into the kernel. The launcher opens `/dev/lguest`, and
 //! each open file becomes one guest: INITIALIZE tells us where the launcher mapped the guest's
 //! memory, where its kernel starts and which page tables it starts on; GETREG and SETREG read
-//! and change its registers. Running the guest (the Switcher, at ring 1) comes next, in issue #3.
+//! and change its registers; `read()` runs it at ring 1 through the Switcher until it needs
+//! the launcher.
 //!
 //! The module is split the way it is tested:
-//! - `chardev.rs`: the only part that touches the kernel: the misc device, the file
-//!   operations, user memory, and the references a guest holds on its launcher;
+//! - kernel-facing files: `chardev.rs` (the misc device, file operations, what a guest holds on
+//!   its launcher), `switcher.rs` (the Switcher's pages), `shadow_tables.rs` (a guest's page
+//!   tables), `run.rs` (the run loop), `cpu.rs` (privileged instructions), `helpers.c`;
+//! - `../switcher/switcher.S`: the world switch itself;
 //! - `src/`: what the host decides without touching hardware (which requests to accept, how to
 //!   walk a guest page table). Those files are also a workspace crate, unit-tested by
 //!   `cargo test -p lg-module`; here they are included by path, unchanged.
@@ -31,19 +34,49 @@ module! {
 #[path = "../abi/src/lib.rs"]
 mod abi;
 mod chardev;
+mod cpu;
+#[allow(unreachable_pub)]
+#[path = "src/death.rs"]
+mod death;
+#[allow(unreachable_pub)]
+#[path = "src/descriptors.rs"]
+mod descriptors;
+#[allow(unreachable_pub)]
+#[path = "src/hypercall.rs"]
+mod hypercall;
+#[allow(unreachable_pub, dead_code)]
+#[path = "src/layout.rs"]
+mod layout;
 #[allow(unreachable_pub)]
 #[path = "src/pagewalk.rs"]
 mod pagewalk;
+mod run;
 #[allow(unreachable_pub)]
 #[path = "src/session.rs"]
 mod session;
+#[allow(unreachable_pub)]
+#[path = "src/shadow.rs"]
+mod shadow;
+mod shadow_tables;
+mod switcher;
+#[allow(unreachable_pub)]
+#[path = "src/traps.rs"]
+mod traps;
 
 struct Lguest {
+    // Fields drop in order: the device goes (no file is open: each holds the module) before
+    // the Switcher it hands to files.
     _dev: chardev::Registration,
+    _switcher: Pin<KBox<switcher::Switcher>>,
 }
 
 impl kernel::Module for Lguest {
     fn init(module: &'static ThisModule) -> Result<Self> {
-        Ok(Lguest { _dev: chardev::Registration::new(module)? })
+        let switcher = switcher::Switcher::new()?;
+        // SAFETY: The Switcher is pinned in a box that lives in the module struct, so until
+        // the module is unloaded; the device (and every file, which holds the module) is gone
+        // before then.
+        let shared: &'static switcher::Switcher = unsafe { &*(&*switcher as *const _) };
+        Ok(Lguest { _dev: chardev::Registration::new(module, shared)?, _switcher: switcher })
     }
 }

@@ -10,8 +10,9 @@
 //! | [`GETREG`]       | 2     | register offset ([`crate::regs::Reg::offset`])               |
 //! | [`SETREG`]       | 3     | register offset, new value                                   |
 //!
-//! `read()` after GETREG returns that register as 8 bytes; running the guest from `read()` comes
-//! with the Switcher (issue #3). The request codes are lguest's own, so a reader who knows
+//! `read()` after GETREG returns that register as 8 bytes; any other `read()` runs the guest
+//! until it needs the launcher and returns an exit record ([`crate::exit`]). The request codes
+//! are lguest's own, so a reader who knows
 //! lguest's `enum lguest_req` finds them where they were (1, 3 and 4 were retired by lguest;
 //! 2, IRQ, and 7, TRAP, arrive with the devices and traps that need them).
 //!
@@ -101,16 +102,18 @@ pub enum Refusal {
     NoSuchRegister,
     /// EACCES: SETREG of a register only the host may set.
     ReadOnlyRegister,
-    /// EINVAL: read() with a buffer smaller than the answer.
+    /// EINVAL: read() with a buffer smaller than the answer (8 bytes after GETREG, else
+    /// [`crate::exit::EXIT_MAX_BYTES`]).
     ShortRead,
-    /// EOPNOTSUPP: read() with no GETREG pending; running the guest arrives with issue #3.
-    NothingToRead,
+    /// ENOMEM: the host could not allocate what the guest needs.
+    NoMemory,
 }
 
 impl Refusal {
     /// The (positive) Linux errno for this refusal; `write()` returns its negation.
     pub const fn errno(self) -> i32 {
         const EPERM: i32 = 1;
+        const ENOMEM: i32 = 12;
         const E2BIG: i32 = 7;
         const EACCES: i32 = 13;
         const EFAULT: i32 = 14;
@@ -124,7 +127,8 @@ impl Refusal {
             Refusal::ShortWrite | Refusal::Misaligned | Refusal::NoSuchRegister => EINVAL,
             Refusal::ShortRead => EINVAL,
             Refusal::LongWrite => E2BIG,
-            Refusal::UnknownRequest | Refusal::NothingToRead => EOPNOTSUPP,
+            Refusal::UnknownRequest => EOPNOTSUPP,
+            Refusal::NoMemory => ENOMEM,
             Refusal::NotInitialized => EBADFD,
             Refusal::AlreadyInitialized => EBUSY,
             Refusal::NotOwner => EPERM,

@@ -27,9 +27,14 @@ pub enum ExitKind {
 
 impl ExitKind {
     fn from_u64(kind: u64) -> Option<ExitKind> {
-        [ExitKind::Console, ExitKind::PowerOff, ExitKind::Restart, ExitKind::Died]
-            .into_iter()
-            .find(|k| *k as u64 == kind)
+        [
+            ExitKind::Console,
+            ExitKind::PowerOff,
+            ExitKind::Restart,
+            ExitKind::Died,
+        ]
+        .into_iter()
+        .find(|k| *k as u64 == kind)
     }
 }
 
@@ -63,7 +68,11 @@ impl ExitRecord {
     /// An exit carrying `data`, cut to [`EXIT_DATA_MAX`] bytes.
     pub fn new(kind: ExitKind, data: &[u8]) -> ExitRecord {
         let len = data.len().min(EXIT_DATA_MAX);
-        let mut record = ExitRecord { kind, len, data: [0; EXIT_DATA_MAX] };
+        let mut record = ExitRecord {
+            kind,
+            len,
+            data: [0; EXIT_DATA_MAX],
+        };
         record.data[..len].copy_from_slice(&data[..len]);
         record
     }
@@ -141,13 +150,22 @@ mod tests {
 
     #[test]
     fn bad_wire_forms_are_refused() {
-        assert_eq!(ExitRecord::decode(&[1, 0, 0]), Err(ExitDecodeError::Truncated));
+        assert_eq!(
+            ExitRecord::decode(&[1, 0, 0]),
+            Err(ExitDecodeError::Truncated)
+        );
         let mut buf = [0u8; 32];
         buf[0] = 9;
-        assert_eq!(ExitRecord::decode(&buf), Err(ExitDecodeError::UnknownKind(9)));
+        assert_eq!(
+            ExitRecord::decode(&buf),
+            Err(ExitDecodeError::UnknownKind(9))
+        );
         buf[0] = 1;
         buf[8..16].copy_from_slice(&5000u64.to_le_bytes());
-        assert_eq!(ExitRecord::decode(&buf), Err(ExitDecodeError::TooLong(5000)));
+        assert_eq!(
+            ExitRecord::decode(&buf),
+            Err(ExitDecodeError::TooLong(5000))
+        );
         buf[8] = 20;
         buf[9] = 0;
         assert_eq!(ExitRecord::decode(&buf), Err(ExitDecodeError::Truncated));

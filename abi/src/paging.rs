@@ -8,9 +8,17 @@
 pub const PTE_PRESENT: u64 = 1 << 0;
 /// Writable. Without it the page (or everything below the table) is read-only.
 pub const PTE_WRITE: u64 = 1 << 1;
+/// User: ring 3 may use the page (at every level of the walk).
+pub const PTE_USER: u64 = 1 << 2;
+/// Accessed: set by the MMU (or, under lguest, by the host) when the entry is used.
+pub const PTE_ACCESSED: u64 = 1 << 5;
+/// Dirty: set when the page is written.
+pub const PTE_DIRTY: u64 = 1 << 6;
 /// Page size: in a PDPT entry a 1 GiB page, in a PD entry a 2 MiB page, instead of a table.
 pub const PTE_HUGE: u64 = 1 << 7;
 /// Bits 12..51 of an entry: the physical address of the page or of the next table.
 pub const PTE_ADDR_MASK: u64 = 0x000f_ffff_ffff_f000;
+/// No-execute (needs EFER.NXE, which the host always has on).
+pub const PTE_NO_EXEC: u64 = 1 << 63;
 /// Entries in one table of any level.
 pub const ENTRIES_PER_TABLE: usize = 512;

@@ -15,5 +15,11 @@ extern crate std;
 
 pub use lguest_abi as abi;
 
+pub mod death;
+pub mod descriptors;
+pub mod hypercall;
+pub mod layout;
 pub mod pagewalk;
 pub mod session;
+pub mod shadow;
+pub mod traps;

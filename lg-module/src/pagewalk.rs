@@ -9,7 +9,7 @@
 //! copy_from_user and the unit tests with an array.
 
 use crate::abi::dev::Refusal;
-use crate::abi::paging::{PTE_ADDR_MASK, PTE_HUGE, PTE_PRESENT};
+use crate::abi::paging::{PTE_ADDR_MASK, PTE_HUGE, PTE_NO_EXEC, PTE_PRESENT, PTE_USER, PTE_WRITE};
 
 /// Reads 8 bytes of guest-physical memory.
 pub trait GuestPhysRead {
@@ -19,24 +19,43 @@ pub trait GuestPhysRead {
     fn read_u64(&self, gpa: u64) -> Result<u64, Refusal>;
 }
 
-/// The guest-physical address that `va` translates to under the 4-level tables at `cr3`, or
-/// `None` if it is not mapped (non-canonical, or a non-present entry on the way).
+/// What a walk found at the bottom: the page and what every level allowed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Leaf {
+    /// The guest-physical address `va` translates to.
+    pub gpa: u64,
+    /// The guest-physical address of the entry that maps the page (a PTE, or a PDE/PDPTE for a
+    /// huge page): the host sets its accessed and dirty bits there, as the hardware would.
+    pub entry_gpa: u64,
+    /// That entry's value.
+    pub entry: u64,
+    /// Writable at every level.
+    pub writable: bool,
+    /// User-accessible at every level.
+    pub user: bool,
+    /// No-execute at some level.
+    pub no_exec: bool,
+}
+
+/// Walk the 4-level tables at `cr3` for `va`, as the MMU would: `None` if it is not mapped
+/// (non-canonical, or a non-present entry on the way).
 ///
 /// `ram_bytes` bounds every table the walk reads: a table pointer beyond it is refused with
-/// [`Refusal::OutsideRam`]. The address returned is not checked against RAM: callers decide
-/// what lies there.
-pub fn translate(
+/// [`Refusal::OutsideRam`]. The page found is not checked against RAM: callers decide what
+/// lies there.
+pub fn walk(
     mem: &impl GuestPhysRead,
     ram_bytes: u64,
     cr3: u64,
     va: u64,
-) -> Result<Option<u64>, Refusal> {
+) -> Result<Option<Leaf>, Refusal> {
     // Bits 63..47 must all equal bit 47, or the CPU faults before it looks at any table.
     let high = va >> 47;
     if high != 0 && high != 0x1_ffff {
         return Ok(None);
     }
     let mut table = cr3 & PTE_ADDR_MASK;
+    let (mut writable, mut user, mut no_exec) = (true, true, false);
     // Levels from PML4 (shift 39) down to the page table (shift 12).
     for shift in [39u32, 30, 21, 12] {
         let entry_gpa = table + ((va >> shift) & 0x1ff) * 8;
@@ -47,16 +66,36 @@ pub fn translate(
         if entry & PTE_PRESENT == 0 {
             return Ok(None);
         }
-        // A huge page: 1 GiB at the PDPT level, 2 MiB at the PD level.
-        if (shift == 30 || shift == 21) && entry & PTE_HUGE != 0 {
+        writable &= entry & PTE_WRITE != 0;
+        user &= entry & PTE_USER != 0;
+        no_exec |= entry & PTE_NO_EXEC != 0;
+        // A huge page: 1 GiB at the PDPT level, 2 MiB at the PD level; else the 4 KiB page.
+        let huge = (shift == 30 || shift == 21) && entry & PTE_HUGE != 0;
+        if huge || shift == 12 {
             let page_mask = (1u64 << shift) - 1;
-            return Ok(Some(
-                (entry & PTE_ADDR_MASK & !page_mask) | (va & page_mask),
-            ));
+            let gpa = (entry & PTE_ADDR_MASK & !page_mask) | (va & page_mask);
+            return Ok(Some(Leaf {
+                gpa,
+                entry_gpa,
+                entry,
+                writable,
+                user,
+                no_exec,
+            }));
         }
         table = entry & PTE_ADDR_MASK;
     }
-    Ok(Some(table | (va & 0xfff)))
+    unreachable!("the walk ends at the page-table level")
+}
+
+/// The guest-physical address that `va` translates to under the tables at `cr3`, if any.
+pub fn translate(
+    mem: &impl GuestPhysRead,
+    ram_bytes: u64,
+    cr3: u64,
+    va: u64,
+) -> Result<Option<u64>, Refusal> {
+    Ok(walk(mem, ram_bytes, cr3, va)?.map(|leaf| leaf.gpa))
 }
 
 #[cfg(test)]
@@ -129,6 +168,20 @@ pub(crate) mod tests {
             translate(&ram, RAM, 0x1000, 0x0000_8000_0000_0000),
             Ok(None)
         );
+    }
+
+    #[test]
+    fn permissions_accumulate_down_the_walk() {
+        let mut ram = sample();
+        // The PT maps its page user-accessible and no-execute, but the PD above says
+        // supervisor: the page is supervisor-only.
+        ram.put(0x4000 + 5 * 8, 0x30_0000 | 7 | PTE_NO_EXEC);
+        let leaf = walk(&ram, RAM, 0x1000, 0x20_5abc).unwrap().unwrap();
+        assert_eq!(leaf.entry_gpa, 0x4000 + 5 * 8);
+        assert!(leaf.writable && !leaf.user && leaf.no_exec);
+        // Read-only at the PML4 level makes everything below read-only.
+        ram.put(0x1000, 0x2000 | 1);
+        assert!(!walk(&ram, RAM, 0x1000, 0x1234).unwrap().unwrap().writable);
     }
 
     #[test]

@@ -11,6 +11,7 @@
 
 use crate::abi::boot::{GUEST_INITIAL_RFLAGS, GUEST_KERNEL_CS, GUEST_KERNEL_SS};
 use crate::abi::dev::{Initialize, Refusal, Request, MAX_GUEST_PAGES};
+use crate::abi::exit::{ExitRecord, EXIT_MAX_BYTES};
 use crate::abi::regs::{Reg, Regs};
 use crate::abi::PAGE_SIZE;
 use crate::pagewalk::{self, GuestPhysRead};
@@ -24,8 +25,9 @@ pub trait Caller {
     /// Whether this caller is the task that initialised the guest.
     fn is(&self, owner: &Self::Owner) -> bool;
 
-    /// Bind a new guest to this caller (the kernel takes its references here).
-    fn become_owner(&self) -> Result<Self::Owner, Refusal>;
+    /// Bind a new guest, whose INITIALIZE was `config` and passed every check, to this caller:
+    /// the kernel takes its references and builds what the guest runs on here.
+    fn become_owner(&self, config: &Initialize) -> Result<Self::Owner, Refusal>;
 }
 
 /// The caller's own (user-space) memory, where the launcher mapped guest RAM.
@@ -57,12 +59,46 @@ impl<M: UserMemory> GuestPhysRead for GuestRamView<'_, M> {
     }
 }
 
-/// Everything a guest is, so far: whose it is, and its registers.
-struct Guest<O> {
-    owner: O,
-    regs: Regs,
+/// Everything a guest is.
+pub struct Guest<O> {
+    /// What the kernel keeps for the guest: its launcher's task and mm, its shadow page tables.
+    pub owner: O,
+    /// Where its memory is, where it started, its first page tables.
+    pub config: Initialize,
+    /// Its registers while it is not running.
+    pub regs: Regs,
+    /// Its FS and GS bases while it is not running (it may change them with `mov` to a
+    /// segment register, or `wrfsbase` where the host allows it).
+    pub fs_base: u64,
+    pub gs_base: u64,
+    /// The guest-physical address of its lguest_data page, once LGUEST_INIT registered it.
+    pub lguest_data: Option<u64>,
+    /// How it ended, once it has: every later `read()` returns this again.
+    pub ended: Option<ExitRecord>,
     /// The register the next `read()` returns, set by GETREG.
     pending_read: Option<Reg>,
+}
+
+impl<O> Guest<O> {
+    /// Guest RAM in bytes.
+    pub fn ram_bytes(&self) -> u64 {
+        self.config.pfn_limit * PAGE_SIZE
+    }
+
+    /// End the guest for good with `record`; only the first ending counts.
+    pub fn end(&mut self, record: ExitRecord) {
+        if self.ended.is_none() {
+            self.ended = Some(record);
+        }
+    }
+}
+
+/// What a `read()` should do.
+pub enum ReadAction<'a, O> {
+    /// Return this register value (GETREG was pending).
+    Register(u64),
+    /// Run the guest until it needs the launcher.
+    Run(&'a mut Guest<O>),
 }
 
 /// The state of one open `/dev/lguest`.
@@ -100,8 +136,13 @@ impl<O> Session<O> {
                 check_initialize(&config, user)?;
                 // Only now, with everything checked, does the guest come to exist.
                 self.guest = Some(Guest {
-                    owner: caller.become_owner()?,
+                    owner: caller.become_owner(&config)?,
+                    config,
                     regs: initial_regs(&config),
+                    fs_base: 0,
+                    gs_base: 0,
+                    lguest_data: None,
+                    ended: None,
                     pending_read: None,
                 });
             }
@@ -121,21 +162,29 @@ impl<O> Session<O> {
         Ok(bytes.len())
     }
 
-    /// Answer one `read()` into a buffer of `buf_len` bytes: the register GETREG asked for.
+    /// Answer one `read()` into a buffer of `buf_len` bytes: the register GETREG asked for, or
+    /// else permission to run the guest.
     pub fn read<C: Caller<Owner = O>>(
         &mut self,
         caller: &C,
         buf_len: usize,
-    ) -> Result<u64, Refusal> {
+    ) -> Result<ReadAction<'_, O>, Refusal> {
         let guest = self.guest.as_mut().ok_or(Refusal::NotInitialized)?;
         if !caller.is(&guest.owner) {
             return Err(Refusal::NotOwner);
         }
-        if buf_len < 8 {
+        if let Some(reg) = guest.pending_read {
+            if buf_len < 8 {
+                return Err(Refusal::ShortRead);
+            }
+            guest.pending_read = None;
+            return Ok(ReadAction::Register(guest.regs.get(reg)));
+        }
+        // Any exit must fit: a record the launcher cannot take would be lost.
+        if buf_len < EXIT_MAX_BYTES {
             return Err(Refusal::ShortRead);
         }
-        let reg = guest.pending_read.take().ok_or(Refusal::NothingToRead)?;
-        Ok(guest.regs.get(reg))
+        Ok(ReadAction::Run(guest))
     }
 
     /// Whether INITIALIZE has succeeded on this file.
@@ -226,7 +275,7 @@ mod tests {
         fn is(&self, owner: &u32) -> bool {
             self.pid == *owner
         }
-        fn become_owner(&self) -> Result<u32, Refusal> {
+        fn become_owner(&self, _config: &Initialize) -> Result<u32, Refusal> {
             self.owners.set(self.owners.get() + 1);
             Ok(self.pid)
         }
@@ -261,6 +310,14 @@ mod tests {
 
     fn init_bytes(config: Initialize) -> std::vec::Vec<u8> {
         Request::Initialize(config).encode().as_bytes().to_vec()
+    }
+
+    /// What a read() gives, with "run the guest" as `None`.
+    fn read(s: &mut Session<u32>, t: &Task, len: usize) -> Result<Option<u64>, Refusal> {
+        s.read(t, len).map(|action| match action {
+            ReadAction::Register(value) => Some(value),
+            ReadAction::Run(_) => None,
+        })
     }
 
     fn initialized(owner: &Task) -> Session<u32> {
@@ -309,11 +366,7 @@ mod tests {
                 |c| c.device_limit = u64::MAX,
                 Refusal::Overflow,
             ),
-            (
-                "wraps around",
-                |c| c.base = !0xfff,
-                Refusal::Overflow,
-            ),
+            ("wraps around", |c| c.base = !0xfff, Refusal::Overflow),
             (
                 "beyond user space",
                 |c| c.base = USER_SPACE_END - PAGE_SIZE,
@@ -392,12 +445,12 @@ mod tests {
             }
             .encode();
             assert_eq!(s.write(req.as_bytes(), &t, &user()), Ok(16));
-            s.read(&t, 8)
+            read(s, &t, 8)
         };
-        assert_eq!(get(&mut s, Reg::Rip), Ok(0x10_0000));
-        assert_eq!(get(&mut s, Reg::Rsi), Ok(0x7000));
-        assert_eq!(get(&mut s, Reg::Cs), Ok(GUEST_KERNEL_CS));
-        assert_eq!(get(&mut s, Reg::Rflags), Ok(GUEST_INITIAL_RFLAGS));
+        assert_eq!(get(&mut s, Reg::Rip), Ok(Some(0x10_0000)));
+        assert_eq!(get(&mut s, Reg::Rsi), Ok(Some(0x7000)));
+        assert_eq!(get(&mut s, Reg::Cs), Ok(Some(GUEST_KERNEL_CS)));
+        assert_eq!(get(&mut s, Reg::Rflags), Ok(Some(GUEST_INITIAL_RFLAGS)));
         for (i, reg) in Reg::ALL.into_iter().enumerate() {
             let value = 0x1111_0000 + i as u64;
             let req = Request::SetReg {
@@ -408,7 +461,7 @@ mod tests {
             let before = get(&mut s, reg);
             if reg.is_writable() {
                 assert_eq!(s.write(req.as_bytes(), &t, &user()), Ok(24));
-                assert_eq!(get(&mut s, reg), Ok(value), "{reg:?}");
+                assert_eq!(get(&mut s, reg), Ok(Some(value)), "{reg:?}");
             } else {
                 assert_eq!(
                     s.write(req.as_bytes(), &t, &user()),
@@ -423,19 +476,24 @@ mod tests {
     fn read_needs_a_guest_a_pending_getreg_and_room() {
         let t = task(1);
         let mut fresh: Session<u32> = Session::default();
-        assert_eq!(fresh.read(&t, 8), Err(Refusal::NotInitialized));
+        assert_eq!(read(&mut fresh, &t, 8), Err(Refusal::NotInitialized));
         let getreg = Request::GetReg { offset: 0 }.encode();
         assert_eq!(
             fresh.write(getreg.as_bytes(), &t, &user()),
             Err(Refusal::NotInitialized)
         );
         let mut s = initialized(&t);
-        assert_eq!(s.read(&t, 8), Err(Refusal::NothingToRead));
-        s.write(getreg.as_bytes(), &t, &user()).unwrap();
-        assert_eq!(s.read(&t, 4), Err(Refusal::ShortRead));
         assert_eq!(
-            s.read(&t, 8),
-            Ok(0),
+            read(&mut s, &t, 8),
+            Err(Refusal::ShortRead),
+            "no room for an exit"
+        );
+        assert_eq!(read(&mut s, &t, EXIT_MAX_BYTES), Ok(None), "runs the guest");
+        s.write(getreg.as_bytes(), &t, &user()).unwrap();
+        assert_eq!(read(&mut s, &t, 4), Err(Refusal::ShortRead));
+        assert_eq!(
+            read(&mut s, &t, 8),
+            Ok(Some(0)),
             "a short read leaves the GETREG pending"
         );
         let bad = Request::GetReg { offset: 4 }.encode();
@@ -460,7 +518,10 @@ mod tests {
             Err(Refusal::NotOwner)
         );
         assert_eq!(s.write(&[0; 3], &stranger, &user()), Err(Refusal::NotOwner));
-        assert_eq!(s.read(&stranger, 8), Err(Refusal::NotOwner));
+        assert_eq!(
+            read(&mut s, &stranger, EXIT_MAX_BYTES),
+            Err(Refusal::NotOwner)
+        );
         assert_eq!(s.write(getreg.as_bytes(), &owner, &user()), Ok(16));
     }
 }

@@ -13,7 +13,7 @@ mkdir -p "$BUILD"
 # --delete-after keeps Kbuild's own outputs (*.o, .*.cmd, lg_bindings.rs) that rsync filters out.
 rsync -a --delete --filter='P *.o' --filter='P .*.cmd' --filter='P *.ko' --filter='P *.mod*' \
     --filter='P lg_bindings.rs' --filter='P Module.symvers' --filter='P modules.order' \
-    --filter='P .*.d' --exclude=target "$REPO/abi" "$REPO/lg-module" "$BUILD/"
+    --filter='P .*.d' --exclude=target "$REPO/abi" "$REPO/lg-module" "$REPO/switcher" "$BUILD/"
 
 step "building lg.ko"
 if ! make -C "$KSRC" "${KERNEL_RUST_VARS[@]}" BINDGEN="$BINDGEN" M="$BUILD/lg-module" \

@@ -1,0 +1,79 @@
+// SPDX-License-Identifier: GPL-2.0
+//! The few privileged instructions the host side of a switch needs, one function each.
+//!
+//! These run at ring 0 in lg.ko, around the call into the Switcher, with interrupts off: the
+//! model-specific registers a guest must not inherit from the host (EFER.SCE, SYSENTER_CS) or
+//! that the Switcher restores (the FS/GS bases), and the selectors and descriptor-table
+//! registers it saves.
+
+use core::arch::asm;
+
+pub(crate) const MSR_EFER: u32 = 0xc000_0080;
+pub(crate) const MSR_FS_BASE: u32 = 0xc000_0100;
+pub(crate) const MSR_GS_BASE: u32 = 0xc000_0101;
+pub(crate) const MSR_KERNEL_GS_BASE: u32 = 0xc000_0102;
+pub(crate) const MSR_SYSENTER_CS: u32 = 0x174;
+/// EFER.SCE: SYSCALL enabled. Cleared while a guest runs, so `syscall` is #UD at ring 1 and 3
+/// instead of a jump into the host's entry code with the guest's stack (hazard 1).
+pub(crate) const EFER_SCE: u64 = 1 << 0;
+pub(crate) const CR4_PGE: u64 = 1 << 7;
+pub(crate) const CR4_LA57: u64 = 1 << 12;
+pub(crate) const CR4_PKE: u64 = 1 << 22;
+pub(crate) const CR4_CET: u64 = 1 << 23;
+pub(crate) const CR4_FRED: u64 = 1 << 32;
+
+/// Read a model-specific register.
+///
+/// # Safety
+///
+/// `msr` must exist on this CPU (all the MSRs above do on every x86-64 CPU lg.ko loads on).
+pub(crate) unsafe fn rdmsr(msr: u32) -> u64 {
+    let (low, high): (u32, u32);
+    // SAFETY: The caller guarantees the MSR exists; rdmsr has no other effect.
+    unsafe { asm!("rdmsr", in("ecx") msr, out("eax") low, out("edx") high, options(nomem, nostack)) };
+    (high as u64) << 32 | low as u64
+}
+
+/// Write a model-specific register.
+///
+/// # Safety
+///
+/// `msr` must exist and `value` be valid for it, and the write must leave the kernel working:
+/// callers restore every value they change before anything else runs on this CPU.
+pub(crate) unsafe fn wrmsr(msr: u32, value: u64) {
+    // SAFETY: The caller guarantees the write is valid and undone in time.
+    unsafe {
+        asm!("wrmsr", in("ecx") msr, in("eax") value as u32, in("edx") (value >> 32) as u32,
+             options(nostack))
+    };
+}
+
+/// The DS and ES selectors.
+pub(crate) fn data_selectors() -> (u16, u16) {
+    let (ds, es): (u16, u16);
+    // SAFETY: Reading segment registers has no effect.
+    unsafe { asm!("mov {0:x}, ds", "mov {1:x}, es", out(reg) ds, out(reg) es, options(nomem, nostack)) };
+    (ds, es)
+}
+
+/// The limit of the current GDT (`sgdt`).
+pub(crate) fn gdt_limit() -> u16 {
+    let mut gdtr = [0u8; 10];
+    // SAFETY: sgdt stores 10 bytes at the given address, which is our buffer.
+    unsafe { asm!("sgdt [{0}]", in(reg) gdtr.as_mut_ptr(), options(nostack)) };
+    u16::from_le_bytes([gdtr[0], gdtr[1]])
+}
+
+/// The protection-key rights register, if CR4.PKE is on (a ring-1 guest can `wrpkru`).
+pub(crate) fn rdpkru() -> u32 {
+    let pkru: u32;
+    // SAFETY: Callers only use this with CR4.PKE set, where rdpkru is defined at ring 0.
+    unsafe { asm!("rdpkru", in("ecx") 0, out("eax") pkru, out("edx") _, options(nomem, nostack)) };
+    pkru
+}
+
+/// Restore the protection-key rights register.
+pub(crate) fn wrpkru(pkru: u32) {
+    // SAFETY: Callers only write back a value rdpkru returned, with CR4.PKE set.
+    unsafe { asm!("wrpkru", in("eax") pkru, in("ecx") 0, in("edx") 0, options(nostack)) };
+}

@@ -1,0 +1,32 @@
+// SPDX-License-Identifier: GPL-2.0
+/*
+ * Static inline kernel functions, made callable from lg.ko's Rust.
+ *
+ * Rust cannot call a C `static inline`; the kernel's own Rust support solves this with one-line
+ * wrappers in rust/helpers/, and lg.ko does the same for the few it needs that 6.12 does not
+ * wrap. No logic lives here: each function is exactly the kernel function it names.
+ */
+#include <linux/io.h>
+#include <linux/mm.h>
+#include <linux/sched.h>
+#include <linux/irqflags.h>
+#include <asm/desc.h>
+#include <asm/fpu/api.h>
+#include <asm/special_insns.h>
+#include <asm/tlbflush.h>
+
+#include "lg_bindings.h"
+
+unsigned long lg_pa(const void *kaddr) { return __pa(kaddr); }
+void *lg_va(unsigned long phys) { return __va(phys); }
+unsigned long lg_page_to_phys(struct page *page) { return page_to_phys(page); }
+void *lg_current_gdt_rw(void) { return get_current_gdt_rw(); }
+unsigned long lg_read_cr4(void) { return __read_cr4(); }
+pgd_t *lg_mm_pgd(struct mm_struct *mm) { return mm->pgd; }
+unsigned int lg_this_cpu(void) { return raw_smp_processor_id(); }
+unsigned int lg_nr_cpu_ids(void) { return nr_cpu_ids; }
+void lg_irq_disable(void) { local_irq_disable(); }
+void lg_irq_enable(void) { local_irq_enable(); }
+void lg_cond_resched(void) { cond_resched(); }
+void lg_fpu_begin(void) { kernel_fpu_begin(); }
+void lg_fpu_end(void) { kernel_fpu_end(); }

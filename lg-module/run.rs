@@ -1,0 +1,293 @@
+// SPDX-License-Identifier: GPL-2.0
+//! Running a guest: the loop behind `read()` of `/dev/lguest`.
+//!
+//! `run` switches to the guest, and when it comes back looks at why: a hypercall or a page fault
+//! the host handles itself and goes straight back in; an interrupt that was the host's is handed
+//! to the host's own handler (on the same CPU, before interrupts come back on) and the guest
+//! goes back in; anything else ends the guest. Between two runs the task is an ordinary task:
+//! it can be preempted, migrate to another CPU, or take a signal, which ends `read()` with
+//! -ERESTARTSYS (so Ctrl-C on the launcher works). The guest is bound to a CPU only inside
+//! `run_once`, with interrupts off.
+//!
+//! Every guest-physical access goes through `GuestMemory`, which checks it against RAM and
+//! then copies with the kernel's fault-checked user copies: guest memory is the launcher's.
+
+use crate::abi::data::{LguestData, SWITCHER_WINDOW_END, SWITCHER_WINDOW_START};
+use crate::abi::dev::Refusal;
+use crate::abi::exit::{ExitKind, ExitRecord};
+use crate::abi::hcall::{CONSOLE_WRITE_MAX, SHUTDOWN_MESSAGE_MAX};
+use crate::abi::regs::Reg;
+use crate::chardev::{lg_bindings, Owner};
+use crate::cpu::{self, CR4_PGE, CR4_PKE, EFER_SCE};
+use crate::death;
+use crate::death::Death;
+use crate::hypercall::{self, Hypercall};
+use crate::layout::*;
+use crate::pagewalk::{self, GuestPhysRead};
+use crate::session::Guest;
+use crate::shadow::{self, shadow_pte_for};
+use crate::switcher::Switcher;
+use crate::traps::{self, Trap};
+use kernel::{bindings, prelude::*, uaccess::UserSlice};
+
+/// Guest RAM, as the launcher mapped it: guest-physical `gpa` is user address `base + gpa`.
+struct GuestMemory {
+    base: u64,
+    ram_bytes: u64,
+}
+
+impl GuestMemory {
+    fn user(&self, gpa: u64, len: usize) -> Result<UserSlice, Refusal> {
+        if !hypercall::in_ram(gpa, len as u64, self.ram_bytes) {
+            return Err(Refusal::OutsideRam);
+        }
+        Ok(UserSlice::new((self.base + gpa) as usize, len))
+    }
+
+    fn read(&self, gpa: u64, out: &mut [u8]) -> Result<(), Refusal> {
+        self.user(gpa, out.len())?.reader().read_slice(out).map_err(|_| Refusal::Fault)
+    }
+
+    fn write(&self, gpa: u64, bytes: &[u8]) -> Result<(), Refusal> {
+        self.user(gpa, bytes.len())?.writer().write_slice(bytes).map_err(|_| Refusal::Fault)
+    }
+}
+
+impl GuestPhysRead for GuestMemory {
+    fn read_u64(&self, gpa: u64) -> Result<u64, Refusal> {
+        let mut bytes = [0u8; 8];
+        self.read(gpa, &mut bytes)?;
+        Ok(u64::from_le_bytes(bytes))
+    }
+}
+
+/// What one trip into the guest brought back.
+struct TrapInfo {
+    vector: u64,
+    error: u64,
+    cr2: u64,
+    /// The vector plus one, if the trap came from inside the Switcher.
+    switcher_fault: u64,
+}
+
+/// Run the guest until the launcher is needed: returns the exit for the launcher, or
+/// ERESTARTSYS for a signal.
+pub(crate) fn run(guest: &mut Guest<Owner>, switcher: &Switcher) -> Result<ExitRecord> {
+    loop {
+        if let Some(ended) = guest.ended {
+            return Ok(ended);
+        }
+        if current!().signal_pending() {
+            return Err(ERESTARTSYS);
+        }
+        // SAFETY: We hold no spinlock and run in process context.
+        unsafe { lg_bindings::lg_cond_resched() };
+        if let Err(death) = traps::check_entry(&mut guest.regs) {
+            guest.end(died(death));
+            continue;
+        }
+        let trap = run_once(guest, switcher);
+        if trap.switcher_fault != 0 {
+            let vector = trap.switcher_fault - 1;
+            guest.end(died(death!("fault inside the Switcher: trap {vector} ({})", traps::trap_name(vector))));
+            continue;
+        }
+        let outcome = match traps::classify(trap.vector, trap.cr2) {
+            Trap::Host { .. } => Ok(None),
+            Trap::Hypercall => hypercall(guest),
+            Trap::PageFault { addr } => page_fault(guest, addr, trap.error).map(|()| None),
+            Trap::Fatal => Err(death!(
+                "trap {} ({}) at rip {:#x}, error {:#x}",
+                trap.vector,
+                traps::trap_name(trap.vector),
+                guest.regs.get(Reg::Rip),
+                trap.error
+            )),
+        };
+        match outcome {
+            Ok(Some(exit)) => return Ok(exit),
+            Ok(None) => {}
+            Err(death) => guest.end(died(death)),
+        }
+    }
+}
+
+fn died(death: Death) -> ExitRecord {
+    ExitRecord::new(ExitKind::Died, death.as_bytes())
+}
+
+/// One trip: into the guest on this CPU, and back. Interrupts are off from before the switch
+/// until the host has taken back whatever interrupt ended the trip.
+fn run_once(guest: &mut Guest<Owner>, switcher: &Switcher) -> TrapInfo {
+    // The guest may use SSE and AVX registers: kernel_fpu_begin saves the launcher's first, and
+    // they come back before it returns to user space.
+    // SAFETY: process context, not in an FPU section already.
+    unsafe { lg_bindings::lg_fpu_begin() };
+    // SAFETY: Turning interrupts off in process context; on again below.
+    unsafe { lg_bindings::lg_irq_disable() };
+    // SAFETY: Interrupts are off, so we stay on this CPU until they are back on.
+    let cpu = unsafe { lg_bindings::lg_this_cpu() } as u64;
+    guest.owner.shadow.map_switcher_for(switcher, cpu);
+    let regs_page = switcher.block_page(cpu, BLOCK_REGS);
+    let host_page = switcher.block_page(cpu, BLOCK_HOST);
+    let frame = traps::frame_from_regs(&guest.regs);
+    // SAFETY: The regs and host pages are this CPU's, allocated for every possible CPU at load;
+    // with interrupts off nothing else on this CPU uses them, and other CPUs use their own.
+    unsafe {
+        let regs = regs_page as *mut u64;
+        for word in [REGS_SWITCHER_FAULT, REGS_NMI_PENDING, REGS_MC_PENDING] {
+            regs.add((word / 8) as usize).write(0);
+        }
+        core::ptr::copy_nonoverlapping(frame.as_ptr(), (regs_page + REGS_FRAME as usize) as *mut u64, frame.len());
+    }
+
+    // SAFETY: These MSRs exist on every x86-64 CPU; every one changed here is restored below,
+    // before interrupts come back on.
+    let (efer, sysenter_cs) = unsafe { (cpu::rdmsr(cpu::MSR_EFER), cpu::rdmsr(cpu::MSR_SYSENTER_CS)) };
+    // SAFETY: reading CR4 has no side effects.
+    let cr4 = unsafe { lg_bindings::lg_read_cr4() } as u64;
+    let pkru = (cr4 & CR4_PKE != 0).then(cpu::rdpkru);
+    let (ds, es) = cpu::data_selectors();
+    // SAFETY: lg_current_gdt_rw returns this CPU's writable GDT alias; we are pinned to it.
+    let gdt_rw = unsafe { lg_bindings::lg_current_gdt_rw() } as u64;
+    let host = |offset: u64, value: u64| {
+        // SAFETY: In bounds of this CPU's host page (offsets from src/layout.rs), see above.
+        unsafe { ((host_page + offset as usize) as *mut u64).write(value) }
+    };
+    // SAFETY: as above for the MSRs.
+    unsafe {
+        host(HOST_FS_BASE, cpu::rdmsr(cpu::MSR_FS_BASE));
+        host(HOST_GS_BASE, cpu::rdmsr(cpu::MSR_GS_BASE));
+        host(HOST_KERNEL_GS_BASE, cpu::rdmsr(cpu::MSR_KERNEL_GS_BASE));
+    }
+    // The writable GDT alias as an lgdt operand: limit in the first word, base after it.
+    host(HOST_GDTR_RW, cpu::gdt_limit() as u64 | gdt_rw << 16);
+    host(HOST_GDTR_RW + 8, gdt_rw >> 48);
+    host(HOST_DS, ds as u64);
+    host(HOST_ES, es as u64);
+    host(HOST_CR4, cr4);
+    host(HOST_GUEST_CR4, cr4 & !CR4_PGE);
+    host(HOST_GUEST_CR3, guest.owner.shadow.root_phys());
+    host(HOST_GUEST_FS_BASE, guest.fs_base);
+    host(HOST_GUEST_GS_BASE, guest.gs_base);
+
+    // SAFETY: `entry` is switch_to_guest in the window, mapped (by `install`) in this task's
+    // address space, which is the one loaded. It returns with every register the host relies
+    // on restored (switcher.S). EFER.SCE and SYSENTER_CS are off only while the guest runs.
+    unsafe {
+        cpu::wrmsr(cpu::MSR_EFER, efer & !EFER_SCE);
+        cpu::wrmsr(cpu::MSR_SYSENTER_CS, 0);
+        let switch: unsafe extern "C" fn(u64) = core::mem::transmute(switcher.entry() as usize);
+        switch(SWITCHER_WINDOW_START + block_offset(cpu));
+        cpu::wrmsr(cpu::MSR_SYSENTER_CS, sysenter_cs);
+        cpu::wrmsr(cpu::MSR_EFER, efer);
+    }
+    if let Some(pkru) = pkru {
+        cpu::wrpkru(pkru);
+    }
+
+    let mut frame = [0u64; FRAME_WORDS as usize];
+    // SAFETY: As above: this CPU's regs page, in bounds.
+    let (fs_base, gs_base, cr2, switcher_fault, nmi, mc) = unsafe {
+        core::ptr::copy_nonoverlapping((regs_page + REGS_FRAME as usize) as *const u64, frame.as_mut_ptr(), frame.len());
+        let word = |offset: u64| ((regs_page + offset as usize) as *const u64).read();
+        (word(REGS_FS_BASE), word(REGS_GS_BASE), word(REGS_CR2), word(REGS_SWITCHER_FAULT),
+         word(REGS_NMI_PENDING), word(REGS_MC_PENDING))
+    };
+    let trap = TrapInfo {
+        vector: frame[FrameWord::Vector as usize],
+        error: frame[FrameWord::ErrorCode as usize],
+        cr2,
+        switcher_fault,
+    };
+    if switcher_fault == 0 {
+        guest.regs = traps::regs_from_frame(&frame);
+        guest.fs_base = fs_base;
+        guest.gs_base = gs_base;
+    }
+    // Interrupts that were the host's go to the host's own handlers now, on this CPU, as if
+    // they had just arrived: nothing is dropped.
+    // SAFETY: lg_reraise runs the host's handler for a vector the hardware delivered to us
+    // (or an NMI or machine check the Switcher noted); interrupts are still off.
+    unsafe {
+        if nmi != 0 {
+            lg_bindings::lg_reraise(traps::NMI as u32);
+        }
+        if mc != 0 {
+            lg_bindings::lg_reraise(traps::MACHINE_CHECK as u32);
+        }
+        if switcher_fault == 0 {
+            if let Trap::Host { vector } = traps::classify(trap.vector, trap.cr2) {
+                lg_bindings::lg_reraise(vector as u32);
+            }
+        }
+        lg_bindings::lg_irq_enable();
+        lg_bindings::lg_fpu_end();
+    }
+    trap
+}
+
+fn memory(guest: &Guest<Owner>) -> GuestMemory {
+    GuestMemory { base: guest.config.base, ram_bytes: guest.ram_bytes() }
+}
+
+/// Carry out a hypercall; `Some` if the launcher must see its result.
+fn hypercall(guest: &mut Guest<Owner>) -> Result<Option<ExitRecord>, Death> {
+    let mem = memory(guest);
+    let call = hypercall::decode(&guest.regs, guest.lguest_data.is_some(), mem.ram_bytes)?;
+    let unreadable = |what: &str| death!("{what}: guest memory is not readable");
+    match call {
+        Hypercall::LguestInit { data_gpa } => {
+            let data = LguestData {
+                switcher_window_start: SWITCHER_WINDOW_START,
+                switcher_window_end: SWITCHER_WINDOW_END,
+            };
+            mem.write(data_gpa, &data.to_bytes()).map_err(|_| unreadable("LGUEST_INIT"))?;
+            guest.lguest_data = Some(data_gpa);
+            Ok(None)
+        }
+        Hypercall::Shutdown { message_gpa, restart } => {
+            let mut message = [0u8; SHUTDOWN_MESSAGE_MAX];
+            let len = (mem.ram_bytes - message_gpa).min(SHUTDOWN_MESSAGE_MAX as u64) as usize;
+            mem.read(message_gpa, &mut message[..len]).map_err(|_| unreadable("SHUTDOWN"))?;
+            let text = message[..len].split(|&b| b == 0).next().unwrap_or(&[]);
+            let kind = if restart { ExitKind::Restart } else { ExitKind::PowerOff };
+            let record = ExitRecord::new(kind, text);
+            guest.end(record);
+            Ok(Some(record))
+        }
+        Hypercall::Halt => {
+            // No interrupts reach a guest yet (issue #4), so only a signal ends the sleep.
+            // SAFETY: process context, no locks that forbid sleeping.
+            unsafe { bindings::schedule_timeout_interruptible(kernel::task::MAX_SCHEDULE_TIMEOUT) };
+            Ok(None)
+        }
+        Hypercall::ConsoleWrite { gpa, len } => {
+            let mut bytes = [0u8; CONSOLE_WRITE_MAX];
+            mem.read(gpa, &mut bytes[..len]).map_err(|_| unreadable("CONSOLE_WRITE"))?;
+            Ok(Some(ExitRecord::new(ExitKind::Console, &bytes[..len])))
+        }
+        Hypercall::Nop => Ok(None),
+    }
+}
+
+/// Handle a page fault at `addr`: map the page if the guest's tables allow the access.
+fn page_fault(guest: &mut Guest<Owner>, addr: u64, error: u64) -> Result<(), Death> {
+    let mem = memory(guest);
+    let leaf = pagewalk::walk(&mem, mem.ram_bytes, guest.config.cr3, addr)
+        .map_err(|_| death!("page fault at {addr:#x}: the guest's page tables lie outside RAM"))?;
+    let mapping = shadow::decide(addr, error, leaf, mem.ram_bytes)?;
+    if let Some(leaf) = leaf {
+        if mapping.updated_entry != leaf.entry {
+            mem.write(leaf.entry_gpa, &mapping.updated_entry.to_le_bytes())
+                .map_err(|_| death!("page fault at {addr:#x}: cannot update the guest's page table"))?;
+        }
+    }
+    let shadow = &mut guest.owner.shadow;
+    let phys = shadow
+        .pin(mem.base + mapping.gpa_page)
+        .map_err(|_| death!("page fault at {addr:#x}: the launcher's memory for it is gone"))?;
+    shadow
+        .map(addr & !0xfff, shadow_pte_for(&mapping, phys))
+        .map_err(|_| death!("page fault at {addr:#x}: out of memory for shadow page tables"))
+}

@@ -1,0 +1,155 @@
+// SPDX-License-Identifier: GPL-2.0
+//! A guest's shadow page tables: the tables the CPU really walks while the guest runs.
+//!
+//! They start with nothing but the Switcher: PGD slot 256 leads to the text pages, the IDT and
+//! the block of the CPU the guest runs on (`map_switcher_for`), never another CPU's block and
+//! never the host page. Everything else is filled in one page at a time as the guest faults
+//! (`src/shadow.rs` decides, `map` installs), each page pinned in the launcher's memory for as
+//! long as it is mapped, so the host can never reuse a page the guest can still reach.
+//! Dropping the tables unpins every page and frees every table.
+
+use crate::abi::paging::{PTE_ACCESSED, PTE_ADDR_MASK, PTE_DIRTY, PTE_NO_EXEC, PTE_PRESENT, PTE_USER, PTE_WRITE};
+use crate::chardev::lg_bindings;
+use crate::layout::*;
+use crate::switcher::{KernelPage, Switcher, TABLE, WINDOW_PGD_SLOT};
+use kernel::{bindings, prelude::*};
+
+/// Guest views of Switcher pages: text read-only and executable; IDT and GDT/TSS read-only
+/// (the guest must not rewrite its own gates and descriptors); IST stacks and the regs page
+/// writable, since the CPU pushes trap frames there.
+const GUEST_TEXT: u64 = PTE_PRESENT | PTE_ACCESSED | PTE_DIRTY;
+const GUEST_READ_ONLY: u64 = PTE_PRESENT | PTE_ACCESSED | PTE_DIRTY | PTE_NO_EXEC;
+const GUEST_WRITABLE: u64 = GUEST_READ_ONLY | PTE_WRITE;
+/// Shadow table entries allow everything; the leaf entry decides (x86 takes the most
+/// restrictive permission along the walk).
+const SHADOW_TABLE: u64 = TABLE | PTE_USER;
+
+pub(crate) struct ShadowTables {
+    root: KernelPage,
+    switcher_pt: KernelPage,
+    /// The Switcher's PUD and PMD in this guest's view, kept to be freed.
+    _switcher_upper: [KernelPage; 2],
+    /// Every other table page, kept to be freed.
+    tables: KVec<KernelPage>,
+    /// Every guest page mapped, pinned until the tables go.
+    pinned: KVec<*mut bindings::page>,
+    /// The CPU whose block the Switcher slot maps now.
+    mapped_cpu: Option<u64>,
+}
+
+// SAFETY: The pinned page pointers are just references the tables own; any task may unpin
+// them.
+unsafe impl Send for ShadowTables {}
+
+impl ShadowTables {
+    /// Empty tables with the Switcher's text and IDT mapped.
+    pub(crate) fn new(switcher: &Switcher) -> Result<ShadowTables> {
+        let (mut root, mut pud, mut pmd) = (KernelPage::new()?, KernelPage::new()?, KernelPage::new()?);
+        let mut switcher_pt = KernelPage::new()?;
+        for index in 0..=IDT_PAGE {
+            let page = switcher.page(index).ok_or(EINVAL)?;
+            let flags = if index < TEXT_PAGES { GUEST_TEXT } else { GUEST_READ_ONLY };
+            switcher_pt.entries()[index as usize] = page.phys() | flags;
+        }
+        pmd.entries()[0] = switcher_pt.phys() | TABLE;
+        pud.entries()[0] = pmd.phys() | TABLE;
+        root.entries()[WINDOW_PGD_SLOT] = pud.phys() | TABLE;
+        Ok(ShadowTables {
+            root,
+            switcher_pt,
+            _switcher_upper: [pud, pmd],
+            tables: KVec::new(),
+            pinned: KVec::new(),
+            mapped_cpu: None,
+        })
+    }
+
+    /// The value of CR3 while the guest runs.
+    pub(crate) fn root_phys(&self) -> u64 {
+        self.root.phys()
+    }
+
+    /// Make the Switcher slot show `cpu`'s block, and only it.
+    pub(crate) fn map_switcher_for(&mut self, switcher: &Switcher, cpu: u64) {
+        if self.mapped_cpu == Some(cpu) {
+            return;
+        }
+        let block_first = |cpu: u64| (block_offset(cpu) / PAGE) as usize;
+        if let Some(old) = self.mapped_cpu {
+            for page in 0..BLOCK_PAGES as usize {
+                self.switcher_pt.entries()[block_first(old) + page] = 0;
+            }
+        }
+        for page in 1..BLOCK_PAGES {
+            let offset = page * PAGE;
+            let flags = match offset {
+                BLOCK_STATE => GUEST_READ_ONLY,
+                BLOCK_HOST => continue,
+                _ => GUEST_WRITABLE,
+            };
+            if let Some(p) = switcher.page(block_first(cpu) as u64 + page) {
+                self.switcher_pt.entries()[block_first(cpu) + page as usize] = p.phys() | flags;
+            }
+        }
+        self.mapped_cpu = Some(cpu);
+    }
+
+    /// Pin the launcher's page at `user_addr` (the backing of a guest page) for as long as
+    /// these tables live, and return its physical address.
+    pub(crate) fn pin(&mut self, user_addr: u64) -> Result<u64> {
+        let mut page: *mut bindings::page = core::ptr::null_mut();
+        self.pinned.reserve(1, GFP_KERNEL)?;
+        // Always for writing: that breaks copy-on-write now, so every alias of a guest page
+        // maps the same host page (a read-only pin could be the shared zero page).
+        let flags = bindings::FOLL_WRITE | bindings::FOLL_LONGTERM;
+        // SAFETY: We run in the launcher's context (read() of its own file), so `user_addr`
+        // is looked up in its mm; pin_user_pages_fast checks the address and fails for
+        // anything not mapped writable there.
+        let got = unsafe { bindings::pin_user_pages_fast(user_addr as _, 1, flags as _, &mut page) };
+        if got != 1 {
+            return Err(EFAULT);
+        }
+        self.pinned.push(page, GFP_KERNEL)?;
+        // SAFETY: `page` is a valid page we just pinned.
+        Ok(unsafe { lg_bindings::lg_page_to_phys(page) } as u64)
+    }
+
+    /// Install `pte` for the 4 KiB page at guest-virtual `va`, creating tables on the way.
+    pub(crate) fn map(&mut self, va: u64, pte: u64) -> Result {
+        let slot = ((va >> 39) & 0x1ff) as usize;
+        // src/shadow.rs refuses faults in the window; this is the last line of defence.
+        if slot == WINDOW_PGD_SLOT {
+            return Err(EINVAL);
+        }
+        let mut table = self.root.addr();
+        for shift in [39u32, 30, 21] {
+            let index = ((va >> shift) & 0x1ff) as usize;
+            // SAFETY: `table` is one of our table pages (the root, or one found below).
+            let entries = unsafe { &mut *(table as *mut [u64; 512]) };
+            if entries[index] & PTE_PRESENT == 0 {
+                let fresh = KernelPage::new()?;
+                let (phys, addr) = (fresh.phys(), fresh.addr());
+                self.tables.push(fresh, GFP_KERNEL)?;
+                entries[index] = phys | SHADOW_TABLE;
+                table = addr;
+            } else {
+                // SAFETY: Present entries below the root point to our own table pages, which
+                // live in the direct map.
+                table = unsafe { lg_bindings::lg_va((entries[index] & PTE_ADDR_MASK) as _) } as usize;
+            }
+        }
+        // SAFETY: As above: `table` is one of our page tables.
+        let entries = unsafe { &mut *(table as *mut [u64; 512]) };
+        entries[((va >> 12) & 0x1ff) as usize] = pte;
+        Ok(())
+    }
+}
+
+impl Drop for ShadowTables {
+    fn drop(&mut self) {
+        for &page in self.pinned.iter() {
+            // SAFETY: Each page was pinned once by `pin`, and the tables mapping it are going.
+            unsafe { bindings::unpin_user_page(page) };
+        }
+    }
+}

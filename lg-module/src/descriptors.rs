@@ -1,0 +1,200 @@
+//! The x86-64 descriptor tables the Switcher loads for a guest: GDT, TSS and IDT, as bytes.
+//!
+//! The guest never writes any of these: the host builds them once per CPU at module load, and
+//! the guest sees them read-only. Every segment the guest can load has DPL >= 1 and its
+//! accessed bit already set (the CPU would otherwise write it, and the page is read-only in the
+//! guest: x86-ring1-hazards.md, hazard 8). The only DPL 0 code segment is the Switcher's, at
+//! the selector the host kernel uses too (0x10), so the host's IDT stays valid while the
+//! guest's GDT is loaded and the other way round.
+
+use crate::abi::boot::{
+    GUEST_GDT_ENTRIES, GUEST_KERNEL_CS, GUEST_KERNEL_SS, GUEST_USER_CS, GUEST_USER_SS,
+};
+use crate::abi::hcall;
+use crate::layout::{IST_DOUBLE_FAULT, IST_MACHINE_CHECK, IST_NMI};
+
+/// The Switcher's (and the host's) ring-0 code selector.
+pub const SWITCHER_CS: u16 = 0x10;
+/// The ring-0 data selector, at the host's `__KERNEL_DS`.
+const SWITCHER_DS: u16 = 0x18;
+/// The TSS selector, at the host's `GDT_ENTRY_TSS`.
+pub const TSS_SELECTOR: u16 = 0x40;
+/// Size of a 64-bit TSS; also its I/O map base, which puts the I/O bitmap beyond the limit:
+/// no I/O port is ever allowed from ring 1 or 3.
+pub const TSS_BYTES: usize = 104;
+
+/// A 64-bit code segment of privilege `dpl`, accessed bit set.
+const fn code64(dpl: u64) -> u64 {
+    // G=1 L=1 limit 0xfffff; P=1 S=1 type 0xb (execute/read, accessed).
+    0x00af_9b00_0000_ffff | (dpl << 45)
+}
+
+/// A writable data segment of privilege `dpl`, accessed bit set.
+const fn data(dpl: u64) -> u64 {
+    // G=1 D/B=1 limit 0xfffff; P=1 S=1 type 0x3 (read/write, accessed).
+    0x00cf_9300_0000_ffff | (dpl << 45)
+}
+
+/// The guest GDT for a CPU whose TSS is at `tss` (its address in the window).
+pub fn guest_gdt(tss: u64) -> [u64; GUEST_GDT_ENTRIES] {
+    let mut gdt = [0u64; GUEST_GDT_ENTRIES];
+    let entry = |selector: u64| (selector >> 3) as usize;
+    gdt[entry(SWITCHER_CS as u64)] = code64(0);
+    gdt[entry(SWITCHER_DS as u64)] = data(0);
+    gdt[entry(GUEST_USER_SS)] = data(3);
+    gdt[entry(GUEST_USER_CS)] = code64(3);
+    gdt[entry(GUEST_KERNEL_CS)] = code64(1);
+    gdt[entry(GUEST_KERNEL_SS)] = data(1);
+    let [low, high] = tss_descriptor(tss);
+    gdt[entry(TSS_SELECTOR as u64)] = low;
+    gdt[entry(TSS_SELECTOR as u64) + 1] = high;
+    gdt
+}
+
+/// A 16-byte available 64-bit TSS descriptor for a TSS at `base`.
+fn tss_descriptor(base: u64) -> [u64; 2] {
+    let limit = TSS_BYTES as u64 - 1;
+    let low = limit
+        | (base & 0xff_ffff) << 16
+        | 0x89 << 40 // P=1, DPL 0, type 9: available 64-bit TSS
+        | ((base >> 24) & 0xff) << 56;
+    [low, base >> 32]
+}
+
+/// The guest TSS: `rsp0` is where traps from ring 1 and 3 push their frame (the top of the
+/// regs page), `ist[n - 1]` the stack of IST n.
+pub fn tss(rsp0: u64, ist: [u64; 4]) -> [u8; TSS_BYTES] {
+    let mut tss = [0u8; TSS_BYTES];
+    tss[4..12].copy_from_slice(&rsp0.to_le_bytes());
+    for (n, top) in ist.iter().enumerate() {
+        let at = 36 + n * 8;
+        tss[at..at + 8].copy_from_slice(&top.to_le_bytes());
+    }
+    tss[102..104].copy_from_slice(&(TSS_BYTES as u16).to_le_bytes());
+    tss
+}
+
+/// An interrupt gate to `handler`, entered at ring 0 (with interrupts off), usable by `int`
+/// from rings <= `dpl`, on IST `ist` (0 for none).
+fn interrupt_gate(handler: u64, dpl: u64, ist: u8) -> [u64; 2] {
+    let low = (handler & 0xffff)
+        | (SWITCHER_CS as u64) << 16
+        | (ist as u64) << 32
+        | (0x8e | dpl << 5) << 40 // P=1, type 0xe: 64-bit interrupt gate
+        | ((handler >> 16) & 0xffff) << 48;
+    [low, handler >> 32]
+}
+
+/// The IDT every CPU loads while a guest runs: gate `n` leads to `stubs + 16 * n`.
+///
+/// Every gate has DPL 0, so `int n` from the guest faults (#GP) instead of entering a stub as
+/// if vector n had happened; the one exception is the hypercall vector, DPL 1, for the guest
+/// kernel alone. NMI, double fault and machine check run on IST stacks, so that they have a
+/// good stack at every instant of a switch.
+pub fn guest_idt(stubs: u64) -> [[u64; 2]; 256] {
+    let mut idt = [[0u64; 2]; 256];
+    for (vector, gate) in idt.iter_mut().enumerate() {
+        let ist = match vector {
+            2 => IST_NMI,
+            8 => IST_DOUBLE_FAULT,
+            18 => IST_MACHINE_CHECK,
+            _ => 0,
+        };
+        let dpl = if vector == hcall::VECTOR as usize {
+            1
+        } else {
+            0
+        };
+        *gate = interrupt_gate(stubs + 16 * vector as u64, dpl, ist);
+    }
+    idt
+}
+
+/// The 10-byte operand of `lgdt`/`lidt`, padded to 16 bytes: limit, then base.
+pub fn pseudo_descriptor(base: u64, bytes: usize) -> [u8; 16] {
+    let mut d = [0u8; 16];
+    d[0..2].copy_from_slice(&((bytes - 1) as u16).to_le_bytes());
+    d[2..10].copy_from_slice(&base.to_le_bytes());
+    d
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn dpl(descriptor: u64) -> u64 {
+        (descriptor >> 45) & 3
+    }
+
+    #[test]
+    fn segments_match_the_manual() {
+        // Linux's own __KERNEL_CS and __KERNEL_DS descriptors, with the accessed bit set.
+        assert_eq!(code64(0), 0x00af_9b00_0000_ffff);
+        assert_eq!(data(0), 0x00cf_9300_0000_ffff);
+        assert_eq!(code64(3), 0x00af_fb00_0000_ffff);
+    }
+
+    #[test]
+    fn the_guest_can_load_only_its_own_segments() {
+        let gdt = guest_gdt(0xffff_8000_0000_6100);
+        assert_eq!(dpl(gdt[(GUEST_KERNEL_CS >> 3) as usize]), 1);
+        assert_eq!(dpl(gdt[(GUEST_KERNEL_SS >> 3) as usize]), 1);
+        assert_eq!(dpl(gdt[(GUEST_USER_CS >> 3) as usize]), 3);
+        for (i, d) in gdt.iter().enumerate() {
+            let present = d & (1 << 47) != 0;
+            let system = d & (1 << 44) == 0;
+            if present && !system {
+                assert!(d & (1 << 40) != 0, "entry {i}: accessed bit must be preset");
+                if dpl(*d) == 0 {
+                    assert!(
+                        [2, 3].contains(&i),
+                        "entry {i}: only the Switcher's segments are DPL 0"
+                    );
+                }
+            }
+        }
+        // The selectors' RPLs match the DPLs.
+        assert_eq!(GUEST_KERNEL_CS & 3, 1);
+        assert_eq!(GUEST_USER_SS & 3, 3);
+    }
+
+    #[test]
+    fn tss_descriptor_splits_its_base() {
+        let gdt = guest_gdt(0xffff_8000_1234_5678);
+        let [low, high] = [gdt[8], gdt[9]];
+        assert_eq!(low & 0xffff, 103);
+        assert_eq!((low >> 16) & 0xff_ffff, 0x34_5678);
+        assert_eq!((low >> 56) & 0xff, 0x12);
+        assert_eq!((low >> 40) & 0xff, 0x89);
+        assert_eq!(high, 0xffff_8000);
+    }
+
+    #[test]
+    fn tss_fields_are_where_the_cpu_reads_them() {
+        let t = tss(0x1111, [0x2222, 0x3333, 0x4444, 0x5555]);
+        assert_eq!(u64::from_le_bytes(t[4..12].try_into().unwrap()), 0x1111);
+        assert_eq!(u64::from_le_bytes(t[36..44].try_into().unwrap()), 0x2222);
+        assert_eq!(u64::from_le_bytes(t[60..68].try_into().unwrap()), 0x5555);
+        assert_eq!(u16::from_le_bytes([t[102], t[103]]), 104, "no I/O bitmap");
+    }
+
+    #[test]
+    fn only_the_hypercall_gate_is_open_to_the_guest() {
+        let idt = guest_idt(0xffff_8000_0000_0800);
+        for (vector, [low, high]) in idt.iter().enumerate() {
+            let handler = (low & 0xffff) | ((low >> 48) & 0xffff) << 16 | high << 32;
+            assert_eq!(handler, 0xffff_8000_0000_0800 + 16 * vector as u64);
+            assert_eq!((low >> 16) & 0xffff, SWITCHER_CS as u64);
+            let gate_dpl = (low >> 45) & 3;
+            assert_eq!(
+                gate_dpl,
+                if vector == 0x1f { 1 } else { 0 },
+                "vector {vector}"
+            );
+            assert_eq!((low >> 40) & 0x9f, 0x8e, "present interrupt gate");
+        }
+        assert_eq!((idt[2][0] >> 32) & 7, IST_NMI as u64);
+        assert_eq!((idt[8][0] >> 32) & 7, IST_DOUBLE_FAULT as u64);
+        assert_eq!((idt[14][0] >> 32) & 7, 0);
+    }
+}

@@ -1,0 +1,166 @@
+//! Hypercalls, decoded and checked: what a guest's `int $0x1f` asks for.
+//!
+//! The guest puts the call number in RAX and arguments in RBX, RCX, RDX, RSI, RDI (the ABI's
+//! `hcall` module). Everything a guest passes is a guest value: guest-physical addresses are
+//! checked against RAM (with overflow in mind) and lengths against their limits before the host
+//! touches a byte. A call that fails a check kills the guest: a guest that passes wild pointers
+//! is broken or hostile, and either way must not run on.
+
+use crate::abi::hcall::{self, CONSOLE_WRITE_MAX, SHUTDOWN_POWEROFF, SHUTDOWN_RESTART};
+use crate::abi::regs::{Reg, Regs};
+use crate::abi::PAGE_SIZE;
+use crate::death;
+use crate::death::Death;
+
+/// One decoded hypercall.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Hypercall {
+    /// Register the lguest_data page at this guest-physical address.
+    LguestInit {
+        data_gpa: u64,
+    },
+    /// Stop: the message's guest-physical address and whether to restart.
+    Shutdown {
+        message_gpa: u64,
+        restart: bool,
+    },
+    Halt,
+    /// Print `len` bytes at guest-physical `gpa`.
+    ConsoleWrite {
+        gpa: u64,
+        len: usize,
+    },
+    Nop,
+}
+
+/// Whether `len` bytes at guest-physical `gpa` lie inside `ram_bytes` of RAM.
+pub fn in_ram(gpa: u64, len: u64, ram_bytes: u64) -> bool {
+    matches!(gpa.checked_add(len), Some(end) if end <= ram_bytes)
+}
+
+/// Decode the hypercall in `regs`. `initialized` says whether LGUEST_INIT has been made:
+/// lguest's rule, kept here, is that it must come first, so the host always knows where the
+/// shared page is.
+pub fn decode(regs: &Regs, initialized: bool, ram_bytes: u64) -> Result<Hypercall, Death> {
+    let number = regs.get(Reg::Rax);
+    let (a1, a2) = (regs.get(Reg::Rbx), regs.get(Reg::Rcx));
+    if !initialized && number != hcall::LGUEST_INIT {
+        return Err(death!("hypercall {number} before LGUEST_INIT"));
+    }
+    let call = match number {
+        hcall::LGUEST_INIT => {
+            if initialized {
+                return Err(death!("LGUEST_INIT made twice"));
+            }
+            if a1 % PAGE_SIZE != 0 || !in_ram(a1, PAGE_SIZE, ram_bytes) {
+                return Err(death!("LGUEST_INIT with a bad lguest_data address {a1:#x}"));
+            }
+            Hypercall::LguestInit { data_gpa: a1 }
+        }
+        hcall::SHUTDOWN => {
+            let restart = match a2 {
+                SHUTDOWN_POWEROFF => false,
+                SHUTDOWN_RESTART => true,
+                other => return Err(death!("SHUTDOWN with an unknown kind {other}")),
+            };
+            if a1 >= ram_bytes {
+                return Err(death!("SHUTDOWN with a message outside RAM at {a1:#x}"));
+            }
+            Hypercall::Shutdown {
+                message_gpa: a1,
+                restart,
+            }
+        }
+        hcall::HALT => Hypercall::Halt,
+        hcall::CONSOLE_WRITE => {
+            if a2 > CONSOLE_WRITE_MAX as u64 {
+                return Err(death!(
+                    "CONSOLE_WRITE of {a2} bytes (at most {CONSOLE_WRITE_MAX})"
+                ));
+            }
+            if !in_ram(a1, a2, ram_bytes) {
+                return Err(death!(
+                    "CONSOLE_WRITE from outside RAM: {a2} bytes at {a1:#x}"
+                ));
+            }
+            Hypercall::ConsoleWrite {
+                gpa: a1,
+                len: a2 as usize,
+            }
+        }
+        hcall::NOP => Hypercall::Nop,
+        other => return Err(death!("unknown hypercall {other}")),
+    };
+    Ok(call)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const RAM: u64 = 64 << 20;
+
+    fn call(number: u64, a1: u64, a2: u64) -> Regs {
+        let mut regs = Regs::default();
+        regs.set(Reg::Rax, number);
+        regs.set(Reg::Rbx, a1);
+        regs.set(Reg::Rcx, a2);
+        regs
+    }
+
+    fn reason(r: Result<Hypercall, Death>) -> std::string::String {
+        std::string::String::from_utf8(r.unwrap_err().as_bytes().to_vec()).unwrap()
+    }
+
+    #[test]
+    fn lguest_init_must_come_first_and_once() {
+        let init = call(hcall::LGUEST_INIT, 0x5000, 0);
+        assert_eq!(
+            decode(&init, false, RAM),
+            Ok(Hypercall::LguestInit { data_gpa: 0x5000 })
+        );
+        assert!(reason(decode(&init, true, RAM)).contains("twice"));
+        assert!(reason(decode(&call(hcall::NOP, 0, 0), false, RAM)).contains("before LGUEST_INIT"));
+        assert!(decode(&call(hcall::LGUEST_INIT, 0x5008, 0), false, RAM).is_err());
+        assert!(decode(&call(hcall::LGUEST_INIT, RAM, 0), false, RAM).is_err());
+    }
+
+    #[test]
+    fn console_write_is_bounded() {
+        let ok = call(hcall::CONSOLE_WRITE, 0x1000, 18);
+        assert_eq!(
+            decode(&ok, true, RAM),
+            Ok(Hypercall::ConsoleWrite {
+                gpa: 0x1000,
+                len: 18
+            })
+        );
+        for (gpa, len) in [
+            (1 << 40, 8),
+            (0, u64::MAX),
+            (u64::MAX - 3, 8),
+            (RAM - 4, 8),
+            (0, 1025),
+        ] {
+            assert!(
+                decode(&call(hcall::CONSOLE_WRITE, gpa, len), true, RAM).is_err(),
+                "{gpa:#x}+{len}"
+            );
+        }
+        assert!(decode(&call(hcall::CONSOLE_WRITE, RAM - 8, 8), true, RAM).is_ok());
+    }
+
+    #[test]
+    fn shutdown_kinds_and_unknown_calls() {
+        let off = call(hcall::SHUTDOWN, 0x100, SHUTDOWN_POWEROFF);
+        assert_eq!(
+            decode(&off, true, RAM),
+            Ok(Hypercall::Shutdown {
+                message_gpa: 0x100,
+                restart: false
+            })
+        );
+        assert!(reason(decode(&call(hcall::SHUTDOWN, 0x100, 7), true, RAM)).contains("kind 7"));
+        assert!(reason(decode(&call(999, 0, 0), true, RAM)).contains("unknown hypercall 999"));
+    }
+}

@@ -1,0 +1,190 @@
+//! Where everything in the Switcher window lies.
+//!
+//! The Switcher is a handful of pages mapped at the same virtual address, the window, in the
+//! host and in every guest: the code that switches address spaces must still be there after the
+//! switch. The window is PML4 slot 256 (`abi::data::SWITCHER_WINDOW_START`), and within it:
+//!
+//! ```text
+//!   page 0-1   text: the world switch and the 256 trap stubs          host RX, guest RX
+//!   page 2     IDT: 256 gates into the stubs, shared by every CPU    host RW, guest RO
+//!   page 3...  one block of 8 pages per host CPU:
+//!     +0       guard (never mapped)
+//!     +1..+4   four IST stacks (double fault, NMI, debug, machine check) host RW, guest RW
+//!     +5       regs page: the guest's registers; TSS.RSP0 is its top    host RW, guest RW
+//!     +6       state page: this CPU's guest GDT and TSS                 host RW, guest RO
+//!     +7       host page: what the host needs back; never in a guest    host RW, guest --
+//! ```
+//!
+//! A guest's page tables map the text, the IDT and only the block of the CPU it runs on, so
+//! one guest can never see another CPU's pages. The host page holds the host's stack pointer
+//! and descriptor tables; it is never mapped for a guest (design.md D3: lguest kept them in a
+//! page the guest could read, a KASLR leak).
+//!
+//! `switcher/switcher.S` uses the same numbers; lg.ko compares them with these at load time
+//! (`LAYOUT_WORDS`) and refuses to load if they differ.
+
+/// Bytes in a page.
+pub const PAGE: u64 = 4096;
+/// Pages of Switcher text.
+pub const TEXT_PAGES: u64 = 2;
+/// Page index of the IDT.
+pub const IDT_PAGE: u64 = 2;
+/// Page index of CPU 0's block.
+pub const FIRST_BLOCK_PAGE: u64 = 3;
+/// Pages per CPU block.
+pub const BLOCK_PAGES: u64 = 8;
+/// The most host CPUs lg.ko supports: the window's page table (one 4 KiB table, 512 entries)
+/// must hold the text, the IDT and every block.
+pub const MAX_CPUS: u64 = 32;
+/// Pages the window's page table maps, blocks of every supported CPU included.
+pub const WINDOW_PAGES: u64 = FIRST_BLOCK_PAGE + MAX_CPUS * BLOCK_PAGES;
+
+/// Offsets of the pages within a block.
+pub const BLOCK_IST_FIRST: u64 = PAGE;
+pub const BLOCK_REGS: u64 = 5 * PAGE;
+pub const BLOCK_STATE: u64 = 6 * PAGE;
+pub const BLOCK_HOST: u64 = 7 * PAGE;
+/// How many IST stacks; IST n (1-based) is block page n and its stack starts at the page's end.
+/// Their order matches Linux's (double fault, NMI, debug, machine check), so that a host handler
+/// that runs while the guest's TSS is loaded finds a stack of the size it expects.
+pub const IST_STACKS: u64 = 4;
+/// The IST numbers the Switcher's own gates use.
+pub const IST_DOUBLE_FAULT: u8 = 1;
+pub const IST_NMI: u8 = 2;
+pub const IST_MACHINE_CHECK: u8 = 4;
+
+// The regs page: a few words at the bottom, the trap frame at the top.
+/// The guest's FS base, saved by the exit path.
+pub const REGS_FS_BASE: u64 = 0;
+/// The guest's GS base, saved by the exit path.
+pub const REGS_GS_BASE: u64 = 8;
+/// CR2 at the exit (the faulting address of a page fault).
+pub const REGS_CR2: u64 = 16;
+/// Non-zero if the trap came from the Switcher itself (CPL 0): the vector plus one.
+pub const REGS_SWITCHER_FAULT: u64 = 24;
+/// Set if an NMI arrived while the Switcher itself was running; the host re-raises it.
+pub const REGS_NMI_PENDING: u64 = 32;
+/// Set if a machine check arrived while the Switcher itself was running.
+pub const REGS_MC_PENDING: u64 = 40;
+
+/// Words in the trap frame: 15 general registers pushed by the Switcher, the vector and error
+/// code pushed by the stub, and the 5 words the CPU pushes (RIP, CS, RFLAGS, RSP, SS).
+pub const FRAME_WORDS: u64 = 22;
+/// Where the frame starts in the regs page: it ends exactly at the page's end, where TSS.RSP0
+/// points, so a trap from ring 1 or 3 pushes its frame straight into place.
+pub const REGS_FRAME: u64 = PAGE - FRAME_WORDS * 8;
+
+/// The frame's words, lowest address first (the order the Switcher's pushes leave them in).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub enum FrameWord {
+    R15 = 0,
+    R14,
+    R13,
+    R12,
+    R11,
+    R10,
+    R9,
+    R8,
+    Rbp,
+    Rdi,
+    Rsi,
+    Rdx,
+    Rcx,
+    Rbx,
+    Rax,
+    Vector,
+    ErrorCode,
+    Rip,
+    Cs,
+    Rflags,
+    Rsp,
+    Ss,
+}
+
+// The state page.
+/// The guest GDT, at the start of the state page.
+pub const STATE_GDT: u64 = 0;
+/// The guest TSS (104 bytes).
+pub const STATE_TSS: u64 = 256;
+/// The pseudo-descriptor `lgdt` loads (limit, base).
+pub const STATE_GDTR: u64 = 512;
+/// The pseudo-descriptor `lidt` loads.
+pub const STATE_IDTR: u64 = 528;
+
+// The host page.
+/// The host's stack pointer while the guest runs.
+pub const HOST_RSP: u64 = 0;
+/// `sgdt` of the host: its (read-only) GDT.
+pub const HOST_GDTR: u64 = 16;
+/// `sidt` of the host.
+pub const HOST_IDTR: u64 = 32;
+/// The host GDT's writable alias, for clearing its TSS busy bit before `ltr`.
+pub const HOST_GDTR_RW: u64 = 48;
+/// Host FS base, GS base and KERNEL_GS_BASE, restored on exit.
+pub const HOST_FS_BASE: u64 = 64;
+pub const HOST_GS_BASE: u64 = 72;
+pub const HOST_KERNEL_GS_BASE: u64 = 80;
+/// Host DS and ES selectors.
+pub const HOST_DS: u64 = 88;
+pub const HOST_ES: u64 = 96;
+/// Host CR4, restored on exit (the entry path clears PGE: see docs/world-switch.md).
+pub const HOST_CR4: u64 = 104;
+/// What to load for the guest: FS base, GS base, CR3 (the shadow root) and CR4.
+pub const HOST_GUEST_FS_BASE: u64 = 112;
+pub const HOST_GUEST_GS_BASE: u64 = 120;
+pub const HOST_GUEST_CR3: u64 = 128;
+pub const HOST_GUEST_CR4: u64 = 136;
+
+/// The layout words `switcher.S` exports as `lg_switcher_layout`, in this order.
+pub const LAYOUT_WORDS: [u64; 12] = [
+    TEXT_PAGES,
+    IDT_PAGE,
+    FIRST_BLOCK_PAGE,
+    BLOCK_PAGES,
+    BLOCK_REGS,
+    BLOCK_STATE,
+    BLOCK_HOST,
+    REGS_FRAME,
+    REGS_SWITCHER_FAULT,
+    STATE_GDTR,
+    HOST_GUEST_CR3,
+    HOST_CR4,
+];
+
+/// The offset of CPU `cpu`'s block from the window's start.
+pub const fn block_offset(cpu: u64) -> u64 {
+    (FIRST_BLOCK_PAGE + cpu * BLOCK_PAGES) * PAGE
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn everything_fits_one_page_table() {
+        assert!(WINDOW_PAGES <= 512);
+        assert_eq!(block_offset(MAX_CPUS), WINDOW_PAGES * PAGE);
+    }
+
+    #[test]
+    fn regs_page_fields_stay_below_the_frame() {
+        assert!(REGS_MC_PENDING + 8 <= REGS_FRAME);
+        assert_eq!(REGS_FRAME + FRAME_WORDS * 8, PAGE);
+        assert_eq!(FrameWord::Ss as u64, FRAME_WORDS - 1);
+        assert_eq!(
+            REGS_FRAME % 16,
+            0,
+            "RSP0 and the frame stay 16-byte aligned"
+        );
+    }
+
+    #[test]
+    fn state_page_tables_do_not_overlap() {
+        use crate::abi::boot::GUEST_GDT_ENTRIES;
+        assert!(STATE_GDT + GUEST_GDT_ENTRIES as u64 * 8 <= STATE_TSS);
+        assert!(STATE_TSS + 104 <= STATE_GDTR);
+        assert!(STATE_IDTR + 16 <= PAGE);
+        assert!(HOST_GUEST_CR4 + 8 <= PAGE);
+    }
+}

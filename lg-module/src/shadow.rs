@@ -1,0 +1,166 @@
+//! Shadow paging decisions: what the host maps when the guest takes a page fault.
+//!
+//! The guest never runs on its own page tables. It runs on shadow tables the host builds, which
+//! map only guest RAM and the Switcher, and which start empty: each first touch of a page
+//! faults to the host, which walks the guest's tables ([`crate::pagewalk::walk`]), checks what
+//! the guest asked for, and installs one shadow entry pointing at the host page that backs that
+//! guest-physical page. This file is the checking; `lg-module/shadow.rs` does the installing.
+//!
+//! The checks are lguest's: the guest mapping must be present, writable for a write, user for a
+//! ring-3 access, executable for a fetch, and must point inside guest RAM. A read fault maps the
+//! page read-only unless the guest's entry is already dirty, so that the first write faults too
+//! and the host can set the dirty bit, as the MMU would have.
+
+use crate::abi::data::{SWITCHER_WINDOW_END, SWITCHER_WINDOW_START};
+use crate::abi::paging::{PTE_ACCESSED, PTE_DIRTY, PTE_NO_EXEC, PTE_PRESENT, PTE_USER, PTE_WRITE};
+use crate::death;
+use crate::death::Death;
+use crate::pagewalk::Leaf;
+
+/// Page-fault error code bits, as the CPU pushes them.
+pub const PF_WRITE: u64 = 1 << 1;
+pub const PF_USER: u64 = 1 << 2;
+pub const PF_FETCH: u64 = 1 << 4;
+
+/// What to install for a fault the guest may take.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Mapping {
+    /// Guest-physical address of the 4 KiB page to map.
+    pub gpa_page: u64,
+    pub writable: bool,
+    pub user: bool,
+    pub no_exec: bool,
+    /// The guest entry with accessed (and, for a write, dirty) set: the host writes it back.
+    pub updated_entry: u64,
+}
+
+/// Decide what a fault at `va` with `error` means, given what the guest's tables say (`leaf`).
+pub fn decide(va: u64, error: u64, leaf: Option<Leaf>, ram_bytes: u64) -> Result<Mapping, Death> {
+    if (SWITCHER_WINDOW_START..SWITCHER_WINDOW_END).contains(&va) {
+        return Err(death!(
+            "touched the Switcher window at {va:#x} (error {error:#x})"
+        ));
+    }
+    let what = if error & PF_FETCH != 0 {
+        "fetch from"
+    } else if error & PF_WRITE != 0 {
+        "write to"
+    } else {
+        "read of"
+    };
+    let Some(leaf) = leaf else {
+        return Err(death!("page fault: {what} unmapped {va:#x}"));
+    };
+    if error & PF_WRITE != 0 && !leaf.writable {
+        return Err(death!("page fault: {what} read-only {va:#x}"));
+    }
+    if error & PF_USER != 0 && !leaf.user {
+        return Err(death!("page fault: user {what} supervisor page {va:#x}"));
+    }
+    if error & PF_FETCH != 0 && leaf.no_exec {
+        return Err(death!("page fault: {what} no-execute page {va:#x}"));
+    }
+    if leaf.gpa >= ram_bytes {
+        return Err(death!(
+            "page fault: {va:#x} maps guest-physical {:#x}, beyond RAM",
+            leaf.gpa
+        ));
+    }
+    let write = error & PF_WRITE != 0;
+    let mut updated_entry = leaf.entry | PTE_ACCESSED;
+    if write {
+        updated_entry |= PTE_DIRTY;
+    }
+    Ok(Mapping {
+        gpa_page: leaf.gpa & !0xfff,
+        // Read-only until the guest entry is dirty, so the first write comes back to us.
+        writable: leaf.writable && updated_entry & PTE_DIRTY != 0,
+        user: leaf.user,
+        no_exec: leaf.no_exec,
+        updated_entry,
+    })
+}
+
+/// The shadow entry for `mapping`, backed by the host page at `host_phys`. Never global (the
+/// guest's entries must go with every CR3 switch), accessed and dirty preset (the host tracks
+/// those in the guest's own entries, so the MMU need not write the shadow).
+pub fn shadow_pte_for(mapping: &Mapping, host_phys: u64) -> u64 {
+    let mut pte = host_phys | PTE_PRESENT | PTE_ACCESSED | PTE_DIRTY;
+    if mapping.writable {
+        pte |= PTE_WRITE;
+    }
+    if mapping.user {
+        pte |= PTE_USER;
+    }
+    if mapping.no_exec {
+        pte |= PTE_NO_EXEC;
+    }
+    pte
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const RAM: u64 = 64 << 20;
+    const PF_PRESENT: u64 = 1 << 0;
+
+    fn leaf(gpa: u64, writable: bool, user: bool) -> Leaf {
+        Leaf {
+            gpa,
+            entry_gpa: 0x3000,
+            entry: gpa & !0xfff | 1,
+            writable,
+            user,
+            no_exec: false,
+        }
+    }
+
+    #[test]
+    fn read_faults_map_read_only_until_dirty() {
+        let m = decide(0x20_0123, 0, Some(leaf(0x20_0123, true, false)), RAM).unwrap();
+        assert_eq!(m.gpa_page, 0x20_0000);
+        assert!(
+            !m.writable,
+            "clean page: read-only, so the first write comes back"
+        );
+        assert_eq!(m.updated_entry & (PTE_ACCESSED | PTE_DIRTY), PTE_ACCESSED);
+        let w = decide(0x20_0123, PF_WRITE, Some(leaf(0x20_0123, true, false)), RAM).unwrap();
+        assert!(w.writable);
+        assert_eq!(w.updated_entry & PTE_DIRTY, PTE_DIRTY);
+        let pte = shadow_pte_for(&w, 0x7_7000);
+        assert_eq!(
+            pte,
+            0x7_7000 | PTE_PRESENT | PTE_WRITE | PTE_ACCESSED | PTE_DIRTY
+        );
+    }
+
+    #[test]
+    fn every_broken_rule_kills() {
+        let cases: [(u64, u64, Option<Leaf>); 6] = [
+            (0x1000, 0, None),
+            (0x1000, PF_WRITE, Some(leaf(0x1000, false, true))),
+            (0x1000, PF_USER, Some(leaf(0x1000, true, false))),
+            (
+                0x1000,
+                PF_FETCH,
+                Some(Leaf {
+                    no_exec: true,
+                    ..leaf(0x1000, true, true)
+                }),
+            ),
+            (0x1000, 0, Some(leaf(RAM, true, true))),
+            (
+                SWITCHER_WINDOW_START + 0x2000,
+                PF_WRITE | PF_PRESENT,
+                Some(leaf(0x1000, true, true)),
+            ),
+        ];
+        for (va, error, l) in cases {
+            assert!(
+                decide(va, error, l, RAM).is_err(),
+                "{va:#x} {error:#x} {l:?}"
+            );
+        }
+    }
+}

@@ -1,0 +1,283 @@
+// SPDX-License-Identifier: GPL-2.0
+//! The Switcher's pages: allocated and filled once at module load, mapped into launchers.
+//!
+//! At load, lg.ko allocates the window's pages (`src/layout.rs` draws them), copies the
+//! Switcher's text (`switcher/switcher.S`) into the text pages, writes the IDT that leads every
+//! vector into it, and gives each host CPU its GDT and TSS. It also builds the host's view of
+//! the window: one PUD, PMD and page table mapping every page, text read-only and executable,
+//! the rest no-execute. That view is hooked into PGD slot 256 of each launcher's address space
+//! while it has a guest (`install`), because the switch runs in the launcher's context and its
+//! code must be mapped where it is about to change CR3.
+//!
+//! Guests see a narrower view, built per guest by `shadow_tables.rs`.
+
+use crate::abi::data::SWITCHER_WINDOW_START;
+use crate::abi::paging::{PTE_ACCESSED, PTE_DIRTY, PTE_NO_EXEC, PTE_PRESENT, PTE_WRITE};
+use crate::chardev::lg_bindings;
+use crate::cpu::{CR4_CET, CR4_FRED, CR4_LA57};
+use crate::descriptors;
+use crate::layout::*;
+use kernel::{bindings, new_mutex, prelude::*, sync::Mutex};
+
+/// One zeroed kernel page, freed on drop.
+///
+/// # Invariants
+///
+/// `addr` is the direct-map address of a page from `get_zeroed_page` that this value owns.
+pub(crate) struct KernelPage {
+    addr: usize,
+}
+
+impl KernelPage {
+    pub(crate) fn new() -> Result<KernelPage> {
+        // SAFETY: Any GFP_KERNEL allocation may be made from process context, where lg.ko
+        // always allocates.
+        let addr = unsafe { bindings::get_zeroed_page_noprof(bindings::GFP_KERNEL) } as usize;
+        if addr == 0 {
+            return Err(ENOMEM);
+        }
+        // INVARIANT: a fresh page, ours until drop.
+        Ok(KernelPage { addr })
+    }
+
+    /// Its direct-map address.
+    pub(crate) fn addr(&self) -> usize {
+        self.addr
+    }
+
+    /// Its physical address.
+    pub(crate) fn phys(&self) -> u64 {
+        // SAFETY: `addr` is a direct-map address (type invariant), which __pa translates.
+        unsafe { lg_bindings::lg_pa(self.addr as *const core::ffi::c_void) as u64 }
+    }
+
+    /// The page as 512 entries (for page tables).
+    pub(crate) fn entries(&mut self) -> &mut [u64; 512] {
+        // SAFETY: The page is ours, 4 KiB, page-aligned, and `&mut self` makes this borrow
+        // exclusive on the Rust side. (The CPU may read it as a page table, never write it:
+        // every entry we write has accessed and dirty preset.)
+        unsafe { &mut *(self.addr as *mut [u64; 512]) }
+    }
+
+    /// Copy `bytes` into the page at `offset`.
+    pub(crate) fn write(&mut self, offset: u64, bytes: &[u8]) {
+        let offset = offset as usize;
+        assert!(offset + bytes.len() <= PAGE as usize);
+        // SAFETY: In bounds (checked above) of a page we own; see `entries` for exclusivity.
+        unsafe {
+            core::ptr::copy_nonoverlapping(bytes.as_ptr(), (self.addr + offset) as *mut u8, bytes.len())
+        };
+    }
+}
+
+impl Drop for KernelPage {
+    fn drop(&mut self) {
+        // SAFETY: By the type invariant we own this order-0 page.
+        unsafe { bindings::free_pages(self.addr as _, 0) };
+    }
+}
+
+/// EOPNOTSUPP, which 6.12's `kernel::error::code` does not name.
+fn not_supported() -> Error {
+    Error::from_errno(-(bindings::EOPNOTSUPP as i32))
+}
+
+/// Page-table flags of the host's view: kernel-only, never global (a global entry would
+/// outlive the launcher's CR3), accessed and dirty preset.
+const HOST_TEXT: u64 = PTE_PRESENT | PTE_ACCESSED | PTE_DIRTY;
+const HOST_DATA: u64 = PTE_PRESENT | PTE_WRITE | PTE_ACCESSED | PTE_DIRTY | PTE_NO_EXEC;
+/// A table entry pointing to a lower table.
+pub(crate) const TABLE: u64 = PTE_PRESENT | PTE_WRITE | PTE_ACCESSED | PTE_DIRTY;
+
+/// Which PGD slot the window is.
+pub(crate) const WINDOW_PGD_SLOT: usize = 256;
+
+/// The Switcher's pages and the host's view of them.
+#[pin_data]
+pub(crate) struct Switcher {
+    /// Every page of the window, by page index; `None` for guard pages and absent CPUs.
+    pages: KVec<Option<KernelPage>>,
+    host_pud: KernelPage,
+    host_pmd: KernelPage,
+    host_pt: KernelPage,
+    /// Offset of `switch_to_guest` in the text.
+    entry_offset: u64,
+    /// Address spaces the window is installed in, and how many guests each has.
+    #[pin]
+    installs: Mutex<KVec<(usize, usize)>>,
+}
+
+// SAFETY: After construction the pages are only written by the CPU that runs a guest on its
+// own block (with interrupts off) or under `installs`' lock; the raw pointers inside
+// `KernelPage` are direct-map addresses, valid on every CPU.
+unsafe impl Send for Switcher {}
+// SAFETY: As for Send.
+unsafe impl Sync for Switcher {}
+
+impl Switcher {
+    /// Allocate and fill the window. Refuses hosts lg.ko cannot protect itself on.
+    pub(crate) fn new() -> Result<Pin<KBox<Switcher>>> {
+        // SAFETY: reading CR4 has no side effects.
+        let cr4 = unsafe { lg_bindings::lg_read_cr4() } as u64;
+        for (bit, what) in [
+            (CR4_LA57, "5-level paging (the Switcher window is PGD slot 256 of 4-level paging)"),
+            (CR4_CET, "CET (supervisor shadow stacks would bind ring 1 too)"),
+            (CR4_FRED, "FRED (the Switcher delivers traps through the IDT)"),
+        ] {
+            if cr4 & bit != 0 {
+                pr_err!("cannot run guests on a host with {} enabled\n", what);
+                return Err(not_supported());
+            }
+        }
+        // SAFETY: reads a kernel variable fixed at boot.
+        let cpus = unsafe { lg_bindings::lg_nr_cpu_ids() } as u64;
+        if cpus > MAX_CPUS {
+            pr_err!("cannot run guests on more than {} CPUs (this host has {})\n", MAX_CPUS, cpus);
+            return Err(not_supported());
+        }
+        // SAFETY: lg_switcher_layout and lg_switcher_offsets are constant tables in switcher.S.
+        let (layout_words, offsets, text) = unsafe {
+            let start = lg_bindings::lg_switcher_start.as_ptr() as *const u8;
+            let end = lg_bindings::lg_switcher_end.as_ptr() as *const u8;
+            let text = core::slice::from_raw_parts(start, end.offset_from(start) as usize);
+            (&lg_bindings::lg_switcher_layout, &lg_bindings::lg_switcher_offsets, text)
+        };
+        if layout_words.iter().map(|&w| w as u64).ne(LAYOUT_WORDS.iter().copied())
+            || text.len() as u64 > TEXT_PAGES * PAGE
+        {
+            pr_err!("switcher.S and src/layout.rs disagree on the Switcher's layout\n");
+            return Err(EINVAL);
+        }
+
+        let mut pages = KVec::with_capacity(WINDOW_PAGES as usize, GFP_KERNEL)?;
+        for _ in 0..WINDOW_PAGES {
+            pages.push(None, GFP_KERNEL)?;
+        }
+        for page in 0..TEXT_PAGES {
+            let mut p = KernelPage::new()?;
+            let from = (page * PAGE) as usize;
+            let to = text.len().min(from + PAGE as usize);
+            if from < to {
+                p.write(0, &text[from..to]);
+            }
+            pages[page as usize] = Some(p);
+        }
+        let window = SWITCHER_WINDOW_START;
+        let mut idt = KernelPage::new()?;
+        for (vector, gate) in descriptors::guest_idt(window + offsets[1] as u64).iter().enumerate() {
+            idt.write(vector as u64 * 16, &gate[0].to_le_bytes());
+            idt.write(vector as u64 * 16 + 8, &gate[1].to_le_bytes());
+        }
+        pages[IDT_PAGE as usize] = Some(idt);
+        for cpu in 0..cpus {
+            let block = window + block_offset(cpu);
+            let first = (block_offset(cpu) / PAGE) as usize;
+            for page in 1..BLOCK_PAGES as usize {
+                pages[first + page] = Some(KernelPage::new()?);
+            }
+            let state = pages[first + (BLOCK_STATE / PAGE) as usize].as_mut().ok_or(EINVAL)?;
+            let tss_addr = block + BLOCK_STATE + STATE_TSS;
+            for (i, entry) in descriptors::guest_gdt(tss_addr).iter().enumerate() {
+                state.write(STATE_GDT + i as u64 * 8, &entry.to_le_bytes());
+            }
+            let ist_top = |n: u64| block + BLOCK_IST_FIRST + n * PAGE;
+            let rsp0 = block + BLOCK_REGS + PAGE;
+            state.write(STATE_TSS, &descriptors::tss(rsp0, [ist_top(1), ist_top(2), ist_top(3), ist_top(4)]));
+            let gdt_bytes = crate::abi::boot::GUEST_GDT_ENTRIES * 8;
+            state.write(STATE_GDTR, &descriptors::pseudo_descriptor(block + BLOCK_STATE + STATE_GDT, gdt_bytes));
+            state.write(STATE_IDTR, &descriptors::pseudo_descriptor(window + IDT_PAGE * PAGE, 4096));
+        }
+
+        let (mut host_pud, mut host_pmd, mut host_pt) = (KernelPage::new()?, KernelPage::new()?, KernelPage::new()?);
+        for (index, page) in pages.iter().enumerate() {
+            if let Some(page) = page {
+                let flags = if (index as u64) < TEXT_PAGES { HOST_TEXT } else { HOST_DATA };
+                host_pt.entries()[index] = page.phys() | flags;
+            }
+        }
+        host_pmd.entries()[0] = host_pt.phys() | TABLE;
+        host_pud.entries()[0] = host_pmd.phys() | TABLE;
+
+        KBox::pin_init(
+            pin_init!(Switcher {
+                pages,
+                host_pud,
+                host_pmd,
+                host_pt,
+                entry_offset: offsets[0] as u64,
+                installs <- new_mutex!(KVec::new()),
+            }),
+            GFP_KERNEL,
+        )
+    }
+
+    /// The window address of `switch_to_guest`.
+    pub(crate) fn entry(&self) -> u64 {
+        SWITCHER_WINDOW_START + self.entry_offset
+    }
+
+    /// The page at window page index `index`, if it exists.
+    pub(crate) fn page(&self, index: u64) -> Option<&KernelPage> {
+        self.pages.get(index as usize)?.as_ref()
+    }
+
+    /// The direct-map address of a page of CPU `cpu`'s block (`offset` is a `BLOCK_*`).
+    pub(crate) fn block_page(&self, cpu: u64, offset: u64) -> usize {
+        let index = (block_offset(cpu) + offset) / PAGE;
+        self.page(index).map(KernelPage::addr).unwrap_or(0)
+    }
+
+    /// Hook the host's view of the window into `mm`'s PGD (slot 256), for one more guest.
+    ///
+    /// # Safety
+    ///
+    /// `mm` must be a live mm (its owner holds an mm_users reference) until the matching
+    /// `uninstall`.
+    pub(crate) unsafe fn install(&self, mm: *mut bindings::mm_struct) -> Result {
+        let mut installs = self.installs.lock();
+        if let Some(entry) = installs.iter_mut().find(|(m, users)| *m == mm as usize && *users > 0) {
+            entry.1 += 1;
+            return Ok(());
+        }
+        // A slot of an address space that has no guests left is reused, so the list stays as
+        // long as the most address spaces that ever had guests at once.
+        match installs.iter_mut().find(|(_, users)| *users == 0) {
+            Some(free) => *free = (mm as usize, 1),
+            None => installs.push((mm as usize, 1), GFP_KERNEL)?,
+        }
+        // SAFETY: `mm` is live (caller's contract) and so is its PGD page. Slot 256 is below
+        // PAGE_OFFSET's slot, so the kernel never fills or copies it (pgd_ctor copies the slots
+        // from pgd_index(PAGE_OFFSET) up): it is ours. A 64-bit store is atomic on x86.
+        unsafe { set_window_slot(mm, self.host_pud.phys() | TABLE) };
+        Ok(())
+    }
+
+    /// Undo one `install`; the last one clears the PGD slot.
+    ///
+    /// # Safety
+    ///
+    /// `mm` must be live and have been passed to a successful `install`.
+    pub(crate) unsafe fn uninstall(&self, mm: *mut bindings::mm_struct) {
+        let mut installs = self.installs.lock();
+        let Some(entry) = installs.iter_mut().find(|(m, users)| *m == mm as usize && *users > 0) else {
+            return;
+        };
+        entry.1 -= 1;
+        if entry.1 == 0 {
+            // SAFETY: As in install. Stale TLB entries for the window may remain on CPUs that
+            // ran this mm; they point at pages that live until the module unloads, and nothing
+            // but the Switcher ever uses those addresses.
+            unsafe { set_window_slot(mm, 0) };
+        }
+    }
+}
+
+/// Write PGD slot 256 of `mm`.
+///
+/// # Safety
+///
+/// `mm` must be live.
+unsafe fn set_window_slot(mm: *mut bindings::mm_struct, value: u64) {
+    // SAFETY: `mm` is live, so its PGD (a full page of 512 entries) is too.
+    unsafe { (*lg_bindings::lg_mm_pgd(mm).add(WINDOW_PGD_SLOT)).pgd = value as _ };
+}

@@ -1,0 +1,369 @@
+/* SPDX-License-Identifier: GPL-2.0 */
+/*
+ * The Switcher: where the host becomes the guest and back.
+ *
+ * This is the only code that runs in both worlds. Everything between lg_switcher_start and
+ * lg_switcher_end is copied by lg.ko into the text pages of the Switcher window, which is
+ * mapped at the same address in the host and in every guest, so it keeps running across the
+ * moment CR3 changes. It is position-independent: every reference is to itself, or to the
+ * per-CPU block whose address it is given (on the way in) or finds from the stack pointer (on
+ * the way out). The layout of the window is described in lg-module/src/layout.rs; the numbers
+ * below must match it, and lg.ko checks that they do before it uses a byte of this file.
+ *
+ * The way in, lguest_switch_to_guest(block), called by the host with interrupts off:
+ *   save the host's callee-saved registers and flags; park the host stack pointer in the host
+ *   page and the host CR3 in MSR_KERNEL_GS_BASE (readable only at CPL 0: a ring-1 guest can
+ *   neither rdmsr nor swapgs); load the guest's GDT, TSS and IDT; the guest's FS and GS bases;
+ *   the guest's CR3 and a CR4 without PGE; pop the guest's registers; iretq to ring 1.
+ *
+ * The way out, through any of 256 stubs: the CPU has pushed the guest's RIP, CS, RFLAGS, RSP
+ * and SS at TSS.RSP0, the top of the regs page; the stub adds an error code and the vector;
+ * the common exit pushes the general registers, so the whole frame now lies in the regs page.
+ * Then: back to the host CR3 (from the MSR), host GS base first (a host NMI handler may run
+ * from here on), host IDT, host GDT and TSS, host stack, host flags, return.
+ *
+ * The order of both paths is chosen so that, whatever instant an NMI arrives, the IDT, GDT
+ * and TSS in force agree with each other: docs/world-switch.md walks through it.
+ */
+#include <linux/linkage.h>
+#include <asm/msr-index.h>
+
+#define PAGE			4096
+#define TEXT_PAGES		2
+#define IDT_PAGE		2
+#define FIRST_BLOCK_PAGE	3
+#define BLOCK_PAGES		8
+#define BLOCK_REGS		(5 * PAGE)
+#define BLOCK_STATE		(6 * PAGE)
+#define BLOCK_HOST		(7 * PAGE)
+
+/* Regs page */
+#define REGS_FS_BASE		0
+#define REGS_GS_BASE		8
+#define REGS_CR2		16
+#define REGS_SWITCHER_FAULT	24
+#define REGS_NMI_PENDING	32
+#define REGS_MC_PENDING		40
+#define FRAME_WORDS		22
+#define REGS_FRAME		(PAGE - FRAME_WORDS * 8)
+/* Words of the frame, from its lowest address */
+#define F_VECTOR		(15 * 8)
+#define F_ERRCODE		(16 * 8)
+#define F_RIP			(17 * 8)
+#define F_CS			(18 * 8)
+
+/* State page */
+#define STATE_GDTR		512
+#define STATE_IDTR		528
+#define STATE_GDT		0
+#define TSS_SELECTOR		0x40
+/* Byte 5 of a TSS descriptor holds its type; bit 1 of the type is "busy". */
+#define TSS_DESC_TYPE_BYTE	(TSS_SELECTOR + 5)
+#define TSS_BUSY		0x02
+
+/* Host page */
+#define HOST_RSP		0
+#define HOST_GDTR		16
+#define HOST_IDTR		32
+#define HOST_GDTR_RW		48
+#define HOST_FS_BASE		64
+#define HOST_GS_BASE		72
+#define HOST_KERNEL_GS_BASE	80
+#define HOST_DS			88
+#define HOST_ES			96
+#define HOST_CR4		104
+#define HOST_GUEST_FS_BASE	112
+#define HOST_GUEST_GS_BASE	120
+#define HOST_GUEST_CR3		128
+#define HOST_GUEST_CR4		136
+
+/* wrmsr of the 64-bit value at \mem into MSR \msr. Clobbers rax, rcx, rdx. */
+.macro WRMSR_FROM msr, mem
+	movl	$\msr, %ecx
+	movl	\mem, %eax
+	movl	4+\mem, %edx
+	wrmsr
+.endm
+
+/* rdmsr of MSR \msr into the 64-bit slot at \mem. Clobbers rax, rcx, rdx. */
+.macro RDMSR_TO msr, mem
+	movl	$\msr, %ecx
+	rdmsr
+	movl	%eax, \mem
+	movl	%edx, 4+\mem
+.endm
+
+/*
+ * The text copied into the window. It lives in a data section: its only executable copy is
+ * the one in the window.
+ */
+	.section .rodata.lguest_switcher, "a"
+	.balign PAGE
+SYM_DATA_START(lg_switcher_start)
+
+/* void lguest_switch_to_guest(void *block): %rdi = this CPU's block, in the window. */
+switch_to_guest:
+	pushq	%rbx
+	pushq	%rbp
+	pushq	%r12
+	pushq	%r13
+	pushq	%r14
+	pushq	%r15
+	pushfq
+	leaq	BLOCK_HOST(%rdi), %rbp
+	movq	%rsp, HOST_RSP(%rbp)
+	/*
+	 * From here the stack is the regs page: should anything fault, its frame lands where the
+	 * exit path looks, never on the host's stack.
+	 */
+	leaq	(BLOCK_REGS + REGS_FRAME)(%rdi), %rsp
+	sgdt	HOST_GDTR(%rbp)
+	sidt	HOST_IDTR(%rbp)
+
+	/* Park the host CR3 where only ring 0 can read it. */
+	movq	%cr3, %rax
+	movq	%rax, %rdx
+	shrq	$32, %rdx
+	movl	$MSR_KERNEL_GS_BASE, %ecx
+	wrmsr
+
+	/* The guest's GDT and TSS. ltr wants an available TSS: clear the busy bit first. */
+	leaq	BLOCK_STATE(%rdi), %rbx
+	lgdt	STATE_GDTR(%rbx)
+	andb	$~TSS_BUSY, (STATE_GDT + TSS_DESC_TYPE_BYTE)(%rbx)
+	movw	$TSS_SELECTOR, %ax
+	ltr	%ax
+	/* The guest's IDT: from now on every trap and interrupt comes to our stubs. */
+	lidt	STATE_IDTR(%rbx)
+
+	/* Only now, with no host code left to run, the guest's FS and GS bases. */
+	WRMSR_FROM MSR_FS_BASE, HOST_GUEST_FS_BASE(%rbp)
+	WRMSR_FROM MSR_GS_BASE, HOST_GUEST_GS_BASE(%rbp)
+
+	/*
+	 * The guest's address space. CR4 without PGE flushes the host's global TLB entries,
+	 * which would otherwise survive the CR3 switch and let ring 1 read host memory.
+	 */
+	movq	HOST_GUEST_CR4(%rbp), %rax
+	movq	HOST_GUEST_CR3(%rbp), %rbx
+	movq	%rbx, %cr3
+	movq	%rax, %cr4
+
+	/* The guest's registers, then iretq to ring 1 (the host checked the frame). */
+	popq	%r15
+	popq	%r14
+	popq	%r13
+	popq	%r12
+	popq	%r11
+	popq	%r10
+	popq	%r9
+	popq	%r8
+	popq	%rbp
+	popq	%rdi
+	popq	%rsi
+	popq	%rdx
+	popq	%rcx
+	popq	%rbx
+	popq	%rax
+	addq	$16, %rsp		/* vector and error code */
+	iretq
+
+/*
+ * The way out. Every stub leaves the stack as [vector, error code, CPU frame] and jumps here.
+ */
+common_exit:
+	pushq	%rax
+	pushq	%rbx
+	pushq	%rcx
+	pushq	%rdx
+	pushq	%rsi
+	pushq	%rdi
+	pushq	%rbp
+	pushq	%r8
+	pushq	%r9
+	pushq	%r10
+	pushq	%r11
+	pushq	%r12
+	pushq	%r13
+	pushq	%r14
+	pushq	%r15
+	cld
+
+	/* The regs page is the page we stand in (rsp is the frame, or below it). */
+	movq	%rsp, %rbx
+	andq	$~(PAGE - 1), %rbx
+
+	/*
+	 * A trap from ring 0 is a fault inside the Switcher itself (its frame is on the regs page,
+	 * but not at the top): note the vector, so the host kills the guest instead of trusting it.
+	 */
+	testb	$3, F_CS(%rsp)
+	jnz	1f
+	movq	F_VECTOR(%rsp), %rax
+	incq	%rax
+	movq	%rax, REGS_SWITCHER_FAULT(%rbx)
+1:
+	RDMSR_TO MSR_FS_BASE, REGS_FS_BASE(%rbx)
+	RDMSR_TO MSR_GS_BASE, REGS_GS_BASE(%rbx)
+	movq	%cr2, %rax
+	movq	%rax, REGS_CR2(%rbx)
+
+	/* Back to the host's address space: the CR3 we parked on the way in. */
+	movl	$MSR_KERNEL_GS_BASE, %ecx
+	rdmsr
+	shlq	$32, %rdx
+	orq	%rdx, %rax
+	movq	%rax, %cr3
+	leaq	(BLOCK_HOST - BLOCK_REGS)(%rbx), %rbp
+	movq	HOST_CR4(%rbp), %rax
+	movq	%rax, %cr4
+
+	/* The host's GS base before anything else: a host NMI handler may run from here on. */
+	WRMSR_FROM MSR_GS_BASE, HOST_GS_BASE(%rbp)
+	WRMSR_FROM MSR_KERNEL_GS_BASE, HOST_KERNEL_GS_BASE(%rbp)
+	WRMSR_FROM MSR_FS_BASE, HOST_FS_BASE(%rbp)
+	lidt	HOST_IDTR(%rbp)
+
+	/* The host's TSS: through the writable GDT alias, since ltr sets the busy bit. */
+	lgdt	HOST_GDTR_RW(%rbp)
+	movq	(HOST_GDTR_RW + 2)(%rbp), %rax
+	andb	$~TSS_BUSY, TSS_DESC_TYPE_BYTE(%rax)
+	movw	$TSS_SELECTOR, %ax
+	ltr	%ax
+	lgdt	HOST_GDTR(%rbp)
+	movw	HOST_DS(%rbp), %ax
+	movw	%ax, %ds
+	movw	HOST_ES(%rbp), %ax
+	movw	%ax, %es
+
+	movq	HOST_RSP(%rbp), %rsp
+	popfq
+	popq	%r15
+	popq	%r14
+	popq	%r13
+	popq	%r12
+	popq	%rbp
+	popq	%rbx
+	ret
+
+/*
+ * NMI, double fault and machine check arrive on IST stacks (block pages 1-4), so that they
+ * have a good stack even in the middle of a switch. From the guest, their frame moves to the
+ * regs page and they leave like any trap. From the Switcher itself, an NMI or machine check is
+ * noted for the host to re-raise and the interrupted switch carries on; a double fault always
+ * leaves (its frame moved too, so the exit path sees ring 0 in it and the guest dies).
+ *
+ * \ist is the IST number, \pending the regs-page flag for "arrived inside the Switcher"
+ * (0 for the double fault, which never resumes).
+ */
+.macro IST_EXIT ist, pending
+	/* Stack: vector, error code, RIP, CS, RFLAGS, RSP, SS. */
+	.if \pending
+	testb	$3, 24(%rsp)
+	jz	2f
+	.endif
+	pushq	%rax
+	pushq	%rbx
+	/* The regs page is (BLOCK_REGS - ist * PAGE) above this IST stack's page. */
+	movq	%rsp, %rbx
+	andq	$~(PAGE - 1), %rbx
+	addq	$(BLOCK_REGS - \ist * PAGE + REGS_FRAME + F_VECTOR), %rbx
+	.irp word, 0, 1, 2, 3, 4, 5, 6
+	movq	(16 + \word * 8)(%rsp), %rax
+	movq	%rax, (\word * 8)(%rbx)
+	.endr
+	movq	%rbx, %rax
+	popq	%rbx
+	xchgq	%rax, (%rsp)		/* rax restored, its slot holds the new stack pointer */
+	popq	%rsp
+	jmp	common_exit
+	.if \pending
+2:
+	pushq	%rax
+	movq	%rsp, %rax
+	andq	$~(PAGE - 1), %rax
+	movq	$1, (BLOCK_REGS - \ist * PAGE + \pending)(%rax)
+	popq	%rax
+	addq	$16, %rsp
+	iretq
+	.endif
+.endm
+
+nmi_exit:
+	IST_EXIT 2, REGS_NMI_PENDING
+double_fault_exit:
+	IST_EXIT 1, 0
+machine_check_exit:
+	IST_EXIT 4, REGS_MC_PENDING
+
+/*
+ * 256 stubs, 16 bytes apart, so the IDT's gate for vector n points to stubs + 16 * n. The CPU
+ * pushes an error code for vectors 8, 10-14, 17, 21, 29 and 30; the others push a zero so
+ * every frame has the same shape.
+ */
+	.balign 16
+stubs:
+	vector = 0
+	.rept 256
+	.if vector == 8 || (vector >= 10 && vector <= 14) || vector == 17 || vector == 21 || vector == 29 || vector == 30
+	.else
+	pushq	$0
+	.endif
+	pushq	$vector
+	.if vector == 2
+	jmp	nmi_exit
+	.elseif vector == 8
+	jmp	double_fault_exit
+	.elseif vector == 18
+	jmp	machine_check_exit
+	.else
+	jmp	common_exit
+	.endif
+	.balign 16
+	vector = vector + 1
+	.endr
+
+SYM_DATA_END_LABEL(lg_switcher_start, SYM_L_GLOBAL, lg_switcher_end)
+
+/*
+ * What lg.ko needs to know about the text above: where the entry and the stubs are (offsets
+ * from lg_switcher_start), and the layout numbers this file was built with.
+ */
+	.section .rodata, "a"
+	.balign 8
+SYM_DATA_START(lg_switcher_offsets)
+	.quad	switch_to_guest - lg_switcher_start
+	.quad	stubs - lg_switcher_start
+	.quad	lg_switcher_end - lg_switcher_start
+SYM_DATA_END(lg_switcher_offsets)
+
+SYM_DATA_START(lg_switcher_layout)
+	.quad	TEXT_PAGES, IDT_PAGE, FIRST_BLOCK_PAGE, BLOCK_PAGES
+	.quad	BLOCK_REGS, BLOCK_STATE, BLOCK_HOST, REGS_FRAME
+	.quad	REGS_SWITCHER_FAULT, STATE_GDTR, HOST_GUEST_CR3, HOST_CR4
+SYM_DATA_END(lg_switcher_layout)
+
+/*
+ * void lg_reraise(unsigned int vector): deliver an interrupt the guest's run took from the
+ * host to the host's own handler, as if it had arrived now: `int $vector` through the host's
+ * IDT. Called with interrupts off, right after the switch back. A table of 256 `int $n; ret`
+ * entries, 8 bytes apart, because `int` takes only an immediate.
+ */
+	.text
+SYM_FUNC_START(lg_reraise)
+	movl	%edi, %eax
+	andl	$0xff, %eax
+	shll	$3, %eax
+	leaq	reraise_table(%rip), %rdx
+	addq	%rdx, %rax
+	jmp	*%rax
+	.balign 8
+reraise_table:
+	vector = 0
+	.rept 256
+	.balign 8
+	int	$vector
+	ret
+	vector = vector + 1
+	.endr
+SYM_FUNC_END(lg_reraise)
