@@ -13,6 +13,7 @@ pub(crate) const MSR_FS_BASE: u32 = 0xc000_0100;
 pub(crate) const MSR_GS_BASE: u32 = 0xc000_0101;
 pub(crate) const MSR_KERNEL_GS_BASE: u32 = 0xc000_0102;
 pub(crate) const MSR_SYSENTER_CS: u32 = 0x174;
+pub(crate) const MSR_TSC_AUX: u32 = 0xc000_0103;
 /// EFER.SCE: SYSCALL enabled. Cleared while a guest runs, so `syscall` is #UD at ring 1 and 3
 /// instead of a jump into the host's entry code with the guest's stack (hazard 1).
 pub(crate) const EFER_SCE: u64 = 1 << 0;

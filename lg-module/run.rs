@@ -134,16 +134,14 @@ fn run_once(guest: &mut Guest<Owner>, switcher: &Switcher) -> TrapInfo {
     // SAFETY: The regs and host pages are this CPU's, allocated for every possible CPU at load;
     // with interrupts off nothing else on this CPU uses them, and other CPUs use their own.
     unsafe {
-        let regs = regs_page as *mut u64;
-        for word in [REGS_SWITCHER_FAULT, REGS_NMI_PENDING, REGS_MC_PENDING] {
-            regs.add((word / 8) as usize).write(0);
-        }
         core::ptr::copy_nonoverlapping(frame.as_ptr(), (regs_page + REGS_FRAME as usize) as *mut u64, frame.len());
     }
 
     // SAFETY: These MSRs exist on every x86-64 CPU; every one changed here is restored below,
     // before interrupts come back on.
     let (efer, sysenter_cs) = unsafe { (cpu::rdmsr(cpu::MSR_EFER), cpu::rdmsr(cpu::MSR_SYSENTER_CS)) };
+    // SAFETY: lg.ko loads only on CPUs with TSC_AUX (Switcher::new checks).
+    let aux = unsafe { cpu::rdmsr(cpu::MSR_TSC_AUX) } & !(AUX_NMI_PENDING | AUX_MC_PENDING);
     // SAFETY: reading CR4 has no side effects.
     let cr4 = unsafe { lg_bindings::lg_read_cr4() } as u64;
     let pkru = (cr4 & CR4_PKE != 0).then(cpu::rdpkru);
@@ -182,17 +180,22 @@ fn run_once(guest: &mut Guest<Owner>, switcher: &Switcher) -> TrapInfo {
         cpu::wrmsr(cpu::MSR_SYSENTER_CS, sysenter_cs);
         cpu::wrmsr(cpu::MSR_EFER, efer);
     }
+    // SAFETY: As above; this writes back Linux's own value.
+    let noted = unsafe {
+        let noted = cpu::rdmsr(cpu::MSR_TSC_AUX);
+        cpu::wrmsr(cpu::MSR_TSC_AUX, aux);
+        noted
+    };
     if let Some(pkru) = pkru {
         cpu::wrpkru(pkru);
     }
 
     let mut frame = [0u64; FRAME_WORDS as usize];
     // SAFETY: As above: this CPU's regs page, in bounds.
-    let (fs_base, gs_base, cr2, switcher_fault, nmi, mc) = unsafe {
+    let (fs_base, gs_base, cr2, switcher_fault) = unsafe {
         core::ptr::copy_nonoverlapping((regs_page + REGS_FRAME as usize) as *const u64, frame.as_mut_ptr(), frame.len());
         let word = |offset: u64| ((regs_page + offset as usize) as *const u64).read();
-        (word(REGS_FS_BASE), word(REGS_GS_BASE), word(REGS_CR2), word(REGS_SWITCHER_FAULT),
-         word(REGS_NMI_PENDING), word(REGS_MC_PENDING))
+        (word(REGS_FS_BASE), word(REGS_GS_BASE), word(REGS_CR2), word(REGS_SWITCHER_FAULT))
     };
     let trap = TrapInfo {
         vector: frame[FrameWord::Vector as usize],
@@ -202,18 +205,20 @@ fn run_once(guest: &mut Guest<Owner>, switcher: &Switcher) -> TrapInfo {
     };
     if switcher_fault == 0 {
         guest.regs = traps::regs_from_frame(&frame);
-        guest.fs_base = fs_base;
-        guest.gs_base = gs_base;
+        // The exit path saved the real FS and GS bases here, but the guest can write this page
+        // too: a non-canonical value would fault the next entry's wrmsr, so it is dropped.
+        guest.fs_base = if traps::is_canonical(fs_base) { fs_base } else { 0 };
+        guest.gs_base = if traps::is_canonical(gs_base) { gs_base } else { 0 };
     }
     // Interrupts that were the host's go to the host's own handlers now, on this CPU, as if
     // they had just arrived: nothing is dropped.
     // SAFETY: lg_reraise runs the host's handler for a vector the hardware delivered to us
     // (or an NMI or machine check the Switcher noted); interrupts are still off.
     unsafe {
-        if nmi != 0 {
+        if noted & AUX_NMI_PENDING != 0 {
             lg_bindings::lg_reraise(traps::NMI as u32);
         }
-        if mc != 0 {
+        if noted & AUX_MC_PENDING != 0 {
             lg_bindings::lg_reraise(traps::MACHINE_CHECK as u32);
         }
         if switcher_fault == 0 {

@@ -129,6 +129,13 @@ impl Switcher {
                 return Err(not_supported());
             }
         }
+        // The Switcher notes NMIs that interrupt it in MSR_TSC_AUX, which exists when the CPU
+        // has RDTSCP (CPUID 0x80000001, EDX bit 27).
+        let rdtscp = core::arch::x86_64::__cpuid(0x8000_0001).edx & (1 << 27) != 0;
+        if !rdtscp {
+            pr_err!("cannot run guests on a CPU without RDTSCP (its TSC_AUX register is needed)\n");
+            return Err(not_supported());
+        }
         // SAFETY: reads a kernel variable fixed at boot.
         let cpus = unsafe { lg_bindings::lg_nr_cpu_ids() } as u64;
         if cpus > MAX_CPUS {

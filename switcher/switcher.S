@@ -42,8 +42,14 @@
 #define REGS_GS_BASE		8
 #define REGS_CR2		16
 #define REGS_SWITCHER_FAULT	24
-#define REGS_NMI_PENDING	32
-#define REGS_MC_PENDING		40
+/*
+ * An NMI or machine check that interrupts the Switcher itself is noted in the high bits of
+ * MSR_TSC_AUX (Linux keeps only its CPU and node numbers in the low bits), because a flag in
+ * memory the Switcher can write in the guest's address space is memory the guest can write
+ * too, and the host must not re-raise an NMI or machine check on the guest's say-so.
+ */
+#define AUX_NMI_PENDING		(1 << 31)
+#define AUX_MC_PENDING		(1 << 30)
 #define FRAME_WORDS		22
 #define REGS_FRAME		(PAGE - FRAME_WORDS * 8)
 /* Words of the frame, from its lowest address */
@@ -195,14 +201,17 @@ common_exit:
 
 	/*
 	 * A trap from ring 0 is a fault inside the Switcher itself (its frame is on the regs page,
-	 * but not at the top): note the vector, so the host kills the guest instead of trusting it.
+	 * but not at the top): note the vector plus one, so the host kills the guest instead of
+	 * trusting the frame; note 0 otherwise. Written on every exit, so nothing the guest left
+	 * in this (guest-writable) word survives.
 	 */
+	xorl	%eax, %eax
 	testb	$3, F_CS(%rsp)
 	jnz	1f
 	movq	F_VECTOR(%rsp), %rax
 	incq	%rax
-	movq	%rax, REGS_SWITCHER_FAULT(%rbx)
 1:
+	movq	%rax, REGS_SWITCHER_FAULT(%rbx)
 	RDMSR_TO MSR_FS_BASE, REGS_FS_BASE(%rbx)
 	RDMSR_TO MSR_GS_BASE, REGS_GS_BASE(%rbx)
 	movq	%cr2, %rax
@@ -253,8 +262,8 @@ common_exit:
  * noted for the host to re-raise and the interrupted switch carries on; a double fault always
  * leaves (its frame moved too, so the exit path sees ring 0 in it and the guest dies).
  *
- * \ist is the IST number, \pending the regs-page flag for "arrived inside the Switcher"
- * (0 for the double fault, which never resumes).
+ * \ist is the IST number, \pending the TSC_AUX bit for "arrived inside the Switcher" (0 for
+ * the double fault, which never resumes).
  */
 .macro IST_EXIT ist, pending
 	/* Stack: vector, error code, RIP, CS, RFLAGS, RSP, SS. */
@@ -280,9 +289,14 @@ common_exit:
 	.if \pending
 2:
 	pushq	%rax
-	movq	%rsp, %rax
-	andq	$~(PAGE - 1), %rax
-	movq	$1, (BLOCK_REGS - \ist * PAGE + \pending)(%rax)
+	pushq	%rcx
+	pushq	%rdx
+	movl	$MSR_TSC_AUX, %ecx
+	rdmsr
+	orl	$\pending, %eax
+	wrmsr
+	popq	%rdx
+	popq	%rcx
 	popq	%rax
 	addq	$16, %rsp
 	iretq
@@ -290,11 +304,11 @@ common_exit:
 .endm
 
 nmi_exit:
-	IST_EXIT 2, REGS_NMI_PENDING
+	IST_EXIT 2, AUX_NMI_PENDING
 double_fault_exit:
 	IST_EXIT 1, 0
 machine_check_exit:
-	IST_EXIT 4, REGS_MC_PENDING
+	IST_EXIT 4, AUX_MC_PENDING
 
 /*
  * 256 stubs, 16 bytes apart, so the IDT's gate for vector n points to stubs + 16 * n. The CPU

@@ -60,12 +60,16 @@ pub const REGS_FS_BASE: u64 = 0;
 pub const REGS_GS_BASE: u64 = 8;
 /// CR2 at the exit (the faulting address of a page fault).
 pub const REGS_CR2: u64 = 16;
-/// Non-zero if the trap came from the Switcher itself (CPL 0): the vector plus one.
+/// Non-zero if the trap came from the Switcher itself (CPL 0): the vector plus one. Written by
+/// every exit, so what the guest writes into its regs page never reaches the host here.
 pub const REGS_SWITCHER_FAULT: u64 = 24;
-/// Set if an NMI arrived while the Switcher itself was running; the host re-raises it.
-pub const REGS_NMI_PENDING: u64 = 32;
-/// Set if a machine check arrived while the Switcher itself was running.
-pub const REGS_MC_PENDING: u64 = 40;
+
+/// Bits of MSR_TSC_AUX where the Switcher notes an NMI or machine check that interrupted the
+/// Switcher itself: an MSR, because the guest can write any memory the Switcher can write while
+/// the guest's page tables are loaded, and the host must not re-raise either on its say-so.
+/// Linux keeps its CPU and node numbers in the low bits, which stay untouched.
+pub const AUX_NMI_PENDING: u64 = 1 << 31;
+pub const AUX_MC_PENDING: u64 = 1 << 30;
 
 /// Words in the trap frame: 15 general registers pushed by the Switcher, the vector and error
 /// code pushed by the stub, and the 5 words the CPU pushes (RIP, CS, RFLAGS, RSP, SS).
@@ -169,7 +173,7 @@ mod tests {
 
     #[test]
     fn regs_page_fields_stay_below_the_frame() {
-        assert!(REGS_MC_PENDING + 8 <= REGS_FRAME);
+        assert!(REGS_SWITCHER_FAULT + 8 <= REGS_FRAME);
         assert_eq!(REGS_FRAME + FRAME_WORDS * 8, PAGE);
         assert_eq!(FrameWord::Ss as u64, FRAME_WORDS - 1);
         assert_eq!(
