@@ -82,7 +82,12 @@ impl Caller for CurrentTask {
     type Owner = Owner;
 
     fn is(&self, owner: &Owner) -> bool {
-        core::ptr::eq(&*owner.task, current!())
+        // The same task, still in the same address space: a launcher that exec'd another
+        // program after INITIALIZE keeps its task but not the memory the guest lives in, nor
+        // the Switcher mapping the switch needs.
+        // SAFETY: Reading current->mm has no side effects.
+        let mm = unsafe { lg_bindings::lg_current_mm() };
+        core::ptr::eq(&*owner.task, current!()) && mm == owner.mm.0.as_ptr()
     }
 
     fn become_owner(&self, _config: &Initialize) -> Result<Owner, Refusal> {

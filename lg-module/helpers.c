@@ -23,6 +23,7 @@ unsigned long lg_page_to_phys(struct page *page) { return page_to_phys(page); }
 void *lg_current_gdt_rw(void) { return get_current_gdt_rw(); }
 unsigned long lg_read_cr4(void) { return __read_cr4(); }
 pgd_t *lg_mm_pgd(struct mm_struct *mm) { return mm->pgd; }
+struct mm_struct *lg_current_mm(void) { return current->mm; }
 unsigned int lg_this_cpu(void) { return raw_smp_processor_id(); }
 unsigned int lg_nr_cpu_ids(void) { return nr_cpu_ids; }
 void lg_irq_disable(void) { local_irq_disable(); }

@@ -9,6 +9,7 @@ unsigned long lg_page_to_phys(struct page *page);
 void *lg_current_gdt_rw(void);
 unsigned long lg_read_cr4(void);
 pgd_t *lg_mm_pgd(struct mm_struct *mm);
+struct mm_struct *lg_current_mm(void);
 unsigned int lg_this_cpu(void);
 unsigned int lg_nr_cpu_ids(void);
 void lg_irq_disable(void);

@@ -80,13 +80,12 @@ impl ShadowTables {
                 self.switcher_pt.entries()[block_first(old) + page] = 0;
             }
         }
-        for page in 1..BLOCK_PAGES {
-            let offset = page * PAGE;
-            let flags = match offset {
-                BLOCK_STATE => GUEST_READ_ONLY,
-                BLOCK_HOST => continue,
-                _ => GUEST_WRITABLE,
-            };
+        // The Switcher's IST stacks and the regs page, writable; the state page, read-only.
+        // The host's IST stacks and the host page are never mapped for a guest.
+        let switcher_stacks = (FIRST_SWITCHER_IST..=IST_STACKS).map(|n| (ist_page(n), GUEST_WRITABLE));
+        let regs_and_state = [(BLOCK_REGS / PAGE, GUEST_WRITABLE), (BLOCK_STATE / PAGE, GUEST_READ_ONLY)];
+        let guest_pages = Iterator::chain(switcher_stacks, regs_and_state);
+        for (page, flags) in guest_pages {
             if let Some(p) = switcher.page(block_first(cpu) as u64 + page) {
                 self.switcher_pt.entries()[block_first(cpu) + page as usize] = p.phys() | flags;
             }

@@ -179,17 +179,22 @@ impl Switcher {
         for cpu in 0..cpus {
             let block = window + block_offset(cpu);
             let first = (block_offset(cpu) / PAGE) as usize;
-            for page in 1..BLOCK_PAGES as usize {
-                pages[first + page] = Some(KernelPage::new()?);
+            for n in 1..=IST_STACKS {
+                pages[first + ist_page(n) as usize] = Some(KernelPage::new()?);
+            }
+            for offset in [BLOCK_REGS, BLOCK_STATE, BLOCK_HOST] {
+                pages[first + (offset / PAGE) as usize] = Some(KernelPage::new()?);
             }
             let state = pages[first + (BLOCK_STATE / PAGE) as usize].as_mut().ok_or(EINVAL)?;
             let tss_addr = block + BLOCK_STATE + STATE_TSS;
             for (i, entry) in descriptors::guest_gdt(tss_addr).iter().enumerate() {
                 state.write(STATE_GDT + i as u64 * 8, &entry.to_le_bytes());
             }
-            let ist_top = |n: u64| block + BLOCK_IST_FIRST + n * PAGE;
+            // A stack starts at the end of its page.
+            let ist_top = |n: u8| block + (ist_page(n) + 1) * PAGE;
             let rsp0 = block + BLOCK_REGS + PAGE;
-            state.write(STATE_TSS, &descriptors::tss(rsp0, [ist_top(1), ist_top(2), ist_top(3), ist_top(4)]));
+            let ist = [1, 2, 3, 4, 5, 6, 7].map(ist_top);
+            state.write(STATE_TSS, &descriptors::tss(rsp0, ist));
             let gdt_bytes = crate::abi::boot::GUEST_GDT_ENTRIES * 8;
             state.write(STATE_GDTR, &descriptors::pseudo_descriptor(block + BLOCK_STATE + STATE_GDT, gdt_bytes));
             state.write(STATE_IDTR, &descriptors::pseudo_descriptor(window + IDT_PAGE * PAGE, 4096));

@@ -32,10 +32,14 @@
 #define TEXT_PAGES		2
 #define IDT_PAGE		2
 #define FIRST_BLOCK_PAGE	3
-#define BLOCK_PAGES		8
-#define BLOCK_REGS		(5 * PAGE)
-#define BLOCK_STATE		(6 * PAGE)
-#define BLOCK_HOST		(7 * PAGE)
+#define BLOCK_PAGES		12
+#define BLOCK_REGS		(9 * PAGE)
+#define BLOCK_STATE		(10 * PAGE)
+#define BLOCK_HOST		(11 * PAGE)
+/* Block pages of the Switcher's own IST stacks (IST 5, 6, 7) */
+#define IST_PAGE_DOUBLE_FAULT	6
+#define IST_PAGE_NMI		7
+#define IST_PAGE_MACHINE_CHECK	8
 
 /* Regs page */
 #define REGS_FS_BASE		0
@@ -256,16 +260,16 @@ common_exit:
 	ret
 
 /*
- * NMI, double fault and machine check arrive on IST stacks (block pages 1-4), so that they
+ * NMI, double fault and machine check arrive on IST stacks (block pages 6-8), so that they
  * have a good stack even in the middle of a switch. From the guest, their frame moves to the
  * regs page and they leave like any trap. From the Switcher itself, an NMI or machine check is
  * noted for the host to re-raise and the interrupted switch carries on; a double fault always
  * leaves (its frame moved too, so the exit path sees ring 0 in it and the guest dies).
  *
- * \ist is the IST number, \pending the TSC_AUX bit for "arrived inside the Switcher" (0 for
+ * \page is the block page of the IST stack, \pending the TSC_AUX bit for "arrived inside the Switcher" (0 for
  * the double fault, which never resumes).
  */
-.macro IST_EXIT ist, pending
+.macro IST_EXIT page, pending
 	/* Stack: vector, error code, RIP, CS, RFLAGS, RSP, SS. */
 	.if \pending
 	testb	$3, 24(%rsp)
@@ -273,10 +277,10 @@ common_exit:
 	.endif
 	pushq	%rax
 	pushq	%rbx
-	/* The regs page is (BLOCK_REGS - ist * PAGE) above this IST stack's page. */
+	/* The regs page is (BLOCK_REGS - page * PAGE) above this IST stack's page. */
 	movq	%rsp, %rbx
 	andq	$~(PAGE - 1), %rbx
-	addq	$(BLOCK_REGS - \ist * PAGE + REGS_FRAME + F_VECTOR), %rbx
+	addq	$(BLOCK_REGS - \page * PAGE + REGS_FRAME + F_VECTOR), %rbx
 	.irp word, 0, 1, 2, 3, 4, 5, 6
 	movq	(16 + \word * 8)(%rsp), %rax
 	movq	%rax, (\word * 8)(%rbx)
@@ -304,11 +308,11 @@ common_exit:
 .endm
 
 nmi_exit:
-	IST_EXIT 2, AUX_NMI_PENDING
+	IST_EXIT IST_PAGE_NMI, AUX_NMI_PENDING
 double_fault_exit:
-	IST_EXIT 1, 0
+	IST_EXIT IST_PAGE_DOUBLE_FAULT, 0
 machine_check_exit:
-	IST_EXIT 4, AUX_MC_PENDING
+	IST_EXIT IST_PAGE_MACHINE_CHECK, AUX_MC_PENDING
 
 /*
  * 256 stubs, 16 bytes apart, so the IDT's gate for vector n points to stubs + 16 * n. The CPU

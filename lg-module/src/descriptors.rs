@@ -63,7 +63,7 @@ fn tss_descriptor(base: u64) -> [u64; 2] {
 
 /// The guest TSS: `rsp0` is where traps from ring 1 and 3 push their frame (the top of the
 /// regs page), `ist[n - 1]` the stack of IST n.
-pub fn tss(rsp0: u64, ist: [u64; 4]) -> [u8; TSS_BYTES] {
+pub fn tss(rsp0: u64, ist: [u64; 7]) -> [u8; TSS_BYTES] {
     let mut tss = [0u8; TSS_BYTES];
     tss[4..12].copy_from_slice(&rsp0.to_le_bytes());
     for (n, top) in ist.iter().enumerate() {
@@ -171,10 +171,13 @@ mod tests {
 
     #[test]
     fn tss_fields_are_where_the_cpu_reads_them() {
-        let t = tss(0x1111, [0x2222, 0x3333, 0x4444, 0x5555]);
+        let t = tss(
+            0x1111,
+            [0x2222, 0x3333, 0x4444, 0x5555, 0x6666, 0x7777, 0x8888],
+        );
         assert_eq!(u64::from_le_bytes(t[4..12].try_into().unwrap()), 0x1111);
         assert_eq!(u64::from_le_bytes(t[36..44].try_into().unwrap()), 0x2222);
-        assert_eq!(u64::from_le_bytes(t[60..68].try_into().unwrap()), 0x5555);
+        assert_eq!(u64::from_le_bytes(t[84..92].try_into().unwrap()), 0x8888);
         assert_eq!(u16::from_le_bytes([t[102], t[103]]), 104, "no I/O bitmap");
     }
 

@@ -7,13 +7,23 @@
 //! ```text
 //!   page 0-1   text: the world switch and the 256 trap stubs          host RX, guest RX
 //!   page 2     IDT: 256 gates into the stubs, shared by every CPU    host RW, guest RO
-//!   page 3...  one block of 8 pages per host CPU:
+//!   page 3...  one block of 12 pages per host CPU:
 //!     +0       guard (never mapped)
-//!     +1..+4   four IST stacks (double fault, NMI, debug, machine check) host RW, guest RW
-//!     +5       regs page: the guest's registers; TSS.RSP0 is its top    host RW, guest RW
-//!     +6       state page: this CPU's guest GDT and TSS                 host RW, guest RO
-//!     +7       host page: what the host needs back; never in a guest    host RW, guest --
+//!     +1..+4   IST 1-4: stacks for the host's own handlers              host RW, guest --
+//!     +5       guard
+//!     +6..+8   IST 5-7: the Switcher's double fault, NMI, machine check  host RW, guest RW
+//!     +9       regs page: the guest's registers; TSS.RSP0 is its top    host RW, guest RW
+//!     +10      state page: this CPU's guest GDT and TSS                 host RW, guest RO
+//!     +11      host page: what the host needs back; never in a guest    host RW, guest --
 //! ```
+//!
+//! Why two sets of IST stacks: for a few instructions of each switch the guest's TSS is loaded
+//! while the host's IDT is (the switch changes one before the other), and a host NMI handler
+//! that runs then takes its stack from the guest's TSS, by the host's IST numbers (1 double
+//! fault, 2 NMI, 3 debug, 4 machine check). Those instants are always in the host's address
+//! space, so IST 1-4 point at host-only pages: whatever the host's handlers leave on a stack
+//! never becomes readable by a guest. The Switcher's own gates use IST 5-7, which must be
+//! mapped in the guest (they run in both address spaces).
 //!
 //! A guest's page tables map the text, the IDT and only the block of the CPU it runs on, so
 //! one guest can never see another CPU's pages. The host page holds the host's stack pointer
@@ -32,26 +42,35 @@ pub const IDT_PAGE: u64 = 2;
 /// Page index of CPU 0's block.
 pub const FIRST_BLOCK_PAGE: u64 = 3;
 /// Pages per CPU block.
-pub const BLOCK_PAGES: u64 = 8;
+pub const BLOCK_PAGES: u64 = 12;
 /// The most host CPUs lg.ko supports: the window's page table (one 4 KiB table, 512 entries)
 /// must hold the text, the IDT and every block.
 pub const MAX_CPUS: u64 = 32;
 /// Pages the window's page table maps, blocks of every supported CPU included.
 pub const WINDOW_PAGES: u64 = FIRST_BLOCK_PAGE + MAX_CPUS * BLOCK_PAGES;
 
-/// Offsets of the pages within a block.
-pub const BLOCK_IST_FIRST: u64 = PAGE;
-pub const BLOCK_REGS: u64 = 5 * PAGE;
-pub const BLOCK_STATE: u64 = 6 * PAGE;
-pub const BLOCK_HOST: u64 = 7 * PAGE;
-/// How many IST stacks; IST n (1-based) is block page n and its stack starts at the page's end.
-/// Their order matches Linux's (double fault, NMI, debug, machine check), so that a host handler
-/// that runs while the guest's TSS is loaded finds a stack of the size it expects.
-pub const IST_STACKS: u64 = 4;
+/// Offsets of the pages within a block. IST n's stack is page `ist_page(n)`, starting at its
+/// end (stacks grow down).
+pub const BLOCK_REGS: u64 = 9 * PAGE;
+pub const BLOCK_STATE: u64 = 10 * PAGE;
+pub const BLOCK_HOST: u64 = 11 * PAGE;
+/// IST stacks in the TSS (the architecture's maximum).
+pub const IST_STACKS: u8 = 7;
 /// The IST numbers the Switcher's own gates use.
-pub const IST_DOUBLE_FAULT: u8 = 1;
-pub const IST_NMI: u8 = 2;
-pub const IST_MACHINE_CHECK: u8 = 4;
+pub const IST_DOUBLE_FAULT: u8 = 5;
+pub const IST_NMI: u8 = 6;
+pub const IST_MACHINE_CHECK: u8 = 7;
+/// The first IST number of the Switcher's own stacks: IST 1-4 are the host's.
+pub const FIRST_SWITCHER_IST: u8 = IST_DOUBLE_FAULT;
+
+/// The block page holding IST `n`'s stack.
+pub const fn ist_page(n: u8) -> u64 {
+    if n < FIRST_SWITCHER_IST {
+        n as u64
+    } else {
+        n as u64 + 1
+    }
+}
 
 // The regs page: a few words at the bottom, the trap frame at the top.
 /// The guest's FS base, saved by the exit path.
@@ -169,6 +188,13 @@ mod tests {
     fn everything_fits_one_page_table() {
         assert!(WINDOW_PAGES <= 512);
         assert_eq!(block_offset(MAX_CPUS), WINDOW_PAGES * PAGE);
+    }
+
+    #[test]
+    fn ist_stacks_have_their_own_pages_between_guards() {
+        let pages: std::vec::Vec<u64> = (1..=IST_STACKS).map(ist_page).collect();
+        assert_eq!(pages, [1, 2, 3, 4, 6, 7, 8]);
+        assert_eq!(ist_page(IST_MACHINE_CHECK) + 1, BLOCK_REGS / PAGE);
     }
 
     #[test]
