@@ -21,6 +21,8 @@
 //! 6. [`device`]: `/dev/lguest` is opened and told, in one INITIALIZE, where memory, entry point,
 //!    page tables and boot_params are. From then on each `read()` runs the guest until it needs
 //!    the launcher.
+//! 7. [`run`]: the loop around those reads: console output printed, and the guest's end (power
+//!    off, restart, death with the host's reason) handed back to main.rs.
 //!
 //! [`GuestRam::base`]: memory::GuestRam::base
 
@@ -29,4 +31,5 @@ pub mod device;
 pub mod kernel;
 pub mod memory;
 pub mod pagetables;
+pub mod run;
 pub mod size;

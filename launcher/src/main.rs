@@ -1,15 +1,17 @@
 //! `lguest-launcher [OPTIONS] <MEM> <KERNEL> [CMDLINE]...`: the command a user types.
 //!
 //! This file walks the steps the library provides, in the order lib.rs tells them, logs what
-//! it did, and turns any failure into one line on stderr and exit code 1. It owns the run loop,
-//! which will grow as lg.ko learns to run guests.
+//! it did, and turns any failure into one line on stderr and exit code 1. How the guest ends
+//! decides how the launcher ends: power off is exit 0, a restart starts the launcher afresh, and
+//! death is the host's reason on stderr and exit 1.
 
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::ExitCode;
+use std::process::{Command, ExitCode};
 
-use anyhow::{bail, Context};
+use anyhow::Context;
 use clap::Parser;
-use lguest_abi::dev::{Initialize, Refusal};
+use lguest_abi::dev::Initialize;
 use log::info;
 
 use lguest_launcher::boot_params::{
@@ -19,6 +21,7 @@ use lguest_launcher::device::{LguestDevice, DEFAULT_PATH};
 use lguest_launcher::kernel::load_kernel;
 use lguest_launcher::memory::{Bytes, GuestAddress, GuestRam};
 use lguest_launcher::pagetables::write_initial_page_tables;
+use lguest_launcher::run::{run_guest, Stop};
 use lguest_launcher::size::{format_size, parse_mem_size};
 
 /// Run a Linux-style kernel built for lguest as a guest, through /dev/lguest (lg.ko).
@@ -56,7 +59,18 @@ fn main() -> ExitCode {
     };
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(level)).init();
     match launch(&args) {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(Stop::PowerOff(message)) => {
+            info!("the guest powered off: {message}");
+            ExitCode::SUCCESS
+        }
+        Ok(Stop::Restart(message)) => {
+            info!("the guest asked to restart: {message}");
+            restart()
+        }
+        Ok(Stop::Died(reason)) => {
+            eprintln!("lguest-launcher: guest died: {reason}");
+            ExitCode::FAILURE
+        }
         Err(err) => {
             // `{:#}` prints the whole chain of contexts on one line, joined with ": ".
             eprintln!("lguest-launcher: {err:#}");
@@ -65,7 +79,23 @@ fn main() -> ExitCode {
     }
 }
 
-fn launch(args: &Args) -> anyhow::Result<()> {
+/// Starts the launcher again with the same arguments, as lguest's launcher did on a restart:
+/// the simplest way to give the guest fresh memory and a fresh /dev/lguest file. Both go away
+/// at the exec (Rust opens files close-on-exec), so the old guest is gone before the new one
+/// is set up.
+fn restart() -> ExitCode {
+    let mut args = std::env::args_os();
+    let mut command = Command::new("/proc/self/exe");
+    if let Some(arg0) = args.next() {
+        command.arg0(arg0);
+    }
+    // exec returns only if it failed.
+    let err = command.args(args).exec();
+    eprintln!("lguest-launcher: cannot restart the guest: exec /proc/self/exe: {err}");
+    ExitCode::FAILURE
+}
+
+fn launch(args: &Args) -> anyhow::Result<Stop> {
     let ram_bytes = parse_mem_size(&args.mem)?;
     let image = read(&args.kernel, "kernel")?;
     let initrd = args
@@ -114,22 +144,7 @@ fn launch(args: &Args) -> anyhow::Result<()> {
         boot_params: BOOT_PARAMS_GPA,
     })
     .with_context(|| format!("{DEFAULT_PATH} refused INITIALIZE"))?;
-    run_guest(&dev)
-}
-
-/// Runs the guest until it is gone. Each `read()` of /dev/lguest runs it until it needs the
-/// launcher; what it needs is answered here, and this loop grows with what lg.ko can do.
-fn run_guest(dev: &LguestDevice) -> anyhow::Result<()> {
-    // Room for anything lg.ko reports, a guest's last words included.
-    let mut report = [0u8; 1024];
-    match dev.run(&mut report) {
-        Ok(n) => bail!("{DEFAULT_PATH} reported {n} bytes this launcher does not understand"),
-        // Before the Switcher (issue #3), lg.ko answers a read() with no GETREG pending so.
-        Err(err) if err.raw_os_error() == Some(Refusal::NothingToRead.errno()) => {
-            bail!("this lg.ko cannot run guests yet (read {DEFAULT_PATH}: Operation not supported)")
-        }
-        Err(err) => Err(err).with_context(|| format!("read {DEFAULT_PATH}")),
-    }
+    run_guest(|buf| dev.run(buf), &mut std::io::stdout().lock())
 }
 
 fn read(path: &Path, what: &str) -> anyhow::Result<Vec<u8>> {

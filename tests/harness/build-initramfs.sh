@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Assemble the VM's initramfs: busybox, our init, lg.ko, the launcher, the scenario runner and a
-# kernel for the launcher to load. Usage: build-initramfs.sh LG_KO BIN_DIR BZIMAGE OUT
+# Assemble the VM's initramfs: busybox, our init, lg.ko, the launcher, the scenario runner, the
+# guests (BIN_DIR/guests/* as /guests/*) and the host's own bzImage, a kernel the launcher must
+# refuse. Usage: build-initramfs.sh LG_KO BIN_DIR BZIMAGE OUT
 # An uncompressed cpio: the host kernel unpacks it faster than it would gunzip it under TCG.
 set -euo pipefail
 . "$(dirname "$0")/common.sh"
@@ -9,10 +10,11 @@ lg_ko=$1 bin=$2 bzimage=$3 out=$4
 
 root=$(mktemp -d)
 trap 'rm -rf "$root"' EXIT
-mkdir -p "$root"/{bin,lib/modules,boot,proc,sys,dev,tmp}
+mkdir -p "$root"/{bin,lib/modules,boot,guests,proc,sys,dev,tmp}
 cp /bin/busybox "$root/bin/busybox"
 cp "$REPO/tests/harness/initramfs/init" "$root/init"
 cp "$lg_ko" "$root/lib/modules/lg.ko"
 cp "$bin/lguest-launcher" "$bin/lguest-e2e" "$root/bin/"
+cp "$bin"/guests/* "$root/guests/"
 cp "$bzimage" "$root/boot/bzImage"
 (cd "$root" && find . -print0 | cpio --null -o -H newc --quiet) >"$out"

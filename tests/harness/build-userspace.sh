@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# Build the static user-space programs the VM runs (the launcher and the scenario runner) and
-# print the directory holding them. Cargo keeps its outputs in the cache, and rebuilds only what
-# changed.
+# Build the static user-space programs the VM runs (the launcher and the scenario runner) and the
+# guests they run, and print the directory holding them: the programs at its top, the guests in
+# its guests/ directory. Cargo keeps its outputs in the cache, and rebuilds only what changed.
 set -euo pipefail
 . "$(dirname "$0")/common.sh"
 
@@ -11,4 +11,13 @@ export CARGO_TARGET_DIR=$CACHE/target
 RUSTFLAGS="-C target-feature=+crt-static" cargo build --quiet --release \
     --manifest-path "$REPO/Cargo.toml" --target x86_64-unknown-linux-gnu \
     -p lguest-launcher -p lguest-e2e >&2 || die "building the launcher and test runner failed"
-echo "$CARGO_TARGET_DIR/x86_64-unknown-linux-gnu/release"
+bin=$CARGO_TARGET_DIR/x86_64-unknown-linux-gnu/release
+
+# The guests are kernels, built for bare x86-64 in a workspace (and target directory) of their
+# own; the launcher loads them as ELF files.
+CARGO_TARGET_DIR=$CACHE/guests-target cargo build --quiet --release \
+    --manifest-path "$REPO/tests/guests/ring1/Cargo.toml" --target x86_64-unknown-none >&2 ||
+    die "building the ring-1 guest failed"
+mkdir -p "$bin/guests"
+cp "$CACHE/guests-target/x86_64-unknown-none/release/ring1" "$bin/guests/ring1"
+echo "$bin"

@@ -2,19 +2,25 @@
 //!
 //! Everything that needs lg.ko loaded into a real kernel is tested here: loading and unloading
 //! the module, the /dev/lguest ABI request by request (every refusal with its errno), who may
-//! use a guest, and the launcher as a user meets it. The VM's initramfs holds this binary
-//! (static), lg.ko, the launcher and a kernel image; the host-side harness boots it, runs
+//! use a guest, the launcher as a user meets it, and guests running at ring 1, friendly and
+//! hostile. The VM's initramfs holds this binary (static), lg.ko, the launcher, the guests
+//! (/guests) and a kernel image; the host-side harness boots it, runs
 //! `lguest-e2e <scenario>...`, and counts the lines.
 //!
-//! Usage: `lguest-e2e <scenario>...`, `lguest-e2e all` or `lguest-e2e list`. Each scenario
-//! prints exactly one line, `e2e <name>: PASS` or `e2e <name>: FAIL: <why>`, and the exit code
-//! is 0 iff all passed (2 for a usage error). Each scenario watches the kernel log while it runs
+//! Usage: `lguest-e2e <scenario>...`, `lguest-e2e all`, `lguest-e2e list` (or `lguest-e2e bench`,
+//! figures rather than tests: src/bench.rs). Each scenario
+//! prints exactly one verdict line, `e2e <name>: PASS` or `e2e <name>: FAIL: <why>` (a few print
+//! `e2e-figure` or `e2e-info` lines before it, for the benchmark and the reader: the harness
+//! ignores them), and the exit code is 0 iff all passed (2 for a usage error). Each scenario watches the kernel log while it runs
 //! (a WARN or oops fails it) and leaves lg.ko loaded, so the next starts from a known state.
 
+mod bench;
 mod check;
 mod elf;
 mod kmod;
 mod kmsg;
+mod launch;
+mod leak;
 mod lguest;
 mod procfs;
 mod scenarios;
@@ -31,8 +37,12 @@ static PANIC: Mutex<Option<String>> = Mutex::new(None);
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     if args.is_empty() {
-        eprintln!("usage: lguest-e2e <scenario>... | all | list");
+        eprintln!("usage: lguest-e2e <scenario>... | all | list | bench");
         return ExitCode::from(2);
+    }
+    // Not a scenario: figures for `./lguest-dev bench`, with no verdict (src/bench.rs).
+    if args == ["bench"] {
+        return bench::run();
     }
     if args == ["list"] {
         for s in &SCENARIOS {

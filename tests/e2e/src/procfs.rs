@@ -117,6 +117,27 @@ pub fn pcp_pages(zoneinfo: &str) -> anyhow::Result<u64> {
     Ok(pages)
 }
 
+/// A task's state letter (`R` running, `S` sleeping...) and the CPU it is on or last ran on,
+/// from /proc/<pid>/stat text: fields 3 and 39 of proc_pid_stat(5). The command name (field 2)
+/// is in parentheses and may itself hold spaces and parentheses, so fields are counted from the
+/// last `)`.
+pub fn stat_state_cpu(stat: &str) -> anyhow::Result<(char, u32)> {
+    let rest = stat
+        .rsplit_once(')')
+        .with_context(|| format!("no command name in /proc/<pid>/stat {stat:?}"))?
+        .1;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // `fields[0]` is field 3.
+    let (Some(state), Some(cpu)) = (fields.first(), fields.get(39 - 3)) else {
+        bail!("short /proc/<pid>/stat {stat:?}");
+    };
+    let state = state.chars().next().context("empty state field")?;
+    let cpu = cpu
+        .parse()
+        .with_context(|| format!("bad processor field in /proc/<pid>/stat {stat:?}"))?;
+    Ok((state, cpu))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -184,5 +205,16 @@ mod tests {
                     Node 0, zone   Normal\n  pagesets\n    cpu: 0\n              count: 3\n";
         assert_eq!(pcp_pages(text).unwrap(), 130);
         assert_eq!(pcp_pages("Node 0, zone DMA\n").unwrap(), 0);
+    }
+
+    #[test]
+    fn stat_gives_state_and_processor() {
+        // A real line from Linux 6.12, with an awkward command name.
+        let stat = "4242 (lguest (x) 1) R 1 4242 1 1088 4242 4194560 120 0 0 0 50 3 0 0 20 0 1 0 \
+                    3051 70000000 1000 18446744073709551615 1 1 0 0 0 0 0 0 0 0 0 0 17 1 0 0 0 0 \
+                    0 0 0 0 0 0 0 0 0";
+        assert_eq!(stat_state_cpu(stat).unwrap(), ('R', 1));
+        assert!(stat_state_cpu("4242 (x) S 1 2").is_err());
+        assert!(stat_state_cpu("garbage").is_err());
     }
 }

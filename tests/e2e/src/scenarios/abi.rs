@@ -492,11 +492,8 @@ pub fn regs() -> anyhow::Result<()> {
         test_value(Reg::Rax),
     );
 
-    c.refused(
-        "read with no GETREG pending",
-        dev.read_len(8),
-        Refusal::NothingToRead,
-    );
+    // (A read with no GETREG pending runs the guest, which this one has no code for: the guest
+    // scenarios do that.)
     let getreg = |reg: Reg| Request::GetReg {
         offset: reg.offset(),
     };
@@ -515,11 +512,6 @@ pub fn regs() -> anyhow::Result<()> {
         "RIP read after the refused short read",
         rip,
         test_value(Reg::Rip),
-    );
-    c.refused(
-        "second read after one GETREG",
-        dev.read_len(8),
-        Refusal::NothingToRead,
     );
     c.returned("GETREG RBX", dev.request(getreg(Reg::Rbx)), GETREG_LEN);
     c.returned("read into 16 bytes", dev.read_len(16), 8);

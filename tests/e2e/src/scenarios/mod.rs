@@ -1,5 +1,6 @@
 //! The scenarios, in the order `lguest-e2e all` runs them: the module comes and goes first and
-//! last, the ABI is tested request by request in between, then the launcher as a user runs it.
+//! last; in between, the ABI is tested request by request, then the launcher as a user runs it,
+//! then guests run: friendly, hostile, many switches, two at once, and one stopped by Ctrl-C.
 
 use std::fs::File;
 use std::io::{Read, Write};
@@ -9,6 +10,7 @@ use nix::sys::wait::{waitpid, WaitStatus};
 use nix::unistd::{fork, pipe, ForkResult};
 
 mod abi;
+mod guest;
 mod launcher;
 mod module;
 
@@ -17,7 +19,7 @@ pub struct Scenario {
     pub run: fn() -> anyhow::Result<()>,
 }
 
-pub static SCENARIOS: [Scenario; 7] = [
+pub static SCENARIOS: [Scenario; 35] = [
     Scenario {
         name: "module-load",
         run: module::load,
@@ -41,6 +43,118 @@ pub static SCENARIOS: [Scenario; 7] = [
     Scenario {
         name: "launcher-bad-input",
         run: launcher::bad_input,
+    },
+    Scenario {
+        name: "guest-hello",
+        run: guest::hello,
+    },
+    Scenario {
+        name: "guest-hostile-syscall",
+        run: || guest::hostile("syscall"),
+    },
+    Scenario {
+        name: "guest-hostile-sysenter",
+        run: || guest::hostile("sysenter"),
+    },
+    Scenario {
+        name: "guest-hostile-cli",
+        run: || guest::hostile("cli"),
+    },
+    Scenario {
+        name: "guest-hostile-hlt",
+        run: || guest::hostile("hlt"),
+    },
+    Scenario {
+        name: "guest-hostile-mov-cr3",
+        run: || guest::hostile("mov-cr3"),
+    },
+    Scenario {
+        name: "guest-hostile-lgdt",
+        run: || guest::hostile("lgdt"),
+    },
+    Scenario {
+        name: "guest-hostile-wrmsr",
+        run: || guest::hostile("wrmsr"),
+    },
+    Scenario {
+        name: "guest-hostile-in",
+        run: || guest::hostile("in"),
+    },
+    Scenario {
+        name: "guest-hostile-out",
+        run: || guest::hostile("out"),
+    },
+    Scenario {
+        name: "guest-hostile-swapgs",
+        run: || guest::hostile("swapgs"),
+    },
+    Scenario {
+        name: "guest-hostile-write-switcher-text",
+        run: || guest::hostile("write-switcher-text"),
+    },
+    Scenario {
+        name: "guest-hostile-read-switcher-host",
+        run: || guest::hostile("read-switcher-host"),
+    },
+    Scenario {
+        name: "guest-hostile-hcall-wild-pointer",
+        run: || guest::hostile("hcall-wild-pointer"),
+    },
+    Scenario {
+        name: "guest-hostile-hcall-huge-len",
+        run: || guest::hostile("hcall-huge-len"),
+    },
+    Scenario {
+        name: "guest-hostile-hcall-wrap",
+        run: || guest::hostile("hcall-wrap"),
+    },
+    Scenario {
+        name: "guest-hostile-hcall-unknown",
+        run: || guest::hostile("hcall-unknown"),
+    },
+    Scenario {
+        name: "guest-hostile-iretq-cs-rpl0",
+        run: || guest::hostile("iretq-cs-rpl0"),
+    },
+    Scenario {
+        name: "guest-hostile-iretq-iopl3",
+        run: || guest::hostile("iretq-iopl3"),
+    },
+    Scenario {
+        name: "guest-hostile-iretq-noncanonical",
+        run: || guest::hostile("iretq-noncanonical"),
+    },
+    Scenario {
+        name: "guest-hostile-bad-stack",
+        run: || guest::hostile("bad-stack"),
+    },
+    Scenario {
+        name: "guest-hostile-int",
+        run: guest::int_every_vector,
+    },
+    Scenario {
+        name: "guest-hostile-int3",
+        run: || guest::hostile("int3"),
+    },
+    Scenario {
+        name: "guest-hostile-icebp",
+        run: || guest::hostile("icebp"),
+    },
+    Scenario {
+        name: "guest-hostile-switcher-pages",
+        run: guest::switcher_pages,
+    },
+    Scenario {
+        name: "guest-many-switches",
+        run: guest::many_switches,
+    },
+    Scenario {
+        name: "guest-two-at-once",
+        run: guest::two_at_once,
+    },
+    Scenario {
+        name: "guest-ctrl-c",
+        run: guest::ctrl_c,
     },
     Scenario {
         name: "module-unload",

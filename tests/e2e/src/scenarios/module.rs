@@ -2,19 +2,17 @@
 //! be unloaded while a guest's file is open, and leaves nothing behind after a hundred guests
 //! and fifty loads.
 
-use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::Path;
-use std::thread::sleep;
-use std::time::Duration;
 
-use anyhow::{bail, ensure, Context};
+use anyhow::{ensure, Context};
 use lguest_abi::regs::Reg;
 use nix::errno::Errno;
 
 use crate::check::Checks;
 use crate::kmod;
+use crate::leak::{self, Snapshot};
 use crate::lguest::{Lguest, TestGuest, DEV_PATH, ENTRY, INITIALIZE_LEN};
 use crate::procfs;
 
@@ -122,16 +120,8 @@ fn rmmod_refused(c: &mut Checks, when: &str, files: i64) {
     );
 }
 
-/// Objects a hundred guests and fifty loads may leave in the slab caches, in total: a leak of
-/// one object per guest or per load shows as 100 or 50.
-const SLAB_SLACK: i64 = 50;
-/// Free memory they may cost, in KiB.
-const FREE_SLACK_KIB: i64 = 256;
 const GUEST_CYCLES: usize = 100;
 const MODULE_CYCLES: usize = 50;
-/// Noise settles, leaks do not: how many times the "after" picture is retaken before a growth
-/// counts as a leak.
-const LOOKS: usize = 5;
 
 fn leak_check() -> anyhow::Result<()> {
     kmod::ensure_loaded()?;
@@ -146,21 +136,18 @@ fn leak_check() -> anyhow::Result<()> {
     // every slab cache's `shrink` file, one per cache): look once to let them exist.
     Snapshot::take()?;
 
-    let before = Snapshot::take()?;
-    for _ in 0..GUEST_CYCLES {
-        guest_cycle(&guest)?;
-    }
-    for _ in 0..MODULE_CYCLES {
-        module_cycle()?;
-    }
-    let mut verdict = Ok(());
-    for _ in 0..LOOKS {
-        verdict = Snapshot::take()?.compare(&before);
-        if verdict.is_ok() {
-            break;
-        }
-    }
-    verdict
+    leak::grows_in_both_rounds(
+        &format!("{GUEST_CYCLES} guests and {MODULE_CYCLES} loads"),
+        || {
+            for _ in 0..GUEST_CYCLES {
+                guest_cycle(&guest)?;
+            }
+            for _ in 0..MODULE_CYCLES {
+                module_cycle()?;
+            }
+            Ok(())
+        },
+    )
 }
 
 /// Open, INITIALIZE, close: one guest's whole life, short of running. It runs in a child
@@ -182,84 +169,4 @@ fn guest_cycle(guest: &TestGuest) -> anyhow::Result<()> {
 fn module_cycle() -> anyhow::Result<()> {
     kmod::unload().map_err(|e| anyhow::anyhow!("rmmod lg in a leak cycle: {e:?}"))?;
     kmod::load()
-}
-
-/// What the host has in use: active objects per slab cache, and free memory.
-struct Snapshot {
-    slabs: BTreeMap<String, u64>,
-    free_kib: u64,
-}
-
-impl Snapshot {
-    /// Settles the host's caches, then looks.
-    fn take() -> anyhow::Result<Snapshot> {
-        // Objects freed through RCU go back to their caches only after a grace period.
-        sleep(Duration::from_millis(200));
-        // Drop the page cache, dentries and inodes: they come and go with every open and path
-        // lookup and would drown a leak.
-        fs::write("/proc/sys/vm/drop_caches", "3").context("cannot drop caches")?;
-        shrink_slabs()?;
-        // Fold every CPU's pending counter deltas into the global counters MemFree reads.
-        fs::write("/proc/sys/vm/stat_refresh", "1").context("cannot refresh vm stats")?;
-        let slabs = procfs::slab_active_objects(&procfs::read("/proc/slabinfo")?)?;
-        let mem_free = procfs::meminfo_kib(&procfs::read("/proc/meminfo")?, "MemFree")?;
-        let pcp = procfs::pcp_pages(&procfs::read("/proc/zoneinfo")?)?;
-        Ok(Snapshot {
-            slabs,
-            free_kib: mem_free + pcp * 4,
-        })
-    }
-
-    /// Passes iff the slab caches and free memory are (almost) as they were in `before`.
-    fn compare(&self, before: &Snapshot) -> anyhow::Result<()> {
-        let count =
-            |m: &BTreeMap<String, u64>, k: &str| i64::try_from(m.get(k).copied().unwrap_or(0));
-        let names: BTreeSet<&String> = self.slabs.keys().chain(before.slabs.keys()).collect();
-        let mut growth: Vec<(i64, &str)> = Vec::new();
-        for name in names {
-            growth.push((
-                count(&self.slabs, name)? - count(&before.slabs, name)?,
-                name,
-            ));
-        }
-        growth.sort_unstable_by(|a, b| b.cmp(a));
-        // Only growth counts: a cache that shrank (noise settling) must not hide one that grew.
-        let total: i64 = growth.iter().map(|(g, _)| (*g).max(0)).sum();
-        let free_drop = i64::try_from(before.free_kib)? - i64::try_from(self.free_kib)?;
-        if total < SLAB_SLACK && free_drop < FREE_SLACK_KIB {
-            return Ok(());
-        }
-        let top: Vec<String> = growth
-            .iter()
-            .take(3)
-            .map(|(g, name)| format!("{name} {g:+}"))
-            .collect();
-        bail!(
-            "after {GUEST_CYCLES} guests and {MODULE_CYCLES} loads: slab objects grew by {total} \
-             (limit <{SLAB_SLACK}; most: {}), free memory {} -> {} KiB ({:+} KiB, \
-             limit <{FREE_SLACK_KIB} lost)",
-            top.join(", "),
-            before.free_kib,
-            self.free_kib,
-            -free_drop
-        )
-    }
-}
-
-/// Empties every slab cache's per-CPU slabs back onto its lists, so /proc/slabinfo's
-/// active_objs counts objects in use and not objects that happen to sit in a CPU's current
-/// slab (which SLUB reports as all active). Needs sysfs at /sys; without it, skip.
-fn shrink_slabs() -> anyhow::Result<()> {
-    let Ok(caches) = fs::read_dir("/sys/kernel/slab") else {
-        return Ok(());
-    };
-    for cache in caches {
-        let cache = cache.context("cannot list /sys/kernel/slab")?;
-        // Merged caches appear once as a directory and again as symlinks to it.
-        if cache.file_type()?.is_dir() {
-            fs::write(cache.path().join("shrink"), "1")
-                .with_context(|| format!("cannot shrink {}", cache.path().display()))?;
-        }
-    }
-    Ok(())
 }

@@ -1,0 +1,77 @@
+//! `lguest-e2e bench`: the in-VM half of `./lguest-dev bench` (tests/harness/bench.sh).
+//!
+//! Two figures, in TSC cycles, measured inside the test VM: lguest-rs's null hypercall round trip
+//! as the ring-1 guest times it (its `nop-loop` scenario), and a host null syscall for scale. The
+//! floor they are set against comes from a boot of its own (tests/guests/floor). Output:
+//! `bench lguest nop-hypercall <cycles>` and `bench host null-syscall <cycles>`; a figure that
+//! cannot be had is one `lguest-e2e bench: <why>` line on stderr and exit status 1.
+
+use std::arch::x86_64::_rdtsc;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{ensure, Context};
+
+use crate::kmod;
+use crate::launch::{launch, LAUNCHER};
+
+/// The guest, its memory and its scenario: tests/guests/ring1, as the initramfs holds it.
+const GUEST_ARGS: [&str; 4] = ["64m", "/guests/ring1", "nop-loop", HYPERCALLS];
+/// Enough hypercalls for a few seconds of switching under TCG, little enough to stay quick.
+const HYPERCALLS: &str = "200000";
+/// Syscalls per timing, and timings (median reported), as the floor probe times its figures.
+const SYSCALLS: u64 = 20_000;
+const REPETITIONS: usize = 5;
+
+pub fn run() -> ExitCode {
+    match kmod::ensure_loaded().and_then(|()| hypercall()) {
+        Ok(cycles) => {
+            println!("bench lguest nop-hypercall {cycles}");
+            println!("bench host null-syscall {}", null_syscall());
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("lguest-e2e bench: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Cycles per null hypercall, as the guest's own rdtsc loop reports them.
+fn hypercall() -> anyhow::Result<u64> {
+    let run = launch(&GUEST_ARGS, Duration::from_secs(300))?;
+    let command = format!("{LAUNCHER} {}", GUEST_ARGS.join(" "));
+    ensure!(
+        run.code == Some(0),
+        "`{command}`: {}; stderr: {}",
+        run.status(),
+        run.shown()
+    );
+    let prefix = format!("nop-loop: {HYPERCALLS} hypercalls, ");
+    run.stdout
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix(&prefix)?
+                .strip_suffix(" cycles each")?
+                .parse()
+                .ok()
+        })
+        .with_context(|| format!("`{command}` printed no figure: {}", run.shown_stdout()))
+}
+
+/// Cycles per `getppid`, the cheapest syscall there is: entry, a field read, exit.
+fn null_syscall() -> u64 {
+    let mut timings = [0; REPETITIONS];
+    for timing in &mut timings {
+        // SAFETY: rdtsc only reads the counter.
+        let start = unsafe { _rdtsc() };
+        for _ in 0..SYSCALLS {
+            // SAFETY: getppid takes no arguments, touches no memory of ours and cannot fail.
+            unsafe { libc::syscall(libc::SYS_getppid) };
+        }
+        // SAFETY: as above.
+        *timing = (unsafe { _rdtsc() } - start) / SYSCALLS;
+    }
+    timings.sort_unstable();
+    timings[REPETITIONS / 2]
+}

@@ -1,0 +1,170 @@
+//! Running the launcher as a user does, and keeping what it said.
+//!
+//! The scenarios judge the launcher (and through it lg.ko) by what a user sees: the exit status,
+//! or the signal that ended it, stdout (the guest's console) and stderr (the launcher's own
+//! lines). [`spawn`] starts one and [`Running::finish`] waits for it, killing it after a time
+//! limit so a hung guest fails its scenario instead of the whole run; [`launch`] does both.
+//! Two threads drain the pipes while the launcher runs, so a chatty guest cannot fill a pipe and
+//! stall.
+
+use std::io::Read;
+use std::os::unix::process::ExitStatusExt;
+use std::process::{Child, ChildStderr, ChildStdout, Command, Stdio};
+use std::thread::{self, sleep, JoinHandle};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+
+pub const LAUNCHER: &str = "/bin/lguest-launcher";
+/// The launcher's exit code for any failure, a guest's death included; a panic would exit with
+/// 101, a usage error with 2.
+pub const FAILURE: i32 = 1;
+
+/// What a finished launcher left behind.
+pub struct Run {
+    /// The exit code; `None` if a signal ended it.
+    pub code: Option<i32>,
+    /// The signal that ended it, if one did.
+    pub signal: Option<i32>,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Run {
+    /// stderr for a FAIL line.
+    pub fn shown(&self) -> String {
+        shorten(&self.stderr)
+    }
+
+    /// stdout for a FAIL line.
+    pub fn shown_stdout(&self) -> String {
+        shorten(&self.stdout)
+    }
+
+    /// Exit code or signal, as a FAIL line says it.
+    pub fn status(&self) -> String {
+        match (self.code, self.signal) {
+            (Some(code), _) => format!("exit {code}"),
+            (None, Some(signal)) => format!("signal {signal}"),
+            (None, None) => "no status".to_owned(),
+        }
+    }
+}
+
+/// Output on one line, and not too long to read.
+fn shorten(text: &str) -> String {
+    let joined = text.trim_end().replace('\n', " | ");
+    match joined.char_indices().nth(400) {
+        Some((cut, _)) => format!("{}...", &joined[..cut]),
+        None => joined,
+    }
+}
+
+/// A launcher that is still running. Dropping it kills the launcher, so an early return from a
+/// scenario leaves no guest spinning behind it.
+pub struct Running {
+    child: Option<Child>,
+    args: String,
+    stdout: Option<JoinHandle<String>>,
+    stderr: Option<JoinHandle<String>>,
+}
+
+/// Starts the launcher with `args`, with a clean log setting and its output captured.
+pub fn spawn(args: &[&str]) -> anyhow::Result<Running> {
+    let mut child = Command::new(LAUNCHER)
+        .args(args)
+        // RUST_LOG would override -v and could add lines of its own.
+        .env_remove("RUST_LOG")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .with_context(|| format!("cannot run {LAUNCHER}"))?;
+    let stdout: Option<ChildStdout> = child.stdout.take();
+    let stderr: Option<ChildStderr> = child.stderr.take();
+    Ok(Running {
+        child: Some(child),
+        args: args.join(" "),
+        stdout: stdout.map(drain),
+        stderr: stderr.map(drain),
+    })
+}
+
+/// Reads a pipe to its end on a thread of its own.
+fn drain(mut pipe: impl Read + Send + 'static) -> JoinHandle<String> {
+    thread::spawn(move || {
+        let mut bytes = Vec::new();
+        // A read error leaves what came before it, which is all there is to show.
+        let _ = pipe.read_to_end(&mut bytes);
+        String::from_utf8_lossy(&bytes).into_owned()
+    })
+}
+
+impl Running {
+    pub fn pid(&self) -> i32 {
+        self.child.as_ref().map_or(0, |c| c.id() as i32)
+    }
+
+    /// Whether it is still running.
+    pub fn alive(&mut self) -> anyhow::Result<bool> {
+        match self.child.as_mut() {
+            Some(child) => Ok(child.try_wait()?.is_none()),
+            None => Ok(false),
+        }
+    }
+
+    /// Waits for the launcher to end; after `patience` it is killed and the run fails.
+    pub fn finish(mut self, patience: Duration) -> anyhow::Result<Run> {
+        let mut child = self.child.take().context("finished twice")?;
+        let start = Instant::now();
+        let status = loop {
+            if let Some(status) = child.try_wait()? {
+                break status;
+            }
+            if start.elapsed() > patience {
+                child.kill()?;
+                child.wait()?;
+                let stdout = self.collect_stdout();
+                bail!(
+                    "`{LAUNCHER} {}` still ran after {patience:?}; its output: {}",
+                    self.args,
+                    shorten(&stdout)
+                );
+            }
+            sleep(Duration::from_millis(10));
+        };
+        Ok(Run {
+            code: status.code(),
+            signal: status.signal(),
+            stdout: self.collect_stdout(),
+            stderr: join(self.stderr.take()),
+        })
+    }
+
+    fn collect_stdout(&mut self) -> String {
+        join(self.stdout.take())
+    }
+}
+
+fn join(reader: Option<JoinHandle<String>>) -> String {
+    reader
+        .map(|r| r.join().unwrap_or_else(|_| "(reader panicked)".to_owned()))
+        .unwrap_or_default()
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            // Best effort: the scenario is failing already.
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        join(self.stdout.take());
+        join(self.stderr.take());
+    }
+}
+
+/// Runs the launcher with `args` to its end, or for at most `patience`.
+pub fn launch(args: &[&str], patience: Duration) -> anyhow::Result<Run> {
+    spawn(args)?.finish(patience)
+}

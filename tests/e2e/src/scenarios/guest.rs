@@ -1,0 +1,382 @@
+//! Guests that run: the ring-1 guest (tests/guests/ring1) under lg.ko, friendly and hostile.
+//!
+//! Every scenario here starts `lguest-launcher 64m /guests/ring1 <scenario>` and judges the
+//! run by what a user would see: the exit status, the guest's console on stdout, and the
+//! launcher's one line on stderr. The guest's scenarios and attacks are described in
+//! tests/guests/ring1/src (main.rs and attacks.rs). The rules:
+//!
+//! - a friendly guest (`hello`, `nop-loop`, `spin`) powers off: exit 0, and its line on stdout;
+//! - a hostile guest announces its attack (`attack: <name>`) and must be killed by the host:
+//!   exit 1 and exactly one stderr line, `lguest-launcher: guest died: <reason>`. A guest that
+//!   survives says `attack <name>: survived (...)` and powers off, which fails the scenario;
+//! - after every hostile guest a fresh `hello` guest must still run: a host that survived in
+//!   name only fails there. (The runner checks the kernel log for oopses and warnings, too.)
+
+use std::thread::sleep;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, ensure, Context};
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+
+use crate::check::Checks;
+use crate::launch::{self, launch, Run, FAILURE};
+use crate::leak::Snapshot;
+use crate::lguest::Lguest;
+use crate::{kmod, procfs};
+
+/// The ring-1 guest, as the initramfs holds it (tests/harness/build-initramfs.sh).
+const GUEST: &str = "/guests/ring1";
+/// Guest RAM for every run: the guest itself needs less than a megabyte.
+const MEM: &str = "64m";
+/// What `hello` prints: CS is GDT entry 10 with RPL 1 (lguest-abi's `GUEST_KERNEL_CS`), and the
+/// CPL is CS's low bits.
+const HELLO: &str = "hello from ring 1: cs=0x51 cpl=1";
+/// What the launcher prints, first, when the host killed its guest.
+const DIED: &str = "lguest-launcher: guest died: ";
+/// A guest that does one thing and stops takes a moment even under TCG; one that hangs is
+/// killed after this and fails.
+const PATIENCE: Duration = Duration::from_secs(30);
+
+/// Runs the ring-1 guest with `words` on its command line.
+fn guest(words: &[&str], patience: Duration) -> anyhow::Result<Run> {
+    let mut args = vec![MEM, GUEST];
+    args.extend_from_slice(words);
+    launch(&args, patience)
+}
+
+/// A fresh `hello` guest must run to its end: the host is still usable.
+fn hello_still_runs() -> anyhow::Result<()> {
+    let run = guest(&["hello"], PATIENCE)?;
+    ensure!(
+        run.code == Some(0) && run.stdout.contains(HELLO),
+        "a fresh hello guest afterwards: expected exit 0 and {HELLO:?}, got {}, stdout: {}, \
+         stderr: {}",
+        run.status(),
+        run.shown_stdout(),
+        run.shown()
+    );
+    Ok(())
+}
+
+/// `guest-hello`: the first guest prints its CS and CPL from ring 1, and the launcher exits 0
+/// without a word of its own.
+pub fn hello() -> anyhow::Result<()> {
+    kmod::ensure_loaded()?;
+    let run = guest(&["hello"], PATIENCE)?;
+    let mut c = Checks::new();
+    c.that(run.code == Some(0), || {
+        format!(
+            "expected exit 0, got {}; stderr: {}",
+            run.status(),
+            run.shown()
+        )
+    });
+    c.that(run.stdout.lines().any(|l| l == HELLO), || {
+        format!(
+            "expected the line {HELLO:?} on stdout, got: {}",
+            run.shown_stdout()
+        )
+    });
+    c.that(run.stderr.is_empty(), || {
+        format!("expected nothing on stderr, got: {}", run.shown())
+    });
+    c.finish()
+}
+
+/// Checks that `run`, the guest told to attack with `words`, got as far as the attack and was
+/// killed for it: exit 1, one stderr line saying so, no "survived".
+fn died(c: &mut Checks, words: &[&str], run: &Run) {
+    let what = words.join(" ");
+    let announced = format!("attack: {}", words[0]);
+    c.that(run.stdout.lines().any(|l| l == announced), || {
+        format!(
+            "{what}: the guest never announced its attack (stdout: {}; {}, stderr: {})",
+            run.shown_stdout(),
+            run.status(),
+            run.shown()
+        )
+    });
+    let lines = run.stderr.lines().count();
+    let killed = run.code == Some(FAILURE) && lines == 1 && run.stderr.starts_with(DIED);
+    c.that(killed, || {
+        format!(
+            "{what}: expected exit {FAILURE} and one stderr line starting {DIED:?}, got {} and \
+             {lines} lines: {}; stdout: {}",
+            run.status(),
+            run.shown(),
+            run.shown_stdout()
+        )
+    });
+}
+
+/// `guest-hostile-<attack>`: the guest tries `attack` and must die for it; the host lives on.
+pub fn hostile(attack: &str) -> anyhow::Result<()> {
+    kmod::ensure_loaded()?;
+    let run = guest(&[attack], PATIENCE)?;
+    let mut c = Checks::new();
+    died(&mut c, &[attack], &run);
+    let stdout = |needle: &str| run.stdout.lines().any(|l| l.contains(needle));
+    match attack {
+        // The CPU keeps IOPL at 0 for an iretq at CPL 1; the guest prints what it got, then
+        // dies on `cli`.
+        "iretq-iopl3" => c.that(run.stdout.lines().any(|l| l == "iopl=0"), || {
+            format!("expected iopl=0 on stdout, got: {}", run.shown_stdout())
+        }),
+        // The hypercall made on the bad stack must come back (the trap frame goes on the host's
+        // stack, not the guest's), with RSP untouched; only the guest's own push kills it.
+        "bad-stack" => c.that(
+            stdout("bad-stack: the hypercall returned") && stdout("rsp=0x700000000000"),
+            || {
+                format!(
+                    "expected the hypercall on the bad stack to return with rsp=0x700000000000, \
+                     got stdout: {}",
+                    run.shown_stdout()
+                )
+            },
+        ),
+        // What the guest could read must hold no host address (a KASLR leak at least).
+        "read-switcher-host" => c.that(!stdout("host address"), || {
+            format!(
+                "the Switcher window shows host addresses: {}",
+                run.shown_stdout()
+            )
+        }),
+        _ => {}
+    }
+    c.ok("after the attack", hello_still_runs());
+    c.finish()
+}
+
+/// A vector's run gets less time than most: 256 of them must fit in the test VM's budget.
+const VECTOR_PATIENCE: Duration = Duration::from_secs(10);
+/// After this many hung runs, the rest of the vectors are not tried.
+const HUNG_MAX: usize = 3;
+
+/// `guest-hostile-int`: `int $n` from ring 1 for every vector: each must kill the guest (only
+/// 0x1f is a hypercall, and the guest asks it for hypercall 999, which does not exist).
+pub fn int_every_vector() -> anyhow::Result<()> {
+    kmod::ensure_loaded()?;
+    // The vectors that did not kill the guest, and why the first of them failed.
+    let mut wrong: Vec<String> = Vec::new();
+    let mut first_why = String::new();
+    let mut hung = 0;
+    for vector in 0..=255u32 {
+        let n = format!("{vector:#x}");
+        let words = ["int", n.as_str()];
+        let mut c = Checks::new();
+        match guest(&words, VECTOR_PATIENCE) {
+            Ok(run) => died(&mut c, &words, &run),
+            Err(e) => {
+                hung += 1;
+                c.ok(&n, Err::<(), _>(e));
+            }
+        }
+        if let Err(e) = c.finish() {
+            if wrong.is_empty() {
+                first_why = format!("{e:#}");
+            }
+            wrong.push(n);
+        }
+        if hung >= HUNG_MAX && vector < 255 {
+            wrong.push(format!("(not tried: {:#x}..=0xff)", vector + 1));
+            break;
+        }
+    }
+    let mut c = Checks::new();
+    c.that(wrong.is_empty(), || {
+        format!(
+            "these vectors did not kill the guest: {}; the first: {first_why}",
+            wrong.join(" ")
+        )
+    });
+    c.ok("after the attacks", hello_still_runs());
+    c.finish()
+}
+
+/// The Switcher window's pages that `guest-hostile-switcher-pages` writes and reads, from the
+/// lead's layout (lg-module/src/layout.rs): two pages of text, the IDT, then one block of
+/// eight pages per host CPU (guard, four IST stacks, registers, state, host). The test VM has
+/// two CPUs, so both blocks are covered, whichever CPU the guest runs on.
+const SWITCHER_PAGES: u64 = 3 + 2 * 8;
+
+/// `guest-hostile-switcher-pages`: a write to, and a read of, every Switcher page. A write must
+/// kill the guest, except to a page the CPU itself writes while the guest runs (this CPU's
+/// register page, where the trap frame lands): there the guest must go on as if nothing
+/// happened (its next hypercalls work, it powers off cleanly). A read may succeed, but must find
+/// no host address. Either way the host lives on.
+pub fn switcher_pages() -> anyhow::Result<()> {
+    kmod::ensure_loaded()?;
+    let mut c = Checks::new();
+    let mut writable = Vec::new();
+    let mut readable = Vec::new();
+    for k in 0..SWITCHER_PAGES {
+        let k_str = k.to_string();
+        for attack in ["write-switcher-page", "read-switcher-page"] {
+            let words = [attack, k_str.as_str()];
+            let run = match guest(&words, PATIENCE) {
+                Ok(run) => run,
+                Err(e) => {
+                    c.ok(&words.join(" "), Err::<(), _>(e));
+                    continue;
+                }
+            };
+            if run.code == Some(0) {
+                // The guest survived: it must say so, cleanly.
+                let line = format!("attack {attack}: survived (");
+                c.that(run.stdout.contains(&line) && run.stderr.is_empty(), || {
+                    format!(
+                        "{attack} {k}: exit 0 without a clean \"survived\": stdout: {}, \
+                         stderr: {}",
+                        run.shown_stdout(),
+                        run.shown()
+                    )
+                });
+                if attack == "write-switcher-page" {
+                    writable.push(k);
+                } else {
+                    readable.push(k);
+                }
+            } else {
+                died(&mut c, &words, &run);
+            }
+            c.that(!run.stdout.contains("host address"), || {
+                format!(
+                    "{attack} {k}: the page shows host addresses: {}",
+                    run.shown_stdout()
+                )
+            });
+        }
+    }
+    // For the reader of the log, not for the verdict: what the window looks like from ring 1.
+    println!(
+        "e2e-info guest-hostile-switcher-pages: writable pages {writable:?}, readable pages \
+         {readable:?}"
+    );
+    c.ok("after the attacks", hello_still_runs());
+    c.finish()
+}
+
+/// `guest-many-switches`: a million null hypercalls, each a world switch there and back; the
+/// host's memory afterwards is what it was. The guest's own timing is printed for the benchmark
+/// as an `e2e-figure` line, which the harness ignores.
+pub fn many_switches() -> anyhow::Result<()> {
+    kmod::ensure_loaded()?;
+    // Warm up: the first guest creates things that stay, and so does the first look (see
+    // module.rs's leak check).
+    hello_still_runs()?;
+    Snapshot::take()?;
+    let before = Snapshot::take()?;
+    let run = guest(&["nop-loop", "1000000"], Duration::from_secs(300))?;
+    ensure!(
+        run.code == Some(0),
+        "nop-loop: expected exit 0, got {}; stderr: {}; stdout: {}",
+        run.status(),
+        run.shown(),
+        run.shown_stdout()
+    );
+    let cycles = run
+        .stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("nop-loop: 1000000 hypercalls, "))
+        .and_then(|rest| rest.strip_suffix(" cycles each"))
+        .with_context(|| format!("no nop-loop figure on stdout: {}", run.shown_stdout()))?;
+    println!("e2e-figure nop-hypercall-cycles {cycles}");
+    before.settled("a million hypercalls")
+}
+
+/// How long `spin` guests spin in `guest-two-at-once`.
+const SPIN_SECONDS: &str = "3";
+
+/// `guest-two-at-once`: two guests spin at the same time, one on each CPU of the test VM, and
+/// both finish.
+pub fn two_at_once() -> anyhow::Result<()> {
+    kmod::ensure_loaded()?;
+    let mut a = launch::spawn(&[MEM, GUEST, "spin", SPIN_SECONDS])?;
+    let mut b = launch::spawn(&[MEM, GUEST, "spin", SPIN_SECONDS])?;
+    // Sample both while they run: their state and CPU, from /proc/<pid>/stat. Running at once
+    // means a sample with both running ('R'), on different CPUs.
+    let mut together = 0;
+    let mut samples = 0;
+    let start = Instant::now();
+    while a.alive()? && b.alive()? && start.elapsed() < Duration::from_secs(60) {
+        let stat = |pid: i32| {
+            procfs::read(&format!("/proc/{pid}/stat")).and_then(|s| procfs::stat_state_cpu(&s))
+        };
+        if let (Ok((sa, ca)), Ok((sb, cb))) = (stat(a.pid()), stat(b.pid())) {
+            samples += 1;
+            if sa == 'R' && sb == 'R' && ca != cb {
+                together += 1;
+            }
+        }
+        sleep(Duration::from_millis(50));
+    }
+    let runs = [a.finish(PATIENCE)?, b.finish(PATIENCE)?];
+    let mut c = Checks::new();
+    for (name, run) in ["first", "second"].iter().zip(&runs) {
+        let done = format!("spin: {SPIN_SECONDS} s done");
+        c.that(run.code == Some(0) && run.stdout.contains(&done), || {
+            format!(
+                "{name} guest: expected exit 0 and {done:?}, got {}; stdout: {}; stderr: {}",
+                run.status(),
+                run.shown_stdout(),
+                run.shown()
+            )
+        });
+    }
+    c.that(together > 0, || {
+        format!("in {samples} samples the two guests never ran at the same time on two CPUs")
+    });
+    c.finish()
+}
+
+/// `guest-ctrl-c`: SIGINT to the launcher of a guest that spins forever ends it at once, and
+/// leaves the host as it was: a fresh guest runs, and nothing holds lg.ko (module-unload, at
+/// the end of the run, unloads it).
+pub fn ctrl_c() -> anyhow::Result<()> {
+    kmod::ensure_loaded()?;
+    let mut spinner = launch::spawn(&[MEM, GUEST, "spin"])?;
+    sleep(Duration::from_secs(1));
+    ensure!(
+        spinner.alive()?,
+        "the spinning guest ended by itself: {}",
+        spinner
+            .finish(PATIENCE)
+            .map(|r| format!("{}, stderr: {}", r.status(), r.shown()))
+            .unwrap_or_else(|e| format!("{e:#}"))
+    );
+    kill(Pid::from_raw(spinner.pid()), Signal::SIGINT).context("kill -INT the launcher")?;
+    let sent = Instant::now();
+    let run = spinner.finish(Duration::from_secs(5))?;
+    let mut c = Checks::new();
+    c.that(run.signal == Some(Signal::SIGINT as i32), || {
+        format!(
+            "expected the launcher to die of SIGINT, got {} after {:?}; stderr: {}",
+            run.status(),
+            sent.elapsed(),
+            run.shown()
+        )
+    });
+    c.ok("after Ctrl-C", hello_still_runs());
+    c.ok("open /dev/lguest", Lguest::open());
+    c.ok("lg.ko's references", references_drop_to_zero());
+    c.finish()
+}
+
+/// lg.ko's refcount must be back to zero once the launchers are gone (their files closed).
+fn references_drop_to_zero() -> anyhow::Result<()> {
+    let start = Instant::now();
+    loop {
+        let module = kmod::loaded()?.context("lg is not loaded")?;
+        if module.refcount == 0 {
+            return Ok(());
+        }
+        if start.elapsed() > Duration::from_secs(2) {
+            bail!(
+                "lg still has {} references with no launcher running",
+                module.refcount
+            );
+        }
+        sleep(Duration::from_millis(50));
+    }
+}

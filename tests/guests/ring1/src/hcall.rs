@@ -1,0 +1,110 @@
+//! Hypercalls: the guest's only way to ask the host for anything.
+//!
+//! A ring-1 kernel may not touch the hardware, so everything it needs from outside (output, a
+//! clean shutdown, a nap) it asks for with `int $0x1f`: the call number in RAX, arguments in RBX,
+//! RCX, RDX, RSI, RDI, the answer in RAX (lguest-abi's `hcall` module). Every wrapper here is a
+//! thin shell around [`hcall`]; the attacks in attacks.rs call [`hcall`] itself with arguments
+//! no well-behaved guest would pass.
+
+use core::arch::asm;
+use core::cell::UnsafeCell;
+use core::ptr;
+
+use lguest_abi::data::LguestData;
+use lguest_abi::hcall::{
+    CONSOLE_WRITE, CONSOLE_WRITE_MAX, HALT, LGUEST_INIT, NOP, SHUTDOWN, SHUTDOWN_MESSAGE_MAX,
+    SHUTDOWN_POWEROFF,
+};
+use lguest_abi::PAGE_SIZE;
+
+/// Makes hypercall `nr` with arguments `args` (RBX, RCX, RDX, RSI, RDI) and returns RAX.
+///
+/// # Safety
+///
+/// The host reads and writes guest memory as the call says (CONSOLE_WRITE reads a buffer,
+/// LGUEST_INIT writes a page): the caller answers for the addresses it passes, and for what a
+/// call that does not return (SHUTDOWN) leaves undone.
+pub unsafe fn hcall(nr: u64, args: [u64; 5]) -> u64 {
+    let ret;
+    // SAFETY: the caller vouches for the call (see above). LLVM keeps RBX for itself and will
+    // not hand it out as an operand, so the first argument is swapped into it around the `int`
+    // and the old value swapped back. Memory is left as clobbered (no `nomem`) because the host
+    // may write guest memory; the flags too, as the host's iretq rebuilds them.
+    unsafe {
+        asm!(
+            "xchg {a1}, rbx",
+            "int 0x1f",
+            "xchg {a1}, rbx",
+            a1 = inout(reg) args[0] => _,
+            inout("rax") nr => ret,
+            in("rcx") args[1],
+            in("rdx") args[2],
+            in("rsi") args[3],
+            in("rdi") args[4],
+        );
+    }
+    ret
+}
+
+/// The page this guest shares with the host (lguest-abi's `data` module). A whole page of its
+/// own: the host is told its guest-physical address and may write anywhere in it.
+#[repr(C, align(4096))]
+struct SharedPage(UnsafeCell<[u8; PAGE_SIZE as usize]>);
+
+// SAFETY: the guest has one CPU and no interrupts; the page is only touched through raw
+// pointers, by LGUEST_INIT (the host) and `lguest_init` below.
+unsafe impl Sync for SharedPage {}
+
+static LGUEST_DATA: SharedPage = SharedPage(UnsafeCell::new([0; PAGE_SIZE as usize]));
+
+/// LGUEST_INIT: tells the host where `lguest_data` is, and returns what the host wrote there.
+/// It must be the guest's first hypercall; the host kills a guest that makes any other first.
+pub fn lguest_init() -> LguestData {
+    let page = LGUEST_DATA.0.get();
+    // The launcher maps RAM with virtual == physical, so the page's address is its
+    // guest-physical address.
+    // SAFETY: the page is ours, page-aligned and exactly one page long, as LGUEST_INIT requires.
+    unsafe { hcall(LGUEST_INIT, [page as u64, 0, 0, 0, 0]) };
+    // SAFETY: the page is at least LguestData::SIZE bytes, and aligned for it. A volatile read,
+    // as the compiler never saw anybody write the page.
+    unsafe { ptr::read_volatile(page.cast::<LguestData>()) }
+}
+
+/// CONSOLE_WRITE: `bytes` go to the launcher, which prints them, in pieces the host accepts.
+pub fn console_write(bytes: &[u8]) {
+    for piece in bytes.chunks(CONSOLE_WRITE_MAX) {
+        // SAFETY: the host reads `piece`, which is ours and identity-mapped.
+        unsafe {
+            hcall(
+                CONSOLE_WRITE,
+                [piece.as_ptr() as u64, piece.len() as u64, 0, 0, 0],
+            )
+        };
+    }
+}
+
+/// NOP: the cheapest round trip through the host.
+pub fn nop() {
+    // SAFETY: NOP touches no memory.
+    unsafe { hcall(NOP, [0; 5]) };
+}
+
+/// HALT: sleep until the host has something for us (for now, only a signal to the launcher).
+pub fn halt() {
+    // SAFETY: HALT touches no memory.
+    unsafe { hcall(HALT, [0; 5]) };
+}
+
+/// SHUTDOWN with "power off": the launcher exits with status 0 (and shows `message` with -v).
+pub fn poweroff(message: &str) -> ! {
+    // The host wants a NUL-terminated string and reads at most SHUTDOWN_MESSAGE_MAX bytes.
+    let mut buf = [0u8; SHUTDOWN_MESSAGE_MAX];
+    let len = message.len().min(SHUTDOWN_MESSAGE_MAX - 1);
+    buf[..len].copy_from_slice(&message.as_bytes()[..len]);
+    // SAFETY: the host reads `buf`, which is ours; the call does not return.
+    unsafe { hcall(SHUTDOWN, [buf.as_ptr() as u64, SHUTDOWN_POWEROFF, 0, 0, 0]) };
+    // A host that let us go on has broken the ABI; all we can do is wait.
+    loop {
+        halt();
+    }
+}

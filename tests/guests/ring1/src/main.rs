@@ -1,0 +1,225 @@
+//! The ring-1 guest: the first kernel lg.ko ever runs.
+//!
+//! It is as small as a kernel can be and still prove something. The launcher loads it like any
+//! lguest kernel (the ELF note below names its entry point), lg.ko starts it at CPL 1 in 64-bit
+//! long mode on page tables the launcher built, and from then on the only way out is a
+//! hypercall. It has no IDT, no interrupts, no page tables of its own: whatever goes wrong is
+//! the host's to catch, and whatever it is told to attack (src/attacks.rs) is the host's to
+//! refuse. The story, in the order the CPU meets it:
+//!
+//! 1. the lguest note, which makes the launcher accept this file at all;
+//! 2. `_start`, which makes a stack and calls Rust;
+//! 3. `kernel_main`: LGUEST_INIT first (src/hcall.rs), then the command line picks a scenario;
+//! 4. the friendly scenarios below (`hello`, `nop-loop`, `spin`) and the hostile ones in
+//!    attacks.rs; every one ends with SHUTDOWN or with the host killing the guest.
+//!
+//! Output goes through CONSOLE_WRITE (src/console.rs), so `println!` works from step 3 on.
+#![no_std]
+#![no_main]
+
+use core::arch::{asm, naked_asm};
+use core::panic::PanicInfo;
+
+use lguest_abi::boot::{NOTE_NAME, NOTE_TYPE_ENTRY};
+use lguest_abi::data::{LguestData, SWITCHER_WINDOW_END, SWITCHER_WINDOW_START};
+
+mod attacks;
+mod console;
+mod hcall;
+
+// ---- 1. The note ------------------------------------------------------------------------------
+
+/// The lguest entry note, laid out as an ELF note: the sizes of name and descriptor, the type,
+/// then the name and the descriptor (the entry point), each padded to 4 bytes. The section name
+/// starts with ".note", so the assembler marks it SHT_NOTE; linker.ld keeps it and gives it a
+/// PT_NOTE program header, where the launcher looks.
+#[repr(C, packed(4))]
+struct LguestNote {
+    namesz: u32,
+    descsz: u32,
+    kind: u32,
+    name: [u8; 8],
+    entry: unsafe extern "C" fn() -> !,
+}
+
+/// `NOTE_NAME` with its NUL, padded to the 8 bytes the note gives it.
+const fn padded_name() -> [u8; 8] {
+    let mut name = [0u8; 8];
+    let mut i = 0;
+    while i < NOTE_NAME.len() {
+        name[i] = NOTE_NAME[i];
+        i += 1;
+    }
+    name
+}
+
+#[used]
+#[link_section = ".note.lguest"]
+static NOTE: LguestNote = LguestNote {
+    namesz: NOTE_NAME.len() as u32,
+    descsz: 8,
+    kind: NOTE_TYPE_ENTRY,
+    name: padded_name(),
+    entry: _start,
+};
+
+// ---- 2. The entry point -----------------------------------------------------------------------
+
+const STACK_SIZE: usize = 64 * 1024;
+
+/// The kernel's one stack. RSP is 0 when the host starts us: nothing may be pushed before
+/// `_start` points RSP here.
+#[repr(C, align(16))]
+struct Stack([u8; STACK_SIZE]);
+
+static mut STACK: Stack = Stack([0; STACK_SIZE]);
+
+/// The first instruction. The host starts us with RSI = the guest-physical address of
+/// boot_params (Linux's 64-bit boot protocol) and no stack; `kernel_main` gets RSI as its
+/// argument. RBP = 0 ends any backtrace here.
+///
+/// # Safety
+///
+/// Only the host may call this, once, as the guest's entry point.
+#[unsafe(naked)]
+#[no_mangle]
+#[link_section = ".text._start"]
+pub unsafe extern "C" fn _start() -> ! {
+    naked_asm!(
+        "lea rsp, [rip + {stack} + {size}]",
+        "xor ebp, ebp",
+        "mov rdi, rsi",
+        "call {main}",
+        "ud2",
+        stack = sym STACK,
+        size = const STACK_SIZE,
+        main = sym kernel_main,
+    )
+}
+
+// ---- 3. Main ----------------------------------------------------------------------------------
+
+/// Where boot_params keeps the command line's guest-physical address (`hdr.cmd_line_ptr`, a
+/// u32: Documentation/arch/x86/zero-page.rst). The launcher puts the line below 4 GiB, so the
+/// high half (`ext_cmd_line_ptr`) stays zero and is not read.
+const CMD_LINE_PTR: u64 = 0x228;
+/// The launcher passes at most a page of command line, NUL not included.
+const CMD_LINE_MAX: usize = 4095;
+
+/// Where `_start` lands: LGUEST_INIT, a check that the host filled in `lguest_data`, then the
+/// scenario the command line's first word names (`hello` if there is none), with its second word
+/// as the argument.
+extern "C" fn kernel_main(boot_params: u64) -> ! {
+    let data = hcall::lguest_init();
+    let expected = LguestData {
+        switcher_window_start: SWITCHER_WINDOW_START,
+        switcher_window_end: SWITCHER_WINDOW_END,
+    };
+    if data != expected {
+        panic!("LGUEST_INIT: the host wrote {data:x?}, expected {expected:x?}");
+    }
+
+    let cmdline = command_line(boot_params);
+    let mut words = cmdline.split_ascii_whitespace();
+    let scenario = words.next().unwrap_or("hello");
+    let arg = words.next();
+    match scenario {
+        "hello" => hello(),
+        "nop-loop" => nop_loop(number(arg, 1_000_000)),
+        "spin" => spin(arg.map(|s| number(Some(s), 0))),
+        name => attacks::run(name, arg, &data),
+    }
+}
+
+/// The command line the launcher wrote, from boot_params (identity-mapped, like all RAM).
+fn command_line(boot_params: u64) -> &'static str {
+    // SAFETY: the launcher wrote boot_params at this address, inside RAM.
+    let ptr = unsafe { ((boot_params + CMD_LINE_PTR) as *const u32).read_volatile() };
+    let start = u64::from(ptr) as *const u8;
+    let mut len = 0;
+    // SAFETY: the launcher wrote a NUL-terminated line of at most CMD_LINE_MAX bytes there.
+    while len < CMD_LINE_MAX && unsafe { start.add(len).read_volatile() } != 0 {
+        len += 1;
+    }
+    // SAFETY: `len` bytes from `start` were just read; nothing writes them afterwards.
+    let bytes = unsafe { core::slice::from_raw_parts(start, len) };
+    core::str::from_utf8(bytes).unwrap_or_else(|_| panic!("the command line is not UTF-8"))
+}
+
+/// A number from the command line, decimal or 0x-hexadecimal; `default` if there is none.
+fn number(word: Option<&str>, default: u64) -> u64 {
+    let Some(word) = word else { return default };
+    let parsed = match word.strip_prefix("0x") {
+        Some(hex) => u64::from_str_radix(hex, 16),
+        None => word.parse(),
+    };
+    parsed.unwrap_or_else(|_| panic!("{word:?} is not a number"))
+}
+
+/// The code segment selector we run on; its low two bits are the CPL.
+pub fn cs() -> u64 {
+    let cs: u16;
+    // SAFETY: reading CS is allowed at every privilege level and changes nothing.
+    unsafe { asm!("mov {:x}, cs", out(reg) cs, options(nomem, nostack, preserves_flags)) };
+    u64::from(cs)
+}
+
+/// The time-stamp counter. At CPL 1 `rdtsc` works unless the host sets CR4.TSD.
+fn rdtsc() -> u64 {
+    let (lo, hi): (u32, u32);
+    // SAFETY: rdtsc only reads the counter.
+    unsafe {
+        asm!("rdtsc", out("eax") lo, out("edx") hi, options(nomem, nostack, preserves_flags))
+    };
+    u64::from(hi) << 32 | u64::from(lo)
+}
+
+// ---- 4. The friendly scenarios ----------------------------------------------------------------
+
+/// `hello`: the line the end-to-end test `guest-hello` looks for, with the CS we really run on.
+fn hello() -> ! {
+    let cs = cs();
+    println!("hello from ring 1: cs={cs:#x} cpl={}", cs & 3);
+    hcall::poweroff("bye")
+}
+
+/// `nop-loop [N]`: N null hypercalls, timed. Each is a full world switch there and back, so
+/// this is the figure the Switcher is judged by.
+fn nop_loop(n: u64) -> ! {
+    let start = rdtsc();
+    for _ in 0..n {
+        hcall::nop();
+    }
+    let cycles = rdtsc() - start;
+    println!(
+        "nop-loop: {n} hypercalls, {} cycles each",
+        cycles / n.max(1)
+    );
+    hcall::poweroff("nop-loop done")
+}
+
+/// The TSC rate `spin` assumes; the test machines' TSCs run at about 2.1 GHz.
+const TSC_HZ: u64 = 2_000_000_000;
+
+/// `spin [SECONDS]`: burn the CPU in guest mode without a single hypercall, forever or for
+/// about SECONDS. Only the host's own interrupts can take the CPU back, which is the point:
+/// two such guests must share the machine, and Ctrl-C must still end one.
+fn spin(seconds: Option<u64>) -> ! {
+    let start = rdtsc();
+    loop {
+        core::hint::spin_loop();
+        if let Some(s) = seconds {
+            if rdtsc() - start >= s * TSC_HZ {
+                println!("spin: {s} s done");
+                hcall::poweroff("spin done");
+            }
+        }
+    }
+}
+
+/// A panic is the guest's own bug: say so, and power off with a message that says so too.
+#[panic_handler]
+fn panic(info: &PanicInfo) -> ! {
+    println!("guest panic: {info}");
+    hcall::poweroff("guest panic")
+}

@@ -1,0 +1,69 @@
+#!/usr/bin/env bash
+# The null hypercall next to the floor it should be compared with, from one run.
+# Usage: bench.sh BZIMAGE INITRAMFS (./lguest-dev bench builds them and calls this).
+#
+# Under QEMU's TCG a hypercall's cycle count means little alone: the emulator sets the prices (a
+# CR3 write flushes its whole software TLB). So two boots, back to back, with the same QEMU
+# settings as run-vm.sh:
+#   1. the floor probe (tests/guests/floor) as the machine's kernel: int + iretq from ring 0 and
+#      from ring 1, a CR3 write, and the floor of any world switch (ring-1 int, two CR3 writes,
+#      iretq), each `bench native <name> <cycles>`;
+#   2. the host kernel in `lguest.mode=bench`: `lguest-e2e bench` runs the ring-1 guest's
+#      nop-loop under lg.ko and times a host null syscall (tests/e2e/src/bench.rs).
+# Prints a table and the two ratios on stdout; exits non-zero, with one line, if a figure is
+# missing. Both boots' output is kept in $CACHE/runs/bench-*.log.
+set -euo pipefail
+. "$(dirname "$0")/common.sh"
+[ $# = 2 ] || die "usage: bench.sh BZIMAGE INITRAMFS"
+bzimage=$1 initramfs=$2
+
+step "building the floor probe"
+CARGO_TARGET_DIR=$CACHE/guests-target cargo build --quiet --release \
+    --manifest-path "$REPO/tests/guests/floor/Cargo.toml" --target x86_64-unknown-none >&2 ||
+    die "building the floor probe failed"
+probe=$CACHE/guests-target/x86_64-unknown-none/release/floor-probe
+
+mkdir -p "$CACHE/runs"
+log=$CACHE/runs/bench-$(date +%Y%m%d-%H%M%S).log
+step "booting the floor probe in QEMU"
+# isa-debug-exit is how the probe ends QEMU; its status (1 when done) is not the verdict: the
+# figures are.
+timeout --foreground 120 qemu-system-x86_64 -accel tcg -cpu max -smp 2 -m 1G \
+    -nographic -no-reboot -device isa-debug-exit,iobase=0xf4,iosize=0x04 \
+    -kernel "$probe" </dev/null >"$log" 2>&1 || true
+step "booting the host kernel in QEMU: lguest-e2e bench"
+"$REPO/tests/harness/run-vm.sh" "$bzimage" "$initramfs" 600 "lguest.mode=bench" \
+    </dev/null >>"$log" 2>&1 || true
+
+# fig SOURCE NAME: the figure's cycles, or nothing. grep -o, as the firmware or the kernel may
+# have left a line unfinished just before it.
+fig() {
+    { tr -d '\r' <"$log" | grep -aoE "bench $1 $2 [0-9]+" || true; } | tail -n 1 | cut -d' ' -f4
+}
+int0=$(fig native int-iretq) int1=$(fig native int-iretq-ring1) cr3=$(fig native cr3-write)
+floor=$(fig native floor) hcall=$(fig lguest nop-hypercall) sys=$(fig host null-syscall)
+missing=
+[ -n "$int0" ] || missing+=" native:int-iretq"
+[ -n "$int1" ] || missing+=" native:int-iretq-ring1"
+[ -n "$cr3" ] || missing+=" native:cr3-write"
+[ -n "$floor" ] || missing+=" native:floor"
+[ -n "$hcall" ] || missing+=" lguest:nop-hypercall"
+[ -n "$sys" ] || missing+=" host:null-syscall"
+if [ -n "$missing" ]; then
+    why=$(tr -d '\r' <"$log" | grep -a -m1 'lguest-e2e bench:' || true)
+    die "missing figures:$missing${why:+ ($why)}; see $log"
+fi
+
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", a / b }'; }
+# row FIGURE CYCLES [VS_FLOOR]
+row() { printf '%-40s %8s' "$1" "$2"; [ -z "${3:-}" ] || printf '    %s' "$3"; echo; }
+row figure cycles "vs floor"
+row "native: int + iretq (ring 0)" "$int0"
+row "native: int + iretq (ring 1 -> 0 -> 1)" "$int1"
+row "native: CR3 write" "$cr3"
+row "native: world-switch floor" "$floor" "1.00"
+row "lguest: null hypercall round trip" "$hcall" "$(ratio "$hcall" "$floor")"
+row "host: null syscall" "$sys" "(hypercall / syscall = $(ratio "$hcall" "$sys"))"
+echo "null hypercall / world-switch floor = $(ratio "$hcall" "$floor");" \
+    "null hypercall / host null syscall = $(ratio "$hcall" "$sys")"
+ok "bench done (both boots' output: $log)"
