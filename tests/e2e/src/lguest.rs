@@ -39,6 +39,11 @@ impl Lguest {
         Ok(Lguest { file })
     }
 
+    /// The file descriptor.
+    pub fn raw_fd(&self) -> i32 {
+        self.file.as_raw_fd()
+    }
+
     /// Exactly one write(2) of `bytes`: what the host returns, or its errno.
     pub fn write(&self, bytes: &[u8]) -> Result<usize, Errno> {
         // SAFETY: the pointer and length describe `bytes`, which stays borrowed for the call;

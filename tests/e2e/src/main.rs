@@ -44,6 +44,12 @@ fn main() -> ExitCode {
     if args == ["bench"] {
         return bench::run();
     }
+    // Not a scenario: the second half of abi-owner's exec case, in the program it exec'd.
+    if let [flag, fd] = &args[..] {
+        if flag == scenarios::READ_AFTER_EXEC {
+            return scenarios::read_after_exec(fd);
+        }
+    }
     if args == ["list"] {
         for s in &SCENARIOS {
             println!("{}", s.name);

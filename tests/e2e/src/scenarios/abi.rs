@@ -600,6 +600,19 @@ pub fn owner() -> anyhow::Result<()> {
         }),
     );
 
+    c.ok(
+        "the owner after exec",
+        super::in_child(|| {
+            let own = Lguest::open()?;
+            let got = own.initialize(valid);
+            ensure!(
+                got == Ok(INITIALIZE_LEN),
+                "INITIALIZE: expected {INITIALIZE_LEN}, got {got:?}"
+            );
+            super::exec_and_read(&own)
+        }),
+    );
+
     c.equal("RIP in the parent afterwards", dev.get_reg(Reg::Rip), ENTRY);
     c.equal(
         "RAX after the child's refused SETREG",

@@ -197,3 +197,40 @@ pub(super) fn in_child(body: impl FnOnce() -> anyhow::Result<()>) -> anyhow::Res
         }
     }
 }
+
+/// The hidden argument that makes `lguest-e2e` play the exec'd half of abi-owner's exec case.
+pub const READ_AFTER_EXEC: &str = "--read-after-exec";
+
+/// The guest's owner execs a new program (this one) that keeps the file and reads it: the same
+/// task, but no longer the address space the guest lives in, so lg.ko must refuse (EPERM) rather
+/// than switch into a guest whose memory and Switcher mapping are gone. Only returns on failure.
+pub(super) fn exec_and_read(file: &crate::lguest::Lguest) -> anyhow::Result<()> {
+    use std::os::unix::process::CommandExt;
+    let fd = file.raw_fd();
+    // Keep the file open across exec (Rust opens every file close-on-exec).
+    // SAFETY: F_SETFD on a descriptor we own changes only its close-on-exec flag.
+    let cleared = unsafe { libc::fcntl(fd, libc::F_SETFD, 0) };
+    nix::errno::Errno::result(cleared).context("clearing close-on-exec")?;
+    let err = std::process::Command::new("/proc/self/exe")
+        .args([READ_AFTER_EXEC, &fd.to_string()])
+        .exec();
+    Err(err).context("exec of lguest-e2e")
+}
+
+/// In the exec'd program: read the inherited file; exit 0 iff lg.ko said EPERM.
+pub fn read_after_exec(fd: &str) -> std::process::ExitCode {
+    let Ok(fd) = fd.parse::<i32>() else {
+        eprintln!("lguest-e2e: {READ_AFTER_EXEC} wants a file descriptor");
+        return std::process::ExitCode::from(2);
+    };
+    let mut buf = [0u8; lguest_abi::exit::EXIT_MAX_BYTES];
+    // SAFETY: `fd` is the descriptor our exec'ing self kept open for us; `buf` is ours.
+    let n = unsafe { libc::read(fd, buf.as_mut_ptr().cast(), buf.len()) };
+    match nix::errno::Errno::result(n) {
+        Err(nix::errno::Errno::EPERM) => std::process::ExitCode::SUCCESS,
+        other => {
+            eprintln!("lguest-e2e: read after exec: expected EPERM, got {other:?}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
