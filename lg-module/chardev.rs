@@ -9,6 +9,7 @@
 
 use crate::abi::dev::{Initialize, Refusal, MAX_REQUEST_BYTES};
 use crate::abi::exit::EXIT_MAX_BYTES;
+use crate::fpu::GuestFpu;
 use crate::run;
 use crate::session::{Caller, ReadAction, Session, UserMemory};
 use crate::shadow_tables::ShadowTables;
@@ -44,6 +45,7 @@ pub(crate) mod lg_bindings {
 /// that address space while the guest exists; the shadow page tables pin guest pages in it.
 pub(crate) struct Owner {
     pub(crate) shadow: ShadowTables,
+    pub(crate) fpu: GuestFpu,
     switcher: &'static Switcher,
     mm: MmRef,
     task: ARef<Task>,
@@ -101,9 +103,10 @@ impl Caller for CurrentTask {
         // INVARIANT: get_task_mm took the reference MmRef now owns.
         let mm = MmRef(mm);
         let shadow = ShadowTables::new(self.0).map_err(|_| Refusal::NoMemory)?;
+        let fpu = GuestFpu::new().map_err(|_| Refusal::NoMemory)?;
         // SAFETY: `mm` is live: we hold a reference until Owner::drop has uninstalled.
         unsafe { self.0.install(mm.0.as_ptr()) }.map_err(|_| Refusal::NoMemory)?;
-        Ok(Owner { shadow, switcher: self.0, mm, task })
+        Ok(Owner { shadow, fpu, switcher: self.0, mm, task })
     }
 }
 

@@ -57,6 +57,14 @@ pub(crate) fn data_selectors() -> (u16, u16) {
     (ds, es)
 }
 
+/// The FS and GS selectors.
+pub(crate) fn fs_gs_selectors() -> (u16, u16) {
+    let (fs, gs): (u16, u16);
+    // SAFETY: Reading segment registers has no effect.
+    unsafe { asm!("mov {0:x}, fs", "mov {1:x}, gs", out(reg) fs, out(reg) gs, options(nomem, nostack)) };
+    (fs, gs)
+}
+
 /// The limit of the current GDT (`sgdt`).
 pub(crate) fn gdt_limit() -> u16 {
     let mut gdtr = [0u8; 10];

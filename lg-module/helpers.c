@@ -12,6 +12,8 @@
 #include <linux/irqflags.h>
 #include <asm/desc.h>
 #include <asm/fpu/api.h>
+#include <asm/gsseg.h>
+#include <asm/segment.h>
 #include <asm/special_insns.h>
 #include <asm/tlbflush.h>
 
@@ -31,3 +33,5 @@ void lg_irq_enable(void) { local_irq_enable(); }
 void lg_cond_resched(void) { cond_resched(); }
 void lg_fpu_begin(void) { kernel_fpu_begin(); }
 void lg_fpu_end(void) { kernel_fpu_end(); }
+void lg_load_fs_gs(unsigned short fs, unsigned short gs) { loadsegment(fs, fs); load_gs_index(gs); }
+bool lg_host_has_pti(void) { return boot_cpu_has(X86_FEATURE_PTI); }

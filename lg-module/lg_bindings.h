@@ -17,9 +17,11 @@ void lg_irq_enable(void);
 void lg_cond_resched(void);
 void lg_fpu_begin(void);
 void lg_fpu_end(void);
+void lg_load_fs_gs(unsigned short fs, unsigned short gs);
+bool lg_host_has_pti(void);
 
 /* switcher/switcher.S */
 extern const char lg_switcher_start[], lg_switcher_end[];
 extern const unsigned long lg_switcher_offsets[3];
-extern const unsigned long lg_switcher_layout[12];
+extern const unsigned long lg_switcher_layout[37];
 void lg_reraise(unsigned int vector);

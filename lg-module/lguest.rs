@@ -35,6 +35,7 @@ module! {
 mod abi;
 mod chardev;
 mod cpu;
+mod fpu;
 #[allow(unreachable_pub)]
 #[path = "src/death.rs"]
 mod death;

@@ -12,6 +12,7 @@
 //! Every guest-physical access goes through `GuestMemory`, which checks it against RAM and
 //! then copies with the kernel's fault-checked user copies: guest memory is the launcher's.
 
+use crate::abi::boot::CPUNODE_GDT_ENTRY;
 use crate::abi::data::{LguestData, SWITCHER_WINDOW_END, SWITCHER_WINDOW_START};
 use crate::abi::dev::Refusal;
 use crate::abi::exit::{ExitKind, ExitRecord};
@@ -119,15 +120,17 @@ fn died(death: Death) -> ExitRecord {
 /// One trip: into the guest on this CPU, and back. Interrupts are off from before the switch
 /// until the host has taken back whatever interrupt ended the trip.
 fn run_once(guest: &mut Guest<Owner>, switcher: &Switcher) -> TrapInfo {
-    // The guest may use SSE and AVX registers: kernel_fpu_begin saves the launcher's first, and
-    // they come back before it returns to user space.
+    // The guest may use SSE and AVX registers: kernel_fpu_begin saves the launcher's first (they
+    // come back before it returns to user space), then the guest's own go in (fpu.rs).
     // SAFETY: process context, not in an FPU section already.
     unsafe { lg_bindings::lg_fpu_begin() };
+    guest.owner.fpu.load();
     // SAFETY: Turning interrupts off in process context; on again below.
     unsafe { lg_bindings::lg_irq_disable() };
     // SAFETY: Interrupts are off, so we stay on this CPU until they are back on.
     let cpu = unsafe { lg_bindings::lg_this_cpu() } as u64;
     guest.owner.shadow.map_switcher_for(switcher, cpu);
+    switcher.take_block(cpu, guest.owner.shadow.id());
     let regs_page = switcher.block_page(cpu, BLOCK_REGS);
     let host_page = switcher.block_page(cpu, BLOCK_HOST);
     let frame = traps::frame_from_regs(&guest.regs);
@@ -146,18 +149,31 @@ fn run_once(guest: &mut Guest<Owner>, switcher: &Switcher) -> TrapInfo {
     let cr4 = unsafe { lg_bindings::lg_read_cr4() } as u64;
     let pkru = (cr4 & CR4_PKE != 0).then(cpu::rdpkru);
     let (ds, es) = cpu::data_selectors();
+    let (fs, gs) = cpu::fs_gs_selectors();
     // SAFETY: lg_current_gdt_rw returns this CPU's writable GDT alias; we are pinned to it.
     let gdt_rw = unsafe { lg_bindings::lg_current_gdt_rw() } as u64;
+    // The host's CPU-number segment, which a host NMI handler may look up in the guest's GDT
+    // (abi::boot::CPUNODE_GDT_ENTRY), with its accessed bit set: the guest sees the GDT
+    // read-only, so the CPU must never need to set it.
+    // SAFETY: The host GDT has GDT_ENTRIES (16) entries; the state page holds the guest GDT at
+    // STATE_GDT, with room for as many (src/layout.rs tests).
+    unsafe {
+        let cpunode = ((gdt_rw as usize + CPUNODE_GDT_ENTRY * 8) as *const u64).read();
+        let state = switcher.block_page(cpu, BLOCK_STATE);
+        ((state + (STATE_GDT as usize) + CPUNODE_GDT_ENTRY * 8) as *mut u64).write(cpunode | 1 << 40);
+    }
     let host = |offset: u64, value: u64| {
         // SAFETY: In bounds of this CPU's host page (offsets from src/layout.rs), see above.
         unsafe { ((host_page + offset as usize) as *mut u64).write(value) }
     };
     // SAFETY: as above for the MSRs.
-    unsafe {
-        host(HOST_FS_BASE, cpu::rdmsr(cpu::MSR_FS_BASE));
-        host(HOST_GS_BASE, cpu::rdmsr(cpu::MSR_GS_BASE));
-        host(HOST_KERNEL_GS_BASE, cpu::rdmsr(cpu::MSR_KERNEL_GS_BASE));
-    }
+    let (host_fs_base, host_kernel_gs_base) = unsafe {
+        (cpu::rdmsr(cpu::MSR_FS_BASE), cpu::rdmsr(cpu::MSR_KERNEL_GS_BASE))
+    };
+    host(HOST_FS_BASE, host_fs_base);
+    // SAFETY: as above for the MSRs.
+    host(HOST_GS_BASE, unsafe { cpu::rdmsr(cpu::MSR_GS_BASE) });
+    host(HOST_KERNEL_GS_BASE, host_kernel_gs_base);
     // The writable GDT alias as an lgdt operand: limit in the first word, base after it.
     host(HOST_GDTR_RW, cpu::gdt_limit() as u64 | gdt_rw << 16);
     host(HOST_GDTR_RW + 8, gdt_rw >> 48);
@@ -186,6 +202,19 @@ fn run_once(guest: &mut Guest<Owner>, switcher: &Switcher) -> TrapInfo {
         cpu::wrmsr(cpu::MSR_TSC_AUX, aux);
         noted
     };
+    // A guest that loaded FS or GS left its selector there; the launcher's comes back through
+    // the kernel's own helpers (safe against NMIs), and then its bases, which loading reset.
+    if cpu::fs_gs_selectors() != (fs, gs) {
+        // SAFETY: Loads selectors the launcher had a moment ago; the bases are restored next.
+        unsafe {
+            lg_bindings::lg_load_fs_gs(fs, gs);
+            cpu::wrmsr(cpu::MSR_FS_BASE, host_fs_base);
+            cpu::wrmsr(cpu::MSR_KERNEL_GS_BASE, host_kernel_gs_base);
+        }
+    }
+    // The guest's vector registers (and PKRU, which XSAVE includes) out before the host's
+    // protection keys come back.
+    guest.owner.fpu.save();
     if let Some(pkru) = pkru {
         cpu::wrpkru(pkru);
     }
@@ -290,9 +319,16 @@ fn page_fault(guest: &mut Guest<Owner>, addr: u64, error: u64) -> Result<(), Dea
     }
     let shadow = &mut guest.owner.shadow;
     let phys = shadow
-        .pin(mem.base + mapping.gpa_page)
+        .pin(mapping.gpa_page, mem.base + mapping.gpa_page)
         .map_err(|_| death!("page fault at {addr:#x}: the launcher's memory for it is gone"))?;
-    shadow
+    let changed = shadow
         .map(addr & !0xfff, shadow_pte_for(&mapping, phys))
-        .map_err(|_| death!("page fault at {addr:#x}: out of memory for shadow page tables"))
+        .map_err(|_| death!("page fault at {addr:#x}: out of memory for shadow page tables"))?;
+    if !changed {
+        return Err(death!(
+            "page fault at {addr:#x} (error {error:#x}) that its page tables allow: \
+             SMAP, SMEP or a protection key"
+        ));
+    }
+    Ok(())
 }

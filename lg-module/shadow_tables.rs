@@ -7,12 +7,22 @@
 //! (`src/shadow.rs` decides, `map` installs), each page pinned in the launcher's memory for as
 //! long as it is mapped, so the host can never reuse a page the guest can still reach.
 //! Dropping the tables unpins every page and frees every table.
+//!
+//! What a guest can make the host allocate is bounded: a guest page is pinned once however many
+//! addresses map it (so pins never exceed guest RAM), and the shadow tables are thrown away
+//! and rebuilt on demand when they reach `MAX_SHADOW_TABLES`, however sparse the guest's own
+//! address space.
 
 use crate::abi::paging::{PTE_ACCESSED, PTE_ADDR_MASK, PTE_DIRTY, PTE_NO_EXEC, PTE_PRESENT, PTE_USER, PTE_WRITE};
 use crate::chardev::lg_bindings;
 use crate::layout::*;
 use crate::switcher::{KernelPage, Switcher, TABLE, WINDOW_PGD_SLOT};
-use kernel::{bindings, prelude::*};
+use kernel::{bindings, prelude::*, rbtree::RBTree};
+
+/// The most shadow table pages (below the root) one guest may have: 16 MiB of host memory.
+/// A guest with a sparse address space could otherwise make the host allocate a table page for
+/// each 2 MiB it touches. Reaching the bound empties the tables; they refill as the guest runs.
+const MAX_SHADOW_TABLES: usize = 4096;
 
 /// Guest views of Switcher pages: text read-only and executable; IDT and GDT/TSS read-only
 /// (the guest must not rewrite its own gates and descriptors); IST stacks and the regs page
@@ -25,20 +35,39 @@ const GUEST_WRITABLE: u64 = GUEST_READ_ONLY | PTE_WRITE;
 const SHADOW_TABLE: u64 = TABLE | PTE_USER;
 
 pub(crate) struct ShadowTables {
+    /// This guest's number (`Switcher::new_guest_id`).
+    id: u64,
     root: KernelPage,
     switcher_pt: KernelPage,
     /// The Switcher's PUD and PMD in this guest's view, kept to be freed.
     _switcher_upper: [KernelPage; 2],
     /// Every other table page, kept to be freed.
     tables: KVec<KernelPage>,
-    /// Every guest page mapped, pinned until the tables go.
-    pinned: KVec<*mut bindings::page>,
+    /// Every guest page mapped so far, by guest-physical page number, pinned until the tables
+    /// go.
+    pinned: RBTree<u64, PinnedPage>,
     /// The CPU whose block the Switcher slot maps now.
     mapped_cpu: Option<u64>,
 }
 
-// SAFETY: The pinned page pointers are just references the tables own; any task may unpin
-// them.
+/// A page of the launcher's memory, pinned.
+///
+/// # Invariants
+///
+/// `page` was pinned once by `pin_user_pages_fast`; this value owns that pin.
+struct PinnedPage {
+    page: *mut bindings::page,
+    phys: u64,
+}
+
+impl Drop for PinnedPage {
+    fn drop(&mut self) {
+        // SAFETY: By the type invariant we own one pin on `page`.
+        unsafe { bindings::unpin_user_page(self.page) };
+    }
+}
+
+// SAFETY: The pinned pages are references the tables own; any task may unpin them.
 unsafe impl Send for ShadowTables {}
 
 impl ShadowTables {
@@ -55,13 +84,18 @@ impl ShadowTables {
         pud.entries()[0] = pmd.phys() | TABLE;
         root.entries()[WINDOW_PGD_SLOT] = pud.phys() | TABLE;
         Ok(ShadowTables {
+            id: switcher.new_guest_id(),
             root,
             switcher_pt,
             _switcher_upper: [pud, pmd],
             tables: KVec::new(),
-            pinned: KVec::new(),
+            pinned: RBTree::new(),
             mapped_cpu: None,
         })
+    }
+
+    pub(crate) fn id(&self) -> u64 {
+        self.id
     }
 
     /// The value of CR3 while the guest runs.
@@ -82,7 +116,8 @@ impl ShadowTables {
         }
         // The Switcher's IST stacks and the regs page, writable; the state page, read-only.
         // The host's IST stacks and the host page are never mapped for a guest.
-        let switcher_stacks = (FIRST_SWITCHER_IST..=IST_STACKS).map(|n| (ist_page(n), GUEST_WRITABLE));
+        let switcher_stacks =
+            (FIRST_SWITCHER_IST..=IST_STACKS).map(|n| (ist_pages(n).start, GUEST_WRITABLE));
         let regs_and_state = [(BLOCK_REGS / PAGE, GUEST_WRITABLE), (BLOCK_STATE / PAGE, GUEST_READ_ONLY)];
         let guest_pages = Iterator::chain(switcher_stacks, regs_and_state);
         for (page, flags) in guest_pages {
@@ -93,11 +128,13 @@ impl ShadowTables {
         self.mapped_cpu = Some(cpu);
     }
 
-    /// Pin the launcher's page at `user_addr` (the backing of a guest page) for as long as
-    /// these tables live, and return its physical address.
-    pub(crate) fn pin(&mut self, user_addr: u64) -> Result<u64> {
+    /// The physical address of the launcher's page backing guest-physical page `gpa_page`
+    /// (at user address `user_addr`), pinned on first use for as long as these tables live.
+    pub(crate) fn pin(&mut self, gpa_page: u64, user_addr: u64) -> Result<u64> {
+        if let Some(pinned) = self.pinned.get(&gpa_page) {
+            return Ok(pinned.phys);
+        }
         let mut page: *mut bindings::page = core::ptr::null_mut();
-        self.pinned.reserve(1, GFP_KERNEL)?;
         // Always for writing: that breaks copy-on-write now, so every alias of a guest page
         // maps the same host page (a read-only pin could be the shared zero page).
         let flags = bindings::FOLL_WRITE | bindings::FOLL_LONGTERM;
@@ -108,17 +145,25 @@ impl ShadowTables {
         if got != 1 {
             return Err(EFAULT);
         }
-        self.pinned.push(page, GFP_KERNEL)?;
         // SAFETY: `page` is a valid page we just pinned.
-        Ok(unsafe { lg_bindings::lg_page_to_phys(page) } as u64)
+        let phys = unsafe { lg_bindings::lg_page_to_phys(page) } as u64;
+        // INVARIANT: the pin just taken is handed to the PinnedPage (dropped, and so unpinned,
+        // if the insertion fails).
+        self.pinned.try_create_and_insert(gpa_page, PinnedPage { page, phys }, GFP_KERNEL)?;
+        Ok(phys)
     }
 
     /// Install `pte` for the 4 KiB page at guest-virtual `va`, creating tables on the way.
-    pub(crate) fn map(&mut self, va: u64, pte: u64) -> Result {
+    /// Returns whether the entry changed: a fault that leaves it as it was is one the shadow
+    /// cannot fix (SMAP, SMEP, a protection key), and would only come back.
+    pub(crate) fn map(&mut self, va: u64, pte: u64) -> Result<bool> {
         let slot = ((va >> 39) & 0x1ff) as usize;
         // src/shadow.rs refuses faults in the window; this is the last line of defence.
         if slot == WINDOW_PGD_SLOT {
             return Err(EINVAL);
+        }
+        if self.tables.len() + 3 > MAX_SHADOW_TABLES {
+            self.forget_mappings();
         }
         let mut table = self.root.addr();
         for shift in [39u32, 30, 21] {
@@ -139,16 +184,20 @@ impl ShadowTables {
         }
         // SAFETY: As above: `table` is one of our page tables.
         let entries = unsafe { &mut *(table as *mut [u64; 512]) };
-        entries[((va >> 12) & 0x1ff) as usize] = pte;
-        Ok(())
+        let entry = &mut entries[((va >> 12) & 0x1ff) as usize];
+        let changed = *entry != pte;
+        *entry = pte;
+        Ok(changed)
     }
-}
 
-impl Drop for ShadowTables {
-    fn drop(&mut self) {
-        for &page in self.pinned.iter() {
-            // SAFETY: Each page was pinned once by `pin`, and the tables mapping it are going.
-            unsafe { bindings::unpin_user_page(page) };
+    /// Drop every mapping but the Switcher's and free the tables; the guest's next touches
+    /// fault them back in. Pins stay: they are bounded by guest RAM.
+    fn forget_mappings(&mut self) {
+        for (slot, entry) in self.root.entries().iter_mut().enumerate() {
+            if slot != WINDOW_PGD_SLOT {
+                *entry = 0;
+            }
         }
+        self.tables = KVec::new();
     }
 }

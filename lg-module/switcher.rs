@@ -17,6 +17,7 @@ use crate::chardev::lg_bindings;
 use crate::cpu::{CR4_CET, CR4_FRED, CR4_LA57};
 use crate::descriptors;
 use crate::layout::*;
+use core::sync::atomic::{AtomicU64, Ordering};
 use kernel::{bindings, new_mutex, prelude::*, sync::Mutex};
 
 /// One zeroed kernel page, freed on drop.
@@ -105,6 +106,10 @@ pub(crate) struct Switcher {
     /// Address spaces the window is installed in, and how many guests each has.
     #[pin]
     installs: Mutex<KVec<(usize, usize)>>,
+    /// Numbers guests, so a CPU's block knows when another guest takes it over.
+    next_guest_id: AtomicU64,
+    /// The guest that last ran on each CPU (0: none yet).
+    last_guest: [AtomicU64; MAX_CPUS as usize],
 }
 
 // SAFETY: After construction the pages are only written by the CPU that runs a guest on its
@@ -128,6 +133,11 @@ impl Switcher {
                 pr_err!("cannot run guests on a host with {} enabled\n", what);
                 return Err(not_supported());
             }
+        }
+        // SAFETY: reads a CPU feature bit fixed at boot.
+        if unsafe { lg_bindings::lg_host_has_pti() } {
+            pr_err!("cannot run guests on a host with page-table isolation (PTI): the Switcher is mapped in one page table per address space\n");
+            return Err(not_supported());
         }
         // The Switcher notes NMIs that interrupt it in MSR_TSC_AUX, which exists when the CPU
         // has RDTSCP (CPUID 0x80000001, EDX bit 27).
@@ -180,7 +190,9 @@ impl Switcher {
             let block = window + block_offset(cpu);
             let first = (block_offset(cpu) / PAGE) as usize;
             for n in 1..=IST_STACKS {
-                pages[first + ist_page(n) as usize] = Some(KernelPage::new()?);
+                for page in ist_pages(n) {
+                    pages[first + page as usize] = Some(KernelPage::new()?);
+                }
             }
             for offset in [BLOCK_REGS, BLOCK_STATE, BLOCK_HOST] {
                 pages[first + (offset / PAGE) as usize] = Some(KernelPage::new()?);
@@ -190,8 +202,8 @@ impl Switcher {
             for (i, entry) in descriptors::guest_gdt(tss_addr).iter().enumerate() {
                 state.write(STATE_GDT + i as u64 * 8, &entry.to_le_bytes());
             }
-            // A stack starts at the end of its page.
-            let ist_top = |n: u8| block + (ist_page(n) + 1) * PAGE;
+            // A stack starts at the end of its last page.
+            let ist_top = |n: u8| block + ist_pages(n).end * PAGE;
             let rsp0 = block + BLOCK_REGS + PAGE;
             let ist = [1, 2, 3, 4, 5, 6, 7].map(ist_top);
             state.write(STATE_TSS, &descriptors::tss(rsp0, ist));
@@ -218,6 +230,8 @@ impl Switcher {
                 host_pt,
                 entry_offset: offsets[0] as u64,
                 installs <- new_mutex!(KVec::new()),
+                next_guest_id: AtomicU64::new(1),
+                last_guest: [const { AtomicU64::new(0) }; MAX_CPUS as usize],
             }),
             GFP_KERNEL,
         )
@@ -231,6 +245,31 @@ impl Switcher {
     /// The page at window page index `index`, if it exists.
     pub(crate) fn page(&self, index: u64) -> Option<&KernelPage> {
         self.pages.get(index as usize)?.as_ref()
+    }
+
+    /// A number no other guest of this module has.
+    pub(crate) fn new_guest_id(&self) -> u64 {
+        self.next_guest_id.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Give CPU `cpu`'s block to guest `guest_id`. The regs page and the Switcher's IST stacks
+    /// are the guest's to read and write, so when they pass from one guest to another they are
+    /// wiped first: no guest sees what another left there (registers, fault addresses).
+    /// Called with interrupts off, on `cpu`.
+    pub(crate) fn take_block(&self, cpu: u64, guest_id: u64) {
+        if self.last_guest[cpu as usize].swap(guest_id, Ordering::Relaxed) == guest_id {
+            return;
+        }
+        let first = (block_offset(cpu) / PAGE) as usize;
+        let stacks = (FIRST_SWITCHER_IST..=IST_STACKS).flat_map(ist_pages);
+        let pages = Iterator::chain(stacks, [BLOCK_REGS / PAGE]).map(|page| first + page as usize);
+        for index in pages {
+            if let Some(page) = self.pages.get(index).and_then(Option::as_ref) {
+                // SAFETY: A page of this CPU's block, which only this CPU uses, with interrupts
+                // off; 4096 bytes at its direct-map address.
+                unsafe { core::ptr::write_bytes(page.addr() as *mut u8, 0, PAGE as usize) };
+            }
+        }
     }
 
     /// The direct-map address of a page of CPU `cpu`'s block (`offset` is a `BLOCK_*`).

@@ -32,14 +32,14 @@
 #define TEXT_PAGES		2
 #define IDT_PAGE		2
 #define FIRST_BLOCK_PAGE	3
-#define BLOCK_PAGES		12
-#define BLOCK_REGS		(9 * PAGE)
-#define BLOCK_STATE		(10 * PAGE)
-#define BLOCK_HOST		(11 * PAGE)
+#define BLOCK_PAGES		15
+#define BLOCK_REGS		(12 * PAGE)
+#define BLOCK_STATE		(13 * PAGE)
+#define BLOCK_HOST		(14 * PAGE)
 /* Block pages of the Switcher's own IST stacks (IST 5, 6, 7) */
-#define IST_PAGE_DOUBLE_FAULT	6
-#define IST_PAGE_NMI		7
-#define IST_PAGE_MACHINE_CHECK	8
+#define IST_PAGE_DOUBLE_FAULT	9
+#define IST_PAGE_NMI		10
+#define IST_PAGE_MACHINE_CHECK	11
 
 /* Regs page */
 #define REGS_FS_BASE		0
@@ -59,8 +59,8 @@
 /* Words of the frame, from its lowest address */
 #define F_VECTOR		(15 * 8)
 #define F_ERRCODE		(16 * 8)
-#define F_RIP			(17 * 8)
 #define F_CS			(18 * 8)
+#define PAGE_FAULT		14
 
 /* State page */
 #define STATE_GDTR		512
@@ -218,7 +218,15 @@ common_exit:
 	movq	%rax, REGS_SWITCHER_FAULT(%rbx)
 	RDMSR_TO MSR_FS_BASE, REGS_FS_BASE(%rbx)
 	RDMSR_TO MSR_GS_BASE, REGS_GS_BASE(%rbx)
+	/*
+	 * CR2 only for a page fault: otherwise it holds the last fault anywhere on this CPU, maybe
+	 * another process's, and this page is the guest's to read.
+	 */
+	xorl	%eax, %eax
+	cmpq	$PAGE_FAULT, F_VECTOR(%rsp)
+	jne	2f
 	movq	%cr2, %rax
+2:
 	movq	%rax, REGS_CR2(%rbx)
 
 	/* Back to the host's address space: the CR3 we parked on the way in. */
@@ -231,11 +239,15 @@ common_exit:
 	movq	HOST_CR4(%rbp), %rax
 	movq	%rax, %cr4
 
-	/* The host's GS base before anything else: a host NMI handler may run from here on. */
+	/*
+	 * The host's GS base before the host's IDT: from that lidt on, a host NMI handler may run,
+	 * and it must find the kernel's per-CPU base. The host CR3 stays parked in
+	 * KERNEL_GS_BASE until then, in case anything here faults into common_exit again.
+	 */
 	WRMSR_FROM MSR_GS_BASE, HOST_GS_BASE(%rbp)
-	WRMSR_FROM MSR_KERNEL_GS_BASE, HOST_KERNEL_GS_BASE(%rbp)
 	WRMSR_FROM MSR_FS_BASE, HOST_FS_BASE(%rbp)
 	lidt	HOST_IDTR(%rbp)
+	WRMSR_FROM MSR_KERNEL_GS_BASE, HOST_KERNEL_GS_BASE(%rbp)
 
 	/* The host's TSS: through the writable GDT alias, since ltr sets the busy bit. */
 	lgdt	HOST_GDTR_RW(%rbp)
@@ -302,6 +314,13 @@ common_exit:
 	popq	%rdx
 	popq	%rcx
 	popq	%rax
+	/*
+	 * The Switcher was interrupted with host values in registers (the host CR3, the host GS
+	 * base); what we pushed of them must not stay on a stack the guest can read.
+	 */
+	movq	$0, -8(%rsp)
+	movq	$0, -16(%rsp)
+	movq	$0, -24(%rsp)
 	addq	$16, %rsp
 	iretq
 	.endif
@@ -357,8 +376,15 @@ SYM_DATA_END(lg_switcher_offsets)
 
 SYM_DATA_START(lg_switcher_layout)
 	.quad	TEXT_PAGES, IDT_PAGE, FIRST_BLOCK_PAGE, BLOCK_PAGES
-	.quad	BLOCK_REGS, BLOCK_STATE, BLOCK_HOST, REGS_FRAME
-	.quad	REGS_SWITCHER_FAULT, STATE_GDTR, HOST_GUEST_CR3, HOST_CR4
+	.quad	BLOCK_REGS, BLOCK_STATE, BLOCK_HOST
+	.quad	IST_PAGE_DOUBLE_FAULT, IST_PAGE_NMI, IST_PAGE_MACHINE_CHECK
+	.quad	REGS_FS_BASE, REGS_GS_BASE, REGS_CR2, REGS_SWITCHER_FAULT
+	.quad	AUX_NMI_PENDING, AUX_MC_PENDING
+	.quad	FRAME_WORDS, F_VECTOR, F_ERRCODE, F_CS
+	.quad	STATE_GDT, STATE_GDTR, STATE_IDTR
+	.quad	HOST_RSP, HOST_GDTR, HOST_IDTR, HOST_GDTR_RW
+	.quad	HOST_FS_BASE, HOST_GS_BASE, HOST_KERNEL_GS_BASE, HOST_DS, HOST_ES, HOST_CR4
+	.quad	HOST_GUEST_FS_BASE, HOST_GUEST_GS_BASE, HOST_GUEST_CR3, HOST_GUEST_CR4
 SYM_DATA_END(lg_switcher_layout)
 
 /*

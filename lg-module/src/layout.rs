@@ -7,14 +7,13 @@
 //! ```text
 //!   page 0-1   text: the world switch and the 256 trap stubs          host RX, guest RX
 //!   page 2     IDT: 256 gates into the stubs, shared by every CPU    host RW, guest RO
-//!   page 3...  one block of 12 pages per host CPU:
+//!   page 3...  one block of 15 pages per host CPU:
 //!     +0       guard (never mapped)
-//!     +1..+4   IST 1-4: stacks for the host's own handlers              host RW, guest --
-//!     +5       guard
-//!     +6..+8   IST 5-7: the Switcher's double fault, NMI, machine check  host RW, guest RW
-//!     +9       regs page: the guest's registers; TSS.RSP0 is its top    host RW, guest RW
-//!     +10      state page: this CPU's guest GDT and TSS                 host RW, guest RO
-//!     +11      host page: what the host needs back; never in a guest    host RW, guest --
+//!     +1..+8   IST 1-4, two pages each: the host's own handlers' stacks  host RW, guest --
+//!     +9..+11  IST 5-7: the Switcher's double fault, NMI, machine check  host RW, guest RW
+//!     +12      regs page: the guest's registers; TSS.RSP0 is its top    host RW, guest RW
+//!     +13      state page: this CPU's guest GDT and TSS                 host RW, guest RO
+//!     +14      host page: what the host needs back; never in a guest    host RW, guest --
 //! ```
 //!
 //! Why two sets of IST stacks: for a few instructions of each switch the guest's TSS is loaded
@@ -22,8 +21,9 @@
 //! that runs then takes its stack from the guest's TSS, by the host's IST numbers (1 double
 //! fault, 2 NMI, 3 debug, 4 machine check). Those instants are always in the host's address
 //! space, so IST 1-4 point at host-only pages: whatever the host's handlers leave on a stack
-//! never becomes readable by a guest. The Switcher's own gates use IST 5-7, which must be
-//! mapped in the guest (they run in both address spaces).
+//! never becomes readable by a guest; and they are two pages each, the size Linux gives its own
+//! exception stacks (EXCEPTION_STKSZ). The Switcher's own gates use IST 5-7, which must be
+//! mapped in the guest (they run in both address spaces) and hold a frame or two.
 //!
 //! A guest's page tables map the text, the IDT and only the block of the CPU it runs on, so
 //! one guest can never see another CPU's pages. The host page holds the host's stack pointer
@@ -42,18 +42,17 @@ pub const IDT_PAGE: u64 = 2;
 /// Page index of CPU 0's block.
 pub const FIRST_BLOCK_PAGE: u64 = 3;
 /// Pages per CPU block.
-pub const BLOCK_PAGES: u64 = 12;
+pub const BLOCK_PAGES: u64 = 15;
 /// The most host CPUs lg.ko supports: the window's page table (one 4 KiB table, 512 entries)
 /// must hold the text, the IDT and every block.
 pub const MAX_CPUS: u64 = 32;
 /// Pages the window's page table maps, blocks of every supported CPU included.
 pub const WINDOW_PAGES: u64 = FIRST_BLOCK_PAGE + MAX_CPUS * BLOCK_PAGES;
 
-/// Offsets of the pages within a block. IST n's stack is page `ist_page(n)`, starting at its
-/// end (stacks grow down).
-pub const BLOCK_REGS: u64 = 9 * PAGE;
-pub const BLOCK_STATE: u64 = 10 * PAGE;
-pub const BLOCK_HOST: u64 = 11 * PAGE;
+/// Offsets of the pages within a block.
+pub const BLOCK_REGS: u64 = 12 * PAGE;
+pub const BLOCK_STATE: u64 = 13 * PAGE;
+pub const BLOCK_HOST: u64 = 14 * PAGE;
 /// IST stacks in the TSS (the architecture's maximum).
 pub const IST_STACKS: u8 = 7;
 /// The IST numbers the Switcher's own gates use.
@@ -63,12 +62,15 @@ pub const IST_MACHINE_CHECK: u8 = 7;
 /// The first IST number of the Switcher's own stacks: IST 1-4 are the host's.
 pub const FIRST_SWITCHER_IST: u8 = IST_DOUBLE_FAULT;
 
-/// The block page holding IST `n`'s stack.
-pub const fn ist_page(n: u8) -> u64 {
+/// The block pages of IST `n`'s stack (1-based, as in the TSS). Stacks grow down from the end
+/// of their last page.
+pub const fn ist_pages(n: u8) -> core::ops::Range<u64> {
     if n < FIRST_SWITCHER_IST {
-        n as u64
+        let first = 2 * n as u64 - 1;
+        first..first + 2
     } else {
-        n as u64 + 1
+        let first = n as u64 + 4;
+        first..first + 1
     }
 }
 
@@ -159,8 +161,9 @@ pub const HOST_GUEST_GS_BASE: u64 = 120;
 pub const HOST_GUEST_CR3: u64 = 128;
 pub const HOST_GUEST_CR4: u64 = 136;
 
-/// The layout words `switcher.S` exports as `lg_switcher_layout`, in this order.
-pub const LAYOUT_WORDS: [u64; 12] = [
+/// The layout words `switcher.S` exports as `lg_switcher_layout`, in this order: every offset
+/// both sides use.
+pub const LAYOUT_WORDS: [u64; 37] = [
     TEXT_PAGES,
     IDT_PAGE,
     FIRST_BLOCK_PAGE,
@@ -168,11 +171,36 @@ pub const LAYOUT_WORDS: [u64; 12] = [
     BLOCK_REGS,
     BLOCK_STATE,
     BLOCK_HOST,
-    REGS_FRAME,
+    ist_pages(IST_DOUBLE_FAULT).start,
+    ist_pages(IST_NMI).start,
+    ist_pages(IST_MACHINE_CHECK).start,
+    REGS_FS_BASE,
+    REGS_GS_BASE,
+    REGS_CR2,
     REGS_SWITCHER_FAULT,
+    AUX_NMI_PENDING,
+    AUX_MC_PENDING,
+    FRAME_WORDS,
+    FrameWord::Vector as u64 * 8,
+    FrameWord::ErrorCode as u64 * 8,
+    FrameWord::Cs as u64 * 8,
+    STATE_GDT,
     STATE_GDTR,
-    HOST_GUEST_CR3,
+    STATE_IDTR,
+    HOST_RSP,
+    HOST_GDTR,
+    HOST_IDTR,
+    HOST_GDTR_RW,
+    HOST_FS_BASE,
+    HOST_GS_BASE,
+    HOST_KERNEL_GS_BASE,
+    HOST_DS,
+    HOST_ES,
     HOST_CR4,
+    HOST_GUEST_FS_BASE,
+    HOST_GUEST_GS_BASE,
+    HOST_GUEST_CR3,
+    HOST_GUEST_CR4,
 ];
 
 /// The offset of CPU `cpu`'s block from the window's start.
@@ -191,10 +219,18 @@ mod tests {
     }
 
     #[test]
-    fn ist_stacks_have_their_own_pages_between_guards() {
-        let pages: std::vec::Vec<u64> = (1..=IST_STACKS).map(ist_page).collect();
-        assert_eq!(pages, [1, 2, 3, 4, 6, 7, 8]);
-        assert_eq!(ist_page(IST_MACHINE_CHECK) + 1, BLOCK_REGS / PAGE);
+    fn ist_stacks_fill_the_pages_between_the_guard_and_the_regs_page() {
+        let mut next = 1;
+        for n in 1..=IST_STACKS {
+            let pages = ist_pages(n);
+            assert_eq!(pages.start, next, "IST {n}");
+            assert_eq!(
+                pages.end - pages.start,
+                if n < FIRST_SWITCHER_IST { 2 } else { 1 }
+            );
+            next = pages.end;
+        }
+        assert_eq!(next * PAGE, BLOCK_REGS);
     }
 
     #[test]

@@ -2,8 +2,8 @@
 # Build the host kernel: Linux 6.12 with CONFIG_RUST=y, configured by host-kernel.config.
 #
 # The built tree is cached in $CACHE/kernel/<key>, where the key hashes everything that could
-# change the result: the source package's version, the config fragment, and the versions of
-# gcc, rustc and bindgen. A second run with the same inputs builds nothing. Prints the tree's
+# change the result: the source package's version, the config fragment's options, and the
+# versions of gcc, rustc and bindgen. A second run with the same inputs builds nothing. Prints the tree's
 # path on stdout (lg.ko is built against it; its bzImage is what QEMU boots).
 set -euo pipefail
 . "$(dirname "$0")/common.sh"
@@ -13,9 +13,10 @@ FRAGMENT=$REPO/tests/harness/host-kernel.config
 [ -f "$TARBALL" ] || die "no $TARBALL: run tests/harness/setup.sh first"
 [ -x "$BINDGEN" ] || die "no bindgen at $BINDGEN: run tests/harness/setup.sh first"
 
+# The fragment's options, not its comments: rewording a reason must not cost a rebuild.
 key=$( {
     dpkg-query -W -f='${Version}' linux-source-6.12
-    cat "$FRAGMENT"
+    grep -v -e '^#' -e '^$' "$FRAGMENT"
     gcc --version | head -n1
     /usr/bin/rustc --version
     "$BINDGEN" --version

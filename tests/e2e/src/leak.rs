@@ -2,11 +2,10 @@
 //!
 //! A hypervisor that leaks a page per guest, or a slab object per world switch, works fine in
 //! every functional test and takes the machine down in a week. So the scenarios that run many
-//! guests, many loads or many switches take a [`Snapshot`] first and check afterwards that the
-//! host is [`Snapshot::settled`] back to it: slab objects and free memory, each within a slack.
-//! Where the work is small enough that the kernel's own background noise (a cache filling, a
-//! daemon waking) could pass for a leak, [`grows_in_both_rounds`] runs it twice: a leak grows in
-//! both rounds, noise in one.
+//! guests, many loads or many switches look at the host's memory ([`Snapshot`]: slab objects
+//! and free memory) before, between and after two rounds of the same work
+//! ([`grows_in_both_rounds`]): a leak grows in both rounds, the kernel's own background noise
+//! (a cache filling, a daemon waking) in one.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
@@ -22,9 +21,6 @@ use crate::procfs;
 const SLAB_SLACK: i64 = 50;
 /// Free memory it may cost, in KiB.
 const FREE_SLACK_KIB: i64 = 256;
-/// Noise settles, leaks do not: how many times the "after" picture is retaken before a growth
-/// counts as a leak.
-const LOOKS: usize = 5;
 
 /// What the host has in use: active objects per slab cache, and free memory.
 pub struct Snapshot {
@@ -51,59 +47,8 @@ impl Snapshot {
             free_kib: mem_free + pcp * 4,
         })
     }
-
-    /// Passes iff the host is back to (almost) this picture, after `what` happened: the "after"
-    /// picture is retaken up to [`LOOKS`] times, as noise settles and leaks do not.
-    pub fn settled(&self, what: &str) -> anyhow::Result<()> {
-        let mut verdict = Ok(());
-        for _ in 0..LOOKS {
-            verdict = Snapshot::take()?.compare(self, what);
-            if verdict.is_ok() {
-                break;
-            }
-        }
-        verdict
-    }
-
-    /// Passes iff the slab caches and free memory are (almost) as they were in `before`.
-    fn compare(&self, before: &Snapshot, what: &str) -> anyhow::Result<()> {
-        let count =
-            |m: &BTreeMap<String, u64>, k: &str| i64::try_from(m.get(k).copied().unwrap_or(0));
-        let names: BTreeSet<&String> = self.slabs.keys().chain(before.slabs.keys()).collect();
-        let mut growth: Vec<(i64, &str)> = Vec::new();
-        for name in names {
-            growth.push((
-                count(&self.slabs, name)? - count(&before.slabs, name)?,
-                name,
-            ));
-        }
-        growth.sort_unstable_by(|a, b| b.cmp(a));
-        // Only growth counts: a cache that shrank (noise settling) must not hide one that grew.
-        let total: i64 = growth.iter().map(|(g, _)| (*g).max(0)).sum();
-        let free_drop = i64::try_from(before.free_kib)? - i64::try_from(self.free_kib)?;
-        if total < SLAB_SLACK && free_drop < FREE_SLACK_KIB {
-            return Ok(());
-        }
-        let top: Vec<String> = growth
-            .iter()
-            .take(3)
-            .map(|(g, name)| format!("{name} {g:+}"))
-            .collect();
-        bail!(
-            "after {what}: slab objects grew by {total} \
-             (limit <{SLAB_SLACK}; most: {}), free memory {} -> {} KiB ({:+} KiB, \
-             limit <{FREE_SLACK_KIB} lost)",
-            top.join(", "),
-            before.free_kib,
-            self.free_kib,
-            -free_drop
-        )
-    }
 }
 
-/// Empties every slab cache's per-CPU slabs back onto its lists, so /proc/slabinfo's
-/// active_objs counts objects in use and not objects that happen to sit in a CPU's current
-/// slab (which SLUB reports as all active). Needs sysfs at /sys; without it, skip.
 /// Run `work` twice, looking at the host before, between and after. What grew in both rounds
 /// (per slab cache, the smaller of the two growths; for free memory, the smaller loss) must stay
 /// within the slacks.
@@ -145,6 +90,9 @@ pub fn grows_in_both_rounds(
     )
 }
 
+/// Empties every slab cache's per-CPU slabs back onto its lists, so /proc/slabinfo's
+/// active_objs counts objects in use and not objects that happen to sit in a CPU's current
+/// slab (which SLUB reports as all active). Needs sysfs at /sys; without it, skip.
 fn shrink_slabs() -> anyhow::Result<()> {
     let Ok(caches) = fs::read_dir("/sys/kernel/slab") else {
         return Ok(());

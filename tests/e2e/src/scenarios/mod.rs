@@ -19,7 +19,7 @@ pub struct Scenario {
     pub run: fn() -> anyhow::Result<()>,
 }
 
-pub static SCENARIOS: [Scenario; 35] = [
+pub static SCENARIOS: [Scenario; 36] = [
     Scenario {
         name: "module-load",
         run: module::load,
@@ -151,6 +151,10 @@ pub static SCENARIOS: [Scenario; 35] = [
     Scenario {
         name: "guest-two-at-once",
         run: guest::two_at_once,
+    },
+    Scenario {
+        name: "guest-fpu",
+        run: guest::fpu,
     },
     Scenario {
         name: "guest-ctrl-c",

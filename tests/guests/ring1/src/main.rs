@@ -127,6 +127,7 @@ extern "C" fn kernel_main(boot_params: u64) -> ! {
         "hello" => hello(),
         "nop-loop" => nop_loop(number(arg, 1_000_000)),
         "spin" => spin(arg.map(|s| number(Some(s), 0))),
+        "fpu" => fpu(number(arg, 1)),
         name => attacks::run(name, arg, &data),
     }
 }
@@ -215,6 +216,88 @@ fn spin(seconds: Option<u64>) -> ! {
             }
         }
     }
+}
+
+/// The sixteen SSE registers and MXCSR, as a guest sees them.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+#[repr(C, align(16))]
+struct VectorRegs {
+    xmm: [[u64; 2]; 16],
+    mxcsr: u32,
+}
+
+impl VectorRegs {
+    fn read() -> VectorRegs {
+        let mut v = VectorRegs { xmm: [[0; 2]; 16], mxcsr: 0 };
+        let p = v.xmm.as_mut_ptr();
+        // SAFETY: stores the registers into `v`, which is ours and 16-byte aligned. The guest
+        // is built soft-float, so the compiler keeps nothing in these registers.
+        unsafe {
+            asm!(
+                "movdqa [{p}], xmm0", "movdqa [{p} + 16], xmm1", "movdqa [{p} + 32], xmm2",
+                "movdqa [{p} + 48], xmm3", "movdqa [{p} + 64], xmm4", "movdqa [{p} + 80], xmm5",
+                "movdqa [{p} + 96], xmm6", "movdqa [{p} + 112], xmm7", "movdqa [{p} + 128], xmm8",
+                "movdqa [{p} + 144], xmm9", "movdqa [{p} + 160], xmm10",
+                "movdqa [{p} + 176], xmm11", "movdqa [{p} + 192], xmm12",
+                "movdqa [{p} + 208], xmm13", "movdqa [{p} + 224], xmm14",
+                "movdqa [{p} + 240], xmm15", "stmxcsr [{p} + 256]",
+                p = in(reg) p, options(nostack),
+            )
+        };
+        v
+    }
+
+    fn write(&self) {
+        let p = self.xmm.as_ptr();
+        // SAFETY: loads the registers from `self`; see `read`.
+        unsafe {
+            asm!(
+                "movdqa xmm0, [{p}]", "movdqa xmm1, [{p} + 16]", "movdqa xmm2, [{p} + 32]",
+                "movdqa xmm3, [{p} + 48]", "movdqa xmm4, [{p} + 64]", "movdqa xmm5, [{p} + 80]",
+                "movdqa xmm6, [{p} + 96]", "movdqa xmm7, [{p} + 112]", "movdqa xmm8, [{p} + 128]",
+                "movdqa xmm9, [{p} + 144]", "movdqa xmm10, [{p} + 160]",
+                "movdqa xmm11, [{p} + 176]", "movdqa xmm12, [{p} + 192]",
+                "movdqa xmm13, [{p} + 208]", "movdqa xmm14, [{p} + 224]",
+                "movdqa xmm15, [{p} + 240]", "ldmxcsr [{p} + 256]",
+                p = in(reg) p, options(nostack),
+            )
+        };
+    }
+}
+
+/// `fpu SEED`: the vector registers are the guest's alone. A fresh guest finds them in their
+/// reset state (not another task's leftovers); values it puts there survive world switches,
+/// the host's interrupts and other guests using theirs on the same CPUs.
+fn fpu(seed: u64) -> ! {
+    let fresh = VectorRegs::read();
+    let reset = VectorRegs { xmm: [[0; 2]; 16], mxcsr: 0x1f80 };
+    if fresh != reset {
+        panic!("fpu: a fresh guest found {fresh:x?}");
+    }
+    let mut mine = reset;
+    for (i, reg) in mine.xmm.iter_mut().enumerate() {
+        *reg = [seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ i as u64, !seed ^ (i as u64) << 32];
+    }
+    // Round toward zero, flush to zero: a MXCSR nobody else would have.
+    mine.mxcsr = 0x1f80 | 3 << 13 | 1 << 15;
+    mine.write();
+    const ROUNDS: u64 = 2000;
+    let start = rdtsc();
+    for round in 0..ROUNDS {
+        for _ in 0..50 {
+            hcall::nop();
+        }
+        // Spin a little too, so the host's timer and other guests get their turns mid-run.
+        while rdtsc() - start < (round + 1) * TSC_HZ / 1000 {
+            core::hint::spin_loop();
+        }
+        let now = VectorRegs::read();
+        if now != mine {
+            panic!("fpu: after {round} rounds the registers were {now:x?}");
+        }
+    }
+    println!("fpu: seed {seed}: clean at start, kept across {} switches", ROUNDS * 50);
+    hcall::poweroff("fpu done")
 }
 
 /// A panic is the guest's own bug: say so, and power off with a message that says so too.
