@@ -15,6 +15,7 @@ use crate::session::{Caller, ReadAction, Session, UserMemory};
 use crate::shadow_tables::ShadowTables;
 use crate::switcher::Switcher;
 use core::ptr::NonNull;
+use core::sync::atomic::{AtomicPtr, AtomicU64, Ordering};
 use kernel::{
     bindings, c_str,
     error::to_result,
@@ -125,8 +126,99 @@ impl UserMemory for LauncherMemory {
 struct GuestFile {
     /// The module's Switcher: lives as long as the module, which an open file keeps loaded.
     switcher: &'static Switcher,
+    /// Interrupts for the guest, raised from interrupt context without the session's lock.
+    /// Dropped before the session, so the timer stops before the task it wakes can go.
+    #[pin]
+    irqs: Interrupts,
     #[pin]
     session: Mutex<Session<Owner>>,
+}
+
+/// A guest's pending interrupts and its timer.
+///
+/// # Invariants
+///
+/// `timer` is initialised (hrtimer_init) and its callback is `timer_fired`, which finds this
+/// struct from it; it is cancelled before the struct goes (PinnedDrop).
+#[pin_data(PinnedDrop)]
+pub(crate) struct Interrupts {
+    /// Bit n: IRQ n is pending.
+    pub(crate) pending: AtomicU64,
+    /// The task to wake or kick when an interrupt arrives: the guest's launcher, once it has
+    /// sent INITIALIZE (its Owner keeps the task alive longer than this struct).
+    task: AtomicPtr<bindings::task_struct>,
+    #[pin]
+    timer: Opaque<bindings::hrtimer>,
+}
+
+impl Interrupts {
+    fn new() -> impl PinInit<Self> {
+        pin_init!(Interrupts {
+            pending: AtomicU64::new(0),
+            task: AtomicPtr::new(core::ptr::null_mut()),
+            // SAFETY: hrtimer_init initialises the whole timer in place; the callback is set
+            // before anyone can start it.
+            timer <- unsafe {
+                kernel::init::pin_init_from_closure(|slot: *mut Opaque<bindings::hrtimer>| {
+                    let timer = Opaque::raw_get(slot);
+                    bindings::hrtimer_init(timer, bindings::CLOCK_MONOTONIC as _,
+                        bindings::hrtimer_mode_HRTIMER_MODE_REL);
+                    (*timer).function = Some(timer_fired);
+                    Ok::<(), core::convert::Infallible>(())
+                })
+            },
+        })
+    }
+
+    /// Make IRQ `irq` pending and get the guest's task to notice: woken if it sleeps in HALT,
+    /// kicked out of the guest (an IPI makes it exit) if it runs on another CPU.
+    pub(crate) fn raise(&self, irq: u32) {
+        self.pending.fetch_or(1 << irq, Ordering::SeqCst);
+        let task = self.task.load(Ordering::Acquire);
+        if !task.is_null() {
+            // SAFETY: The task outlives this struct (see `task`); both calls are safe from any
+            // context, interrupt handlers included.
+            unsafe {
+                bindings::wake_up_process(task);
+                bindings::kick_process(task);
+            }
+        }
+    }
+
+    /// Arm the timer `nanoseconds` from now, or stop it (0).
+    pub(crate) fn set_timer(&self, nanoseconds: u64) {
+        // SAFETY: The timer is initialised (type invariant); start and cancel may be called in
+        // process context at any time.
+        unsafe {
+            if nanoseconds == 0 {
+                bindings::hrtimer_cancel(self.timer.get());
+            } else {
+                let at = nanoseconds.min(i64::MAX as u64) as i64;
+                bindings::hrtimer_start_range_ns(self.timer.get(), at, 0,
+                    bindings::hrtimer_mode_HRTIMER_MODE_REL);
+            }
+        }
+    }
+}
+
+#[pinned_drop]
+impl PinnedDrop for Interrupts {
+    fn drop(self: Pin<&mut Self>) {
+        // SAFETY: Initialised (type invariant); after hrtimer_cancel it is not running or
+        // queued, so nothing will use this struct again.
+        unsafe { bindings::hrtimer_cancel(self.timer.get()) };
+    }
+}
+
+/// The guest's timer went off: IRQ 0.
+unsafe extern "C" fn timer_fired(timer: *mut bindings::hrtimer) -> bindings::hrtimer_restart {
+    // SAFETY: Only Interrupts::new installs this callback, on the `timer` field of a pinned
+    // Interrupts that lives until the timer is cancelled.
+    let irqs = unsafe {
+        &*(timer as *const u8).sub(core::mem::offset_of!(Interrupts, timer)).cast::<Interrupts>()
+    };
+    irqs.raise(crate::abi::hcall::TIMER_IRQ);
+    bindings::hrtimer_restart_HRTIMER_NORESTART
 }
 
 /// The session of an open file.
@@ -154,7 +246,11 @@ unsafe extern "C" fn lguest_open(_inode: *mut bindings::inode, file: *mut bindin
         let tables = misc.sub(core::mem::offset_of!(Tables, misc)) as *const Tables;
         &*(*tables).switcher
     };
-    let init = pin_init!(GuestFile { switcher, session <- new_mutex!(Session::<Owner>::default()) });
+    let init = pin_init!(GuestFile {
+        switcher,
+        irqs <- Interrupts::new(),
+        session <- new_mutex!(Session::<Owner>::default()),
+    });
     let session = match KBox::pin_init(init, GFP_KERNEL) {
         Ok(session) => session,
         Err(e) => return e.to_errno(),
@@ -190,7 +286,14 @@ unsafe extern "C" fn lguest_write(
     // SAFETY: The VFS calls write() only on a file open() succeeded for, before release().
     let guest = unsafe { guest_file(file) };
     let caller = CurrentTask(guest.switcher);
-    match guest.session.lock().write(&bytes[..take], &caller, &LauncherMemory) {
+    let mut session = guest.session.lock();
+    let result = session.write(&bytes[..take], &caller, &LauncherMemory);
+    // From INITIALIZE on, interrupts know whom to wake.
+    if let Some(owner) = session.owner() {
+        let task = (&*owner.task as *const Task).cast_mut().cast::<bindings::task_struct>();
+        guest.irqs.task.store(task, Ordering::Release);
+    }
+    match result {
         Ok(written) => written as isize,
         Err(refusal) => errno(refusal),
     }
@@ -213,7 +316,7 @@ unsafe extern "C" fn lguest_read(
             out[..8].copy_from_slice(&value.to_le_bytes());
             8
         }
-        Ok(ReadAction::Run(running)) => match run::run(running, guest.switcher) {
+        Ok(ReadAction::Run(running)) => match run::run(running, guest.switcher, &guest.irqs) {
             // Session::read checked the buffer holds any exit.
             Ok(exit) => exit.encode(&mut out).unwrap_or(0),
             Err(e) => return e.to_errno() as isize,

@@ -16,6 +16,7 @@
 #include <asm/segment.h>
 #include <asm/special_insns.h>
 #include <asm/tlbflush.h>
+#include <asm/tsc.h>
 
 #include "lg_bindings.h"
 
@@ -35,3 +36,6 @@ void lg_fpu_begin(void) { kernel_fpu_begin(); }
 void lg_fpu_end(void) { kernel_fpu_end(); }
 void lg_load_fs_gs(unsigned short fs, unsigned short gs) { loadsegment(fs, fs); load_gs_index(gs); }
 bool lg_host_has_pti(void) { return boot_cpu_has(X86_FEATURE_PTI); }
+unsigned int lg_tsc_khz(void) { return tsc_khz; }
+void lg_prepare_to_sleep(void) { set_current_state(TASK_INTERRUPTIBLE); }
+void lg_finish_sleep(void) { __set_current_state(TASK_RUNNING); }

@@ -19,6 +19,9 @@ void lg_fpu_begin(void);
 void lg_fpu_end(void);
 void lg_load_fs_gs(unsigned short fs, unsigned short gs);
 bool lg_host_has_pti(void);
+unsigned int lg_tsc_khz(void);
+void lg_prepare_to_sleep(void);
+void lg_finish_sleep(void);
 
 /* switcher/switcher.S */
 extern const char lg_switcher_start[], lg_switcher_end[];

@@ -45,6 +45,9 @@ mod descriptors;
 #[allow(unreachable_pub)]
 #[path = "src/hypercall.rs"]
 mod hypercall;
+#[allow(unreachable_pub)]
+#[path = "src/interrupts.rs"]
+mod interrupts;
 #[allow(unreachable_pub, dead_code)]
 #[path = "src/layout.rs"]
 mod layout;

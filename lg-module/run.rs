@@ -4,7 +4,9 @@
 //! `run` switches to the guest, and when it comes back looks at why: a hypercall or a page fault
 //! the host handles itself and goes straight back in; an interrupt that was the host's is handed
 //! to the host's own handler (on the same CPU, before interrupts come back on) and the guest
-//! goes back in; anything else ends the guest. Between two runs the task is an ordinary task:
+//! goes back in; an exception the guest has a handler for (LOAD_IDT_ENTRY) is delivered to it
+//! (`deliver`), and one it has none for ends it. Before each trip in, a pending interrupt is
+//! delivered if the guest's virtual interrupt flag allows (`deliver_interrupts`). Between two runs the task is an ordinary task:
 //! it can be preempted, migrate to another CPU, or take a signal, which ends `read()` with
 //! -ERESTARTSYS (so Ctrl-C on the launcher works). The guest is bound to a CPU only inside
 //! `run_once`, with interrupts off.
@@ -13,20 +15,21 @@
 //! then copies with the kernel's fault-checked user copies: guest memory is the launcher's.
 
 use crate::abi::boot::CPUNODE_GDT_ENTRY;
-use crate::abi::data::{LguestData, SWITCHER_WINDOW_END, SWITCHER_WINDOW_START};
+use crate::abi::data::{offset, LguestData, SWITCHER_WINDOW_END, SWITCHER_WINDOW_START};
 use crate::abi::dev::Refusal;
 use crate::abi::exit::{ExitKind, ExitRecord};
-use crate::abi::hcall::{CONSOLE_WRITE_MAX, SHUTDOWN_MESSAGE_MAX};
+use crate::abi::hcall::{CONSOLE_WRITE_MAX, FIRST_IRQ_VECTOR, SHUTDOWN_MESSAGE_MAX};
 use crate::abi::regs::Reg;
-use crate::chardev::{lg_bindings, Owner};
+use crate::chardev::{lg_bindings, Interrupts, Owner};
 use crate::cpu::{self, CR4_PGE, CR4_PKE, EFER_SCE};
 use crate::death;
 use crate::death::Death;
 use crate::hypercall::{self, Hypercall};
+use crate::interrupts::{self, GuestGate};
 use crate::layout::*;
 use crate::pagewalk::{self, GuestPhysRead};
 use crate::session::Guest;
-use crate::shadow::{self, shadow_pte_for};
+use crate::shadow::{self, shadow_pte_for, Unresolved, PF_PRESENT};
 use crate::switcher::Switcher;
 use crate::traps::{self, Trap};
 use kernel::{bindings, prelude::*, uaccess::UserSlice};
@@ -73,7 +76,7 @@ struct TrapInfo {
 
 /// Run the guest until the launcher is needed: returns the exit for the launcher, or
 /// ERESTARTSYS for a signal.
-pub(crate) fn run(guest: &mut Guest<Owner>, switcher: &Switcher) -> Result<ExitRecord> {
+pub(crate) fn run(guest: &mut Guest<Owner>, switcher: &Switcher, irqs: &Interrupts) -> Result<ExitRecord> {
     loop {
         if let Some(ended) = guest.ended {
             return Ok(ended);
@@ -83,7 +86,7 @@ pub(crate) fn run(guest: &mut Guest<Owner>, switcher: &Switcher) -> Result<ExitR
         }
         // SAFETY: We hold no spinlock and run in process context.
         unsafe { lg_bindings::lg_cond_resched() };
-        if let Err(death) = traps::check_entry(&mut guest.regs) {
+        if let Err(death) = deliver_interrupts(guest, irqs).and_then(|()| traps::check_entry(&mut guest.regs)) {
             guest.end(died(death));
             continue;
         }
@@ -95,15 +98,9 @@ pub(crate) fn run(guest: &mut Guest<Owner>, switcher: &Switcher) -> Result<ExitR
         }
         let outcome = match traps::classify(trap.vector, trap.cr2) {
             Trap::Host { .. } => Ok(None),
-            Trap::Hypercall => hypercall(guest),
+            Trap::Hypercall => hypercall(guest, irqs),
             Trap::PageFault { addr } => page_fault(guest, addr, trap.error).map(|()| None),
-            Trap::Fatal => Err(death!(
-                "trap {} ({}) at rip {:#x}, error {:#x}",
-                trap.vector,
-                traps::trap_name(trap.vector),
-                guest.regs.get(Reg::Rip),
-                trap.error
-            )),
+            Trap::Fatal => exception(guest, trap.vector, trap.error).map(|()| None),
         };
         match outcome {
             Ok(Some(exit)) => return Ok(exit),
@@ -266,7 +263,7 @@ fn memory(guest: &Guest<Owner>) -> GuestMemory {
 }
 
 /// Carry out a hypercall; `Some` if the launcher must see its result.
-fn hypercall(guest: &mut Guest<Owner>) -> Result<Option<ExitRecord>, Death> {
+fn hypercall(guest: &mut Guest<Owner>, irqs: &Interrupts) -> Result<Option<ExitRecord>, Death> {
     let mem = memory(guest);
     let call = hypercall::decode(&guest.regs, guest.lguest_data.is_some(), mem.ram_bytes)?;
     let unreadable = |what: &str| death!("{what}: guest memory is not readable");
@@ -275,6 +272,9 @@ fn hypercall(guest: &mut Guest<Owner>) -> Result<Option<ExitRecord>, Death> {
             let data = LguestData {
                 switcher_window_start: SWITCHER_WINDOW_START,
                 switcher_window_end: SWITCHER_WINDOW_END,
+                // SAFETY: reads a kernel variable set once the TSC is calibrated.
+                tsc_khz: unsafe { lg_bindings::lg_tsc_khz() } as u64,
+                ..LguestData::default()
             };
             mem.write(data_gpa, &data.to_bytes()).map_err(|_| unreadable("LGUEST_INIT"))?;
             guest.lguest_data = Some(data_gpa);
@@ -291,11 +291,23 @@ fn hypercall(guest: &mut Guest<Owner>) -> Result<Option<ExitRecord>, Death> {
             Ok(Some(record))
         }
         Hypercall::Halt => {
-            // No interrupts reach a guest yet (issue #4), so only a signal ends the sleep.
-            // SAFETY: process context, no locks that forbid sleeping.
-            unsafe { bindings::schedule_timeout_interruptible(kernel::task::MAX_SCHEDULE_TIMEOUT) };
+            halt(guest, irqs);
             Ok(None)
         }
+        Hypercall::LoadIdtEntry { vector, gate } => {
+            guest.idt[vector as usize] = gate;
+            Ok(None)
+        }
+        Hypercall::SetStack { top } => {
+            guest.kernel_stack = top;
+            Ok(None)
+        }
+        Hypercall::SetClockevent { nanoseconds } => {
+            irqs.set_timer(nanoseconds);
+            Ok(None)
+        }
+        // Pending interrupts are delivered before every trip in: this one just makes the trip.
+        Hypercall::SendInterrupts => Ok(None),
         Hypercall::ConsoleWrite { gpa, len } => {
             let mut bytes = [0u8; CONSOLE_WRITE_MAX];
             mem.read(gpa, &mut bytes[..len]).map_err(|_| unreadable("CONSOLE_WRITE"))?;
@@ -305,12 +317,17 @@ fn hypercall(guest: &mut Guest<Owner>) -> Result<Option<ExitRecord>, Death> {
     }
 }
 
-/// Handle a page fault at `addr`: map the page if the guest's tables allow the access.
+/// Handle a page fault at `addr`: map the page if the guest's tables allow the access, else
+/// give the guest the fault.
 fn page_fault(guest: &mut Guest<Owner>, addr: u64, error: u64) -> Result<(), Death> {
     let mem = memory(guest);
     let leaf = pagewalk::walk(&mem, mem.ram_bytes, guest.config.cr3, addr)
         .map_err(|_| death!("page fault at {addr:#x}: the guest's page tables lie outside RAM"))?;
-    let mapping = shadow::decide(addr, error, leaf, mem.ram_bytes)?;
+    let mapping = match shadow::decide(addr, error, leaf, mem.ram_bytes) {
+        Ok(mapping) => mapping,
+        Err(Unresolved::Kill(death)) => return Err(death),
+        Err(Unresolved::Reflect { error, death }) => return deliver_page_fault(guest, addr, error, death),
+    };
     if let Some(leaf) = leaf {
         if mapping.updated_entry != leaf.entry {
             mem.write(leaf.entry_gpa, &mapping.updated_entry.to_le_bytes())
@@ -325,10 +342,169 @@ fn page_fault(guest: &mut Guest<Owner>, addr: u64, error: u64) -> Result<(), Dea
         .map(addr & !0xfff, shadow_pte_for(&mapping, phys))
         .map_err(|_| death!("page fault at {addr:#x}: out of memory for shadow page tables"))?;
     if !changed {
+        // The guest's tables allow it, yet the CPU refused: SMAP, SMEP or a protection key.
+        // On real hardware the guest kernel would get this fault; so it does here.
+        let death = death!("page fault at {addr:#x} (error {error:#x}): SMAP, SMEP or a protection key");
+        return deliver_page_fault(guest, addr, error | PF_PRESENT, death);
+    }
+    Ok(())
+}
+
+/// Give the guest a page fault at `addr` with `error`, through its handler; `death` if it has
+/// none.
+fn deliver_page_fault(guest: &mut Guest<Owner>, addr: u64, error: u64, death: Death) -> Result<(), Death> {
+    let Some(gate) = guest.idt[traps::PAGE_FAULT as usize] else {
+        return Err(death);
+    };
+    set_data(guest, offset::CR2, addr)?;
+    deliver(guest, traps::PAGE_FAULT, Some(error), &gate)
+}
+
+/// An exception the host does not handle itself: the guest's, if it has a handler for it.
+///
+/// An `int n` the guest's IDT allows arrives as #GP (the real IDT lets the guest through only
+/// the hypercall gate): it becomes vector n, resuming after the instruction, as the CPU would.
+fn exception(guest: &mut Guest<Owner>, vector: u64, error: u64) -> Result<(), Death> {
+    let rip = guest.regs.get(Reg::Rip);
+    if vector == traps::GENERAL_PROTECTION {
+        let cpl = guest.regs.get(Reg::Cs) & 3;
+        let soft = interrupts::software_interrupt(error, cpl, guest.idt.get((error >> 3) as usize).and_then(Option::as_ref));
+        if let Some(n) = soft {
+            let length = int_instruction_length(guest, rip, n);
+            if let (Some(length), Some(gate)) = (length, guest.idt[n as usize]) {
+                guest.regs.set(Reg::Rip, rip + length);
+                return deliver(guest, n, None, &gate);
+            }
+        }
+    }
+    let Some(gate) = guest.idt[vector as usize] else {
         return Err(death!(
-            "page fault at {addr:#x} (error {error:#x}) that its page tables allow: \
-             SMAP, SMEP or a protection key"
+            "trap {vector} ({}) at rip {rip:#x}, error {error:#x}",
+            traps::trap_name(vector)
         ));
+    };
+    let error = interrupts::has_error_code(vector).then_some(error);
+    deliver(guest, vector, error, &gate)
+}
+
+/// The length of the `int n` instruction at guest-virtual `rip`, if that is what is there.
+fn int_instruction_length(guest: &Guest<Owner>, rip: u64, n: u64) -> Option<u64> {
+    let mut bytes = [0u8; 2];
+    read_virtual(guest, rip, &mut bytes).ok()?;
+    match bytes {
+        [0xcd, v] if v as u64 == n => Some(2),
+        [0xcc, _] if n == 3 => Some(1),
+        _ => None,
+    }
+}
+
+/// Deliver a pending interrupt if the guest can take one now; if it cannot (its virtual flag
+/// is off), tell it one is waiting (`irq_pending`).
+fn deliver_interrupts(guest: &mut Guest<Owner>, irqs: &Interrupts) -> Result<(), Death> {
+    if guest.lguest_data.is_none() {
+        return Ok(());
+    }
+    let pending = irqs.pending.load(core::sync::atomic::Ordering::SeqCst);
+    if pending == 0 {
+        return Ok(());
+    }
+    let Some(irq) = interrupts::next_irq(pending, get_data(guest, offset::BLOCKED_INTERRUPTS)?) else {
+        return Ok(());
+    };
+    let enabled = get_data(guest, offset::IRQ_ENABLED)?;
+    let noirq = (get_data(guest, offset::NOIRQ_IRET_START)?, get_data(guest, offset::NOIRQ_IRET_END)?);
+    if !interrupts::may_interrupt(enabled, guest.regs.get(Reg::Rip), noirq) {
+        return set_data(guest, offset::IRQ_PENDING, 1);
+    }
+    let vector = FIRST_IRQ_VECTOR + irq as u64;
+    // An IRQ the guest has no handler for stays pending, as with a masked line.
+    let Some(gate) = guest.idt[vector as usize] else {
+        return Ok(());
+    };
+    irqs.pending.fetch_and(!(1 << irq), core::sync::atomic::Ordering::SeqCst);
+    set_data(guest, offset::IRQ_PENDING, 0)?;
+    deliver(guest, vector, None, &gate)
+}
+
+/// Deliver `vector` through the guest's `gate`: push the frame the CPU would have pushed onto
+/// the guest kernel's stack and resume the guest at the handler (`src/interrupts.rs`).
+fn deliver(guest: &mut Guest<Owner>, vector: u64, error: Option<u64>, gate: &GuestGate) -> Result<(), Death> {
+    let enabled = get_data(guest, offset::IRQ_ENABLED)?;
+    let (frame, words) = interrupts::trap_frame(&guest.regs, enabled, error);
+    let at = interrupts::frame_address(&guest.regs, guest.kernel_stack, words)?;
+    let mut bytes = [0u8; 48];
+    for (chunk, word) in bytes.chunks_exact_mut(8).zip(&frame[..words]) {
+        chunk.copy_from_slice(&word.to_le_bytes());
+    }
+    write_virtual(guest, at, &bytes[..words * 8])
+        .map_err(|_| death!("cannot deliver trap {vector}: its stack at {at:#x} is not writable"))?;
+    interrupts::enter_handler(&mut guest.regs, gate, at);
+    if gate.interrupt_gate {
+        set_data(guest, offset::IRQ_ENABLED, 0)?;
+    }
+    Ok(())
+}
+
+/// Sleep until an interrupt the guest has not masked is pending, or a signal comes.
+fn halt(guest: &Guest<Owner>, irqs: &Interrupts) {
+    let blocked = get_data(guest, offset::BLOCKED_INTERRUPTS).unwrap_or(0);
+    loop {
+        // Announce the sleep before looking, so a wake-up between the look and schedule() is
+        // not lost: it puts us back to running and schedule() returns at once.
+        // SAFETY: process context; we end in TASK_RUNNING below.
+        unsafe { lg_bindings::lg_prepare_to_sleep() };
+        let pending = irqs.pending.load(core::sync::atomic::Ordering::SeqCst) & !blocked;
+        if pending != 0 || current!().signal_pending() {
+            break;
+        }
+        // SAFETY: process context, no spinlocks held.
+        unsafe { bindings::schedule() };
+    }
+    // SAFETY: process context.
+    unsafe { lg_bindings::lg_finish_sleep() };
+}
+
+/// A word of the guest's lguest_data (0 before LGUEST_INIT).
+fn get_data(guest: &Guest<Owner>, field: u64) -> Result<u64, Death> {
+    let Some(data) = guest.lguest_data else { return Ok(0) };
+    memory(guest).read_u64(data + field).map_err(|_| death!("lguest_data at {data:#x} is not readable"))
+}
+
+/// Write a word of the guest's lguest_data (nothing before LGUEST_INIT).
+fn set_data(guest: &Guest<Owner>, field: u64, value: u64) -> Result<(), Death> {
+    let Some(data) = guest.lguest_data else { return Ok(()) };
+    memory(guest)
+        .write(data + field, &value.to_le_bytes())
+        .map_err(|_| death!("lguest_data at {data:#x} is not writable"))
+}
+
+/// Read guest-virtual memory, translated through the guest's page tables.
+fn read_virtual(guest: &Guest<Owner>, va: u64, out: &mut [u8]) -> Result<(), Refusal> {
+    let mem = memory(guest);
+    let mut done = 0;
+    while done < out.len() {
+        let at = va.wrapping_add(done as u64);
+        let in_page = ((0x1000 - (at & 0xfff)) as usize).min(out.len() - done);
+        let leaf = pagewalk::walk(&mem, mem.ram_bytes, guest.config.cr3, at)?.ok_or(Refusal::Fault)?;
+        mem.read(leaf.gpa, &mut out[done..done + in_page])?;
+        done += in_page;
+    }
+    Ok(())
+}
+
+/// Write guest-virtual memory the guest's page tables map writable.
+fn write_virtual(guest: &Guest<Owner>, va: u64, bytes: &[u8]) -> Result<(), Refusal> {
+    let mem = memory(guest);
+    let mut done = 0;
+    while done < bytes.len() {
+        let at = va.wrapping_add(done as u64);
+        let in_page = ((0x1000 - (at & 0xfff)) as usize).min(bytes.len() - done);
+        let leaf = pagewalk::walk(&mem, mem.ram_bytes, guest.config.cr3, at)?.ok_or(Refusal::Fault)?;
+        if !leaf.writable {
+            return Err(Refusal::Fault);
+        }
+        mem.write(leaf.gpa, &bytes[done..done + in_page])?;
+        done += in_page;
     }
     Ok(())
 }

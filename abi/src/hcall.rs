@@ -7,6 +7,19 @@
 //! the guest with a reason the launcher prints: a guest has no business guessing.
 //!
 //! The numbers are lguest's where lguest had the call; calls lguest-rs adds start at 20.
+//!
+//! ## Traps and interrupts the host delivers
+//!
+//! Once a guest has installed handlers (LOAD_IDT_ENTRY), an exception it takes, or an interrupt
+//! while its virtual interrupt flag is on, is delivered the way the CPU would: the host pushes
+//! SS, RSP, RFLAGS, CS, RIP (and the error code for vectors 8, 10-14 and 17) on the guest
+//! kernel's stack (the current one if the guest was in its kernel, the SET_STACK one if it was
+//! in user mode), 16-byte aligned, and jumps to the handler at ring 1. Two differences, both so
+//! that a Linux guest needs few changes (reference/linux-guest.md):
+//! - the pushed CS shows RPL 0 when the trap came from the guest kernel (Linux's `user_mode()`
+//!   is `cs & 3`); the guest's return path sets RPL 1 again before its `iretq`;
+//! - the pushed RFLAGS.IF is the virtual flag, and an interrupt gate clears the virtual flag.
+//! A page fault's address goes to `lguest_data.cr2`.
 
 /// The interrupt vector of a hypercall: `int $0x1f`, as lguest's `LGUEST_TRAP_ENTRY`. Its IDT
 /// gate is the only one a ring-1 guest may use with `int`.
@@ -18,14 +31,35 @@ pub const LGUEST_INIT: u64 = 1;
 /// Stop the guest: RBX = guest-physical address of a NUL-terminated message (at most
 /// [`SHUTDOWN_MESSAGE_MAX`] bytes are read), RCX = [`SHUTDOWN_POWEROFF`] or [`SHUTDOWN_RESTART`].
 pub const SHUTDOWN: u64 = 2;
-/// Sleep until something needs the guest (an interrupt, once there are any; a signal to the
-/// launcher).
+/// Install the guest's handler for one vector: RBX = vector, RCX and RDX = the low and high
+/// quadwords of a 64-bit IDT gate (offset, selector [`crate::boot::GUEST_KERNEL_CS`], type
+/// 0xE interrupt gate or 0xF trap gate, DPL, present; IST 0). A gate of any other shape, or to
+/// any other selector, kills the guest. A gate whose P bit is clear removes the handler.
+pub const LOAD_IDT_ENTRY: u64 = 6;
+/// The guest kernel's stack for traps and interrupts that arrive while the guest is in user
+/// mode (its TSS.RSP0): RBX = the stack's top (guest-virtual, canonical).
+pub const SET_STACK: u64 = 7;
+/// Arm the one-shot timer: RBX = nanoseconds from now (0 disarms it). When it fires, IRQ
+/// [`TIMER_IRQ`] becomes pending.
+pub const SET_CLOCKEVENT: u64 = 9;
+/// Sleep until an interrupt is pending for the guest (or the launcher gets a signal). The guest
+/// turns its virtual interrupt flag on first, or it would sleep through the interrupt.
 pub const HALT: u64 = 10;
+/// Deliver pending interrupts now: made after turning the virtual interrupt flag back on when
+/// `irq_pending` was set.
+pub const SEND_INTERRUPTS: u64 = 19;
 /// Write early console output: RBX = guest-physical address, RCX = length (at most
 /// [`CONSOLE_WRITE_MAX`]). The bytes go to the launcher, which prints them.
 pub const CONSOLE_WRITE: u64 = 20;
 /// Do nothing: the cheapest round trip through the host, for measuring the world switch.
 pub const NOP: u64 = 21;
+
+/// The IRQ the timer raises.
+pub const TIMER_IRQ: u32 = 0;
+/// IRQ n arrives at the guest as vector `FIRST_IRQ_VECTOR + n`, as on a PC.
+pub const FIRST_IRQ_VECTOR: u64 = 32;
+/// How many IRQs a guest has (a bit each in `blocked_interrupts`).
+pub const IRQS: u32 = 64;
 
 /// SHUTDOWN's RCX: power off; the launcher exits with status 0.
 pub const SHUTDOWN_POWEROFF: u64 = 0;

@@ -11,6 +11,8 @@ use crate::abi::regs::{Reg, Regs};
 use crate::abi::PAGE_SIZE;
 use crate::death;
 use crate::death::Death;
+use crate::interrupts::GuestGate;
+use crate::traps::is_canonical;
 
 /// One decoded hypercall.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -31,6 +33,20 @@ pub enum Hypercall {
         len: usize,
     },
     Nop,
+    /// Install (or remove) the guest's handler for `vector`.
+    LoadIdtEntry {
+        vector: u64,
+        gate: Option<GuestGate>,
+    },
+    /// The guest kernel's stack for traps from user mode.
+    SetStack {
+        top: u64,
+    },
+    /// Arm the timer `nanoseconds` from now; 0 disarms it.
+    SetClockevent {
+        nanoseconds: u64,
+    },
+    SendInterrupts,
 }
 
 /// Whether `len` bytes at guest-physical `gpa` lie inside `ram_bytes` of RAM.
@@ -89,6 +105,18 @@ pub fn decode(regs: &Regs, initialized: bool, ram_bytes: u64) -> Result<Hypercal
             }
         }
         hcall::NOP => Hypercall::Nop,
+        hcall::LOAD_IDT_ENTRY => Hypercall::LoadIdtEntry {
+            vector: a1,
+            gate: GuestGate::decode(a1, a2, regs.get(Reg::Rdx))?,
+        },
+        hcall::SET_STACK => {
+            if !is_canonical(a1) {
+                return Err(death!("SET_STACK with a non-canonical stack {a1:#x}"));
+            }
+            Hypercall::SetStack { top: a1 }
+        }
+        hcall::SET_CLOCKEVENT => Hypercall::SetClockevent { nanoseconds: a1 },
+        hcall::SEND_INTERRUPTS => Hypercall::SendInterrupts,
         other => return Err(death!("unknown hypercall {other}")),
     };
     Ok(call)
@@ -148,6 +176,35 @@ mod tests {
             );
         }
         assert!(decode(&call(hcall::CONSOLE_WRITE, RAM - 8, 8), true, RAM).is_ok());
+    }
+
+    #[test]
+    fn interrupt_calls_decode() {
+        let stack = call(hcall::SET_STACK, 0xffff_8880_0000_1000, 0);
+        assert_eq!(
+            decode(&stack, true, RAM),
+            Ok(Hypercall::SetStack {
+                top: 0xffff_8880_0000_1000
+            })
+        );
+        assert!(decode(&call(hcall::SET_STACK, 1 << 50, 0), true, RAM).is_err());
+        let clock = call(hcall::SET_CLOCKEVENT, 1_000_000, 0);
+        assert_eq!(
+            decode(&clock, true, RAM),
+            Ok(Hypercall::SetClockevent {
+                nanoseconds: 1_000_000
+            })
+        );
+        let remove = call(hcall::LOAD_IDT_ENTRY, 14, 0);
+        assert_eq!(
+            decode(&remove, true, RAM),
+            Ok(Hypercall::LoadIdtEntry {
+                vector: 14,
+                gate: None
+            })
+        );
+        let task_gate = call(hcall::LOAD_IDT_ENTRY, 14, 0x85 << 40);
+        assert!(decode(&task_gate, true, RAM).is_err());
     }
 
     #[test]

@@ -18,6 +18,7 @@ pub use lguest_abi as abi;
 pub mod death;
 pub mod descriptors;
 pub mod hypercall;
+pub mod interrupts;
 pub mod layout;
 pub mod pagewalk;
 pub mod session;

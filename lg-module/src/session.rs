@@ -14,6 +14,7 @@ use crate::abi::dev::{Initialize, Refusal, Request, MAX_GUEST_PAGES};
 use crate::abi::exit::{ExitRecord, EXIT_MAX_BYTES};
 use crate::abi::regs::{Reg, Regs};
 use crate::abi::PAGE_SIZE;
+use crate::interrupts::GuestGate;
 use crate::pagewalk::{self, GuestPhysRead};
 
 /// The task calling `write()` or `read()`.
@@ -73,6 +74,10 @@ pub struct Guest<O> {
     pub gs_base: u64,
     /// The guest-physical address of its lguest_data page, once LGUEST_INIT registered it.
     pub lguest_data: Option<u64>,
+    /// Its handlers (LOAD_IDT_ENTRY), by vector.
+    pub idt: [Option<GuestGate>; 256],
+    /// Its kernel stack for traps from user mode (SET_STACK); 0 until set.
+    pub kernel_stack: u64,
     /// How it ended, once it has: every later `read()` returns this again.
     pub ended: Option<ExitRecord>,
     /// The register the next `read()` returns, set by GETREG.
@@ -142,6 +147,8 @@ impl<O> Session<O> {
                     fs_base: 0,
                     gs_base: 0,
                     lguest_data: None,
+                    idt: [None; 256],
+                    kernel_stack: 0,
                     ended: None,
                     pending_read: None,
                 });
@@ -187,10 +194,9 @@ impl<O> Session<O> {
         Ok(ReadAction::Run(guest))
     }
 
-    /// Whether INITIALIZE has succeeded on this file.
-    #[cfg(test)]
-    fn is_initialized(&self) -> bool {
-        self.guest.is_some()
+    /// The guest's owner, once INITIALIZE has succeeded.
+    pub fn owner(&self) -> Option<&O> {
+        self.guest.as_ref().map(|g| &g.owner)
     }
 }
 
@@ -330,7 +336,7 @@ mod tests {
     fn initialize_sets_up_the_guest_once() {
         let t = task(1);
         let mut s = initialized(&t);
-        assert!(s.is_initialized());
+        assert!(s.owner().is_some());
         assert_eq!(t.owners.get(), 1);
         assert_eq!(
             s.write(&init_bytes(valid()), &t, &user()),
@@ -408,7 +414,7 @@ mod tests {
                 Err(refusal),
                 "{what}"
             );
-            assert!(!s.is_initialized(), "{what}: refused, yet a guest exists");
+            assert!(!s.owner().is_some(), "{what}: refused, yet a guest exists");
             assert_eq!(
                 t.owners.get(),
                 0,

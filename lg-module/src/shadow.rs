@@ -18,6 +18,7 @@ use crate::death::Death;
 use crate::pagewalk::Leaf;
 
 /// Page-fault error code bits, as the CPU pushes them.
+pub const PF_PRESENT: u64 = 1 << 0;
 pub const PF_WRITE: u64 = 1 << 1;
 pub const PF_USER: u64 = 1 << 2;
 pub const PF_FETCH: u64 = 1 << 4;
@@ -34,12 +35,27 @@ pub struct Mapping {
     pub updated_entry: u64,
 }
 
+/// A fault the shadow cannot resolve.
+#[derive(Debug, PartialEq)]
+pub enum Unresolved {
+    /// The guest's own tables forbid the access: the guest gets the page fault, with this
+    /// error code (as its MMU would have given it), if it has a handler; else it dies for `death`.
+    Reflect { error: u64, death: Death },
+    /// The guest broke a rule of the host's.
+    Kill(Death),
+}
+
 /// Decide what a fault at `va` with `error` means, given what the guest's tables say (`leaf`).
-pub fn decide(va: u64, error: u64, leaf: Option<Leaf>, ram_bytes: u64) -> Result<Mapping, Death> {
+pub fn decide(
+    va: u64,
+    error: u64,
+    leaf: Option<Leaf>,
+    ram_bytes: u64,
+) -> Result<Mapping, Unresolved> {
     if (SWITCHER_WINDOW_START..SWITCHER_WINDOW_END).contains(&va) {
-        return Err(death!(
+        return Err(Unresolved::Kill(death!(
             "touched the Switcher window at {va:#x} (error {error:#x})"
-        ));
+        )));
     }
     let what = if error & PF_FETCH != 0 {
         "fetch from"
@@ -49,22 +65,30 @@ pub fn decide(va: u64, error: u64, leaf: Option<Leaf>, ram_bytes: u64) -> Result
         "read of"
     };
     let Some(leaf) = leaf else {
-        return Err(death!("page fault: {what} unmapped {va:#x}"));
+        let death = death!("page fault: {what} unmapped {va:#x}");
+        return Err(Unresolved::Reflect {
+            error: error & !PF_PRESENT,
+            death,
+        });
+    };
+    let refused = |why: &str| Unresolved::Reflect {
+        error: error | PF_PRESENT,
+        death: death!("page fault: {what} {why} {va:#x}"),
     };
     if error & PF_WRITE != 0 && !leaf.writable {
-        return Err(death!("page fault: {what} read-only {va:#x}"));
+        return Err(refused("read-only"));
     }
     if error & PF_USER != 0 && !leaf.user {
-        return Err(death!("page fault: user {what} supervisor page {va:#x}"));
+        return Err(refused("supervisor page"));
     }
     if error & PF_FETCH != 0 && leaf.no_exec {
-        return Err(death!("page fault: {what} no-execute page {va:#x}"));
+        return Err(refused("no-execute page"));
     }
     if leaf.gpa >= ram_bytes {
-        return Err(death!(
+        return Err(Unresolved::Kill(death!(
             "page fault: {va:#x} maps guest-physical {:#x}, beyond RAM",
             leaf.gpa
-        ));
+        )));
     }
     let write = error & PF_WRITE != 0;
     let mut updated_entry = leaf.entry | PTE_ACCESSED;
@@ -103,7 +127,6 @@ mod tests {
     use super::*;
 
     const RAM: u64 = 64 << 20;
-    const PF_PRESENT: u64 = 1 << 0;
 
     fn leaf(gpa: u64, writable: bool, user: bool) -> Leaf {
         Leaf {

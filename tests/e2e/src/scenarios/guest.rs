@@ -149,6 +149,78 @@ pub fn hostile(attack: &str) -> anyhow::Result<()> {
     c.finish()
 }
 
+/// A guest scenario that must end with exit 0 and print a line starting `expected`.
+fn runs_to(words: &[&str], expected: &str) -> anyhow::Result<()> {
+    kmod::ensure_loaded()?;
+    let run = guest(words, PATIENCE)?;
+    let mut c = Checks::new();
+    c.that(
+        run.code == Some(0) && run.stdout.lines().any(|l| l.starts_with(expected)),
+        || {
+            format!(
+            "{}: expected exit 0 and a line starting {expected:?}, got {}; stdout: {}; stderr: {}",
+            words.join(" "),
+            run.status(),
+            run.shown_stdout(),
+            run.shown()
+        )
+        },
+    );
+    c.finish()
+}
+
+/// `guest-traps`: exceptions (#UD, #DE, #GP, #PF with its address in lguest_data.cr2) and
+/// software interrupts its IDT allows (int3, int $0x80) reach the guest's own handlers, with the
+/// frame the ABI describes; the guest returns from each and goes on.
+pub fn traps() -> anyhow::Result<()> {
+    runs_to(
+        &["traps"],
+        "traps: #UD #DE #GP int3 int0x80 #PF reached their handlers",
+    )
+}
+
+/// `guest-timer`: the timer's interrupt waits while the guest's virtual flag is off (and the
+/// host says one is waiting), comes on SEND_INTERRUPTS, and wakes the guest from HALT.
+pub fn timer() -> anyhow::Result<()> {
+    runs_to(
+        &["timer"],
+        "timer: held while off, delivered on SEND_INTERRUPTS, 20 ticks in",
+    )
+}
+
+/// The gates `hostile-idt-gdt` offers the host: task and call gates, gates into the host's
+/// ring-0 segment or into user code, gates with an IST stack or a non-canonical handler, and a
+/// gate for the hypercall vector.
+const BAD_GATES: [&str; 7] = [
+    "idt-call-gate",
+    "idt-task-gate",
+    "idt-ring0-selector",
+    "idt-user-selector",
+    "idt-ist",
+    "idt-noncanonical",
+    "idt-hypercall-vector",
+];
+
+/// `hostile-idt-gdt`: every forbidden kind of gate is refused (the guest dies with
+/// LOAD_IDT_ENTRY's reason), and the host runs a fresh guest afterwards. (The GDT is the host's
+/// alone: there is no hypercall to change it yet, so there is nothing there to refuse.)
+pub fn bad_gates() -> anyhow::Result<()> {
+    kmod::ensure_loaded()?;
+    let mut c = Checks::new();
+    for attack in BAD_GATES {
+        let run = guest(&[attack], PATIENCE)?;
+        died(&mut c, &[attack], &run);
+        c.that(run.stderr.contains("LOAD_IDT_ENTRY"), || {
+            format!(
+                "{attack}: expected a LOAD_IDT_ENTRY reason, got: {}",
+                run.shown()
+            )
+        });
+    }
+    c.ok("after the gates", hello_still_runs());
+    c.finish()
+}
+
 /// A vector's run gets less time than most: 256 of them must fit in the test VM's budget.
 const VECTOR_PATIENCE: Duration = Duration::from_secs(10);
 /// After this many hung runs, the rest of the vectors are not tried.

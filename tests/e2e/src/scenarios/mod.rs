@@ -19,7 +19,7 @@ pub struct Scenario {
     pub run: fn() -> anyhow::Result<()>,
 }
 
-pub static SCENARIOS: [Scenario; 36] = [
+pub static SCENARIOS: [Scenario; 39] = [
     Scenario {
         name: "module-load",
         run: module::load,
@@ -155,6 +155,18 @@ pub static SCENARIOS: [Scenario; 36] = [
     Scenario {
         name: "guest-fpu",
         run: guest::fpu,
+    },
+    Scenario {
+        name: "guest-traps",
+        run: guest::traps,
+    },
+    Scenario {
+        name: "guest-timer",
+        run: guest::timer,
+    },
+    Scenario {
+        name: "hostile-idt-gdt",
+        run: guest::bad_gates,
     },
     Scenario {
         name: "guest-ctrl-c",

@@ -49,13 +49,20 @@ pub unsafe fn hcall(nr: u64, args: [u64; 5]) -> u64 {
 /// The page this guest shares with the host (lguest-abi's `data` module). A whole page of its
 /// own: the host is told its guest-physical address and may write anywhere in it.
 #[repr(C, align(4096))]
-struct SharedPage(UnsafeCell<[u8; PAGE_SIZE as usize]>);
+pub(crate) struct SharedPage(UnsafeCell<[u8; PAGE_SIZE as usize]>);
 
 // SAFETY: the guest has one CPU and no interrupts; the page is only touched through raw
 // pointers, by LGUEST_INIT (the host) and `lguest_init` below.
 unsafe impl Sync for SharedPage {}
 
-static LGUEST_DATA: SharedPage = SharedPage(UnsafeCell::new([0; PAGE_SIZE as usize]));
+pub(crate) static LGUEST_DATA: SharedPage = SharedPage(UnsafeCell::new([0; PAGE_SIZE as usize]));
+
+/// The address of one of lguest_data's words (`lguest_abi::data::offset`), for the trap code
+/// that reads and writes the virtual interrupt flag.
+pub fn data_word(offset: u64) -> *mut u64 {
+    // SAFETY: the offsets are inside the page.
+    unsafe { LGUEST_DATA.0.get().cast::<u8>().add(offset as usize).cast() }
+}
 
 /// LGUEST_INIT: tells the host where `lguest_data` is, and returns what the host wrote there.
 /// It must be the guest's first hypercall; the host kills a guest that makes any other first.

@@ -21,11 +21,12 @@ use core::arch::{asm, naked_asm};
 use core::panic::PanicInfo;
 
 use lguest_abi::boot::{NOTE_NAME, NOTE_TYPE_ENTRY};
-use lguest_abi::data::{LguestData, SWITCHER_WINDOW_END, SWITCHER_WINDOW_START};
+use lguest_abi::data::{SWITCHER_WINDOW_END, SWITCHER_WINDOW_START};
 
 mod attacks;
 mod console;
 mod hcall;
+mod traps;
 
 // ---- 1. The note ------------------------------------------------------------------------------
 
@@ -111,12 +112,9 @@ const CMD_LINE_MAX: usize = 4095;
 /// as the argument.
 extern "C" fn kernel_main(boot_params: u64) -> ! {
     let data = hcall::lguest_init();
-    let expected = LguestData {
-        switcher_window_start: SWITCHER_WINDOW_START,
-        switcher_window_end: SWITCHER_WINDOW_END,
-    };
-    if data != expected {
-        panic!("LGUEST_INIT: the host wrote {data:x?}, expected {expected:x?}");
+    let window = (data.switcher_window_start, data.switcher_window_end);
+    if window != (SWITCHER_WINDOW_START, SWITCHER_WINDOW_END) {
+        panic!("LGUEST_INIT: the host wrote the Switcher window as {window:x?}");
     }
 
     let cmdline = command_line(boot_params);
@@ -128,6 +126,9 @@ extern "C" fn kernel_main(boot_params: u64) -> ! {
         "nop-loop" => nop_loop(number(arg, 1_000_000)),
         "spin" => spin(arg.map(|s| number(Some(s), 0))),
         "fpu" => fpu(number(arg, 1)),
+        "traps" => traps::traps(),
+        "timer" => traps::timer(),
+        name if name.starts_with("idt-") => traps::bad_gate(name),
         name => attacks::run(name, arg, &data),
     }
 }
@@ -165,8 +166,20 @@ pub fn cs() -> u64 {
     u64::from(cs)
 }
 
+/// The TSC's rate in kHz, as the host wrote it into lguest_data.
+pub fn tsc_khz() -> u64 {
+    // SAFETY: lguest_data is registered (the first thing kernel_main does).
+    let khz =
+        unsafe { core::ptr::read_volatile(hcall::data_word(lguest_abi::data::offset::TSC_KHZ)) };
+    if khz == 0 {
+        TSC_HZ / 1000
+    } else {
+        khz
+    }
+}
+
 /// The time-stamp counter. At CPL 1 `rdtsc` works unless the host sets CR4.TSD.
-fn rdtsc() -> u64 {
+pub fn rdtsc() -> u64 {
     let (lo, hi): (u32, u32);
     // SAFETY: rdtsc only reads the counter.
     unsafe {
@@ -228,7 +241,10 @@ struct VectorRegs {
 
 impl VectorRegs {
     fn read() -> VectorRegs {
-        let mut v = VectorRegs { xmm: [[0; 2]; 16], mxcsr: 0 };
+        let mut v = VectorRegs {
+            xmm: [[0; 2]; 16],
+            mxcsr: 0,
+        };
         let p = v.xmm.as_mut_ptr();
         // SAFETY: stores the registers into `v`, which is ours and 16-byte aligned. The guest
         // is built soft-float, so the compiler keeps nothing in these registers.
@@ -270,13 +286,19 @@ impl VectorRegs {
 /// the host's interrupts and other guests using theirs on the same CPUs.
 fn fpu(seed: u64) -> ! {
     let fresh = VectorRegs::read();
-    let reset = VectorRegs { xmm: [[0; 2]; 16], mxcsr: 0x1f80 };
+    let reset = VectorRegs {
+        xmm: [[0; 2]; 16],
+        mxcsr: 0x1f80,
+    };
     if fresh != reset {
         panic!("fpu: a fresh guest found {fresh:x?}");
     }
     let mut mine = reset;
     for (i, reg) in mine.xmm.iter_mut().enumerate() {
-        *reg = [seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ i as u64, !seed ^ (i as u64) << 32];
+        *reg = [
+            seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ i as u64,
+            !seed ^ (i as u64) << 32,
+        ];
     }
     // Round toward zero, flush to zero: a MXCSR nobody else would have.
     mine.mxcsr = 0x1f80 | 3 << 13 | 1 << 15;
@@ -296,7 +318,10 @@ fn fpu(seed: u64) -> ! {
             panic!("fpu: after {round} rounds the registers were {now:x?}");
         }
     }
-    println!("fpu: seed {seed}: clean at start, kept across {} switches", ROUNDS * 50);
+    println!(
+        "fpu: seed {seed}: clean at start, kept across {} switches",
+        ROUNDS * 50
+    );
     hcall::poweroff("fpu done")
 }
 
