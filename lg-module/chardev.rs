@@ -93,7 +93,7 @@ impl Caller for CurrentTask {
         core::ptr::eq(&*owner.task, current!()) && mm == owner.mm.0.as_ptr()
     }
 
-    fn become_owner(&self, _config: &Initialize) -> Result<Owner, Refusal> {
+    fn become_owner(&self, config: &Initialize) -> Result<Owner, Refusal> {
         let task: ARef<Task> = current!().into();
         // `Task` is a transparent wrapper of `task_struct`.
         let raw = (&*task as *const Task).cast_mut().cast::<bindings::task_struct>();
@@ -103,7 +103,7 @@ impl Caller for CurrentTask {
         let mm = NonNull::new(mm).ok_or(Refusal::Fault)?;
         // INVARIANT: get_task_mm took the reference MmRef now owns.
         let mm = MmRef(mm);
-        let shadow = ShadowTables::new(self.0).map_err(|_| Refusal::NoMemory)?;
+        let shadow = ShadowTables::new(self.0, config.cr3).map_err(|_| Refusal::NoMemory)?;
         let fpu = GuestFpu::new().map_err(|_| Refusal::NoMemory)?;
         // SAFETY: `mm` is live: we hold a reference until Owner::drop has uninstalled.
         unsafe { self.0.install(mm.0.as_ptr()) }.map_err(|_| Refusal::NoMemory)?;

@@ -308,6 +308,19 @@ fn hypercall(guest: &mut Guest<Owner>, irqs: &Interrupts) -> Result<Option<ExitR
         }
         // Pending interrupts are delivered before every trip in: this one just makes the trip.
         Hypercall::SendInterrupts => Ok(None),
+        Hypercall::NewPgtable { cr3 } => {
+            guest.owner.shadow.switch_to(cr3).map_err(|_| death!("out of memory for shadow page tables"))?;
+            guest.cr3 = cr3;
+            Ok(None)
+        }
+        Hypercall::FlushTlb { all } => {
+            guest.owner.shadow.flush(all);
+            Ok(None)
+        }
+        Hypercall::SetPte { va } => {
+            guest.owner.shadow.invalidate(va);
+            Ok(None)
+        }
         Hypercall::ConsoleWrite { gpa, len } => {
             let mut bytes = [0u8; CONSOLE_WRITE_MAX];
             mem.read(gpa, &mut bytes[..len]).map_err(|_| unreadable("CONSOLE_WRITE"))?;
@@ -321,7 +334,7 @@ fn hypercall(guest: &mut Guest<Owner>, irqs: &Interrupts) -> Result<Option<ExitR
 /// give the guest the fault.
 fn page_fault(guest: &mut Guest<Owner>, addr: u64, error: u64) -> Result<(), Death> {
     let mem = memory(guest);
-    let leaf = pagewalk::walk(&mem, mem.ram_bytes, guest.config.cr3, addr)
+    let leaf = pagewalk::walk(&mem, mem.ram_bytes, guest.cr3, addr)
         .map_err(|_| death!("page fault at {addr:#x}: the guest's page tables lie outside RAM"))?;
     let mapping = match shadow::decide(addr, error, leaf, mem.ram_bytes) {
         Ok(mapping) => mapping,
@@ -375,6 +388,20 @@ fn exception(guest: &mut Guest<Owner>, vector: u64, error: u64) -> Result<(), De
                 guest.regs.set(Reg::Rip, rip + length);
                 return deliver(guest, n, None, &gate);
             }
+        }
+    }
+    // `syscall` from guest user mode is #UD (the host keeps EFER.SCE off while a guest runs):
+    // delivered as the guest's syscall vector, with RCX and R11 as SYSCALL would set them.
+    if vector == traps::INVALID_OPCODE && guest.regs.get(Reg::Cs) & 3 == 3 {
+        let syscall_vec = get_data(guest, offset::SYSCALL_VEC)?;
+        let mut bytes = [0u8; 2];
+        let is_syscall = read_virtual(guest, rip, &mut bytes).is_ok() && bytes == [0x0f, 0x05];
+        let gate = guest.idt.get(syscall_vec as usize).copied().flatten();
+        if let (true, Some(gate)) = (is_syscall && syscall_vec != 0, gate) {
+            guest.regs.set(Reg::Rip, rip + 2);
+            guest.regs.set(Reg::Rcx, rip + 2);
+            guest.regs.set(Reg::R11, guest.regs.get(Reg::Rflags));
+            return deliver(guest, syscall_vec, None, &gate);
         }
     }
     let Some(gate) = guest.idt[vector as usize] else {
@@ -433,8 +460,8 @@ fn deliver(guest: &mut Guest<Owner>, vector: u64, error: Option<u64>, gate: &Gue
     let (frame, words) = interrupts::trap_frame(&guest.regs, enabled, error);
     let at = interrupts::frame_address(&guest.regs, guest.kernel_stack, words)?;
     let mut bytes = [0u8; 48];
-    for (chunk, word) in bytes.chunks_exact_mut(8).zip(&frame[..words]) {
-        chunk.copy_from_slice(&word.to_le_bytes());
+    for (i, byte) in bytes.iter_mut().enumerate() {
+        *byte = (frame[i / 8] >> (8 * (i % 8))) as u8;
     }
     write_virtual(guest, at, &bytes[..words * 8])
         .map_err(|_| death!("cannot deliver trap {vector}: its stack at {at:#x} is not writable"))?;
@@ -485,7 +512,7 @@ fn read_virtual(guest: &Guest<Owner>, va: u64, out: &mut [u8]) -> Result<(), Ref
     while done < out.len() {
         let at = va.wrapping_add(done as u64);
         let in_page = ((0x1000 - (at & 0xfff)) as usize).min(out.len() - done);
-        let leaf = pagewalk::walk(&mem, mem.ram_bytes, guest.config.cr3, at)?.ok_or(Refusal::Fault)?;
+        let leaf = pagewalk::walk(&mem, mem.ram_bytes, guest.cr3, at)?.ok_or(Refusal::Fault)?;
         mem.read(leaf.gpa, &mut out[done..done + in_page])?;
         done += in_page;
     }
@@ -499,7 +526,7 @@ fn write_virtual(guest: &Guest<Owner>, va: u64, bytes: &[u8]) -> Result<(), Refu
     while done < bytes.len() {
         let at = va.wrapping_add(done as u64);
         let in_page = ((0x1000 - (at & 0xfff)) as usize).min(bytes.len() - done);
-        let leaf = pagewalk::walk(&mem, mem.ram_bytes, guest.config.cr3, at)?.ok_or(Refusal::Fault)?;
+        let leaf = pagewalk::walk(&mem, mem.ram_bytes, guest.cr3, at)?.ok_or(Refusal::Fault)?;
         if !leaf.writable {
             return Err(Refusal::Fault);
         }

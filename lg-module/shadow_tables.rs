@@ -34,15 +34,30 @@ const GUEST_WRITABLE: u64 = GUEST_READ_ONLY | PTE_WRITE;
 /// restrictive permission along the walk).
 const SHADOW_TABLE: u64 = TABLE | PTE_USER;
 
+/// How many of the guest's page tables keep a shadow: switching back to one of them (a
+/// context switch to a recent process) keeps its mappings. lguest kept four.
+const SHADOW_ROOTS: usize = 4;
+
+/// The shadow of one of the guest's page tables.
+struct ShadowRoot {
+    /// The guest's own PML4 (guest-physical) this shadows.
+    guest_cr3: u64,
+    root: KernelPage,
+    /// Every table page below the root, kept to be freed.
+    tables: KVec<KernelPage>,
+}
+
 pub(crate) struct ShadowTables {
     /// This guest's number (`Switcher::new_guest_id`).
     id: u64,
-    root: KernelPage,
+    /// The shadows of recent page tables; `roots[current]` is the one in use.
+    roots: KVec<ShadowRoot>,
+    current: usize,
+    /// The Switcher's PUD, which every root's slot 256 points to.
+    switcher_pud: KernelPage,
+    /// The Switcher's PMD, kept to be freed.
+    _switcher_pmd: KernelPage,
     switcher_pt: KernelPage,
-    /// The Switcher's PUD and PMD in this guest's view, kept to be freed.
-    _switcher_upper: [KernelPage; 2],
-    /// Every other table page, kept to be freed.
-    tables: KVec<KernelPage>,
     /// Every guest page mapped so far, by guest-physical page number, pinned until the tables
     /// go.
     pinned: RBTree<u64, PinnedPage>,
@@ -71,10 +86,10 @@ impl Drop for PinnedPage {
 unsafe impl Send for ShadowTables {}
 
 impl ShadowTables {
-    /// Empty tables with the Switcher's text and IDT mapped.
-    pub(crate) fn new(switcher: &Switcher) -> Result<ShadowTables> {
-        let (mut root, mut pud, mut pmd) = (KernelPage::new()?, KernelPage::new()?, KernelPage::new()?);
-        let mut switcher_pt = KernelPage::new()?;
+    /// Empty tables for the guest's first page tables (at `guest_cr3`), with the Switcher's
+    /// text and IDT mapped.
+    pub(crate) fn new(switcher: &Switcher, guest_cr3: u64) -> Result<ShadowTables> {
+        let (mut pud, mut pmd, mut switcher_pt) = (KernelPage::new()?, KernelPage::new()?, KernelPage::new()?);
         for index in 0..=IDT_PAGE {
             let page = switcher.page(index).ok_or(EINVAL)?;
             let flags = if index < TEXT_PAGES { GUEST_TEXT } else { GUEST_READ_ONLY };
@@ -82,16 +97,59 @@ impl ShadowTables {
         }
         pmd.entries()[0] = switcher_pt.phys() | TABLE;
         pud.entries()[0] = pmd.phys() | TABLE;
-        root.entries()[WINDOW_PGD_SLOT] = pud.phys() | TABLE;
-        Ok(ShadowTables {
+        let mut tables = ShadowTables {
             id: switcher.new_guest_id(),
-            root,
+            roots: KVec::new(),
+            current: 0,
+            switcher_pud: pud,
+            _switcher_pmd: pmd,
             switcher_pt,
-            _switcher_upper: [pud, pmd],
-            tables: KVec::new(),
             pinned: RBTree::new(),
             mapped_cpu: None,
-        })
+        };
+        tables.switch_to(guest_cr3)?;
+        Ok(tables)
+    }
+
+    /// Use the shadow of the guest's page tables at `guest_cr3`: a cached one, or a new, empty
+    /// one in place of the least recently made.
+    pub(crate) fn switch_to(&mut self, guest_cr3: u64) -> Result {
+        if let Some(at) = self.roots.iter().position(|r| r.guest_cr3 == guest_cr3) {
+            self.current = at;
+            return Ok(());
+        }
+        let mut root = KernelPage::new()?;
+        root.entries()[WINDOW_PGD_SLOT] = self.switcher_pud.phys() | TABLE;
+        let fresh = ShadowRoot { guest_cr3, root, tables: KVec::new() };
+        if self.roots.len() < SHADOW_ROOTS {
+            self.roots.push(fresh, GFP_KERNEL)?;
+            self.current = self.roots.len() - 1;
+        } else {
+            // Round robin over the slots: the oldest root goes.
+            self.current = (self.current + 1) % SHADOW_ROOTS;
+            self.roots[self.current] = fresh;
+        }
+        Ok(())
+    }
+
+    /// Forget the shadow mappings of the current page tables, or of all.
+    pub(crate) fn flush(&mut self, all: bool) {
+        if all {
+            for root in self.roots.iter_mut() {
+                root.forget_mappings();
+            }
+        } else {
+            self.roots[self.current].forget_mappings();
+        }
+    }
+
+    /// Drop the shadow of the page at `va` from every root.
+    pub(crate) fn invalidate(&mut self, va: u64) {
+        for root in self.roots.iter_mut() {
+            if let Some(entry) = root.leaf(va) {
+                *entry = 0;
+            }
+        }
     }
 
     pub(crate) fn id(&self) -> u64 {
@@ -100,7 +158,7 @@ impl ShadowTables {
 
     /// The value of CR3 while the guest runs.
     pub(crate) fn root_phys(&self) -> u64 {
-        self.root.phys()
+        self.roots[self.current].root.phys()
     }
 
     /// Make the Switcher slot show `cpu`'s block, and only it.
@@ -153,27 +211,28 @@ impl ShadowTables {
         Ok(phys)
     }
 
-    /// Install `pte` for the 4 KiB page at guest-virtual `va`, creating tables on the way.
-    /// Returns whether the entry changed: a fault that leaves it as it was is one the shadow
-    /// cannot fix (SMAP, SMEP, a protection key), and would only come back.
+    /// Install `pte` for the 4 KiB page at guest-virtual `va` in the current root, creating
+    /// tables on the way. Returns whether the entry changed: a fault that leaves it as it was is
+    /// one the shadow cannot fix (SMAP, SMEP, a protection key), and would only come back.
     pub(crate) fn map(&mut self, va: u64, pte: u64) -> Result<bool> {
-        let slot = ((va >> 39) & 0x1ff) as usize;
         // src/shadow.rs refuses faults in the window; this is the last line of defence.
-        if slot == WINDOW_PGD_SLOT {
+        if ((va >> 39) & 0x1ff) as usize == WINDOW_PGD_SLOT {
             return Err(EINVAL);
         }
-        if self.tables.len() + 3 > MAX_SHADOW_TABLES {
-            self.forget_mappings();
+        let total: usize = self.roots.iter().map(|r| r.tables.len()).sum();
+        if total + 3 > MAX_SHADOW_TABLES {
+            self.flush(true);
         }
-        let mut table = self.root.addr();
+        let root = &mut self.roots[self.current];
+        let mut table = root.root.addr();
         for shift in [39u32, 30, 21] {
             let index = ((va >> shift) & 0x1ff) as usize;
-            // SAFETY: `table` is one of our table pages (the root, or one found below).
+            // SAFETY: `table` is one of this root's table pages (the root, or one found below).
             let entries = unsafe { &mut *(table as *mut [u64; 512]) };
             if entries[index] & PTE_PRESENT == 0 {
                 let fresh = KernelPage::new()?;
                 let (phys, addr) = (fresh.phys(), fresh.addr());
-                self.tables.push(fresh, GFP_KERNEL)?;
+                root.tables.push(fresh, GFP_KERNEL)?;
                 entries[index] = phys | SHADOW_TABLE;
                 table = addr;
             } else {
@@ -188,6 +247,25 @@ impl ShadowTables {
         let changed = *entry != pte;
         *entry = pte;
         Ok(changed)
+    }
+}
+
+impl ShadowRoot {
+    /// The shadow leaf entry for `va`, if the tables down to it exist.
+    fn leaf(&mut self, va: u64) -> Option<&mut u64> {
+        let mut table = self.root.addr();
+        for shift in [39u32, 30, 21] {
+            // SAFETY: `table` is one of this root's table pages.
+            let entries = unsafe { &*(table as *const [u64; 512]) };
+            let entry = entries[((va >> shift) & 0x1ff) as usize];
+            if entry & PTE_PRESENT == 0 || (shift == 39 && ((va >> 39) & 0x1ff) as usize == WINDOW_PGD_SLOT) {
+                return None;
+            }
+            // SAFETY: present entries below the root point to our own table pages.
+            table = unsafe { lg_bindings::lg_va((entry & PTE_ADDR_MASK) as _) } as usize;
+        }
+        // SAFETY: `table` is one of our page tables, exclusively ours through `&mut self`.
+        Some(unsafe { &mut (*(table as *mut [u64; 512]))[((va >> 12) & 0x1ff) as usize] })
     }
 
     /// Drop every mapping but the Switcher's and free the tables; the guest's next touches

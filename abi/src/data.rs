@@ -45,6 +45,10 @@ pub struct LguestData {
     /// path between restoring its virtual flag and its `iretq`, which must not be interrupted.
     pub noirq_iret_start: u64,
     pub noirq_iret_end: u64,
+    /// *guest*: the vector a `syscall` instruction in guest user mode is delivered as (through
+    /// the guest's gate for it, resuming after the instruction, with RCX and R11 set as SYSCALL
+    /// sets them); 0 leaves `syscall` an invalid opcode (#UD).
+    pub syscall_vec: u64,
 }
 
 /// `irq_enabled` when interrupts are on: the value of RFLAGS.IF, so a guest can store and test
@@ -60,11 +64,12 @@ pub mod offset {
     pub const TSC_KHZ: u64 = 48;
     pub const NOIRQ_IRET_START: u64 = 56;
     pub const NOIRQ_IRET_END: u64 = 64;
+    pub const SYSCALL_VEC: u64 = 72;
 }
 
 impl LguestData {
     /// Its size in guest memory.
-    pub const SIZE: usize = 72;
+    pub const SIZE: usize = 80;
 
     /// The bytes the host writes into the guest's page at LGUEST_INIT.
     pub fn to_bytes(&self) -> [u8; Self::SIZE] {
@@ -78,6 +83,7 @@ impl LguestData {
             self.tsc_khz,
             self.noirq_iret_start,
             self.noirq_iret_end,
+            self.syscall_vec,
         ];
         let mut bytes = [0u8; Self::SIZE];
         for (chunk, word) in bytes.chunks_exact_mut(8).zip(words) {
@@ -108,6 +114,7 @@ mod tests {
             noirq_iret_start: 5,
             noirq_iret_end: 6,
             tsc_khz: 7,
+            syscall_vec: 8,
             ..Default::default()
         };
         let bytes = data.to_bytes();
@@ -119,5 +126,6 @@ mod tests {
         assert_eq!(at(offset::TSC_KHZ), 7);
         assert_eq!(at(offset::NOIRQ_IRET_START), 5);
         assert_eq!(at(offset::NOIRQ_IRET_END), 6);
+        assert_eq!(at(offset::SYSCALL_VEC), 8);
     }
 }

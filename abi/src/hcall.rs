@@ -31,6 +31,16 @@ pub const LGUEST_INIT: u64 = 1;
 /// Stop the guest: RBX = guest-physical address of a NUL-terminated message (at most
 /// [`SHUTDOWN_MESSAGE_MAX`] bytes are read), RCX = [`SHUTDOWN_POWEROFF`] or [`SHUTDOWN_RESTART`].
 pub const SHUTDOWN: u64 = 2;
+/// Switch page tables (the guest's `mov %cr3`): RBX = guest-physical address of the new PML4
+/// (page-aligned, in RAM). The host keeps the shadows of the last few page tables, so switching
+/// back to a recent one costs nothing.
+pub const NEW_PGTABLE: u64 = 4;
+/// Forget cached translations (the guest's TLB flush): RBX = 0 for the current page tables,
+/// 1 for all of them. Needed after changing anything above the last level of a page table.
+pub const FLUSH_TLB: u64 = 5;
+/// A page-table entry changed (the guest has already written it): RBX = the virtual address it
+/// maps; the host drops its shadow of that page from every page table it keeps.
+pub const SET_PTE: u64 = 14;
 /// Install the guest's handler for one vector: RBX = vector, RCX and RDX = the low and high
 /// quadwords of a 64-bit IDT gate (offset, selector [`crate::boot::GUEST_KERNEL_CS`], type
 /// 0xE interrupt gate or 0xF trap gate, DPL, present; IST 0). A gate of any other shape, or to

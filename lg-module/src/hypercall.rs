@@ -47,6 +47,18 @@ pub enum Hypercall {
         nanoseconds: u64,
     },
     SendInterrupts,
+    /// Switch to the page tables at guest-physical `cr3`.
+    NewPgtable {
+        cr3: u64,
+    },
+    /// Forget the shadow of the current page tables, or of all of them.
+    FlushTlb {
+        all: bool,
+    },
+    /// The mapping of the page at `va` changed.
+    SetPte {
+        va: u64,
+    },
 }
 
 /// Whether `len` bytes at guest-physical `gpa` lie inside `ram_bytes` of RAM.
@@ -117,6 +129,22 @@ pub fn decode(regs: &Regs, initialized: bool, ram_bytes: u64) -> Result<Hypercal
         }
         hcall::SET_CLOCKEVENT => Hypercall::SetClockevent { nanoseconds: a1 },
         hcall::SEND_INTERRUPTS => Hypercall::SendInterrupts,
+        hcall::NEW_PGTABLE => {
+            if a1 % PAGE_SIZE != 0 || !in_ram(a1, PAGE_SIZE, ram_bytes) {
+                return Err(death!("NEW_PGTABLE with page tables at {a1:#x}"));
+            }
+            Hypercall::NewPgtable { cr3: a1 }
+        }
+        hcall::FLUSH_TLB => match a1 {
+            0 | 1 => Hypercall::FlushTlb { all: a1 == 1 },
+            other => return Err(death!("FLUSH_TLB with {other} (0 or 1)")),
+        },
+        hcall::SET_PTE => {
+            if !is_canonical(a1) {
+                return Err(death!("SET_PTE for a non-canonical address {a1:#x}"));
+            }
+            Hypercall::SetPte { va: a1 }
+        }
         other => return Err(death!("unknown hypercall {other}")),
     };
     Ok(call)
@@ -205,6 +233,23 @@ mod tests {
         );
         let task_gate = call(hcall::LOAD_IDT_ENTRY, 14, 0x85 << 40);
         assert!(decode(&task_gate, true, RAM).is_err());
+    }
+
+    #[test]
+    fn page_table_calls_are_checked() {
+        let new = call(hcall::NEW_PGTABLE, 0x10_0000, 0);
+        assert_eq!(
+            decode(&new, true, RAM),
+            Ok(Hypercall::NewPgtable { cr3: 0x10_0000 })
+        );
+        assert!(decode(&call(hcall::NEW_PGTABLE, 0x10_0008, 0), true, RAM).is_err());
+        assert!(decode(&call(hcall::NEW_PGTABLE, RAM, 0), true, RAM).is_err());
+        assert_eq!(
+            decode(&call(hcall::FLUSH_TLB, 1, 0), true, RAM),
+            Ok(Hypercall::FlushTlb { all: true })
+        );
+        assert!(decode(&call(hcall::FLUSH_TLB, 2, 0), true, RAM).is_err());
+        assert!(decode(&call(hcall::SET_PTE, 1 << 60, 0), true, RAM).is_err());
     }
 
     #[test]

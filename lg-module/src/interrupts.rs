@@ -92,18 +92,10 @@ pub fn trap_frame(regs: &Regs, irq_enabled: u64, error: Option<u64>) -> ([u64; 6
         (regs.get(Reg::Cs) & !3, regs.get(Reg::Ss) & !3)
     };
     let flags = regs.get(Reg::Rflags) & !IF | if irq_enabled != 0 { IF } else { 0 };
-    let cpu_frame = [regs.get(Reg::Rip), cs, flags, regs.get(Reg::Rsp), ss];
-    let mut frame = [0u64; 6];
+    let (rip, rsp) = (regs.get(Reg::Rip), regs.get(Reg::Rsp));
     match error {
-        Some(code) => {
-            frame[0] = code;
-            frame[1..].copy_from_slice(&cpu_frame);
-            (frame, 6)
-        }
-        None => {
-            frame[..5].copy_from_slice(&cpu_frame);
-            (frame, 5)
-        }
+        Some(code) => ([code, rip, cs, flags, rsp, ss], 6),
+        None => ([rip, cs, flags, rsp, ss, 0], 5),
     }
 }
 

@@ -68,6 +68,8 @@ pub struct Guest<O> {
     pub config: Initialize,
     /// Its registers while it is not running.
     pub regs: Regs,
+    /// Its page tables (guest-physical PML4): INITIALIZE's, then NEW_PGTABLE's.
+    pub cr3: u64,
     /// Its FS and GS bases while it is not running (it may change them with `mov` to a
     /// segment register, or `wrfsbase` where the host allows it).
     pub fs_base: u64,
@@ -144,6 +146,7 @@ impl<O> Session<O> {
                     owner: caller.become_owner(&config)?,
                     config,
                     regs: initial_regs(&config),
+                    cr3: config.cr3,
                     fs_base: 0,
                     gs_base: 0,
                     lguest_data: None,

@@ -97,6 +97,7 @@ pub fn check_entry(regs: &mut Regs) -> Result<(), Death> {
 
 /// Vectors the host treats specially.
 pub const NMI: u64 = 2;
+pub const INVALID_OPCODE: u64 = 6;
 pub const GENERAL_PROTECTION: u64 = 13;
 pub const PAGE_FAULT: u64 = 14;
 pub const MACHINE_CHECK: u64 = 18;

@@ -188,6 +188,44 @@ pub fn timer() -> anyhow::Result<()> {
     )
 }
 
+/// `guest-user`: the guest switches to page tables of its own (NEW_PGTABLE) and runs a ring-3
+/// program; its `int $0x80` (a #GP the host turns into the guest's vector 0x80) and its `syscall`
+/// (a #UD the host turns into the guest's syscall vector) reach the guest kernel on the stack it
+/// gave SET_STACK, and the guest comes back to ring 1.
+pub fn user() -> anyhow::Result<()> {
+    runs_to(
+        &["user"],
+        "user: int 0x80 and syscall from ring 3 reached the kernel",
+    )
+}
+
+/// What `hostile-pagetable` tries, and the reason the host must give.
+const BAD_PAGE_TABLES: [(&str, &str); 3] = [
+    ("pt-beyond-ram", "beyond RAM"),
+    ("pt-switcher-window", "Switcher window"),
+    ("pt-rewritten", "beyond RAM"),
+];
+
+/// `hostile-pagetable`: page tables that map a frame beyond guest RAM, reach into the Switcher
+/// window, or are rewritten in place after the host shadowed them: each kills the guest with
+/// its reason, and a fresh guest runs afterwards.
+pub fn bad_page_tables() -> anyhow::Result<()> {
+    kmod::ensure_loaded()?;
+    let mut c = Checks::new();
+    for (attack, reason) in BAD_PAGE_TABLES {
+        let run = guest(&[attack], PATIENCE)?;
+        died(&mut c, &[attack], &run);
+        c.that(run.stderr.contains(reason), || {
+            format!(
+                "{attack}: expected a reason with {reason:?}, got: {}",
+                run.shown()
+            )
+        });
+    }
+    c.ok("after the page tables", hello_still_runs());
+    c.finish()
+}
+
 /// The gates `hostile-idt-gdt` offers the host: task and call gates, gates into the host's
 /// ring-0 segment or into user code, gates with an IST stack or a non-canonical handler, and a
 /// gate for the hypercall vector.

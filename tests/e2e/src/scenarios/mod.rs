@@ -19,7 +19,7 @@ pub struct Scenario {
     pub run: fn() -> anyhow::Result<()>,
 }
 
-pub static SCENARIOS: [Scenario; 39] = [
+pub static SCENARIOS: [Scenario; 41] = [
     Scenario {
         name: "module-load",
         run: module::load,
@@ -165,8 +165,16 @@ pub static SCENARIOS: [Scenario; 39] = [
         run: guest::timer,
     },
     Scenario {
+        name: "guest-user",
+        run: guest::user,
+    },
+    Scenario {
         name: "hostile-idt-gdt",
         run: guest::bad_gates,
+    },
+    Scenario {
+        name: "hostile-pagetable",
+        run: guest::bad_page_tables,
     },
     Scenario {
         name: "guest-ctrl-c",

@@ -128,7 +128,9 @@ extern "C" fn kernel_main(boot_params: u64) -> ! {
         "fpu" => fpu(number(arg, 1)),
         "traps" => traps::traps(),
         "timer" => traps::timer(),
+        "user" => traps::user(),
         name if name.starts_with("idt-") => traps::bad_gate(name),
+        name if name.starts_with("pt-") => traps::bad_page_tables(name),
         name => attacks::run(name, arg, &data),
     }
 }

@@ -7,7 +7,8 @@
 //! inside the window it registered in lguest_data, where the host delivers nothing.
 //!
 //! Scenarios: `traps` (each exception and `int n` reaches its handler with the right frame),
-//! `timer` (interrupts arrive when on and only when on; HALT sleeps until one), and the
+//! `timer` (interrupts arrive when on and only when on; HALT sleeps until one), `user` (its own
+//! page tables, and a ring-3 program whose `int $0x80` and `syscall` reach the kernel), and the
 //! `idt-*` attacks (gates the host must refuse).
 
 use core::arch::global_asm;
@@ -15,8 +16,11 @@ use core::ptr;
 use core::sync::atomic::{AtomicU64, Ordering};
 
 use lguest_abi::boot::GUEST_KERNEL_CS;
+use lguest_abi::boot::{GUEST_KERNEL_SS, GUEST_USER_CS, GUEST_USER_SS};
 use lguest_abi::data::{offset, IRQ_ENABLED};
-use lguest_abi::hcall::{FIRST_IRQ_VECTOR, HALT, LOAD_IDT_ENTRY, SEND_INTERRUPTS, SET_CLOCKEVENT};
+use lguest_abi::hcall::{
+    FIRST_IRQ_VECTOR, HALT, LOAD_IDT_ENTRY, NEW_PGTABLE, SEND_INTERRUPTS, SET_CLOCKEVENT, SET_STACK,
+};
 
 use crate::hcall::{data_word, hcall, poweroff};
 use crate::{println, rdtsc};
@@ -120,6 +124,7 @@ extern "C" fn trap_handler(state: &mut TrapState) {
         slot.store(value, Ordering::SeqCst);
     }
     match state.vector {
+        128 if state.cs & 3 == 3 => user_call(state),
         32 => {
             TICKS.fetch_add(1, Ordering::SeqCst);
             if REARM.load(Ordering::SeqCst) > 0 {
@@ -182,7 +187,10 @@ fn install() {
     load_idt_entry(6, gate(trap_entry_6 as *const () as u64, 0xe, 0, cs));
     load_idt_entry(13, gate(trap_entry_13 as *const () as u64, 0xe, 0, cs));
     load_idt_entry(14, gate(trap_entry_14 as *const () as u64, 0xe, 0, cs));
-    load_idt_entry(FIRST_IRQ_VECTOR, gate(trap_entry_32 as *const () as u64, 0xe, 0, cs));
+    load_idt_entry(
+        FIRST_IRQ_VECTOR,
+        gate(trap_entry_32 as *const () as u64, 0xe, 0, cs),
+    );
     load_idt_entry(128, gate(trap_entry_128 as *const () as u64, 0xf, 3, cs));
 }
 
@@ -305,4 +313,183 @@ pub fn bad_gate(name: &str) -> ! {
     load_idt_entry(vector, bad);
     println!("attack {name}: survived (the host took the gate)");
     poweroff("bad gate taken")
+}
+
+// ---- Ring 3 -----------------------------------------------------------------------------------
+
+/// The guest's own page tables for `user`: RAM identity-mapped in 2 MiB pages, one of them
+/// (USER_REGION) open to ring 3. The kernel's own pages stay supervisor-only: with SMEP on, ring 1
+/// could not run code in a user page.
+#[repr(C, align(4096))]
+struct Table([u64; 512]);
+static mut PML4: Table = Table([0; 512]);
+static mut PDPT: Table = Table([0; 512]);
+static mut PD: Table = Table([0; 512]);
+const USER_REGION: u64 = 0x60_0000;
+const USER_STACK_TOP: u64 = 0x70_0000;
+
+/// The kernel stack for traps from ring 3 (SET_STACK).
+#[repr(C, align(16))]
+struct Stack([u8; 16384]);
+static mut USER_TRAP_STACK: Stack = Stack([0; 16384]);
+
+/// What ring 3 did: bit 0 int $0x80 arrived, bit 1 syscall arrived with RCX and R11 right.
+static USER_SEEN: AtomicU64 = AtomicU64::new(0);
+/// Where `enter_user` left the kernel: its stack pointer, for the exit call to come back to.
+#[no_mangle]
+static mut KERNEL_RSP: u64 = 0;
+
+// The ring-3 program, copied to USER_REGION: one call by `int $0x80`, one by `syscall`, then
+// exit. Position-independent.
+global_asm!(
+    ".global user_program, user_program_end",
+    "user_program:",
+    "mov eax, 1",
+    "int 0x80",
+    "mov eax, 2",
+    "syscall",
+    "mov eax, 60",
+    "int 0x80",
+    "ud2",
+    "user_program_end:",
+    // enter_user(): save what the C ABI wants kept, remember the stack, iretq to ring 3.
+    ".global enter_user",
+    "enter_user:",
+    "push rbx", "push rbp", "push r12", "push r13", "push r14", "push r15",
+    "mov [rip + KERNEL_RSP], rsp",
+    "push {user_ss}",
+    "push {user_stack}",
+    "push 0x202",
+    "push {user_cs}",
+    "push {user_code}",
+    "iretq",
+    // The exit call resumes here, in ring 1, on KERNEL_RSP.
+    ".global user_exited",
+    "user_exited:",
+    "pop r15", "pop r14", "pop r13", "pop r12", "pop rbp", "pop rbx",
+    "ret",
+    user_ss = const GUEST_USER_SS,
+    user_cs = const GUEST_USER_CS,
+    user_stack = const USER_STACK_TOP,
+    user_code = const USER_REGION,
+);
+
+extern "C" {
+    static user_program: u8;
+    static user_program_end: u8;
+    fn enter_user();
+    fn user_exited();
+}
+
+/// A call from ring 3 (vector 0x80, by `int` or `syscall`): RAX says which.
+fn user_call(state: &mut TrapState) {
+    const RAX: usize = 14;
+    const RCX: usize = 12;
+    const R11: usize = 4;
+    match state.regs[RAX] {
+        1 => {
+            USER_SEEN.fetch_or(1, Ordering::SeqCst);
+        }
+        // SYSCALL puts the return address in RCX and the flags in R11: so does the host.
+        2 if state.regs[RCX] == state.rip && state.regs[R11] & 0x200 != 0 => {
+            USER_SEEN.fetch_or(2, Ordering::SeqCst);
+        }
+        2 => panic!(
+            "syscall: rcx {:#x} r11 {:#x}, rip {:#x}",
+            state.regs[RCX], state.regs[R11], state.rip
+        ),
+        60 => {
+            // Back to the kernel: return from enter_user, in ring 1, on the kernel's stack.
+            state.rip = user_exited as *const () as u64;
+            state.cs = GUEST_KERNEL_CS & !3;
+            state.ss = GUEST_KERNEL_SS & !3;
+            // SAFETY: written by enter_user before it left for ring 3.
+            state.rsp = unsafe { ptr::read_volatile(ptr::addr_of!(KERNEL_RSP)) };
+        }
+        other => panic!("unknown call {other} from ring 3"),
+    }
+}
+
+/// `user`: the guest switches to page tables of its own, runs a ring-3 program whose
+/// `int $0x80` and `syscall` reach its kernel, and comes back.
+pub fn user() -> ! {
+    install();
+    // SAFETY: single CPU; the tables are ours and not yet in use; the copy writes RAM the
+    // launcher's tables map writable, and nothing else uses USER_REGION.
+    unsafe {
+        let len = ptr::addr_of!(user_program_end) as usize - ptr::addr_of!(user_program) as usize;
+        ptr::copy_nonoverlapping(ptr::addr_of!(user_program), USER_REGION as *mut u8, len);
+        const P: u64 = 1;
+        const W: u64 = 2;
+        const U: u64 = 4;
+        const HUGE: u64 = 0x80;
+        for (i, entry) in (*ptr::addr_of_mut!(PD)).0.iter_mut().take(32).enumerate() {
+            let at = i as u64 * 0x20_0000;
+            *entry = at | P | W | HUGE | if at == USER_REGION { U } else { 0 };
+        }
+        (*ptr::addr_of_mut!(PDPT)).0[0] = ptr::addr_of!(PD) as u64 | P | W | U;
+        (*ptr::addr_of_mut!(PML4)).0[0] = ptr::addr_of!(PDPT) as u64 | P | W | U;
+        let stack_top = ptr::addr_of!(USER_TRAP_STACK) as u64 + 16384;
+        hcall(SET_STACK, [stack_top, 0, 0, 0, 0]);
+        hcall(NEW_PGTABLE, [ptr::addr_of!(PML4) as u64, 0, 0, 0, 0]);
+        ptr::write_volatile(data_word(offset::SYSCALL_VEC), 0x80);
+        enter_user();
+    }
+    let seen = USER_SEEN.load(Ordering::SeqCst);
+    if seen != 3 {
+        panic!("user: ring 3's calls seen {seen:#b}, expected both");
+    }
+    println!("user: int 0x80 and syscall from ring 3 reached the kernel; back in ring 1");
+    poweroff("user done")
+}
+
+// ---- Page tables the host must not trust ------------------------------------------------------
+
+/// `pt-*`: page tables of the guest's own that map what it must not have, each touched once:
+/// the host must kill the guest with the reason, never map the page.
+/// - `pt-beyond-ram`: a page beyond guest RAM (1 TiB up);
+/// - `pt-switcher-window`: an entry in PML4 slot 256, over the Switcher's window (the host page
+///   of CPU 0's block, which no guest view maps);
+/// - `pt-rewritten`: the launcher's tables, written in place (they are in guest RAM, writable)
+///   to point a mapped address beyond RAM, announced with SET_PTE.
+pub fn bad_page_tables(name: &str) -> ! {
+    const P: u64 = 1;
+    const W: u64 = 2;
+    const HUGE: u64 = 0x80;
+    println!("attack: {name}");
+    // SAFETY: single CPU; the tables are ours; the addresses touched are the attack.
+    unsafe {
+        let pd = &mut (*ptr::addr_of_mut!(PD)).0;
+        for (i, entry) in pd.iter_mut().take(32).enumerate() {
+            *entry = i as u64 * 0x20_0000 | P | W | HUGE;
+        }
+        (*ptr::addr_of_mut!(PDPT)).0[0] = ptr::addr_of!(PD) as u64 | P | W;
+        let pml4 = &mut (*ptr::addr_of_mut!(PML4)).0;
+        pml4[0] = ptr::addr_of!(PDPT) as u64 | P | W;
+        let target: u64 = match name {
+            "pt-beyond-ram" => {
+                pd[40] = 1 << 40 | P | W | HUGE;
+                40 * 0x20_0000
+            }
+            "pt-switcher-window" => {
+                pml4[256] = ptr::addr_of!(PDPT) as u64 | P | W;
+                lguest_abi::data::SWITCHER_WINDOW_START + 17 * 4096
+            }
+            "pt-rewritten" => {
+                // Map it first, and touch it, so that the host has a shadow of it...
+                pd[40] = 0x20_0000 | P | W | HUGE;
+                hcall(NEW_PGTABLE, [ptr::addr_of!(PML4) as u64, 0, 0, 0, 0]);
+                ptr::read_volatile((40 * 0x20_0000) as *const u64);
+                // ...then point it beyond RAM behind the shadow's back, and own up.
+                ptr::write_volatile(&mut pd[40], 1 << 40 | P | W | HUGE);
+                hcall(lguest_abi::hcall::SET_PTE, [40 * 0x20_0000, 0, 0, 0, 0]);
+                40 * 0x20_0000
+            }
+            _ => panic!("unknown scenario {name:?}"),
+        };
+        hcall(NEW_PGTABLE, [ptr::addr_of!(PML4) as u64, 0, 0, 0, 0]);
+        let value = ptr::read_volatile(target as *const u64);
+        println!("attack {name}: survived (read {value:#x} at {target:#x})");
+    }
+    poweroff("bad page tables taken")
 }
