@@ -15,7 +15,7 @@
 //! then copies with the kernel's fault-checked user copies: guest memory is the launcher's.
 
 use crate::abi::boot::CPUNODE_GDT_ENTRY;
-use crate::abi::data::{offset, LguestData, SWITCHER_WINDOW_END, SWITCHER_WINDOW_START};
+use crate::abi::data::{offset, SWITCHER_WINDOW_END, SWITCHER_WINDOW_START};
 use crate::abi::dev::Refusal;
 use crate::abi::exit::{ExitKind, ExitRecord};
 use crate::abi::hcall::{CONSOLE_WRITE_MAX, FIRST_IRQ_VECTOR, SHUTDOWN_MESSAGE_MAX};
@@ -269,14 +269,17 @@ fn hypercall(guest: &mut Guest<Owner>, irqs: &Interrupts) -> Result<Option<ExitR
     let unreadable = |what: &str| death!("{what}: guest memory is not readable");
     match call {
         Hypercall::LguestInit { data_gpa } => {
-            let data = LguestData {
-                switcher_window_start: SWITCHER_WINDOW_START,
-                switcher_window_end: SWITCHER_WINDOW_END,
-                // SAFETY: reads a kernel variable set once the TSC is calibrated.
-                tsc_khz: unsafe { lg_bindings::lg_tsc_khz() } as u64,
-                ..LguestData::default()
-            };
-            mem.write(data_gpa, &data.to_bytes()).map_err(|_| unreadable("LGUEST_INIT"))?;
+            // Only the host's fields: a guest may have set its own before registering the page.
+            // SAFETY: reads a kernel variable set once the TSC is calibrated.
+            let tsc_khz = unsafe { lg_bindings::lg_tsc_khz() } as u64;
+            let host_fields = [
+                (offset::SWITCHER_WINDOW_START, SWITCHER_WINDOW_START),
+                (offset::SWITCHER_WINDOW_END, SWITCHER_WINDOW_END),
+                (offset::TSC_KHZ, tsc_khz),
+            ];
+            for (field, value) in host_fields {
+                mem.write(data_gpa + field, &value.to_le_bytes()).map_err(|_| unreadable("LGUEST_INIT"))?;
+            }
             guest.lguest_data = Some(data_gpa);
             Ok(None)
         }

@@ -17,7 +17,8 @@ pub const SWITCHER_WINDOW_START: u64 = 0xffff_8000_0000_0000;
 pub const SWITCHER_WINDOW_END: u64 = SWITCHER_WINDOW_START + (1 << 39);
 
 /// The shared page. Fields marked *host* are written by the host (at LGUEST_INIT, or whenever
-/// it says), fields marked *guest* by the guest; each side only reads the other's.
+/// it says), fields marked *guest* by the guest; each side only reads the other's. (The struct
+/// documents the layout; both sides access the fields one by one, at [`offset`].)
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct LguestData {
@@ -55,8 +56,11 @@ pub struct LguestData {
 /// its flags word either way.
 pub const IRQ_ENABLED: u64 = 1 << 9;
 
-/// Byte offsets of the fields the host reads or writes one at a time.
+/// Byte offsets of the fields the host reads or writes one at a time. At LGUEST_INIT the host
+/// writes only its own fields, so a guest may fill in its own before or after.
 pub mod offset {
+    pub const SWITCHER_WINDOW_START: u64 = 0;
+    pub const SWITCHER_WINDOW_END: u64 = 8;
     pub const IRQ_ENABLED: u64 = 16;
     pub const IRQ_PENDING: u64 = 24;
     pub const BLOCKED_INTERRUPTS: u64 = 32;
@@ -70,27 +74,6 @@ pub mod offset {
 impl LguestData {
     /// Its size in guest memory.
     pub const SIZE: usize = 80;
-
-    /// The bytes the host writes into the guest's page at LGUEST_INIT.
-    pub fn to_bytes(&self) -> [u8; Self::SIZE] {
-        let words = [
-            self.switcher_window_start,
-            self.switcher_window_end,
-            self.irq_enabled,
-            self.irq_pending,
-            self.blocked_interrupts,
-            self.cr2,
-            self.tsc_khz,
-            self.noirq_iret_start,
-            self.noirq_iret_end,
-            self.syscall_vec,
-        ];
-        let mut bytes = [0u8; Self::SIZE];
-        for (chunk, word) in bytes.chunks_exact_mut(8).zip(words) {
-            chunk.copy_from_slice(&word.to_le_bytes());
-        }
-        bytes
-    }
 }
 
 #[cfg(test)]
@@ -106,26 +89,32 @@ mod tests {
 
     #[test]
     fn offsets_match_the_struct() {
-        let data = LguestData {
-            irq_enabled: 1,
-            irq_pending: 2,
-            blocked_interrupts: 3,
-            cr2: 4,
-            noirq_iret_start: 5,
-            noirq_iret_end: 6,
-            tsc_khz: 7,
-            syscall_vec: 8,
-            ..Default::default()
-        };
-        let bytes = data.to_bytes();
-        let at = |o: u64| u64::from_le_bytes(bytes[o as usize..o as usize + 8].try_into().unwrap());
-        assert_eq!(at(offset::IRQ_ENABLED), 1);
-        assert_eq!(at(offset::IRQ_PENDING), 2);
-        assert_eq!(at(offset::BLOCKED_INTERRUPTS), 3);
-        assert_eq!(at(offset::CR2), 4);
-        assert_eq!(at(offset::TSC_KHZ), 7);
-        assert_eq!(at(offset::NOIRQ_IRET_START), 5);
-        assert_eq!(at(offset::NOIRQ_IRET_END), 6);
-        assert_eq!(at(offset::SYSCALL_VEC), 8);
+        use core::mem::offset_of;
+        let at = |o: usize| o as u64;
+        assert_eq!(
+            at(offset_of!(LguestData, switcher_window_start)),
+            offset::SWITCHER_WINDOW_START
+        );
+        assert_eq!(
+            at(offset_of!(LguestData, switcher_window_end)),
+            offset::SWITCHER_WINDOW_END
+        );
+        assert_eq!(at(offset_of!(LguestData, irq_enabled)), offset::IRQ_ENABLED);
+        assert_eq!(at(offset_of!(LguestData, irq_pending)), offset::IRQ_PENDING);
+        assert_eq!(
+            at(offset_of!(LguestData, blocked_interrupts)),
+            offset::BLOCKED_INTERRUPTS
+        );
+        assert_eq!(at(offset_of!(LguestData, cr2)), offset::CR2);
+        assert_eq!(at(offset_of!(LguestData, tsc_khz)), offset::TSC_KHZ);
+        assert_eq!(
+            at(offset_of!(LguestData, noirq_iret_start)),
+            offset::NOIRQ_IRET_START
+        );
+        assert_eq!(
+            at(offset_of!(LguestData, noirq_iret_end)),
+            offset::NOIRQ_IRET_END
+        );
+        assert_eq!(at(offset_of!(LguestData, syscall_vec)), offset::SYSCALL_VEC);
     }
 }

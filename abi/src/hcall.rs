@@ -16,8 +16,8 @@
 //! kernel's stack (the current one if the guest was in its kernel, the SET_STACK one if it was
 //! in user mode), 16-byte aligned, and jumps to the handler at ring 1. Two differences, both so
 //! that a Linux guest needs few changes (reference/linux-guest.md):
-//! - the pushed CS shows RPL 0 when the trap came from the guest kernel (Linux's `user_mode()`
-//!   is `cs & 3`); the guest's return path sets RPL 1 again before its `iretq`;
+//! - the pushed CS and SS show RPL 0 when the trap came from the guest kernel (Linux's
+//!   `user_mode()` is `cs & 3`); the guest's return path sets RPL 1 again before its `iretq`;
 //! - the pushed RFLAGS.IF is the virtual flag, and an interrupt gate clears the virtual flag.
 //! A page fault's address goes to `lguest_data.cr2`.
 
@@ -44,7 +44,9 @@ pub const SET_PTE: u64 = 14;
 /// Install the guest's handler for one vector: RBX = vector, RCX and RDX = the low and high
 /// quadwords of a 64-bit IDT gate (offset, selector [`crate::boot::GUEST_KERNEL_CS`], type
 /// 0xE interrupt gate or 0xF trap gate, DPL, present; IST 0). A gate of any other shape, or to
-/// any other selector, kills the guest. A gate whose P bit is clear removes the handler.
+/// any other selector, kills the guest. A gate whose P bit is clear removes the handler. The
+/// gate's DPL matters as on hardware: `int n` (and `int3`) reach the handler only from rings at
+/// or below it, so a gate for int3, or for a system call from user mode, needs DPL 3.
 pub const LOAD_IDT_ENTRY: u64 = 6;
 /// The guest kernel's stack for traps and interrupts that arrive while the guest is in user
 /// mode (its TSS.RSP0): RBX = the stack's top (guest-virtual, canonical).

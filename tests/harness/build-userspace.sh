@@ -20,4 +20,6 @@ CARGO_TARGET_DIR=$CACHE/guests-target cargo build --quiet --release \
     die "building the ring-1 guest failed"
 mkdir -p "$bin/guests"
 cp "$CACHE/guests-target/x86_64-unknown-none/release/ring1" "$bin/guests/ring1"
+# The teaching guest (guest/, with paravirt-ops/) boots under lg.ko from the same image.
+cp "$("$REPO/tests/harness/teaching-guest.sh")" "$bin/guests/teaching-guest"
 echo "$bin"

@@ -226,6 +226,35 @@ pub fn bad_page_tables() -> anyhow::Result<()> {
     c.finish()
 }
 
+/// `teaching-guest-lguest`: the teaching guest (guest/), the same image QEMU boots natively in
+/// `teaching-guest-native`, boots under lg.ko at ring 1 with the paravirt-ops crate's lguest
+/// backend, and every self-test it runs passes.
+pub fn teaching_guest() -> anyhow::Result<()> {
+    kmod::ensure_loaded()?;
+    let run = launch::spawn(&[MEM, "/guests/teaching-guest"])?.finish(PATIENCE)?;
+    let mut c = Checks::new();
+    let failed: Vec<&str> = run
+        .stdout
+        .lines()
+        .filter(|l| l.starts_with("selftest ") && l.contains(": FAIL"))
+        .collect();
+    let summary = run.stdout.lines().find(|l| l.starts_with("selftests: "));
+    c.that(run.code == Some(0) && failed.is_empty() && summary.is_some_and(|l| l.ends_with(" 0 failed")), || {
+        format!(
+            "expected exit 0 and every self-test passing, got {}; failures: {failed:?}; summary: {summary:?}; stderr: {}",
+            run.status(),
+            run.shown()
+        )
+    });
+    c.that(run.stdout.contains("ring 1"), || {
+        format!(
+            "expected it to say it runs at ring 1: {}",
+            run.shown_stdout()
+        )
+    });
+    c.finish()
+}
+
 /// The gates `hostile-idt-gdt` offers the host: task and call gates, gates into the host's
 /// ring-0 segment or into user code, gates with an IST stack or a non-canonical handler, and a
 /// gate for the hypercall vector.

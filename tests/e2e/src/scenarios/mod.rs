@@ -19,7 +19,7 @@ pub struct Scenario {
     pub run: fn() -> anyhow::Result<()>,
 }
 
-pub static SCENARIOS: [Scenario; 41] = [
+pub static SCENARIOS: [Scenario; 42] = [
     Scenario {
         name: "module-load",
         run: module::load,
@@ -167,6 +167,10 @@ pub static SCENARIOS: [Scenario; 41] = [
     Scenario {
         name: "guest-user",
         run: guest::user,
+    },
+    Scenario {
+        name: "teaching-guest-lguest",
+        run: guest::teaching_guest,
     },
     Scenario {
         name: "hostile-idt-gdt",

@@ -1,0 +1,351 @@
+//! The lguest backend: hypercalls and the shared `lguest_data` page.
+//!
+//! A kernel at ring 1 under lg.ko asks the host for what it may not do itself with `int $0x1f`
+//! (lguest-abi's `hcall` module), and shares one page of its memory with the host (`data`
+//! module). The page is what makes the common operations cheap: turning interrupts off or on is
+//! a store to `irq_enabled`, no world switch at all; only when an interrupt came while they
+//! were off (the host then sets `irq_pending`) does turning them back on cost a hypercall.
+//!
+//! Everything here follows Linux's arch/x86/lguest/boot.c, which did the same for 32-bit lguest
+//! guests; the differences are lguest-rs's ABI, spelt out where they matter.
+
+use core::arch::{asm, global_asm, x86_64::__cpuid_count};
+use core::cell::UnsafeCell;
+use core::mem::offset_of;
+use core::sync::atomic::{compiler_fence, Ordering};
+
+use lguest_abi::data::{LguestData, IRQ_ENABLED};
+use lguest_abi::hcall::{
+    CONSOLE_WRITE, CONSOLE_WRITE_MAX, HALT, LGUEST_INIT, LOAD_IDT_ENTRY, SEND_INTERRUPTS,
+    SET_CLOCKEVENT, SET_STACK, SHUTDOWN, SHUTDOWN_MESSAGE_MAX, SHUTDOWN_POWEROFF,
+};
+
+use crate::console::ConsoleOps;
+use crate::cpu::{CpuOps, Cpuid, Gate, Idt};
+use crate::irq::IrqOps;
+use crate::mmu::MmuOps;
+use crate::platform::PlatformOps;
+use crate::time::TimeOps;
+use crate::{Backend, PvInfo, PvOps};
+
+/// The lguest table: what [`crate::init`] installs for [`Backend::Lguest`], as Linux's
+/// `lguest_init` overwrote `pv_ops` member by member.
+pub const OPS: PvOps = PvOps {
+    info: PvInfo {
+        name: "lguest",
+        backend: Backend::Lguest,
+        kernel_rpl: 1,
+    },
+    cpu: CpuOps {
+        write_idt_entry,
+        load_idt,
+        load_sp0,
+        cpuid,
+        iret: lguest_iret,
+    },
+    irq: IrqOps {
+        save_fl,
+        restore_fl,
+        irq_disable,
+        irq_enable,
+        safe_halt,
+    },
+    mmu: MmuOps {
+        read_cr2,
+        write_cr3,
+        flush_tlb_one_user,
+    },
+    time: TimeOps {
+        tsc_khz,
+        set_next_event,
+    },
+    console: ConsoleOps { write },
+    platform: PlatformOps { eoi, power_off },
+};
+
+/// LGUEST_INIT, then the fields the guest owns: the no-interrupt window of `lguest_iret`. They
+/// are written after the call because the host fills in the whole structure at LGUEST_INIT.
+pub(crate) fn init() {
+    // SAFETY: the page is ours, page-aligned and one page long, as LGUEST_INIT requires; the
+    // host writes only inside it.
+    unsafe { hcall(LGUEST_INIT, [LGUEST_DATA.0.get() as u64, 0, 0, 0, 0]) };
+    extern "C" {
+        static lguest_noirq_start: u8;
+        static lguest_noirq_end: u8;
+    }
+    set(
+        offset_of!(LguestData, noirq_iret_start),
+        (&raw const lguest_noirq_start) as u64,
+    );
+    set(
+        offset_of!(LguestData, noirq_iret_end),
+        (&raw const lguest_noirq_end) as u64,
+    );
+    if tsc_khz() == 0 {
+        panic!("lguest: the host left lguest_data.tsc_khz at 0: no clock");
+    }
+}
+
+// ---- Hypercalls and the shared page -----------------------------------------------------------
+
+/// Makes hypercall `nr` with arguments `args` (RBX, RCX, RDX, RSI, RDI) and returns RAX.
+///
+/// # Safety
+///
+/// The host reads and writes guest memory as the call says (CONSOLE_WRITE reads a buffer,
+/// LGUEST_INIT writes a page, SET_STACK takes a stack): the caller answers for the addresses.
+unsafe fn hcall(nr: u64, args: [u64; 5]) -> u64 {
+    let ret;
+    // SAFETY: the caller vouches for the call. LLVM keeps RBX for itself and will not hand it
+    // out as an operand, so the first argument is swapped into it around the `int` and back.
+    // Not `nomem`: the host may write guest memory, and may deliver an interrupt whose handler
+    // does, before the `int` returns.
+    unsafe {
+        asm!(
+            "xchg {a1}, rbx",
+            "int 0x1f",
+            "xchg {a1}, rbx",
+            a1 = inout(reg) args[0] => _,
+            inout("rax") nr => ret,
+            in("rcx") args[1],
+            in("rdx") args[2],
+            in("rsi") args[3],
+            in("rdi") args[4],
+        );
+    }
+    ret
+}
+
+/// The page shared with the host. A whole page: the host is told its address and may write
+/// anywhere in it. `repr(C)` puts the structure at the page's start, where `lguest_iret` finds
+/// `irq_enabled` by symbol and offset.
+#[repr(C, align(4096))]
+struct DataPage(UnsafeCell<LguestData>);
+
+// SAFETY: one CPU. The host writes its fields while the guest is not running; the guest's
+// interrupt handlers and its other code take turns on the same CPU; every access is volatile
+// (below), so none is cached or torn (8-byte aligned words).
+unsafe impl Sync for DataPage {}
+
+static LGUEST_DATA: DataPage = DataPage(UnsafeCell::new(
+    // SAFETY: LguestData is all u64 fields, for which zero is a valid value; zeroed rather than
+    // spelt out, so that fields the ABI adds start at 0 too.
+    unsafe { core::mem::zeroed() },
+));
+
+/// Reads the `lguest_data` word at byte `offset` (an `offset_of!(LguestData, ...)`). Volatile:
+/// the host writes it behind the compiler's back.
+fn get(offset: usize) -> u64 {
+    // SAFETY: `offset` names a u64 field inside the page, which lives forever (see DataPage).
+    unsafe {
+        LGUEST_DATA
+            .0
+            .get()
+            .cast::<u8>()
+            .add(offset)
+            .cast::<u64>()
+            .read_volatile()
+    }
+}
+
+/// Writes the `lguest_data` word at byte `offset`.
+fn set(offset: usize, value: u64) {
+    // SAFETY: as for `get`.
+    unsafe {
+        LGUEST_DATA
+            .0
+            .get()
+            .cast::<u8>()
+            .add(offset)
+            .cast::<u64>()
+            .write_volatile(value)
+    }
+}
+
+// ---- irq: the virtual interrupt flag ----------------------------------------------------------
+
+const IRQ_ENABLED_AT: usize = offset_of!(LguestData, irq_enabled);
+
+fn save_fl() -> u64 {
+    get(IRQ_ENABLED_AT)
+}
+
+/// Stores the flag; if that turned interrupts on and the host has one waiting, asks for it now
+/// with SEND_INTERRUPTS (else it would wait for the next exit: lguest measured TCP 7x slower
+/// without this). An interrupt the host delivers between the store and the check is fine: the
+/// flag is on, and a SEND_INTERRUPTS with nothing left to send costs a round trip, no more.
+fn restore_fl(flags: u64) {
+    // The fences keep the compiler from moving memory accesses across the change, as the
+    // native `cli`/`sti` asm (a compiler barrier) does.
+    compiler_fence(Ordering::SeqCst);
+    set(IRQ_ENABLED_AT, flags & IRQ_ENABLED);
+    if flags & IRQ_ENABLED != 0 && get(offset_of!(LguestData, irq_pending)) != 0 {
+        // SAFETY: SEND_INTERRUPTS touches no guest memory (the handler it may run is ours).
+        unsafe { hcall(SEND_INTERRUPTS, [0; 5]) };
+    }
+    compiler_fence(Ordering::SeqCst);
+}
+
+fn irq_disable() {
+    restore_fl(0);
+}
+
+fn irq_enable() {
+    restore_fl(IRQ_ENABLED);
+}
+
+/// The flag on, then HALT: the host sleeps only while no interrupt is pending, and delivers the
+/// one that wakes it on the way back, so nothing is slept through. (SEND_INTERRUPTS is not
+/// made first: that would take the waiting interrupt now and then sleep until the next one.)
+fn safe_halt() {
+    compiler_fence(Ordering::SeqCst);
+    set(IRQ_ENABLED_AT, IRQ_ENABLED);
+    // SAFETY: HALT touches no guest memory.
+    unsafe { hcall(HALT, [0; 5]) };
+    compiler_fence(Ordering::SeqCst);
+}
+
+// ---- cpu --------------------------------------------------------------------------------------
+
+/// Keeps the gate in the guest's own table too (it is the guest's record of its handlers), and
+/// tells the host, which checks it and keeps it in the guest's virtual IDT.
+fn write_idt_entry(idt: &'static Idt, vector: u8, gate: Gate) {
+    idt.store(vector, gate);
+    // SAFETY: LOAD_IDT_ENTRY reads only its register arguments.
+    unsafe {
+        hcall(
+            LOAD_IDT_ENTRY,
+            [u64::from(vector), gate.low, gate.high, 0, 0],
+        )
+    };
+}
+
+/// Nothing to do: the host got every entry from `write_idt_entry`, and the real IDT is the
+/// Switcher's. (lguest's `lguest_load_idt` sent every entry here instead, because Linux fills
+/// its table before it loads it; this crate's callers write entries through the op.)
+fn load_idt(_idt: &'static Idt) {}
+
+fn load_sp0(sp0: u64) {
+    // SAFETY: SET_STACK records the address; the host writes trap frames below it only when a
+    // trap comes from user mode, onto the stack the caller set aside for exactly that.
+    unsafe { hcall(SET_STACK, [sp0, 0, 0, 0, 0]) };
+}
+
+/// `cpuid` works at ring 1 (the host does not make it fault), so the guest filters it itself,
+/// as lguest did: leaf 1 stops advertising what a ring-1 kernel cannot use (features reached
+/// through MSRs or CR4, MONITOR/MWAIT, VMX/SMX, the local APIC's modes) and says "hypervisor".
+fn cpuid(leaf: u32, subleaf: u32) -> Cpuid {
+    let r = __cpuid_count(leaf, subleaf);
+    let mut out = Cpuid {
+        eax: r.eax,
+        ebx: r.ebx,
+        ecx: r.ecx,
+        edx: r.edx,
+    };
+    if leaf == 1 {
+        // ECX: MONITOR 3, VMX 5, SMX 6, EST 7, TM2 8, PDCM 15, x2APIC 21, TSC-deadline 24.
+        out.ecx &= !(1 << 3 | 1 << 5 | 1 << 6 | 1 << 7 | 1 << 8 | 1 << 15 | 1 << 21 | 1 << 24);
+        out.ecx |= 1 << 31; // hypervisor present
+                            // EDX: MCE 7, APIC 9, MTRR 12, MCA 14, ACPI 22, TM 29.
+        out.edx &= !(1 << 7 | 1 << 9 | 1 << 12 | 1 << 14 | 1 << 22 | 1 << 29);
+    }
+    out
+}
+
+extern "C" {
+    /// The lguest return from a trap, in the `global_asm!` below.
+    fn lguest_iret();
+}
+
+// The lguest return from a trap. The host's frame differs from the CPU's in two ways (lguest-abi,
+// `hcall` module docs): a trap from the guest kernel shows CS and SS with RPL 0, and RFLAGS.IF is
+// the virtual flag. So: put RPL 1 back (iretq to ring 1 needs it), then restore the virtual flag
+// from the frame and iretq. Between that store and the iretq an interrupt must not come: it
+// would push a second frame on this stack, and the flag would be on while this handler still
+// runs. The host promises not to deliver while RIP is in [lguest_noirq_start, lguest_noirq_end),
+// which init() tells it. The real IF is always on at ring 1 (iretq at CPL 1 cannot change it),
+// so the frame's IF bit changes nothing in hardware.
+global_asm!(
+    r#"
+    .text
+    .global lguest_iret, lguest_noirq_start, lguest_noirq_end
+lguest_iret:
+    test byte ptr [rsp + 8], 3          // CS RPL 0: a trap from the guest kernel
+    jnz 1f
+    or qword ptr [rsp + 8], 1           // CS: ring 1
+    or qword ptr [rsp + 32], 1          // SS: ring 1 (or the null selector 0x0001)
+1:
+    push rax
+    mov rax, [rsp + 24]                 // the frame's RFLAGS, one push further up
+    and eax, {if_bit}
+lguest_noirq_start:
+    mov [rip + {data} + {irq_enabled}], rax
+    pop rax
+    iretq
+lguest_noirq_end:
+    "#,
+    if_bit = const IRQ_ENABLED,
+    data = sym LGUEST_DATA,
+    irq_enabled = const IRQ_ENABLED_AT,
+);
+
+// ---- mmu --------------------------------------------------------------------------------------
+
+fn read_cr2() -> u64 {
+    get(offset_of!(LguestData, cr2))
+}
+
+/// # Safety
+///
+/// See [`MmuOps::write_cr3`]; never returns normally, so the contract is moot.
+unsafe fn write_cr3(_root: u64) {
+    panic!("lguest: write_cr3 (NEW_PGTABLE) waits for shadow page-table coherence (issue #4)");
+}
+
+fn flush_tlb_one_user(_va: u64) {
+    panic!("lguest: flush_tlb_one_user (SET_PTE) waits for shadow page-table coherence (issue #4)");
+}
+
+// ---- time -------------------------------------------------------------------------------------
+
+fn tsc_khz() -> u64 {
+    get(offset_of!(LguestData, tsc_khz))
+}
+
+fn set_next_event(ns: u64) {
+    // SAFETY: SET_CLOCKEVENT reads only its register argument.
+    unsafe { hcall(SET_CLOCKEVENT, [ns, 0, 0, 0, 0]) };
+}
+
+// ---- console and platform ---------------------------------------------------------------------
+
+/// CONSOLE_WRITE, in pieces the host accepts. The buffer's address is passed as guest-physical:
+/// the kernels using this crate run on an identity map (see the crate docs).
+fn write(bytes: &[u8]) {
+    for piece in bytes.chunks(CONSOLE_WRITE_MAX) {
+        // SAFETY: the host reads `piece`, which is ours.
+        unsafe {
+            hcall(
+                CONSOLE_WRITE,
+                [piece.as_ptr() as u64, piece.len() as u64, 0, 0, 0],
+            )
+        };
+    }
+}
+
+/// The host needs no end-of-interrupt: it delivers the next one when the flag allows.
+fn eoi(_irq: u32) {}
+
+/// SHUTDOWN with "power off". The host has no failure status to pass on, so `message` says it.
+fn power_off(message: &str, _failed: bool) -> ! {
+    let mut buf = [0u8; SHUTDOWN_MESSAGE_MAX];
+    let len = message.len().min(SHUTDOWN_MESSAGE_MAX - 1);
+    buf[..len].copy_from_slice(&message.as_bytes()[..len]);
+    // SAFETY: the host reads the NUL-terminated `buf`, which is ours; the call does not return.
+    unsafe { hcall(SHUTDOWN, [buf.as_ptr() as u64, SHUTDOWN_POWEROFF, 0, 0, 0]) };
+    // A host that let us go on has broken the ABI; all we can do is wait.
+    loop {
+        // SAFETY: HALT touches no guest memory.
+        unsafe { hcall(HALT, [0; 5]) };
+    }
+}
