@@ -15,11 +15,13 @@
 //! then copies with the kernel's fault-checked user copies: guest memory is the launcher's.
 
 use crate::abi::boot::CPUNODE_GDT_ENTRY;
-use crate::abi::data::{offset, SWITCHER_WINDOW_END, SWITCHER_WINDOW_START};
+use crate::abi::data::{
+    offset, ASYNC_HCALLS, HCALL_DONE, HCALL_PENDING, SWITCHER_WINDOW_END, SWITCHER_WINDOW_START,
+};
 use crate::abi::dev::Refusal;
 use crate::abi::exit::{ExitKind, ExitRecord};
 use crate::abi::hcall::{CONSOLE_WRITE_MAX, FIRST_IRQ_VECTOR, SHUTDOWN_MESSAGE_MAX};
-use crate::abi::regs::Reg;
+use crate::abi::regs::{Reg, Regs};
 use crate::chardev::{lg_bindings, Interrupts, Owner};
 use crate::cpu::{self, CR4_PGE, CR4_PKE, EFER_SCE};
 use crate::death;
@@ -264,8 +266,47 @@ fn memory(guest: &Guest<Owner>) -> GuestMemory {
 
 /// Carry out a hypercall; `Some` if the launcher must see its result.
 fn hypercall(guest: &mut Guest<Owner>, irqs: &Interrupts) -> Result<Option<ExitRecord>, Death> {
+    let call = hypercall::decode(&guest.regs, guest.lguest_data.is_some(), memory(guest).ram_bytes)?;
+    // What the guest queued comes first: it was asked for before this call (lguest's rule).
+    drain_async(guest, irqs)?;
+    carry_out(guest, irqs, call)
+}
+
+/// Carry out the calls queued in the guest's asynchronous ring, in order, from where the host
+/// stopped last; each slot is marked done as it is carried out.
+fn drain_async(guest: &mut Guest<Owner>, irqs: &Interrupts) -> Result<(), Death> {
+    let Some(data) = guest.lguest_data else { return Ok(()) };
     let mem = memory(guest);
-    let call = hypercall::decode(&guest.regs, guest.lguest_data.is_some(), mem.ram_bytes)?;
+    for _ in 0..ASYNC_HCALLS {
+        let slot = guest.next_async;
+        let status_at = data + offset::HCALL_STATUS + slot as u64;
+        let mut status = [0u8; 1];
+        mem.read(status_at, &mut status).map_err(|_| death!("lguest_data at {data:#x} is not readable"))?;
+        if status[0] != HCALL_PENDING {
+            return Ok(());
+        }
+        let mut words = [0u8; 48];
+        mem.read(data + offset::HCALLS + slot as u64 * 48, &mut words)
+            .map_err(|_| death!("lguest_data at {data:#x} is not readable"))?;
+        let word = |i: usize| u64::from_le_bytes(words[i * 8..i * 8 + 8].try_into().unwrap_or([0; 8]));
+        let mut regs = Regs::default();
+        for (i, reg) in [Reg::Rax, Reg::Rbx, Reg::Rcx, Reg::Rdx, Reg::Rsi, Reg::Rdi].into_iter().enumerate() {
+            regs.set(reg, word(i));
+        }
+        let call = hypercall::decode(&regs, true, mem.ram_bytes)?;
+        if !call.may_be_queued() {
+            return Err(death!("hypercall {} queued in the asynchronous ring", word(0)));
+        }
+        carry_out(guest, irqs, call)?;
+        mem.write(status_at, &[HCALL_DONE]).map_err(|_| death!("lguest_data at {data:#x} is not writable"))?;
+        guest.next_async = (slot + 1) % ASYNC_HCALLS;
+    }
+    Ok(())
+}
+
+/// Carry out one decoded hypercall; `Some` if the launcher must see its result.
+fn carry_out(guest: &mut Guest<Owner>, irqs: &Interrupts, call: Hypercall) -> Result<Option<ExitRecord>, Death> {
+    let mem = memory(guest);
     let unreadable = |what: &str| death!("{what}: guest memory is not readable");
     match call {
         Hypercall::LguestInit { data_gpa } => {
@@ -324,6 +365,8 @@ fn hypercall(guest: &mut Guest<Owner>, irqs: &Interrupts) -> Result<Option<ExitR
             guest.owner.shadow.invalidate(va);
             Ok(None)
         }
+        // The ring was drained before this call was carried out.
+        Hypercall::FlushAsync => Ok(None),
         Hypercall::ConsoleWrite { gpa, len } => {
             let mut bytes = [0u8; CONSOLE_WRITE_MAX];
             mem.read(gpa, &mut bytes[..len]).map_err(|_| unreadable("CONSOLE_WRITE"))?;

@@ -20,7 +20,7 @@ pub const SWITCHER_WINDOW_END: u64 = SWITCHER_WINDOW_START + (1 << 39);
 /// it says), fields marked *guest* by the guest; each side only reads the other's. (The struct
 /// documents the layout; both sides access the fields one by one, at [`offset`].)
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct LguestData {
     /// *host*: [`SWITCHER_WINDOW_START`], so a guest learns the window at run time.
     pub switcher_window_start: u64,
@@ -50,7 +50,53 @@ pub struct LguestData {
     /// the guest's gate for it, resuming after the instruction, with RCX and R11 set as SYSCALL
     /// sets them); 0 leaves `syscall` an invalid opcode (#UD).
     pub syscall_vec: u64,
+    /// The asynchronous hypercall ring (lguest's lazy-MMU batching): *both*. The guest queues a
+    /// call in slot i by filling `hcalls[i]` and then setting `hcall_status[i]` to
+    /// [`HCALL_PENDING`]; the host carries out pending slots in ring order (from where it last
+    /// stopped) before every synchronous hypercall, and marks each [`HCALL_DONE`]. FLUSH_ASYNC is
+    /// the synchronous call that does nothing else. A queued call the host refuses kills the guest
+    /// like a synchronous one.
+    pub hcall_status: [u8; ASYNC_HCALLS],
+    pub hcalls: [AsyncHcall; ASYNC_HCALLS],
 }
+
+/// One queued hypercall: the number and the five argument registers' values.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct AsyncHcall {
+    pub nr: u64,
+    pub args: [u64; 5],
+}
+
+/// A zeroed page: the state the guest registers (an empty ring, interrupts off).
+impl Default for LguestData {
+    fn default() -> Self {
+        LguestData {
+            switcher_window_start: 0,
+            switcher_window_end: 0,
+            irq_enabled: 0,
+            irq_pending: 0,
+            blocked_interrupts: 0,
+            cr2: 0,
+            tsc_khz: 0,
+            noirq_iret_start: 0,
+            noirq_iret_end: 0,
+            syscall_vec: 0,
+            hcall_status: [HCALL_DONE; ASYNC_HCALLS],
+            hcalls: [AsyncHcall {
+                nr: 0,
+                args: [0; 5],
+            }; ASYNC_HCALLS],
+        }
+    }
+}
+
+/// Slots in the asynchronous ring.
+pub const ASYNC_HCALLS: usize = 64;
+/// `hcall_status` of a free slot (carried out, or never used): a zeroed page is an empty ring.
+pub const HCALL_DONE: u8 = 0;
+/// `hcall_status` of a slot the guest has filled and the host not yet carried out.
+pub const HCALL_PENDING: u8 = 1;
 
 /// `irq_enabled` when interrupts are on: the value of RFLAGS.IF, so a guest can store and test
 /// its flags word either way.
@@ -69,11 +115,13 @@ pub mod offset {
     pub const NOIRQ_IRET_START: u64 = 56;
     pub const NOIRQ_IRET_END: u64 = 64;
     pub const SYSCALL_VEC: u64 = 72;
+    pub const HCALL_STATUS: u64 = 80;
+    pub const HCALLS: u64 = 144;
 }
 
 impl LguestData {
     /// Its size in guest memory.
-    pub const SIZE: usize = 80;
+    pub const SIZE: usize = 144 + ASYNC_HCALLS * 48;
 }
 
 #[cfg(test)]
@@ -116,5 +164,12 @@ mod tests {
             offset::NOIRQ_IRET_END
         );
         assert_eq!(at(offset_of!(LguestData, syscall_vec)), offset::SYSCALL_VEC);
+        assert_eq!(
+            at(offset_of!(LguestData, hcall_status)),
+            offset::HCALL_STATUS
+        );
+        assert_eq!(at(offset_of!(LguestData, hcalls)), offset::HCALLS);
+        assert_eq!(core::mem::size_of::<AsyncHcall>(), 48);
+        assert!(LguestData::SIZE <= 4096, "one page");
     }
 }

@@ -25,6 +25,9 @@
 /// gate is the only one a ring-1 guest may use with `int`.
 pub const VECTOR: u8 = 0x1f;
 
+/// Carry out the queued asynchronous hypercalls (`lguest_data.hcalls`) and nothing else: what
+/// every synchronous hypercall does first anyway.
+pub const FLUSH_ASYNC: u64 = 0;
 /// Register the guest's [`crate::data::LguestData`] page: RBX = its guest-physical address
 /// (page-aligned, inside RAM). Must be the first hypercall; the host fills in the fields it owns.
 pub const LGUEST_INIT: u64 = 1;

@@ -59,6 +59,22 @@ pub enum Hypercall {
     SetPte {
         va: u64,
     },
+    /// Carry out the queued asynchronous calls (which every synchronous call does first).
+    FlushAsync,
+}
+
+impl Hypercall {
+    /// Whether the guest may queue this call in the asynchronous ring. Not the calls whose
+    /// point is their answer or that stop the guest (console output, shutdown, halt).
+    pub fn may_be_queued(&self) -> bool {
+        !matches!(
+            self,
+            Hypercall::LguestInit { .. }
+                | Hypercall::Shutdown { .. }
+                | Hypercall::Halt
+                | Hypercall::ConsoleWrite { .. }
+        )
+    }
 }
 
 /// Whether `len` bytes at guest-physical `gpa` lie inside `ram_bytes` of RAM.
@@ -129,6 +145,7 @@ pub fn decode(regs: &Regs, initialized: bool, ram_bytes: u64) -> Result<Hypercal
         }
         hcall::SET_CLOCKEVENT => Hypercall::SetClockevent { nanoseconds: a1 },
         hcall::SEND_INTERRUPTS => Hypercall::SendInterrupts,
+        hcall::FLUSH_ASYNC => Hypercall::FlushAsync,
         hcall::NEW_PGTABLE => {
             if a1 % PAGE_SIZE != 0 || !in_ram(a1, PAGE_SIZE, ram_bytes) {
                 return Err(death!("NEW_PGTABLE with page tables at {a1:#x}"));
@@ -250,6 +267,18 @@ mod tests {
         );
         assert!(decode(&call(hcall::FLUSH_TLB, 2, 0), true, RAM).is_err());
         assert!(decode(&call(hcall::SET_PTE, 1 << 60, 0), true, RAM).is_err());
+    }
+
+    #[test]
+    fn only_quiet_calls_may_be_queued() {
+        assert!(Hypercall::SetPte { va: 0 }.may_be_queued());
+        assert!(Hypercall::FlushTlb { all: true }.may_be_queued());
+        assert!(!Hypercall::Halt.may_be_queued());
+        assert!(!Hypercall::ConsoleWrite { gpa: 0, len: 1 }.may_be_queued());
+        assert_eq!(
+            decode(&call(hcall::FLUSH_ASYNC, 0, 0), true, RAM),
+            Ok(Hypercall::FlushAsync)
+        );
     }
 
     #[test]

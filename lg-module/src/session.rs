@@ -80,6 +80,8 @@ pub struct Guest<O> {
     pub idt: [Option<GuestGate>; 256],
     /// Its kernel stack for traps from user mode (SET_STACK); 0 until set.
     pub kernel_stack: u64,
+    /// The asynchronous ring slot the host looks at next.
+    pub next_async: usize,
     /// How it ended, once it has: every later `read()` returns this again.
     pub ended: Option<ExitRecord>,
     /// The register the next `read()` returns, set by GETREG.
@@ -152,6 +154,7 @@ impl<O> Session<O> {
                     lguest_data: None,
                     idt: [None; 256],
                     kernel_stack: 0,
+                    next_async: 0,
                     ended: None,
                     pending_read: None,
                 });

@@ -199,6 +199,29 @@ pub fn user() -> anyhow::Result<()> {
     )
 }
 
+/// `guest-async`: hypercalls queued in lguest_data's ring run in order at the next synchronous
+/// call, their slots come back done, and a console write may not be queued (`async-console`
+/// dies for it).
+pub fn async_ring() -> anyhow::Result<()> {
+    runs_to(
+        &["async"],
+        "async: queued calls ran in order at FLUSH_ASYNC",
+    )?;
+    let run = guest(&["async-console"], PATIENCE)?;
+    let mut c = Checks::new();
+    died(&mut c, &["async-console"], &run);
+    c.that(
+        run.stderr.contains("queued in the asynchronous ring"),
+        || {
+            format!(
+                "async-console: expected the queued-call reason, got: {}",
+                run.shown()
+            )
+        },
+    );
+    c.finish()
+}
+
 /// What `hostile-pagetable` tries, and the reason the host must give.
 const BAD_PAGE_TABLES: [(&str, &str); 3] = [
     ("pt-beyond-ram", "beyond RAM"),

@@ -19,7 +19,7 @@ pub struct Scenario {
     pub run: fn() -> anyhow::Result<()>,
 }
 
-pub static SCENARIOS: [Scenario; 42] = [
+pub static SCENARIOS: [Scenario; 43] = [
     Scenario {
         name: "module-load",
         run: module::load,
@@ -167,6 +167,10 @@ pub static SCENARIOS: [Scenario; 42] = [
     Scenario {
         name: "guest-user",
         run: guest::user,
+    },
+    Scenario {
+        name: "guest-async",
+        run: guest::async_ring,
     },
     Scenario {
         name: "teaching-guest-lguest",

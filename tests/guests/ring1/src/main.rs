@@ -129,6 +129,8 @@ extern "C" fn kernel_main(boot_params: u64) -> ! {
         "traps" => traps::traps(),
         "timer" => traps::timer(),
         "user" => traps::user(),
+        "async" => traps::async_ring(),
+        "async-console" => traps::async_console(),
         name if name.starts_with("idt-") => traps::bad_gate(name),
         name if name.starts_with("pt-") => traps::bad_page_tables(name),
         name => attacks::run(name, arg, &data),
