@@ -222,6 +222,47 @@ pub fn async_ring() -> anyhow::Result<()> {
     c.finish()
 }
 
+/// Ticks `guest-long-run` may lose, in parts per thousand of the milliseconds that passed.
+const LOST_TICKS_PER_MILLE: u64 = 50;
+
+/// `guest-long-run`: a guest takes a 1 ms timer tick for 60 s of guest time (two guests of
+/// 30 s, so that a leak shows in both rounds), asleep in HALT between ticks. At most 5% of the
+/// ticks may be lost (deadlines are absolute, so a late tick does not delay the next), and the
+/// host's memory comes back.
+pub fn long_run() -> anyhow::Result<()> {
+    kmod::ensure_loaded()?;
+    hello_still_runs()?;
+    Snapshot::take()?;
+    let mut figures = Vec::new();
+    leak::grows_in_both_rounds("30 s of 1 ms ticks", || {
+        let run = guest(&["long-run", "30"], Duration::from_secs(120))?;
+        let figure = run
+            .stdout
+            .lines()
+            .find_map(|l| l.strip_prefix("long-run: "))
+            .and_then(|rest| {
+                let (ticks, ms) = rest.strip_suffix(" ms")?.split_once(" ticks in ")?;
+                Some((ticks.parse::<u64>().ok()?, ms.parse::<u64>().ok()?))
+            });
+        let Some((ticks, ms)) = figure.filter(|_| run.code == Some(0)) else {
+            anyhow::bail!(
+                "long-run: expected exit 0 and a figure, got {}; stdout: {}; stderr: {}",
+                run.status(),
+                run.shown_stdout(),
+                run.shown()
+            );
+        };
+        ensure!(
+            ticks * 1000 >= ms * (1000 - LOST_TICKS_PER_MILLE),
+            "long-run: {ticks} ticks in {ms} ms (at most {LOST_TICKS_PER_MILLE} per mille may be lost)"
+        );
+        figures.push(format!("{ticks}/{ms}"));
+        Ok(())
+    })?;
+    println!("e2e-info guest-long-run: ticks/ms {}", figures.join(", "));
+    Ok(())
+}
+
 /// What `hostile-pagetable` tries, and the reason the host must give.
 const BAD_PAGE_TABLES: [(&str, &str); 3] = [
     ("pt-beyond-ram", "beyond RAM"),

@@ -19,7 +19,7 @@ pub struct Scenario {
     pub run: fn() -> anyhow::Result<()>,
 }
 
-pub static SCENARIOS: [Scenario; 43] = [
+pub static SCENARIOS: [Scenario; 44] = [
     Scenario {
         name: "module-load",
         run: module::load,
@@ -171,6 +171,10 @@ pub static SCENARIOS: [Scenario; 43] = [
     Scenario {
         name: "guest-async",
         run: guest::async_ring,
+    },
+    Scenario {
+        name: "guest-long-run",
+        run: guest::long_run,
     },
     Scenario {
         name: "teaching-guest-lguest",
