@@ -551,33 +551,38 @@ fn set_data(guest: &Guest<Owner>, field: u64, value: u64) -> Result<(), Death> {
         .map_err(|_| death!("lguest_data at {data:#x} is not writable"))
 }
 
-/// Read guest-virtual memory, translated through the guest's page tables.
-fn read_virtual(guest: &Guest<Owner>, va: u64, out: &mut [u8]) -> Result<(), Refusal> {
+/// Guest-virtual `va..va + len`, translated through the guest's page tables one page at a
+/// time: `each(gpa, offset, length)` for every piece; with `write`, every page must be mapped
+/// writable.
+fn for_each_page(
+    guest: &Guest<Owner>,
+    va: u64,
+    len: usize,
+    write: bool,
+    mut each: impl FnMut(&GuestMemory, u64, usize, usize) -> Result<(), Refusal>,
+) -> Result<(), Refusal> {
     let mem = memory(guest);
     let mut done = 0;
-    while done < out.len() {
+    while done < len {
         let at = va.wrapping_add(done as u64);
-        let in_page = ((0x1000 - (at & 0xfff)) as usize).min(out.len() - done);
+        let in_page = ((0x1000 - (at & 0xfff)) as usize).min(len - done);
         let leaf = pagewalk::walk(&mem, mem.ram_bytes, guest.cr3, at)?.ok_or(Refusal::Fault)?;
-        mem.read(leaf.gpa, &mut out[done..done + in_page])?;
+        if write && !leaf.writable {
+            return Err(Refusal::Fault);
+        }
+        each(&mem, leaf.gpa, done, in_page)?;
         done += in_page;
     }
     Ok(())
 }
 
+/// Read guest-virtual memory.
+fn read_virtual(guest: &Guest<Owner>, va: u64, out: &mut [u8]) -> Result<(), Refusal> {
+    let len = out.len();
+    for_each_page(guest, va, len, false, |mem, gpa, at, n| mem.read(gpa, &mut out[at..at + n]))
+}
+
 /// Write guest-virtual memory the guest's page tables map writable.
 fn write_virtual(guest: &Guest<Owner>, va: u64, bytes: &[u8]) -> Result<(), Refusal> {
-    let mem = memory(guest);
-    let mut done = 0;
-    while done < bytes.len() {
-        let at = va.wrapping_add(done as u64);
-        let in_page = ((0x1000 - (at & 0xfff)) as usize).min(bytes.len() - done);
-        let leaf = pagewalk::walk(&mem, mem.ram_bytes, guest.cr3, at)?.ok_or(Refusal::Fault)?;
-        if !leaf.writable {
-            return Err(Refusal::Fault);
-        }
-        mem.write(leaf.gpa, &bytes[done..done + in_page])?;
-        done += in_page;
-    }
-    Ok(())
+    for_each_page(guest, va, bytes.len(), true, |mem, gpa, at, n| mem.write(gpa, &bytes[at..at + n]))
 }

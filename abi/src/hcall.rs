@@ -19,6 +19,7 @@
 //! - the pushed CS and SS show RPL 0 when the trap came from the guest kernel (Linux's
 //!   `user_mode()` is `cs & 3`); the guest's return path sets RPL 1 again before its `iretq`;
 //! - the pushed RFLAGS.IF is the virtual flag, and an interrupt gate clears the virtual flag.
+//!
 //! A page fault's address goes to `lguest_data.cr2`.
 
 /// The interrupt vector of a hypercall: `int $0x1f`, as lguest's `LGUEST_TRAP_ENTRY`. Its IDT

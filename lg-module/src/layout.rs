@@ -208,13 +208,27 @@ pub const fn block_offset(cpu: u64) -> u64 {
     (FIRST_BLOCK_PAGE + cpu * BLOCK_PAGES) * PAGE
 }
 
+// The layout's promises, checked when lg.ko (or this crate) is compiled: the window fits one
+// page table, the regs page's words stay below the frame, which ends at the page's end
+// 16-byte aligned (TSS.RSP0), and the state page's tables do not overlap.
+const _: () = {
+    assert!(WINDOW_PAGES <= 512);
+    assert!(REGS_SWITCHER_FAULT + 8 <= REGS_FRAME);
+    assert!(REGS_FRAME + FRAME_WORDS * 8 == PAGE);
+    assert!(FrameWord::Ss as u64 == FRAME_WORDS - 1);
+    assert!(REGS_FRAME.is_multiple_of(16));
+    assert!(STATE_GDT + crate::abi::boot::GUEST_GDT_ENTRIES as u64 * 8 <= STATE_TSS);
+    assert!(STATE_TSS + 104 <= STATE_GDTR);
+    assert!(STATE_IDTR + 16 <= PAGE);
+    assert!(HOST_GUEST_CR4 + 8 <= PAGE);
+};
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
-    fn everything_fits_one_page_table() {
-        assert!(WINDOW_PAGES <= 512);
+    fn the_last_block_ends_the_window() {
         assert_eq!(block_offset(MAX_CPUS), WINDOW_PAGES * PAGE);
     }
 
@@ -231,26 +245,5 @@ mod tests {
             next = pages.end;
         }
         assert_eq!(next * PAGE, BLOCK_REGS);
-    }
-
-    #[test]
-    fn regs_page_fields_stay_below_the_frame() {
-        assert!(REGS_SWITCHER_FAULT + 8 <= REGS_FRAME);
-        assert_eq!(REGS_FRAME + FRAME_WORDS * 8, PAGE);
-        assert_eq!(FrameWord::Ss as u64, FRAME_WORDS - 1);
-        assert_eq!(
-            REGS_FRAME % 16,
-            0,
-            "RSP0 and the frame stay 16-byte aligned"
-        );
-    }
-
-    #[test]
-    fn state_page_tables_do_not_overlap() {
-        use crate::abi::boot::GUEST_GDT_ENTRIES;
-        assert!(STATE_GDT + GUEST_GDT_ENTRIES as u64 * 8 <= STATE_TSS);
-        assert!(STATE_TSS + 104 <= STATE_GDTR);
-        assert!(STATE_IDTR + 16 <= PAGE);
-        assert!(HOST_GUEST_CR4 + 8 <= PAGE);
     }
 }

@@ -420,7 +420,7 @@ mod tests {
                 Err(refusal),
                 "{what}"
             );
-            assert!(!s.owner().is_some(), "{what}: refused, yet a guest exists");
+            assert!(s.owner().is_none(), "{what}: refused, yet a guest exists");
             assert_eq!(
                 t.owners.get(),
                 0,
