@@ -20,7 +20,7 @@ use crate::abi::data::{
 };
 use crate::abi::dev::Refusal;
 use crate::abi::exit::{ExitKind, ExitRecord};
-use crate::abi::hcall::{CONSOLE_WRITE_MAX, FIRST_IRQ_VECTOR, SHUTDOWN_MESSAGE_MAX};
+use crate::abi::hcall::{self, CONSOLE_WRITE_MAX, FIRST_IRQ_VECTOR, SHUTDOWN_MESSAGE_MAX};
 use crate::abi::regs::{Reg, Regs};
 use crate::chardev::{lg_bindings, Interrupts, Owner};
 use crate::cpu::{self, CR4_PGE, CR4_PKE, EFER_SCE};
@@ -450,7 +450,9 @@ fn exception(guest: &mut Guest<Owner>, vector: u64, error: u64) -> Result<(), De
             return deliver(guest, syscall_vec, None, &gate);
         }
     }
-    let Some(gate) = guest.idt[vector as usize] else {
+    // A double fault means the guest could not take a fault: there is nothing to reflect into.
+    let gate = guest.idt[vector as usize].filter(|_| vector != traps::DOUBLE_FAULT);
+    let Some(gate) = gate else {
         return Err(death!(
             "trap {vector} ({}) at rip {rip:#x}, error {error:#x}",
             traps::trap_name(vector)
@@ -471,17 +473,27 @@ fn int_instruction_length(guest: &Guest<Owner>, rip: u64, n: u64) -> Option<u64>
     }
 }
 
-/// Deliver a pending interrupt if the guest can take one now; if it cannot (its virtual flag
-/// is off), tell it one is waiting (`irq_pending`).
+/// The IRQ the guest could take next: pending, not masked, with a handler. An IRQ the guest has
+/// no handler for stays pending, as on a masked line.
+fn deliverable_irq(guest: &Guest<Owner>, irqs: &Interrupts) -> Result<Option<u32>, Death> {
+    let pending = irqs.pending.load(core::sync::atomic::Ordering::SeqCst);
+    if pending == 0 {
+        return Ok(None);
+    }
+    let handled = (0..hcall::IRQS)
+        .filter(|irq| guest.idt[(FIRST_IRQ_VECTOR + *irq as u64) as usize].is_some())
+        .fold(0u64, |mask, irq| mask | 1 << irq);
+    let blocked = get_data(guest, offset::BLOCKED_INTERRUPTS)?;
+    Ok(interrupts::next_irq(pending & handled, blocked))
+}
+
+/// Deliver a pending interrupt if the guest can take one now; if one waits only for its
+/// virtual flag, say so in `irq_pending` (the guest's irq_enable then makes SEND_INTERRUPTS).
 fn deliver_interrupts(guest: &mut Guest<Owner>, irqs: &Interrupts) -> Result<(), Death> {
     if guest.lguest_data.is_none() {
         return Ok(());
     }
-    let pending = irqs.pending.load(core::sync::atomic::Ordering::SeqCst);
-    if pending == 0 {
-        return Ok(());
-    }
-    let Some(irq) = interrupts::next_irq(pending, get_data(guest, offset::BLOCKED_INTERRUPTS)?) else {
+    let Some(irq) = deliverable_irq(guest, irqs)? else {
         return Ok(());
     };
     let enabled = get_data(guest, offset::IRQ_ENABLED)?;
@@ -490,12 +502,11 @@ fn deliver_interrupts(guest: &mut Guest<Owner>, irqs: &Interrupts) -> Result<(),
         return set_data(guest, offset::IRQ_PENDING, 1);
     }
     let vector = FIRST_IRQ_VECTOR + irq as u64;
-    // An IRQ the guest has no handler for stays pending, as with a masked line.
-    let Some(gate) = guest.idt[vector as usize] else {
-        return Ok(());
-    };
+    let gate = guest.idt[vector as usize].ok_or_else(|| death!("IRQ {irq} lost its handler"))?;
     irqs.pending.fetch_and(!(1 << irq), core::sync::atomic::Ordering::SeqCst);
-    set_data(guest, offset::IRQ_PENDING, 0)?;
+    // Nothing else waits unless another deliverable IRQ does.
+    let more = deliverable_irq(guest, irqs)?.is_some();
+    set_data(guest, offset::IRQ_PENDING, more as u64)?;
     deliver(guest, vector, None, &gate)
 }
 
@@ -518,16 +529,17 @@ fn deliver(guest: &mut Guest<Owner>, vector: u64, error: Option<u64>, gate: &Gue
     Ok(())
 }
 
-/// Sleep until an interrupt the guest has not masked is pending, or a signal comes.
+/// Sleep until an interrupt the guest can take is pending (unmasked, with a handler), or a
+/// signal comes.
 fn halt(guest: &Guest<Owner>, irqs: &Interrupts) {
-    let blocked = get_data(guest, offset::BLOCKED_INTERRUPTS).unwrap_or(0);
     loop {
         // Announce the sleep before looking, so a wake-up between the look and schedule() is
         // not lost: it puts us back to running and schedule() returns at once.
         // SAFETY: process context; we end in TASK_RUNNING below.
         unsafe { lg_bindings::lg_prepare_to_sleep() };
-        let pending = irqs.pending.load(core::sync::atomic::Ordering::SeqCst) & !blocked;
-        if pending != 0 || current!().signal_pending() {
+        // A guest whose lguest_data cannot be read is woken, and dies at the next look.
+        let ready = deliverable_irq(guest, irqs).map_or(true, |irq| irq.is_some());
+        if ready || current!().signal_pending() {
             break;
         }
         // SAFETY: process context, no spinlocks held.

@@ -4,8 +4,8 @@
 //! They start with nothing but the Switcher: PGD slot 256 leads to the text pages, the IDT and
 //! the block of the CPU the guest runs on (`map_switcher_for`), never another CPU's block and
 //! never the host page. Everything else is filled in one page at a time as the guest faults
-//! (`src/shadow.rs` decides, `map` installs), each page pinned in the launcher's memory for as
-//! long as it is mapped, so the host can never reuse a page the guest can still reach.
+//! (`src/shadow.rs` decides, `map` installs), each page pinned in the launcher's memory from its
+//! first mapping until the guest ends, so the host can never reuse a page the guest can reach.
 //! Dropping the tables unpins every page and frees every table.
 //!
 //! What a guest can make the host allocate is bounded: a guest page is pinned once however many
@@ -42,6 +42,8 @@ const SHADOW_ROOTS: usize = 4;
 struct ShadowRoot {
     /// The guest's own PML4 (guest-physical) this shadows.
     guest_cr3: u64,
+    /// When it was last switched to (a count of switches), to evict the least recently used.
+    last_used: u64,
     root: KernelPage,
     /// Every table page below the root, kept to be freed.
     tables: KVec<KernelPage>,
@@ -53,6 +55,8 @@ pub(crate) struct ShadowTables {
     /// The shadows of recent page tables; `roots[current]` is the one in use.
     roots: KVec<ShadowRoot>,
     current: usize,
+    /// Switches so far: the clock of `ShadowRoot::last_used`.
+    switches: u64,
     /// The Switcher's PUD, which every root's slot 256 points to.
     switcher_pud: KernelPage,
     /// The Switcher's PMD, kept to be freed.
@@ -101,6 +105,7 @@ impl ShadowTables {
             id: switcher.new_guest_id(),
             roots: KVec::new(),
             current: 0,
+            switches: 0,
             switcher_pud: pud,
             _switcher_pmd: pmd,
             switcher_pt,
@@ -112,22 +117,24 @@ impl ShadowTables {
     }
 
     /// Use the shadow of the guest's page tables at `guest_cr3`: a cached one, or a new, empty
-    /// one in place of the least recently made.
+    /// one in place of the least recently used.
     pub(crate) fn switch_to(&mut self, guest_cr3: u64) -> Result {
+        self.switches += 1;
         if let Some(at) = self.roots.iter().position(|r| r.guest_cr3 == guest_cr3) {
             self.current = at;
+            self.roots[at].last_used = self.switches;
             return Ok(());
         }
         let mut root = KernelPage::new()?;
         root.entries()[WINDOW_PGD_SLOT] = self.switcher_pud.phys() | TABLE;
-        let fresh = ShadowRoot { guest_cr3, root, tables: KVec::new() };
+        let fresh = ShadowRoot { guest_cr3, last_used: self.switches, root, tables: KVec::new() };
         if self.roots.len() < SHADOW_ROOTS {
             self.roots.push(fresh, GFP_KERNEL)?;
             self.current = self.roots.len() - 1;
         } else {
-            // Round robin over the slots: the oldest root goes.
-            self.current = (self.current + 1) % SHADOW_ROOTS;
-            self.roots[self.current] = fresh;
+            let oldest = (0..self.roots.len()).min_by_key(|&i| self.roots[i].last_used).unwrap_or(0);
+            self.roots[oldest] = fresh;
+            self.current = oldest;
         }
         Ok(())
     }

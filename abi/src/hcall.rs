@@ -58,8 +58,9 @@ pub const SET_STACK: u64 = 7;
 /// Arm the one-shot timer: RBX = nanoseconds from now (0 disarms it). When it fires, IRQ
 /// [`TIMER_IRQ`] becomes pending.
 pub const SET_CLOCKEVENT: u64 = 9;
-/// Sleep until an interrupt is pending for the guest (or the launcher gets a signal). The guest
-/// turns its virtual interrupt flag on first, or it would sleep through the interrupt.
+/// Sleep until an interrupt the guest can take is pending (not masked, with a handler), or the
+/// launcher gets a signal. The guest turns its virtual interrupt flag on first: with it off, the
+/// guest wakes for the interrupt but is not given it.
 pub const HALT: u64 = 10;
 /// Deliver pending interrupts now: made after turning the virtual interrupt flag back on when
 /// `irq_pending` was set.

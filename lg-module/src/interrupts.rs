@@ -58,6 +58,9 @@ impl GuestGate {
         if (low >> 32) & 7 != 0 {
             return Err(death!("LOAD_IDT_ENTRY {vector}: gate with an IST stack"));
         }
+        if (low >> 35) & 0x1f != 0 {
+            return Err(death!("LOAD_IDT_ENTRY {vector}: reserved bits set"));
+        }
         if high >> 32 != 0 {
             return Err(death!("LOAD_IDT_ENTRY {vector}: reserved bits set"));
         }
@@ -75,9 +78,10 @@ impl GuestGate {
     }
 }
 
-/// Whether the CPU pushes an error code for exception `vector`.
+/// Whether the CPU pushes an error code for exception `vector` (the same list as the
+/// Switcher's stubs).
 pub fn has_error_code(vector: u64) -> bool {
-    matches!(vector, 8 | 10..=14 | 17)
+    matches!(vector, 8 | 10..=14 | 17 | 21 | 29 | 30)
 }
 
 /// The frame to push for a trap with `vector` (and `error`, if it has one) taken at `regs`,

@@ -1,8 +1,9 @@
 //! Walking the guest's own page tables, as the hardware would.
 //!
-//! The host reads guest page tables for two reasons: to check at INITIALIZE that the entry point
-//! the launcher named really lands in guest RAM, and (with the Switcher) to build shadow page
-//! tables on demand. Every table the walk touches is guest memory, so every entry is untrusted:
+//! The host reads guest page tables to check at INITIALIZE that the entry point the launcher
+//! named really lands in guest RAM, to build shadow page tables on demand, and to reach guest
+//! memory by its virtual address (the instruction bytes of an `int n` or `syscall`, a trap
+//! frame it pushes on the guest's stack). Every table the walk touches is guest memory, so every entry is untrusted:
 //! a table pointer outside RAM stops the walk instead of reading somewhere else.
 //!
 //! Hardware-free: guest memory is reached through [`GuestPhysRead`], which lg.ko implements with

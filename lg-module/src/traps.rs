@@ -98,6 +98,7 @@ pub fn check_entry(regs: &mut Regs) -> Result<(), Death> {
 /// Vectors the host treats specially.
 pub const NMI: u64 = 2;
 pub const INVALID_OPCODE: u64 = 6;
+pub const DOUBLE_FAULT: u64 = 8;
 pub const GENERAL_PROTECTION: u64 = 13;
 pub const PAGE_FAULT: u64 = 14;
 pub const MACHINE_CHECK: u64 = 18;
@@ -114,7 +115,8 @@ pub enum Trap {
     /// Something the host owns (an external interrupt, an NMI, a machine check) arrived while
     /// the guest ran: hand it to the host's own handler, then carry on.
     Host { vector: u64 },
-    /// Any other exception: the guest has no handlers yet, so it dies.
+    /// Any other exception: the guest's own, delivered through its handler if it has one
+    /// (and it dies if it has none).
     Fatal,
 }
 

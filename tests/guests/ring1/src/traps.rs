@@ -485,7 +485,7 @@ pub fn user() -> ! {
 /// - `pt-switcher-window`: an entry in PML4 slot 256, over the Switcher's window (the host page
 ///   of CPU 0's block, which no guest view maps);
 /// - `pt-rewritten`: the launcher's tables, written in place (they are in guest RAM, writable)
-///   to point a mapped address beyond RAM, announced with SET_PTE.
+///   to point a mapped address beyond RAM, announced with FLUSH_TLB.
 pub fn bad_page_tables(name: &str) -> ! {
     const P: u64 = 1;
     const W: u64 = 2;
@@ -514,9 +514,10 @@ pub fn bad_page_tables(name: &str) -> ! {
                 pd[40] = 0x20_0000 | P | W | HUGE;
                 hcall(NEW_PGTABLE, [ptr::addr_of!(PML4) as u64, 0, 0, 0, 0]);
                 ptr::read_volatile((40 * 0x20_0000) as *const u64);
-                // ...then point it beyond RAM behind the shadow's back, and own up.
+                // ...then point it beyond RAM behind the shadow's back, and own up (a change
+                // above the last level wants FLUSH_TLB).
                 ptr::write_volatile(&mut pd[40], 1 << 40 | P | W | HUGE);
-                hcall(lguest_abi::hcall::SET_PTE, [40 * 0x20_0000, 0, 0, 0, 0]);
+                hcall(lguest_abi::hcall::FLUSH_TLB, [0, 0, 0, 0, 0]);
                 40 * 0x20_0000
             }
             _ => panic!("unknown scenario {name:?}"),
