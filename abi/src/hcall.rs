@@ -36,14 +36,17 @@ pub const LGUEST_INIT: u64 = 1;
 /// [`SHUTDOWN_MESSAGE_MAX`] bytes are read), RCX = [`SHUTDOWN_POWEROFF`] or [`SHUTDOWN_RESTART`].
 pub const SHUTDOWN: u64 = 2;
 /// Switch page tables (the guest's `mov %cr3`): RBX = guest-physical address of the new PML4
-/// (page-aligned, in RAM). The host keeps the shadows of the last few page tables, so switching
-/// back to a recent one costs nothing.
+/// (page-aligned, in RAM). The host keeps the shadows of the last few page tables by that
+/// address, so switching back to a recent one costs nothing; a guest that frees a page table and
+/// later uses its frame for another must flush (FLUSH_TLB) the old one's mappings first, or the
+/// new one inherits its shadow.
 pub const NEW_PGTABLE: u64 = 4;
 /// Forget cached translations (the guest's TLB flush): RBX = 0 for the current page tables,
 /// 1 for all of them. Needed after changing anything above the last level of a page table.
 pub const FLUSH_TLB: u64 = 5;
 /// A page-table entry changed (the guest has already written it): RBX = the virtual address it
-/// maps; the host drops its shadow of that page from every page table it keeps.
+/// maps; the host drops its shadow of that 4 KiB page from every page table it keeps. A change
+/// to an entry that maps more (a 2 MiB page, a table) needs FLUSH_TLB.
 pub const SET_PTE: u64 = 14;
 /// Install the guest's handler for one vector: RBX = vector, RCX and RDX = the low and high
 /// quadwords of a 64-bit IDT gate (offset, selector [`crate::boot::GUEST_KERNEL_CS`], type

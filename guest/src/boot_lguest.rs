@@ -6,7 +6,8 @@
 //! mode, CPL 1, paging on, RSI = boot_params' guest-physical address, no stack (RSP 0), and the
 //! virtual interrupt flag off. Everything the native entry had to do to get here, the launcher
 //! and the host did; what remains is to choose the lguest backend (its LGUEST_INIT must be the
-//! first hypercall) and read the memory map.
+//! first hypercall) and read the memory map. The launcher's page tables serve until
+//! `kernel_main` builds the kernel's own (paging.rs), as the boot tables do natively.
 
 use core::arch::naked_asm;
 

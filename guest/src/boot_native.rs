@@ -9,11 +9,15 @@
 //! 2. point CR3 at boot page tables that identity-map the first GiB with 2 MiB pages, built by
 //!    the assembler so no code has to run to make them;
 //! 3. CR4.PAE, EFER.LME, CR0.PG (and CR0.WP, so that read-only pages are read-only to the
-//!    kernel too): the CPU is in long mode, still running the 32-bit segment;
+//!    kernel too): the CPU is in long mode, still running the 32-bit segment. On the way, SSE
+//!    for the user tasks: CR4.OSFXSR and OSXMMEXCPT (the kernel saves their XMM registers with
+//!    `fxsave`, and SSE exceptions are #XM), CR0.MP and not EM (under lguest the host's CR0 and
+//!    CR4 already say so);
 //! 4. a far jump loads the 64-bit code segment; then data segments, the boot stack, and Rust,
 //!    with start_info's address as the argument;
 //! 5. in [`native_main`]: choose the native paravirt-ops backend, read the memory map, start
-//!    the frame allocator, load the TSS, build the real page tables, and run `kernel_main`.
+//!    the frame allocator, load the TSS, and run `kernel_main`, which builds the real page
+//!    tables.
 
 use core::arch::global_asm;
 
@@ -21,7 +25,7 @@ use paravirt_ops::Backend;
 
 use crate::frames::{self, MemoryMap};
 use crate::gdt::{self, KERNEL_CS, KERNEL_DS};
-use crate::{paging, STACK_SIZE};
+use crate::STACK_SIZE;
 
 global_asm!(
     r#"
@@ -41,7 +45,7 @@ global_asm!(
 pvh_start:
     lgdt [gdt_pointer]              // the 32-bit lgdt reads the low 4 bytes of the base
     mov eax, cr4
-    or eax, 1 << 5                  // PAE: long mode's page tables
+    or eax, 1 << 5 | 1 << 9 | 1 << 10   // PAE: long mode's page tables; OSFXSR, OSXMMEXCPT
     mov cr4, eax
     mov eax, offset boot_pml4
     mov cr3, eax
@@ -50,7 +54,8 @@ pvh_start:
     or eax, 1 << 8                  // LME
     wrmsr
     mov eax, cr0
-    or eax, 1 << 31 | 1 << 16       // PG: long mode is active from here; WP
+    and eax, ~(1 << 2)              // not EM: SSE instructions run, rather than fault
+    or eax, 1 << 31 | 1 << 16 | 1 << 1  // PG: long mode is active from here; WP; MP
     mov cr0, eax
     ljmp {kernel_cs}, offset pvh_long_mode
 
@@ -141,7 +146,6 @@ extern "C" fn native_main(start_info: u64) -> ! {
     let map = memory_map(start_info);
     frames::init(&map);
     gdt::init();
-    paging::init(map.end());
     crate::kernel_main(&map)
 }
 

@@ -4,11 +4,11 @@
 //! or the launcher's e820 table). The allocator hands out 4 KiB frames from it, zeroed, bottom
 //! up, skipping everything below the kernel's end: the first MiB holds the firmware's leftovers
 //! natively and boot_params and the command line under lguest, and the kernel sits at 1 MiB.
-//! It never takes a frame back: nothing frees memory yet (user tasks will, issue #4, and a free
-//! list threaded through the freed frames is all it will take).
+//! Frames given back ([`free`]) go on a free list threaded through the frames themselves (each
+//! holds the address of the next), and are handed out again first.
 //!
 //! Frames are reached through the identity map (virtual == physical), which both worlds give
-//! the kernel: its own page tables natively (paging.rs), the launcher's under lguest.
+//! the kernel: the boot loader's page tables at first, then its own (paging.rs).
 
 use core::cell::UnsafeCell;
 
@@ -66,12 +66,15 @@ impl MemoryMap {
     }
 }
 
-/// The allocator: the free part of each region, and a cursor.
+/// The allocator: the free part of each region, a cursor, and the frames given back.
 struct Allocator {
     free: MemoryMap,
     /// The region the next frame comes from, and the frame.
     region: usize,
     next: u64,
+    /// The first frame of the free list (0: empty), and how many it holds.
+    freed: u64,
+    freed_count: u64,
 }
 
 /// The allocator behind a cell that only [`with_allocator`] opens, with interrupts off.
@@ -85,6 +88,8 @@ static ALLOCATOR: AllocatorCell = AllocatorCell(UnsafeCell::new(Allocator {
     free: MemoryMap::new(),
     region: 0,
     next: 0,
+    freed: 0,
+    freed_count: 0,
 }));
 
 /// Runs `f` on the allocator with interrupts off: Linux's `local_irq_save`/`restore` around a
@@ -118,6 +123,13 @@ pub fn init(map: &MemoryMap) {
 /// A fresh zeroed 4 KiB frame's physical address, or `None` when RAM is used up.
 pub fn alloc_zeroed() -> Option<u64> {
     let frame = with_allocator(|a| {
+        if a.freed != 0 {
+            let frame = a.freed;
+            // SAFETY: a frame on the free list, identity-mapped, whose first word `free` wrote.
+            a.freed = unsafe { (frame as *const u64).read() };
+            a.freed_count -= 1;
+            return Some(frame);
+        }
         while let Some(r) = a.free.regions().get(a.region).copied() {
             if a.next + PAGE_SIZE <= r.end {
                 a.next += PAGE_SIZE;
@@ -133,6 +145,21 @@ pub fn alloc_zeroed() -> Option<u64> {
     Some(frame)
 }
 
+/// Gives `frame` back.
+///
+/// # Safety
+///
+/// `frame` came from [`alloc_zeroed`], and nothing uses it any more: no page-table entry maps it
+/// (and no TLB, nor under lguest any shadow page table, remembers one that did).
+pub unsafe fn free(frame: u64) {
+    with_allocator(|a| {
+        // SAFETY: the frame is ours again (the caller's promise), RAM, identity-mapped.
+        unsafe { (frame as *mut u64).write(a.freed) };
+        a.freed = frame;
+        a.freed_count += 1;
+    });
+}
+
 /// How many frames are still free.
 pub fn free_frames() -> u64 {
     with_allocator(|a| {
@@ -143,6 +170,6 @@ pub fn free_frames() -> u64 {
             .skip(a.region + 1)
             .map(|r| r.end - r.start)
             .sum();
-        (rest_of_current + later) / PAGE_SIZE
+        (rest_of_current + later) / PAGE_SIZE + a.freed_count
     })
 }

@@ -24,6 +24,10 @@ use lguest_abi::boot::{
 pub const KERNEL_CS: u16 = (GUEST_KERNEL_CS & !3) as u16;
 /// The kernel's stack and data segment natively.
 pub const KERNEL_DS: u16 = (GUEST_KERNEL_SS & !3) as u16;
+/// User mode's code segment, and its stack and data segment: the same selectors (RPL 3) in
+/// both worlds.
+pub const USER_CS: u16 = GUEST_USER_CS as u16;
+pub const USER_SS: u16 = GUEST_USER_SS as u16;
 /// The TSS's selector (entries 8 and 9: a system descriptor takes two in long mode).
 const TSS_SELECTOR: u16 = 0x40;
 const TSS_ENTRY: usize = (TSS_SELECTOR / 8) as usize;
@@ -45,11 +49,11 @@ unsafe impl Sync for Gdt {}
 
 pub const GDT_BYTES: usize = GUEST_GDT_ENTRIES * 8;
 
-/// The GDT, in the host's layout. User segments are there for the user tasks of issue #4.
+/// The GDT, in the host's layout.
 pub static GDT: Gdt = Gdt(UnsafeCell::new({
     let mut gdt = [0u64; GUEST_GDT_ENTRIES];
-    gdt[(GUEST_USER_SS >> 3) as usize] = USER_DATA;
-    gdt[(GUEST_USER_CS >> 3) as usize] = USER_CODE;
+    gdt[(USER_SS >> 3) as usize] = USER_DATA;
+    gdt[(USER_CS >> 3) as usize] = USER_CODE;
     gdt[(KERNEL_CS >> 3) as usize] = KERNEL_CODE;
     gdt[(KERNEL_DS >> 3) as usize] = KERNEL_DATA;
     gdt

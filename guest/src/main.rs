@@ -6,9 +6,9 @@
 //! machine's kernel through its PVH entry note; `lguest-launcher` boots it through its lguest
 //! note, at ring 1 in long mode. Each entry point picks its backend of the paravirt-ops crate
 //! (`../paravirt-ops`, the table of operations a kernel cannot do itself at ring 1) and then runs
-//! the same [`kernel_main`], which prints through the console op, installs its trap handlers,
-//! and runs its self-tests, each printing `selftest <name>: PASS` (or `FAIL: <why>`, or
-//! `SKIP: <why>`), before powering off.
+//! the same [`kernel_main`], which prints through the console op, builds its page tables,
+//! installs its trap handlers and system calls, and runs its self-tests (user tasks at ring 3
+//! among them), each printing `selftest <name>: PASS` or `FAIL: <why>`, before powering off.
 //!
 //! ## Reading order
 //!
@@ -18,10 +18,15 @@
 //! 4. `console.rs`: `print!` over the console op.
 //! 5. `frames.rs`: the memory map, and a page-frame allocator over it.
 //! 6. `gdt.rs`: natively, the kernel's own GDT, which copies the layout of the host's.
-//! 7. `paging.rs`: natively, the kernel's own page tables, and pages mapped on demand.
+//! 7. `paging.rs`: the kernel's own page tables, address spaces for user tasks, and the page
+//!    faults the kernel fixes.
 //! 8. `traps.rs`: the IDT through the cpu ops, the trap entry and exit, the exception handlers.
 //! 9. `timer.rs`: a periodic tick from a one-shot timer.
-//! 10. `selftest.rs`: the self-tests, which exercise all of the above.
+//! 10. `task.rs`: user tasks, their kernel stacks and SSE registers, the context switch and the
+//!     scheduler.
+//! 11. `syscall.rs`: the two ways ring 3 calls the kernel, `int $0x80` and `syscall`.
+//! 12. `user.rs`: the programs the tasks run.
+//! 13. `selftest.rs`: the self-tests, which exercise all of the above.
 //!
 //! ## What each world does for the kernel
 //!
@@ -30,22 +35,23 @@
 //! | entry | PVH: 32-bit, paging off, EBX = start_info | 64-bit, ring 1, paging on, RSI = boot_params |
 //! | memory map | start_info's memmap | boot_params' e820 table |
 //! | GDT | its own (`gdt.rs`), `lgdt` and `ltr` | the host's, same layout |
-//! | page tables | its own (`paging.rs`) | the launcher's identity map, kept for now |
+//! | page tables | its own (`paging.rs`), `mov cr3` | its own too, NEW_PGTABLE; the host shadows them |
+//! | a changed mapping | `invlpg`, CR3 reload | SET_PTE, FLUSH_TLB (batched in lazy mode) |
 //! | IDT | its own, `lidt` | the same gates, told to the host (LOAD_IDT_ENTRY) |
+//! | stack for traps from ring 3 | TSS.RSP0 | SET_STACK |
+//! | `syscall` | EFER.SCE, LSTAR: an entry that switches stacks | the host delivers it as `int $0x80` |
 //! | interrupts on/off | RFLAGS.IF | `lguest_data.irq_enabled` |
 //! | timer | PIT channel 0 through the 8259 PIC, vector 32 | SET_CLOCKEVENT, IRQ 0 at vector 32 |
+//! | tasks' SSE registers | `fxsave`/`fxrstor` at each switch | the same; the host keeps them from the launcher's |
 //! | console, power-off | COM1, isa-debug-exit | CONSOLE_WRITE, SHUTDOWN |
 //!
-//! ## What comes next (issue #4)
+//! ## What comes next
 //!
-//! User tasks at ring 3 and their system calls, through `int $0x80` (a DPL 3 gate the host may
-//! let through directly) and `syscall` (which the host must reflect): they enter through the
-//! same stubs in `traps.rs`, whose frames already say where they came from (`cs & 3`), and on
-//! the stack `traps::init` hands `load_sp0`; the user segments are in the GDT already. Then a
-//! context switch between two tasks driven by the tick in `timer.rs` (each task with its own
-//! kernel stack, given to `load_sp0` when it runs), FPU state kept across preemption,
-//! demand paging under lguest once the host's shadow page tables follow the guest's
-//! (NEW_PGTABLE/SET_PTE in the mmu ops), and lazy-MMU batching of those calls.
+//! Bench mode (issue #4): the same image timing a null system call each way, a page-fault
+//! loop, a context switch and a timer interrupt, natively and under lg.ko. Then what a bigger
+//! kernel would add on the same mechanisms: a task that faults killed rather than the kernel
+//! panicking, per-task FS and GS bases (`wrfsbase`, which CR4.FSGSBASE allows at ring 1), AVX
+//! state (`xsave`), blocking and waking instead of round robin only, and the virtio devices.
 #![no_std]
 #![no_main]
 
@@ -61,8 +67,11 @@ mod frames;
 mod gdt;
 mod paging;
 mod selftest;
+mod syscall;
+mod task;
 mod timer;
 mod traps;
+mod user;
 
 // ---- The boot stack ---------------------------------------------------------------------------
 
@@ -72,14 +81,13 @@ pub const STACK_SIZE: usize = 64 * 1024;
 #[repr(C, align(16))]
 pub struct Stack(pub [u8; STACK_SIZE]);
 
-/// The stack both entry points switch to before their first call, and the kernel's only one
-/// until there are tasks.
+/// The stack both entry points switch to before their first call: the idle task's (task.rs).
 pub static mut BOOT_STACK: Stack = Stack([0; STACK_SIZE]);
 
 // ---- Main -------------------------------------------------------------------------------------
 
-/// Where both entry points end up, with the paravirt-ops backend chosen and, natively, the GDT
-/// and page tables in place; `map` is the RAM the boot loader reported.
+/// Where both entry points end up, with the paravirt-ops backend chosen, the frame allocator
+/// started and, natively, the GDT in place; `map` is the RAM the boot loader reported.
 pub fn kernel_main(map: &frames::MemoryMap) -> ! {
     let cs = current_cs();
     println!(
@@ -94,7 +102,9 @@ pub fn kernel_main(map: &frames::MemoryMap) -> ! {
         map.regions().len(),
         frames::free_frames()
     );
+    paging::init(map.end());
     traps::init();
+    syscall::init();
     let (passed, failed) = selftest::run_all();
     println!("selftests: {passed} passed, {failed} failed");
     if failed == 0 {

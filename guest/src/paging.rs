@@ -1,23 +1,43 @@
-//! 7. Page tables: natively the kernel's own, and pages mapped on demand.
+//! 7. Page tables: the kernel's own, an address space per user task, and faults the kernel fixes.
 //!
 //! x86-64 translates an address through four levels of 512-entry tables (PML4, PDPT, PD, PT),
 //! 9 bits of the address each, and an entry in the PD may map 2 MiB at once (lguest-abi's
-//! `paging` module has the entry bits). Natively [`init`] builds the kernel's tables from
-//! allocator frames: all RAM at virtual == physical in 2 MiB pages, supervisor-only, as the boot
-//! tables mapped the first GiB. Then one window, [`DEMAND_START`]..[`DEMAND_END`], is left
-//! empty: the first touch of a page there faults, and [`demand_fault`] maps a fresh frame and
-//! lets the instruction run again. That is demand paging, the mechanism behind every `malloc`,
-//! stack growth and lazily loaded program.
+//! `paging` module has the entry bits).
 //!
-//! Under lguest the kernel keeps the page tables the launcher built (the same identity map),
-//! and this module does nothing: a page table entry the guest writes is not seen by the host's
-//! shadow page tables until the host keeps them coherent (NEW_PGTABLE, SET_PTE: issue #4), so
-//! mapping on demand would fault forever. [`own_tables`] says which case we are in.
+//! **The kernel half.** [`init`] builds the kernel's tables from allocator frames, in both
+//! worlds: all RAM at virtual == physical in 2 MiB pages, supervisor-only, as the boot loader's
+//! tables mapped it; then the mmu op `write_cr3` switches to them. Natively that is `mov cr3`;
+//! under lguest it is NEW_PGTABLE, and from then on the host builds its shadow page tables from
+//! these instead of the launcher's. Everything the kernel maps lies under PML4 slot 0, the
+//! first 512 GiB.
+//!
+//! **Address spaces.** Each user task gets a PML4 of its own ([`AddressSpace`]) whose slot 0
+//! points at the kernel's PDPT, shared, so the kernel is mapped the same way in every address
+//! space, and whose slot 1, from [`USER_START`], holds the task's pages: the only ones with the
+//! user bit, at every level of the walk. That split is also what SMEP and SMAP want (both are on
+//! under lguest, where the guest runs with the host's CR4): ring 3 cannot touch the kernel's
+//! pages, and the kernel neither runs nor reads user pages through their user mapping. It fills
+//! them through the identity map instead, before they are mapped.
+//!
+//! **Faults the kernel fixes**, in [`demand_fault`] and [`write_fault`]:
+//! - *demand paging*: the window [`DEMAND_START`]..[`DEMAND_END`] starts empty; the first touch
+//!   of a page there faults, and the handler maps a fresh frame and lets the instruction run
+//!   again. That is the mechanism behind every `malloc`, stack growth and lazily loaded program.
+//! - *write protection*: a page marked [`PTE_WRITE_ON_FAULT`] is mapped read-only until its
+//!   first write, which faults, and the handler makes it writable. That is the mechanism behind
+//!   copy-on-write (which would copy the page first) and dirty tracking.
+//!
+//! **Telling the TLB, and the host.** A page that becomes present needs nothing: the TLB never
+//! caches "not present", nor does the host's shadow. A mapping that changes or goes away needs
+//! `flush_tlb_one_user` (natively `invlpg`, under lguest SET_PTE, so the host drops its shadow of
+//! it); a table that goes needs `flush_tlb_user` (a CR3 reload; FLUSH_TLB). Frames are freed
+//! only after the flush: until then a stale translation could still reach them.
 
 use core::sync::atomic::{AtomicU64, Ordering};
 
-use lguest_abi::paging::{ENTRIES_PER_TABLE, PTE_ADDR_MASK, PTE_HUGE, PTE_PRESENT, PTE_WRITE};
-use lguest_abi::PAGE_SIZE;
+use lguest_abi::paging::{
+    ENTRIES_PER_TABLE, PTE_ADDR_MASK, PTE_HUGE, PTE_PRESENT, PTE_USER, PTE_WRITE,
+};
 use paravirt_ops::mmu;
 
 use crate::frames;
@@ -26,17 +46,28 @@ use crate::frames;
 pub const DEMAND_START: u64 = 0x40_0000_0000;
 /// The end of the window: 1 GiB of it.
 pub const DEMAND_END: u64 = DEMAND_START + (1 << 30);
+/// The first address of the user half: PML4 slot 1, 512 GiB.
+pub const USER_START: u64 = 1 << 39;
+/// The end of the user half (PML4 slot 1 only).
+pub const USER_END: u64 = 2 << 39;
+const KERNEL_SLOT: usize = 0;
+const USER_SLOT: usize = 1;
 const HUGE_PAGE: u64 = 2 << 20;
-/// The page-fault error code's bit 0: the page was present (a protection fault, not a missing
-/// page).
+/// A software bit (the MMU ignores bits 9-11): the page is read-only only until its first
+/// write, which [`write_fault`] lets through.
+pub const PTE_WRITE_ON_FAULT: u64 = 1 << 9;
+/// Page-fault error code bits: the page was present (a protection fault, not a missing page);
+/// the access was a write.
 const PF_PRESENT: u64 = 1 << 0;
+const PF_WRITE: u64 = 1 << 1;
 
-/// The physical address of our PML4; 0 while we run on somebody else's tables.
-static ROOT: AtomicU64 = AtomicU64::new(0);
-/// How many faults [`demand_fault`] has fixed.
+/// The physical address of the kernel's PML4.
+static KERNEL_ROOT: AtomicU64 = AtomicU64::new(0);
+/// How many faults [`demand_fault`] and [`write_fault`] have fixed.
 static DEMAND_FAULTS: AtomicU64 = AtomicU64::new(0);
+static WRITE_FAULTS: AtomicU64 = AtomicU64::new(0);
 
-/// Native only: builds the identity map of RAM below `ram_end` and switches to it.
+/// Builds the identity map of RAM below `ram_end` and switches to it.
 pub fn init(ram_end: u64) {
     assert!(
         ram_end <= DEMAND_START,
@@ -44,69 +75,190 @@ pub fn init(ram_end: u64) {
     );
     let root = new_table();
     for pa in (0..ram_end.next_multiple_of(HUGE_PAGE)).step_by(HUGE_PAGE as usize) {
-        let pd = table_for(root, pa, 2);
+        let pd = table_for(root, pa, 2, 0);
         set_entry(pd, index(pa, 2), pa | PTE_PRESENT | PTE_WRITE | PTE_HUGE);
     }
-    // SAFETY: the new tables map all RAM where the boot tables did (identity), and the kernel,
-    // its stacks and everything it refers to are in RAM.
+    // SAFETY: the new tables map all RAM where the boot loader's did (identity), and the
+    // kernel, its stacks and everything it refers to are in RAM.
     unsafe { mmu::write_cr3(root) };
-    ROOT.store(root, Ordering::Relaxed);
+    KERNEL_ROOT.store(root, Ordering::Relaxed);
 }
 
-/// Whether the kernel runs on its own page tables (natively), so it may map pages.
-pub fn own_tables() -> bool {
-    ROOT.load(Ordering::Relaxed) != 0
+/// The kernel's page tables: what runs when no user task does.
+pub fn kernel_root() -> u64 {
+    KERNEL_ROOT.load(Ordering::Relaxed)
 }
 
 /// The page-fault handler's first question: is `addr` a page of the demand window that is
-/// simply not there yet? If so, map a fresh zeroed frame there and say so; the faulting
-/// instruction then runs again and finds it.
+/// simply not there yet? If so, map a fresh zeroed frame there and say so.
 pub fn demand_fault(addr: u64, error: u64) -> bool {
-    if !own_tables() || !(DEMAND_START..DEMAND_END).contains(&addr) || error & PF_PRESENT != 0 {
+    if !(DEMAND_START..DEMAND_END).contains(&addr) || error & PF_PRESENT != 0 {
         return false;
     }
     let Some(frame) = frames::alloc_zeroed() else {
         return false;
     };
-    map(addr & !(PAGE_SIZE - 1), frame);
+    let pt = table_for(kernel_root(), addr, 1, 0);
+    set_entry(pt, index(addr, 1), frame | PTE_PRESENT | PTE_WRITE);
     DEMAND_FAULTS.fetch_add(1, Ordering::Relaxed);
     true
 }
 
-/// How many demand faults have been fixed so far.
+/// The second question: is this a write to a kernel page that is read-only only until written
+/// ([`PTE_WRITE_ON_FAULT`])? If so, make it writable and tell the TLB (under lguest: the host,
+/// whose shadow entry is read-only too), and say so.
+pub fn write_fault(addr: u64, error: u64) -> bool {
+    if error & (PF_PRESENT | PF_WRITE) != PF_PRESENT | PF_WRITE {
+        return false;
+    }
+    let Some((pt, i)) = leaf(kernel_root(), addr) else {
+        return false;
+    };
+    let entry = get_entry(pt, i);
+    if entry & PTE_WRITE_ON_FAULT == 0 {
+        return false;
+    }
+    set_entry(pt, i, entry & !PTE_WRITE_ON_FAULT | PTE_WRITE);
+    mmu::flush_tlb_one_user(addr);
+    WRITE_FAULTS.fetch_add(1, Ordering::Relaxed);
+    true
+}
+
+/// How many demand faults, and write faults, have been fixed so far.
 pub fn demand_faults() -> u64 {
     DEMAND_FAULTS.load(Ordering::Relaxed)
 }
 
-/// Maps the 4 KiB page at `va` to `frame`, writable, making tables on the way. A missing page
-/// becoming present needs no TLB flush: the TLB never caches "not present".
-fn map(va: u64, frame: u64) {
-    let pt = table_for(ROOT.load(Ordering::Relaxed), va, 1);
-    set_entry(pt, index(va, 1), frame | PTE_PRESENT | PTE_WRITE);
+pub fn write_faults() -> u64 {
+    WRITE_FAULTS.load(Ordering::Relaxed)
 }
 
-/// Unmaps the 4 KiB page at `va` and returns its frame, if it was mapped. This one does need a
-/// flush: the TLB may still hold the old translation, and would keep using it.
+/// Makes the kernel page at `va` read-only until its next write ([`write_fault`]). A mapping
+/// that loses a permission must be flushed: the TLB (or the host's shadow) would keep it.
+pub fn write_protect(va: u64) {
+    let (pt, i) = leaf(kernel_root(), va).expect("write_protect: the page is not mapped");
+    let entry = get_entry(pt, i);
+    set_entry(pt, i, entry & !PTE_WRITE | PTE_WRITE_ON_FAULT);
+    mmu::flush_tlb_one_user(va);
+}
+
+/// Unmaps the kernel page at `va` and returns its frame, if it was mapped (the caller may free
+/// it: the flush is done).
 pub fn unmap(va: u64) -> Option<u64> {
-    let pt = table_for(ROOT.load(Ordering::Relaxed), va, 1);
-    let entry = get_entry(pt, index(va, 1));
+    let (pt, i) = leaf(kernel_root(), va)?;
+    let entry = get_entry(pt, i);
     if entry & PTE_PRESENT == 0 {
         return None;
     }
-    set_entry(pt, index(va, 1), 0);
+    set_entry(pt, i, 0);
     mmu::flush_tlb_one_user(va);
     Some(entry & PTE_ADDR_MASK)
 }
 
-/// The level-`level` table (2 = PD, 1 = PT) on the way to `va` from `root`, made where missing.
-fn table_for(root: u64, va: u64, level: u32) -> u64 {
+// ---- Address spaces ---------------------------------------------------------------------------
+
+/// A user task's page tables: the kernel half shared, the user half its own.
+///
+/// # Invariants
+///
+/// `root` is a PML4 frame from the allocator, owned by this value, whose slot 0 is the kernel's
+/// and whose user half (slot 1) holds tables and pages owned by this value too.
+pub struct AddressSpace {
+    root: u64,
+}
+
+impl AddressSpace {
+    /// An address space with the kernel mapped and nothing in the user half.
+    pub fn new() -> AddressSpace {
+        let root = new_table();
+        set_entry(root, KERNEL_SLOT, get_entry(kernel_root(), KERNEL_SLOT));
+        // INVARIANT: a fresh frame, slot 0 the kernel's, the user half empty.
+        AddressSpace { root }
+    }
+
+    /// The PML4's physical address, for `write_cr3`.
+    pub fn root(&self) -> u64 {
+        self.root
+    }
+
+    /// Maps user page `va` to `frame`, which the address space then owns (and frees). No flush:
+    /// the page was not present.
+    pub fn map_user(&mut self, va: u64, frame: u64, writable: bool) {
+        assert!(
+            (USER_START..USER_END).contains(&va),
+            "{va:#x} is not a user address"
+        );
+        let pt = table_for(self.root, va, 1, PTE_USER);
+        let write = if writable { PTE_WRITE } else { 0 };
+        set_entry(pt, index(va, 1), frame | PTE_PRESENT | PTE_USER | write);
+    }
+
+    /// Takes the whole user half away and frees its tables and pages: what a task's exit does.
+    /// The address space must be the current one (the flush is for the current page tables).
+    pub fn unmap_user(&mut self) {
+        let entry = get_entry(self.root, USER_SLOT);
+        if entry & PTE_PRESENT == 0 {
+            return;
+        }
+        set_entry(self.root, USER_SLOT, 0);
+        mmu::flush_tlb_user();
+        // SAFETY: the subtree is this address space's alone (the invariant), and after the flush
+        // nothing maps or remembers it.
+        unsafe { free_tree(entry & PTE_ADDR_MASK, 3) };
+    }
+}
+
+impl Drop for AddressSpace {
+    /// Frees the PML4. Under lguest the host may still keep a shadow of it, and would use that
+    /// shadow again were the frame to become a PML4 once more; it is harmless because the user
+    /// half had to go first ([`AddressSpace::unmap_user`], flushed), and the kernel half is
+    /// the same in every address space.
+    fn drop(&mut self) {
+        assert!(
+            get_entry(self.root, USER_SLOT) == 0,
+            "an address space freed with its user half still mapped"
+        );
+        // SAFETY: the root is ours (the invariant); it is not loaded (the caller switched
+        // away before dropping it), and the user half is gone.
+        unsafe { frames::free(self.root) };
+    }
+}
+
+/// Frees the level-`level` table at `table` (3 = PDPT, 1 = PT) and everything it maps.
+///
+/// # Safety
+///
+/// Everything below `table` is the caller's to free, and nothing maps or remembers it.
+unsafe fn free_tree(table: u64, level: u32) {
+    for i in 0..ENTRIES_PER_TABLE {
+        let entry = get_entry(table, i);
+        if entry & PTE_PRESENT == 0 {
+            continue;
+        }
+        if level > 1 {
+            // SAFETY: a table below ours: the caller's promise covers it.
+            unsafe { free_tree(entry & PTE_ADDR_MASK, level - 1) };
+        } else {
+            // SAFETY: a page below ours, likewise.
+            unsafe { frames::free(entry & PTE_ADDR_MASK) };
+        }
+    }
+    // SAFETY: the table itself, likewise.
+    unsafe { frames::free(table) };
+}
+
+// ---- Walking the tables -----------------------------------------------------------------------
+
+/// The level-`level` table (2 = PD, 1 = PT) on the way to `va` from `root`, made where missing,
+/// with `user` (0 or PTE_USER) in the entries it makes.
+fn table_for(root: u64, va: u64, level: u32, user: u64) -> u64 {
     let mut table = root;
     for upper in (level + 1..=4).rev() {
         let i = index(va, upper);
         let entry = get_entry(table, i);
         table = if entry & PTE_PRESENT == 0 {
             let new = new_table();
-            set_entry(table, i, new | PTE_PRESENT | PTE_WRITE);
+            set_entry(table, i, new | PTE_PRESENT | PTE_WRITE | user);
             new
         } else {
             assert!(entry & PTE_HUGE == 0, "{va:#x} is inside a huge page");
@@ -114,6 +266,19 @@ fn table_for(root: u64, va: u64, level: u32) -> u64 {
         };
     }
     table
+}
+
+/// The page table and index of `va`'s 4 KiB entry under `root`, if the tables down to it exist.
+fn leaf(root: u64, va: u64) -> Option<(u64, usize)> {
+    let mut table = root;
+    for level in (2..=4).rev() {
+        let entry = get_entry(table, index(va, level));
+        if entry & PTE_PRESENT == 0 || entry & PTE_HUGE != 0 {
+            return None;
+        }
+        table = entry & PTE_ADDR_MASK;
+    }
+    Some((table, index(va, 1)))
 }
 
 fn new_table() -> u64 {
@@ -127,12 +292,14 @@ fn index(va: u64, level: u32) -> usize {
 
 fn get_entry(table: u64, index: usize) -> u64 {
     // SAFETY: `table` is a page-table frame of ours, identity-mapped; index < 512. Volatile, as
-    // the MMU reads (and sets accessed and dirty bits in) the same words.
+    // the MMU reads (and sets accessed and dirty bits in) the same words, and so under lguest
+    // does the host.
     unsafe { (table as *const u64).add(index).read_volatile() }
 }
 
 fn set_entry(table: u64, index: usize, entry: u64) {
     // SAFETY: as in get_entry; only this module writes our tables, one CPU, and each caller
-    // holds the only path to the entry (no interrupt handler maps pages the caller is mapping).
+    // holds the only path to the entry (the fault handlers change only kernel-half pages that
+    // no interrupted code is changing).
     unsafe { (table as *mut u64).add(index).write_volatile(entry) }
 }

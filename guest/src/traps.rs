@@ -6,11 +6,12 @@
 //! vector, so that every frame has one shape, and jumps to `trap_common`, which pushes the
 //! general registers and calls [`trap_dispatch`] with the whole [`TrapFrame`].
 //!
-//! **The way out** is the one place the two worlds differ: `trap_common` pops the registers
-//! and jumps to the paravirt-ops `interrupt_return`. Natively that is `iretq`. Under lguest the
-//! frame is the host's, which shows a trap from the kernel with RPL 0 and carries the *virtual*
-//! interrupt flag; the lguest backend's return puts RPL 1 back and restores the flag inside the
-//! window where the host promises not to interrupt (paravirt-ops, lguest.rs).
+//! **The way out** is the one place the two worlds differ: `trap_return` (the tail of
+//! `trap_common`, and where a new task starts: task.rs) pops the registers and jumps to the
+//! paravirt-ops `interrupt_return`. Natively that is `iretq`. Under lguest the frame is the
+//! host's, which shows a trap from the kernel with RPL 0 and carries the *virtual* interrupt
+//! flag; the lguest backend's return puts RPL 1 back and restores the flag inside the window
+//! where the host promises not to interrupt (paravirt-ops, lguest.rs).
 //!
 //! **The IDT** is built the same way in both worlds, gate by gate through the cpu op
 //! `write_idt_entry` (natively a store into [`IDT`], under lguest also LOAD_IDT_ENTRY), then
@@ -22,8 +23,11 @@
 //! **The handlers** report what they caught (the self-tests read it with [`last_trap`]) and
 //! then either let the kernel go on or panic. An exception in the kernel goes on only where it
 //! was expected: an instruction listed in the exception table (`.ex_table`, a pair of addresses
-//! per entry, Linux's `_ASM_EXTABLE`) resumes at its fixup address; a page fault in the demand
-//! window is mapped and retried (paging.rs); `int3` is a trap, so it resumes after itself.
+//! per entry, Linux's `_ASM_EXTABLE`) resumes at its fixup address; a page fault the page
+//! tables can fix (a page of the demand window, a write to a page read-only until written:
+//! paging.rs) is fixed and retried; `int3` is a trap, so it resumes after itself. A trap from
+//! user mode arrives on the running task's kernel stack, which the scheduler gives `load_sp0`
+//! (task.rs); system calls go to syscall.rs and the timer also drives the scheduler.
 
 use core::arch::global_asm;
 use core::sync::atomic::{AtomicU64, Ordering};
@@ -32,7 +36,7 @@ use lguest_abi::hcall::{FIRST_IRQ_VECTOR, TIMER_IRQ};
 use paravirt_ops::cpu::{self, Gate, GateKind, Idt};
 use paravirt_ops::mmu;
 
-use crate::{gdt, paging, timer, Stack, STACK_SIZE};
+use crate::{gdt, paging, syscall, task, timer};
 
 pub const DIVIDE_ERROR: u64 = 0;
 pub const BREAKPOINT: u64 = 3;
@@ -70,15 +74,10 @@ const HANDLED: [(u64, u8); 17] = [
 /// host.
 static IDT: Idt = Idt::new();
 
-/// The stack a trap from user mode lands on (`load_sp0`). Nothing runs in user mode yet; the
-/// host wants it set before anything could (lg.ko kills a guest whose user mode traps without
-/// one), and it becomes the first task's kernel stack (issue #4).
-static mut USER_TRAP_STACK: Stack = Stack([0; STACK_SIZE]);
-
 /// The registers as `trap_common` leaves them, lowest address first: what it pushed, what the
 /// stub pushed, what the CPU (or the host) pushed.
 #[repr(C)]
-#[derive(Debug)]
+#[derive(Debug, Default)]
 pub struct TrapFrame {
     pub r15: u64,
     pub r14: u64,
@@ -129,13 +128,14 @@ trap_stubs:
     options(att_syntax)
 );
 
-// The common part. On entry the frame is 7 words (CPU or host frame 5, error code, vector) below
-// a 16-byte boundary (both the CPU and the host align RSP before pushing), so after 15 more
-// pushes RSP is 16-byte aligned again, as the call wants. `cld`: the ABI expects the direction
-// flag clear, and the interrupted code may have set it.
+// The common part, which syscall.rs's entry stubs join too. On entry the frame is 7 words (CPU
+// or host frame 5, error code, vector) below a 16-byte boundary (both the CPU and the host align
+// RSP before pushing), so after 15 more pushes RSP is 16-byte aligned again, as the call wants.
+// `cld`: the ABI expects the direction flag clear, and the interrupted code may have set it.
 global_asm!(
     r#"
     .text
+    .global trap_common
 trap_common:
     push rax
     push rbx
@@ -155,6 +155,8 @@ trap_common:
     mov rdi, rsp
     cld
     call {dispatch}
+    .global trap_return
+trap_return:
     pop r15
     pop r14
     pop r13
@@ -181,27 +183,31 @@ extern "C" {
     static trap_stubs: u8;
 }
 
-/// Installs the handlers and the stack for traps from user mode.
+/// Installs the handlers.
 pub fn init() {
     let stubs = (&raw const trap_stubs) as u64;
     for (vector, dpl) in HANDLED {
-        let gate = Gate::new(
-            stubs + 16 * vector,
-            gdt::kernel_cs(),
-            GateKind::Interrupt,
-            dpl,
-        );
-        cpu::write_idt_entry(&IDT, vector as u8, gate);
+        set_gate(vector as u8, stubs + 16 * vector, dpl);
     }
     cpu::load_idt(&IDT);
-    cpu::load_sp0((&raw const USER_TRAP_STACK) as u64 + STACK_SIZE as u64);
+}
+
+/// Installs an interrupt gate for `vector` to `handler`, reachable with `int` from rings up to
+/// `dpl` (syscall.rs adds its own this way).
+pub fn set_gate(vector: u8, handler: u64, dpl: u8) {
+    let gate = Gate::new(handler, gdt::kernel_cs(), GateKind::Interrupt, dpl);
+    cpu::write_idt_entry(&IDT, vector, gate);
 }
 
 /// Where every trap arrives, with interrupts off.
 extern "C" fn trap_dispatch(frame: &mut TrapFrame) {
     match frame.vector {
-        TIMER_VECTOR => timer::interrupt(),
+        TIMER_VECTOR => {
+            timer::interrupt();
+            task::preempt();
+        }
         PAGE_FAULT => page_fault(frame),
+        syscall::VECTOR => syscall::dispatch(frame),
         _ => exception(frame),
     }
 }
@@ -251,7 +257,9 @@ pub fn last_trap() -> Trap {
 fn page_fault(frame: &mut TrapFrame) {
     let address = mmu::read_cr2();
     record(frame, address);
-    if paging::demand_fault(address, frame.error_code) {
+    if paging::demand_fault(address, frame.error_code)
+        || paging::write_fault(address, frame.error_code)
+    {
         return;
     }
     if let Some(fixup) = fixup(frame.rip) {

@@ -1,11 +1,19 @@
-//! `cpu`: the interrupt descriptor table, the kernel stack for traps from user mode, `cpuid`,
-//! and the return from a trap: Linux's `pv_ops.cpu`.
+//! `cpu`: the interrupt descriptor table, the kernel stack for traps from user mode, where
+//! `syscall` goes, `cpuid`, and the return from a trap: Linux's `pv_ops.cpu`.
 //!
 //! Natively the kernel owns the IDT: it writes gates into a table and points the CPU at it with
 //! `lidt`. Under lguest the real IDT is the Switcher's, and the kernel tells the host each gate
 //! with LOAD_IDT_ENTRY; the host keeps them as a *virtual* IDT and delivers traps through it.
 //! Either way the kernel builds the same [`Idt`] with the same [`Gate`]s and calls the same two
 //! ops, so its trap code does not care where it runs.
+//!
+//! System calls get the same treatment. `int $0x80` from user mode needs nothing but a DPL 3
+//! gate. The `syscall` instruction does not go through the IDT at all: natively it jumps to the
+//! address in the LSTAR MSR, on the user's stack, so the kernel provides an entry point that
+//! switches stacks itself; under lguest the host catches it and delivers it through the gate
+//! of a vector the guest names, as if it were `int $n` (with RCX and R11 set as `syscall` sets
+//! them). [`syscall_init`] takes both, the entry point and the vector, and each backend uses
+//! the one it needs.
 
 use core::arch::naked_asm;
 use core::cell::UnsafeCell;
@@ -21,6 +29,11 @@ pub struct CpuOps {
     pub load_idt: fn(idt: &'static Idt),
     /// The top of the kernel stack a trap from user mode switches to (`pv_ops.cpu.load_sp0`).
     pub load_sp0: fn(sp0: u64),
+    /// Makes `syscall` from user mode enter the kernel: natively at `entry`, with interrupts
+    /// off, on the user's stack, RCX = the return address, R11 = the user's RFLAGS (Linux's
+    /// `syscall_init`, through `pv_ops.cpu.write_msr`); under lguest as `int vector` (Xen PV
+    /// registers a callback, `CALLBACKTYPE_syscall`, for the same job).
+    pub syscall_init: fn(entry: unsafe extern "C" fn(), vector: u8),
     /// `cpuid` for `leaf` and `subleaf`, as this kernel may use it (`pv_ops.cpu.cpuid`).
     pub cpuid: fn(leaf: u32, subleaf: u32) -> Cpuid,
     /// The last step of every trap handler, jumped to (never called) with RSP at the CPU's
@@ -122,6 +135,11 @@ pub fn load_idt(idt: &'static Idt) {
 /// Sets the kernel stack for traps from user mode.
 pub fn load_sp0(sp0: u64) {
     (ops().cpu.load_sp0)(sp0)
+}
+
+/// Sets up the `syscall` instruction: see [`CpuOps::syscall_init`].
+pub fn syscall_init(entry: unsafe extern "C" fn(), vector: u8) {
+    (ops().cpu.syscall_init)(entry, vector)
 }
 
 /// `cpuid`, filtered by the backend.

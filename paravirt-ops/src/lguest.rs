@@ -11,13 +11,16 @@
 
 use core::arch::{asm, global_asm, x86_64::__cpuid_count};
 use core::cell::UnsafeCell;
-use core::mem::offset_of;
-use core::sync::atomic::{compiler_fence, Ordering};
+use core::mem::{offset_of, size_of};
+use core::sync::atomic::{compiler_fence, AtomicBool, AtomicUsize, Ordering};
 
-use lguest_abi::data::{LguestData, IRQ_ENABLED};
+use lguest_abi::data::{
+    AsyncHcall, LguestData, ASYNC_HCALLS, HCALL_DONE, HCALL_PENDING, IRQ_ENABLED,
+};
 use lguest_abi::hcall::{
-    CONSOLE_WRITE, CONSOLE_WRITE_MAX, HALT, LGUEST_INIT, LOAD_IDT_ENTRY, SEND_INTERRUPTS,
-    SET_CLOCKEVENT, SET_STACK, SHUTDOWN, SHUTDOWN_MESSAGE_MAX, SHUTDOWN_POWEROFF,
+    CONSOLE_WRITE, CONSOLE_WRITE_MAX, FLUSH_ASYNC, FLUSH_TLB, HALT, LGUEST_INIT, LOAD_IDT_ENTRY,
+    NEW_PGTABLE, SEND_INTERRUPTS, SET_CLOCKEVENT, SET_PTE, SET_STACK, SHUTDOWN,
+    SHUTDOWN_MESSAGE_MAX, SHUTDOWN_POWEROFF,
 };
 
 use crate::console::ConsoleOps;
@@ -40,6 +43,7 @@ pub const OPS: PvOps = PvOps {
         write_idt_entry,
         load_idt,
         load_sp0,
+        syscall_init,
         cpuid,
         iret: lguest_iret,
     },
@@ -54,6 +58,9 @@ pub const OPS: PvOps = PvOps {
         read_cr2,
         write_cr3,
         flush_tlb_one_user,
+        flush_tlb_user,
+        enter_lazy_mmu_mode,
+        leave_lazy_mmu_mode,
     },
     time: TimeOps {
         tsc_khz,
@@ -128,38 +135,33 @@ struct DataPage(UnsafeCell<LguestData>);
 unsafe impl Sync for DataPage {}
 
 static LGUEST_DATA: DataPage = DataPage(UnsafeCell::new(
-    // SAFETY: LguestData is all u64 fields, for which zero is a valid value; zeroed rather than
-    // spelt out, so that fields the ABI adds start at 0 too.
+    // SAFETY: LguestData is integers all the way down, for which zero is a valid value; zeroed
+    // rather than spelt out, so that fields the ABI adds start at 0 too (the asynchronous ring
+    // starts empty: every slot HCALL_DONE).
     unsafe { core::mem::zeroed() },
 ));
 
-/// Reads the `lguest_data` word at byte `offset` (an `offset_of!(LguestData, ...)`). Volatile:
-/// the host writes it behind the compiler's back.
+/// Where the `lguest_data` field at byte `offset` (an `offset_of!(LguestData, ...)`) is.
+fn field<T>(offset: usize) -> *mut T {
+    LGUEST_DATA
+        .0
+        .get()
+        .cast::<u8>()
+        .wrapping_add(offset)
+        .cast::<T>()
+}
+
+/// Reads the `lguest_data` word at byte `offset`. Volatile: the host writes it behind the
+/// compiler's back.
 fn get(offset: usize) -> u64 {
     // SAFETY: `offset` names a u64 field inside the page, which lives forever (see DataPage).
-    unsafe {
-        LGUEST_DATA
-            .0
-            .get()
-            .cast::<u8>()
-            .add(offset)
-            .cast::<u64>()
-            .read_volatile()
-    }
+    unsafe { field::<u64>(offset).read_volatile() }
 }
 
 /// Writes the `lguest_data` word at byte `offset`.
 fn set(offset: usize, value: u64) {
     // SAFETY: as for `get`.
-    unsafe {
-        LGUEST_DATA
-            .0
-            .get()
-            .cast::<u8>()
-            .add(offset)
-            .cast::<u64>()
-            .write_volatile(value)
-    }
+    unsafe { field::<u64>(offset).write_volatile(value) }
 }
 
 // ---- irq: the virtual interrupt flag ----------------------------------------------------------
@@ -231,6 +233,12 @@ fn load_sp0(sp0: u64) {
     unsafe { hcall(SET_STACK, [sp0, 0, 0, 0, 0]) };
 }
 
+/// The host turns `syscall` in guest user mode (an invalid opcode while the guest runs: the
+/// host keeps EFER.SCE off) into `int vector`; the entry point is for native kernels.
+fn syscall_init(_entry: unsafe extern "C" fn(), vector: u8) {
+    set(offset_of!(LguestData, syscall_vec), u64::from(vector));
+}
+
 /// `cpuid` works at ring 1 (the host does not make it fault), so the guest filters it itself,
 /// as lguest did: leaf 1 stops advertising what a ring-1 kernel cannot use (features reached
 /// through MSRs or CR4, MONITOR/MWAIT, VMX/SMX, the local APIC's modes) and says "hypervisor".
@@ -295,15 +303,97 @@ fn read_cr2() -> u64 {
     get(offset_of!(LguestData, cr2))
 }
 
+/// NEW_PGTABLE, always at once: the kernel's next access goes through the new tables. (A
+/// batch queued before it is carried out first, like before any synchronous hypercall.)
+///
 /// # Safety
 ///
-/// See [`MmuOps::write_cr3`]; never returns normally, so the contract is moot.
-unsafe fn write_cr3(_root: u64) {
-    panic!("lguest: write_cr3 (NEW_PGTABLE) waits for shadow page-table coherence (issue #4)");
+/// See [`MmuOps::write_cr3`]. `root` is taken as guest-physical (see the crate docs).
+unsafe fn write_cr3(root: u64) {
+    // SAFETY: the host only reads the tables at `root`, which the caller vouches for.
+    unsafe { hcall(NEW_PGTABLE, [root, 0, 0, 0, 0]) };
 }
 
-fn flush_tlb_one_user(_va: u64) {
-    panic!("lguest: flush_tlb_one_user (SET_PTE) waits for shadow page-table coherence (issue #4)");
+/// SET_PTE: the guest has written the entry; the host drops its shadow of the page (lguest's
+/// `lguest_flush_tlb_single` made the same call).
+fn flush_tlb_one_user(va: u64) {
+    lazy_hcall(SET_PTE, [va, 0, 0, 0, 0]);
+}
+
+/// FLUSH_TLB 0: the host forgets its shadow of the current page tables.
+fn flush_tlb_user() {
+    lazy_hcall(FLUSH_TLB, [0; 5]);
+}
+
+// ---- Lazy mode: the asynchronous hypercall ring -----------------------------------------------
+//
+// lguest_data holds a ring of ASYNC_HCALLS slots. The guest fills slot `NEXT_SLOT` and then marks
+// it HCALL_PENDING; the host, before every synchronous hypercall, carries out the pending slots
+// in ring order from where it last stopped and marks each HCALL_DONE. So a batch costs one
+// world switch, at the leave, instead of one per call (lguest's `async_hcall`).
+
+/// Whether flushes are being batched.
+static LAZY: AtomicBool = AtomicBool::new(false);
+/// The slot the next queued call goes in: the host reads the ring in the same order.
+static NEXT_SLOT: AtomicUsize = AtomicUsize::new(0);
+
+fn enter_lazy_mmu_mode() {
+    LAZY.store(true, Ordering::Relaxed);
+}
+
+/// FLUSH_ASYNC if anything is still queued: the host carries out the batch before it returns.
+fn leave_lazy_mmu_mode() {
+    LAZY.store(false, Ordering::Relaxed);
+    if pending_async_hcalls() > 0 {
+        // SAFETY: FLUSH_ASYNC carries out calls this backend queued, nothing else.
+        unsafe { hcall(FLUSH_ASYNC, [0; 5]) };
+    }
+}
+
+/// Makes page-table hypercall `nr` now, or queues it in lazy mode.
+fn lazy_hcall(nr: u64, args: [u64; 5]) {
+    if !LAZY.load(Ordering::Relaxed) {
+        // SAFETY: the page-table calls that come here (SET_PTE, FLUSH_TLB) only make the host
+        // forget shadow entries.
+        unsafe { hcall(nr, args) };
+        return;
+    }
+    let slot = NEXT_SLOT.load(Ordering::Relaxed);
+    if status(slot) != HCALL_DONE {
+        // The ring is full of calls the host has not seen: a synchronous call makes it carry
+        // them out first, then this one, which keeps the order.
+        // SAFETY: as above.
+        unsafe { hcall(nr, args) };
+        return;
+    }
+    let at = offset_of!(LguestData, hcalls) + slot * size_of::<AsyncHcall>();
+    set(at + offset_of!(AsyncHcall, nr), nr);
+    for (i, &arg) in args.iter().enumerate() {
+        set(at + offset_of!(AsyncHcall, args) + 8 * i, arg);
+    }
+    // Marked pending only once complete. Volatile stores keep their order, and the host reads
+    // the ring only while the guest is stopped, so program order is all the ordering it takes.
+    set_status(slot, HCALL_PENDING);
+    NEXT_SLOT.store((slot + 1) % ASYNC_HCALLS, Ordering::Relaxed);
+}
+
+fn status(slot: usize) -> u8 {
+    // SAFETY: slot < ASYNC_HCALLS, a byte of the status array in the page; volatile, as the
+    // host writes it.
+    unsafe { field::<u8>(offset_of!(LguestData, hcall_status) + slot).read_volatile() }
+}
+
+fn set_status(slot: usize, value: u8) {
+    // SAFETY: as in `status`.
+    unsafe { field::<u8>(offset_of!(LguestData, hcall_status) + slot).write_volatile(value) }
+}
+
+/// How many queued calls the host has not carried out yet (a kernel's self-tests look). Only
+/// under lguest: natively the ring was never set up.
+pub fn pending_async_hcalls() -> usize {
+    (0..ASYNC_HCALLS)
+        .filter(|&slot| status(slot) == HCALL_PENDING)
+        .count()
 }
 
 // ---- time -------------------------------------------------------------------------------------

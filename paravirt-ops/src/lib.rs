@@ -13,6 +13,7 @@
 //! | `cpu.write_idt_entry` | `pv_ops.cpu.write_idt_entry` | store the gate | store it, LOAD_IDT_ENTRY |
 //! | `cpu.load_idt` | `pv_ops.cpu.load_idt` | `lidt` | nothing (the host has every entry) |
 //! | `cpu.load_sp0` | `pv_ops.cpu.load_sp0` | TSS.RSP0 | SET_STACK |
+//! | `cpu.syscall_init` | `syscall_init` (MSRs by `pv_ops.cpu.write_msr`) | EFER.SCE, STAR, LSTAR, FMASK | `lguest_data.syscall_vec` |
 //! | `cpu.cpuid` | `pv_ops.cpu.cpuid` | `cpuid` | `cpuid`, filtered |
 //! | `cpu.iret` | `INTERRUPT_RETURN` (32-bit: `pv_ops.cpu.iret`) | `iretq` | RPL 1, virtual IF, `iretq` |
 //! | `irq.save_fl` | `pv_ops.irq.save_fl` | `pushf` | load `irq_enabled` |
@@ -21,8 +22,11 @@
 //! | `irq.irq_enable` | `pv_ops.irq.irq_enable` | `sti` | store IF; SEND_INTERRUPTS if pending |
 //! | `irq.safe_halt` | `pv_ops.irq.safe_halt` | `sti; hlt` | store IF, HALT |
 //! | `mmu.read_cr2` | `pv_ops.mmu.read_cr2` | `mov cr2` | `lguest_data.cr2` |
-//! | `mmu.write_cr3` | `pv_ops.mmu.write_cr3` | `mov cr3` | not yet (NEW_PGTABLE, below) |
-//! | `mmu.flush_tlb_one_user` | `pv_ops.mmu.flush_tlb_one_user` | `invlpg` | not yet (SET_PTE) |
+//! | `mmu.write_cr3` | `pv_ops.mmu.write_cr3` | `mov cr3` | NEW_PGTABLE |
+//! | `mmu.flush_tlb_one_user` | `pv_ops.mmu.flush_tlb_one_user` | `invlpg` | SET_PTE (queued in lazy mode) |
+//! | `mmu.flush_tlb_user` | `pv_ops.mmu.flush_tlb_user` | CR3 reload | FLUSH_TLB 0 (queued in lazy mode) |
+//! | `mmu.enter_lazy_mmu_mode` | `pv_ops.mmu.lazy_mode.enter` | nothing | start queuing |
+//! | `mmu.leave_lazy_mmu_mode` | `pv_ops.mmu.lazy_mode.leave` | nothing | FLUSH_ASYNC, if anything is queued |
 //! | `time.tsc_khz` | `x86_platform.calibrate_tsc` | timed against the PIT | `lguest_data.tsc_khz` |
 //! | `time.set_next_event` | `clock_event_device.set_next_event` | PIT channel 0 | SET_CLOCKEVENT |
 //! | [`time::sched_clock`] | `pv_ops.time.sched_clock` | TSC / `tsc_khz` | the same |
@@ -41,22 +45,19 @@
 //! through the table. Its trap handlers end with a jump to [`cpu::interrupt_return`]; the
 //! few things a kernel must know rather than call are in [`PvInfo`].
 //!
-//! ## Not here yet (issue #4)
+//! ## Not here
 //!
-//! - The lguest backend's MMU: `write_cr3` becomes NEW_PGTABLE and a changed entry SET_PTE (the
-//!   ABI has both numbers now) once the host keeps its shadow page tables coherent with the
-//!   guest's; until then a guest under lguest keeps the page tables the launcher built, and those
-//!   two ops panic.
-//! - Lazy-MMU batching: Linux's `pv_ops.mmu.lazy_mode` (enter/leave), which under lguest queues
-//!   page-table hypercalls in `lguest_data`'s asynchronous ring instead of making each one; it
-//!   comes with the MMU ops above.
-//! - `pv_ops.cpu.load_gdt`/`write_gdt_entry`/`load_tls` and the FPU ops: the teaching guest runs
-//!   on the host's GDT as it is (its native GDT copies the layout), and lg.ko keeps the guest's
-//!   FPU state itself.
+//! - `pv_ops.cpu.load_gdt`/`write_gdt_entry`/`load_tls`: the teaching guest runs on the host's
+//!   GDT as it is (its native GDT copies the layout), and needs no TLS segments.
+//! - The FPU ops (32-bit Linux's `clts`, `read_cr0`/`write_cr0` for lazy FPU switching with
+//!   CR0.TS): lg.ko keeps a guest's FPU state apart from the launcher's, and a kernel switches
+//!   its tasks' state itself with `fxsave`/`fxrstor`, which ring 1 may execute.
+//! - The page-table ops (`pv_ops.mmu.set_pte`, `alloc_pte`, ...): the host reads the guest's
+//!   tables itself when it builds a shadow, and hears of changes through the flush ops above.
 //!
-//! Every address this crate hands the host (a console buffer, the lguest_data page) is taken as
-//! guest-physical: the kernels that use it so far run on an identity map. A kernel linked
-//! elsewhere would translate (Linux's `__pa`).
+//! Every address this crate hands the host (a console buffer, the lguest_data page, a page-table
+//! root) is taken as guest-physical: the kernels that use it so far run on an identity map. A
+//! kernel linked elsewhere would translate (Linux's `__pa`).
 #![no_std]
 
 use core::cell::UnsafeCell;

@@ -1,7 +1,8 @@
 //! The native backend: the real instructions, and the PC's own chips.
 //!
 //! This is what a kernel does when it owns the machine: `cli`/`sti`/`pushf`/`popf` for the
-//! interrupt flag, `lidt`, the TSS for the kernel stack, `mov cr2`/`mov cr3`/`invlpg`, `hlt`.
+//! interrupt flag, `lidt`, the TSS for the kernel stack, the MSRs of `syscall`,
+//! `mov cr2`/`mov cr3`/`invlpg`, `hlt`.
 //! For time and interrupts it uses the oldest hardware every PC (and QEMU's `pc` machine) has:
 //! the 8254 PIT, both as the one-shot timer (channel 0, IRQ 0) and as the ruler the TSC is
 //! measured against (channel 2); and the 8259 PIC, remapped so that IRQ 0 arrives at vector 32,
@@ -33,6 +34,7 @@ pub const OPS: PvOps = PvOps {
         write_idt_entry,
         load_idt,
         load_sp0,
+        syscall_init,
         cpuid,
         iret: native_iret,
     },
@@ -47,6 +49,9 @@ pub const OPS: PvOps = PvOps {
         read_cr2,
         write_cr3,
         flush_tlb_one_user,
+        flush_tlb_user,
+        enter_lazy_mmu_mode,
+        leave_lazy_mmu_mode,
     },
     time: TimeOps {
         tsc_khz,
@@ -159,6 +164,74 @@ fn load_sp0(sp0: u64) {
     unsafe { (&raw mut (*TSS.0.get()).rsp[0]).write_unaligned(sp0) };
 }
 
+const MSR_EFER: u32 = 0xc000_0080;
+const MSR_STAR: u32 = 0xc000_0081;
+const MSR_LSTAR: u32 = 0xc000_0082;
+const MSR_FMASK: u32 = 0xc000_0084;
+/// EFER.SCE: `syscall` and `sysret` exist (without it `syscall` is #UD).
+const EFER_SCE: u64 = 1 << 0;
+/// What `syscall` clears in RFLAGS (FMASK): IF, so that no interrupt comes before the entry
+/// has left the user's stack; TF, DF, AC and NT, which user mode may have set and the kernel
+/// does not want (Linux masks the same and more).
+const SYSCALL_MASK: u64 = 1 << 9 | 1 << 8 | 1 << 10 | 1 << 18 | 1 << 14;
+
+/// Reads model-specific register `msr`.
+///
+/// # Safety
+///
+/// `msr` must exist on this CPU (else #GP).
+unsafe fn rdmsr(msr: u32) -> u64 {
+    let (lo, hi): (u32, u32);
+    // SAFETY: the caller vouches that the MSR exists; reading it changes nothing.
+    unsafe {
+        asm!(
+            "rdmsr",
+            in("ecx") msr,
+            out("eax") lo,
+            out("edx") hi,
+            options(nomem, nostack, preserves_flags)
+        )
+    };
+    u64::from(hi) << 32 | u64::from(lo)
+}
+
+/// Writes `value` to model-specific register `msr`.
+///
+/// # Safety
+///
+/// `msr` must exist, and the caller knows what writing it does.
+unsafe fn wrmsr(msr: u32, value: u64) {
+    // SAFETY: the caller vouches for the write.
+    unsafe {
+        asm!(
+            "wrmsr",
+            in("ecx") msr,
+            in("eax") value as u32,
+            in("edx") (value >> 32) as u32,
+            options(nostack, preserves_flags)
+        )
+    };
+}
+
+/// `syscall` enters at `entry` (LSTAR) in the code segment we run on now, the kernel's, and its
+/// stack segment 8 above (STAR bits 32-47, the layout `syscall` requires). STAR's other half,
+/// the selectors `sysret` would load, stays 0: the kernel returns from a system call with
+/// `iretq`, the way it returns from `int $0x80` (as Xen PV kernels do), never with `sysret`.
+/// The vector is lguest's business.
+fn syscall_init(entry: unsafe extern "C" fn(), _vector: u8) {
+    let cs: u16;
+    // SAFETY: reading CS changes nothing.
+    unsafe { asm!("mov {:x}, cs", out(reg) cs, options(nomem, nostack, preserves_flags)) };
+    // SAFETY: every x86-64 CPU has these MSRs; they tell `syscall` where the kernel's entry
+    // point is, and `entry` is one (the kernel's contract with this op).
+    unsafe {
+        wrmsr(MSR_STAR, u64::from(cs & !3) << 32);
+        wrmsr(MSR_LSTAR, entry as usize as u64);
+        wrmsr(MSR_FMASK, SYSCALL_MASK);
+        wrmsr(MSR_EFER, rdmsr(MSR_EFER) | EFER_SCE);
+    }
+}
+
 fn cpuid(leaf: u32, subleaf: u32) -> Cpuid {
     let r = __cpuid_count(leaf, subleaf);
     Cpuid {
@@ -230,6 +303,18 @@ fn flush_tlb_one_user(va: u64) {
     // SAFETY: invlpg only drops a cached translation.
     unsafe { asm!("invlpg [{}]", in(reg) va, options(nostack, preserves_flags)) };
 }
+
+/// A CR3 reload: it drops every translation but global ones, and this kernel has none.
+fn flush_tlb_user() {
+    // SAFETY: writes back the CR3 we run on; not `nomem`, as the TLB flush orders memory
+    // accesses through changed tables after it.
+    unsafe { asm!("mov {0}, cr3", "mov cr3, {0}", out(reg) _, options(nostack, preserves_flags)) };
+}
+
+/// Nothing to batch natively: every flush is one instruction.
+fn enter_lazy_mmu_mode() {}
+
+fn leave_lazy_mmu_mode() {}
 
 // ---- time: the PIT ----------------------------------------------------------------------------
 

@@ -1,0 +1,124 @@
+//! 11. System calls: how ring 3 asks the kernel for something, by `int $0x80` or by `syscall`.
+//!
+//! Two instructions, one handler. **`int $0x80`** goes through IDT gate 0x80, whose DPL 3 lets
+//! ring 3 use it: the CPU switches to the task's kernel stack (TSS.RSP0) and pushes the usual
+//! frame. Under lguest the real IDT is the Switcher's, where the `int` becomes a #GP that the
+//! host turns back into vector 0x80 after checking the guest's gate allows ring 3, and the host
+//! pushes the same frame on the stack SET_STACK named.
+//!
+//! **`syscall`** is cheaper on hardware because it skips all that: it puts the return address
+//! in RCX and RFLAGS in R11, loads the kernel's code segment and entry point from MSRs, masks
+//! RFLAGS (interrupts off), and does not touch the stack. So natively `syscall_entry` switches
+//! to the task's kernel stack itself, pushes the frame `int $0x80` would have pushed (RCX and
+//! R11 are the return RIP and RFLAGS), and joins the same path. Under lguest the guest cannot
+//! own those MSRs: the host keeps `syscall` an invalid opcode while a guest runs, and delivers
+//! it through the gate that `lguest_data.syscall_vec` names, 0x80, having set RCX and R11 as
+//! `syscall` would. The paravirt-ops `syscall_init` sets up whichever of the two applies.
+//!
+//! Both return with `iretq`, through the trap path (`sysret` would need ring 0, and Xen PV
+//! kernels return the same way). The calls take their number in RAX and arguments in RDI and
+//! RSI, and answer in RAX; `syscall` clobbers RCX and R11, as on Linux.
+
+use core::arch::global_asm;
+use core::sync::atomic::{AtomicU64, Ordering};
+
+use paravirt_ops::cpu;
+
+use crate::gdt::{USER_CS, USER_SS};
+use crate::traps::{self, TrapFrame};
+use crate::{task, timer};
+
+/// The system-call vector, for `int $0x80` and (under lguest) `syscall` alike.
+pub const VECTOR: u64 = 0x80;
+
+/// Ends the task with status RDI.
+pub const SYS_EXIT: u64 = 0;
+/// Gives the CPU to the next task.
+pub const SYS_YIELD: u64 = 1;
+/// Returns the task's number.
+pub const SYS_GETID: u64 = 2;
+/// Returns the timer ticks so far.
+pub const SYS_TICKS: u64 = 3;
+/// Tells the kernel a value (RDI): how a user program shows what it did.
+pub const SYS_REPORT: u64 = 4;
+
+/// The user's RSP while the native `syscall` entry switches stacks (one CPU, interrupts off).
+static USER_RSP: AtomicU64 = AtomicU64::new(0);
+
+// The two ways in. `int80_entry` is an ordinary stub, like those in traps.rs. `syscall_entry`
+// (native only) starts on the user's stack with interrupts off (FMASK), so it can use nothing
+// but a scratch word before it is on the kernel stack, 16-byte aligned like every top the
+// scheduler hands out; then the 7 words every frame starts with.
+global_asm!(
+    r#"
+    .text
+    .global int80_entry, syscall_entry
+int80_entry:
+    push 0
+    push {vector}
+    jmp trap_common
+
+syscall_entry:
+    mov [rip + {user_rsp}], rsp
+    mov rsp, [rip + {kernel_rsp}]
+    push {user_ss}
+    push qword ptr [rip + {user_rsp}]
+    push r11                        // RFLAGS
+    push {user_cs}
+    push rcx                        // RIP
+    push 0                          // the error code
+    push {vector}
+    jmp trap_common
+    "#,
+    vector = const VECTOR,
+    user_rsp = sym USER_RSP,
+    kernel_rsp = sym task::KERNEL_STACK_TOP,
+    user_ss = const USER_SS,
+    user_cs = const USER_CS,
+);
+
+extern "C" {
+    fn int80_entry();
+    fn syscall_entry();
+}
+
+/// Installs gate 0x80 (DPL 3) and points `syscall` at the same place.
+pub fn init() {
+    traps::set_gate(VECTOR as u8, int80_entry as *const () as u64, 3);
+    cpu::syscall_init(syscall_entry, VECTOR as u8);
+}
+
+/// The task that made the last SYS_REPORT.
+static LAST_REPORTER: AtomicU64 = AtomicU64::new(0);
+
+/// Vector 0x80, by either way in, with interrupts off.
+pub fn dispatch(frame: &mut TrapFrame) {
+    assert!(frame.cs & 3 == 3, "a system call from the kernel");
+    // What `syscall` leaves behind: the return address in RCX and the flags in R11 (natively
+    // the CPU, under lguest the host). `int $0x80` leaves the user's RCX, which the programs
+    // that use it keep clear of that.
+    let by_syscall = frame.rcx == frame.rip && frame.r11 == frame.rflags;
+    task::account(|s| {
+        s.calls += 1;
+        s.by_syscall += u64::from(by_syscall);
+    });
+    frame.rax = match frame.rax {
+        SYS_EXIT => task::exit(frame.rdi),
+        SYS_YIELD => {
+            task::yield_now();
+            0
+        }
+        SYS_GETID => task::current() as u64,
+        SYS_TICKS => timer::ticks(),
+        SYS_REPORT => {
+            let me = task::current() as u64;
+            let other_before = LAST_REPORTER.swap(me, Ordering::Relaxed) != me;
+            task::account(|s| {
+                s.report = frame.rdi;
+                s.handovers += u64::from(other_before);
+            });
+            0
+        }
+        _ => u64::MAX,
+    };
+}
