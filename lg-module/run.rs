@@ -155,11 +155,16 @@ fn run_once(guest: &mut Guest<Owner>, switcher: &Switcher) -> TrapInfo {
     // (abi::boot::CPUNODE_GDT_ENTRY), with its accessed bit set: the guest sees the GDT
     // read-only, so the CPU must never need to set it.
     // SAFETY: The host GDT has GDT_ENTRIES (16) entries; the state page holds the guest GDT at
-    // STATE_GDT, with room for as many (src/layout.rs tests).
+    // STATE_GDT, with room for as many (src/layout.rs checks).
     unsafe {
         let cpunode = ((gdt_rw as usize + CPUNODE_GDT_ENTRY * 8) as *const u64).read();
-        let state = switcher.block_page(cpu, BLOCK_STATE);
-        ((state + (STATE_GDT as usize) + CPUNODE_GDT_ENTRY * 8) as *mut u64).write(cpunode | 1 << 40);
+        let gdt = (switcher.block_page(cpu, BLOCK_STATE) + STATE_GDT as usize) as *mut u64;
+        gdt.add(CPUNODE_GDT_ENTRY).write(cpunode | 1 << 40);
+        // And the guest's own TLS segments, checked when it set them (LOAD_GDT_ENTRY).
+        let first = *crate::abi::boot::GUEST_TLS_ENTRIES.start() as usize;
+        for (i, descriptor) in guest.tls.iter().enumerate() {
+            gdt.add(first + i).write(*descriptor);
+        }
     }
     let host = |offset: u64, value: u64| {
         // SAFETY: In bounds of this CPU's host page (offsets from src/layout.rs), see above.
@@ -367,6 +372,11 @@ fn carry_out(guest: &mut Guest<Owner>, irqs: &Interrupts, call: Hypercall) -> Re
         }
         // The ring was drained before this call was carried out.
         Hypercall::FlushAsync => Ok(None),
+        Hypercall::LoadGdtEntry { index, descriptor } => {
+            let first = *crate::abi::boot::GUEST_TLS_ENTRIES.start();
+            guest.tls[(index - first) as usize] = descriptor;
+            Ok(None)
+        }
         Hypercall::ConsoleWrite { gpa, len } => {
             let mut bytes = [0u8; CONSOLE_WRITE_MAX];
             mem.read(gpa, &mut bytes[..len]).map_err(|_| unreadable("CONSOLE_WRITE"))?;

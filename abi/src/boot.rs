@@ -29,12 +29,16 @@ pub const X86_SUBARCH_LGUEST: u32 = 1;
 /// | 8-9   | 0x40     | this CPU's TSS                         |
 /// | 10    | 0x51     | guest kernel 64-bit code, DPL 1        |
 /// | 11    | 0x59     | guest kernel data, DPL 1               |
+/// | 12-14 | 0x63...  | the guest's TLS segments (LOAD_GDT_ENTRY) |
 /// | 15    | 0x7b     | the host's per-CPU number segment      |
 ///
 /// Entry 15 is the host's own `GDT_ENTRY_CPUNODE`, copied for the CPU the guest runs on: Linux's
 /// NMI entry finds its per-CPU data with `lsl` on it, and may run while this GDT is loaded. It
 /// tells a guest only what `rdtscp` does (its CPU and node numbers).
 pub const GUEST_GDT_ENTRIES: usize = 16;
+
+/// The GDT entries a guest may set (LOAD_GDT_ENTRY), as Linux's TLS entries 12-14.
+pub const GUEST_TLS_ENTRIES: core::ops::RangeInclusive<u64> = 12..=14;
 
 /// The host's CPU-number segment's GDT entry (Linux's `GDT_ENTRY_CPUNODE`).
 pub const CPUNODE_GDT_ENTRY: usize = 15;

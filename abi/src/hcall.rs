@@ -61,6 +61,11 @@ pub const SET_STACK: u64 = 7;
 /// Arm the one-shot timer: RBX = nanoseconds from now (0 disarms it). When it fires, IRQ
 /// [`TIMER_IRQ`] becomes pending.
 pub const SET_CLOCKEVENT: u64 = 9;
+/// Set one of the guest's thread-local-storage segments (Linux's TLS entries): RBX = GDT index
+/// ([`crate::boot::GUEST_TLS_ENTRIES`]), RCX = the 8-byte code or data descriptor. The host
+/// sanitises before it loads it (DPL 0 becomes 1, the accessed bit is set) and refuses what a
+/// guest may not have: a system descriptor or gate, a 64-bit (L) segment, another index.
+pub const LOAD_GDT_ENTRY: u64 = 18;
 /// Sleep until an interrupt the guest can take is pending (not masked, with a handler), or the
 /// launcher gets a signal. The guest turns its virtual interrupt flag on first: with it off, the
 /// guest wakes for the interrupt but is not given it.

@@ -51,6 +51,46 @@ pub fn guest_gdt(tss: u64) -> [u64; GUEST_GDT_ENTRIES] {
     gdt
 }
 
+/// Check and sanitise a TLS descriptor the guest gave LOAD_GDT_ENTRY for entry `index`
+/// (hazard 2 in x86-ring1-hazards.md, Xen's check_descriptor in spirit): only code and data
+/// segments, never a system descriptor or gate (which could lead into ring 0 or load a TSS);
+/// no 64-bit (L) segment, which only the guest kernel's code segment may be; DPL 0 raised to 1,
+/// so no guest segment is ever the host's privilege; the accessed bit set, as the GDT is
+/// read-only to the guest and the CPU must never need to write it. A not-present descriptor
+/// clears the entry.
+pub fn tls_descriptor(index: u64, descriptor: u64) -> Result<u64, crate::death::Death> {
+    use crate::death;
+    if !crate::abi::boot::GUEST_TLS_ENTRIES.contains(&index) {
+        return Err(death!(
+            "LOAD_GDT_ENTRY for entry {index} (only the TLS entries 12-14)"
+        ));
+    }
+    const PRESENT: u64 = 1 << 47;
+    const CODE_OR_DATA: u64 = 1 << 44;
+    const LONG: u64 = 1 << 53;
+    const ACCESSED: u64 = 1 << 40;
+    const DPL: u64 = 3 << 45;
+    if descriptor & PRESENT == 0 {
+        return Ok(0);
+    }
+    if descriptor & CODE_OR_DATA == 0 {
+        return Err(death!(
+            "LOAD_GDT_ENTRY {index}: a system descriptor or gate {descriptor:#x}"
+        ));
+    }
+    if descriptor & LONG != 0 {
+        return Err(death!(
+            "LOAD_GDT_ENTRY {index}: a 64-bit segment {descriptor:#x}"
+        ));
+    }
+    let raised = if descriptor & DPL == 0 {
+        descriptor | 1 << 45
+    } else {
+        descriptor
+    };
+    Ok(raised | ACCESSED)
+}
+
 /// A 16-byte available 64-bit TSS descriptor for a TSS at `base`.
 fn tss_descriptor(base: u64) -> [u64; 2] {
     let limit = TSS_BYTES as u64 - 1;
@@ -179,6 +219,39 @@ mod tests {
         assert_eq!(u64::from_le_bytes(t[36..44].try_into().unwrap()), 0x2222);
         assert_eq!(u64::from_le_bytes(t[84..92].try_into().unwrap()), 0x8888);
         assert_eq!(u16::from_le_bytes([t[102], t[103]]), 104, "no I/O bitmap");
+    }
+
+    #[test]
+    fn tls_descriptors_are_sanitised_or_refused() {
+        let data3 = data(3) & !(1 << 40) & !0xff_0000 | 0x34_0000; // base 0x34, accessed clear
+        assert_eq!(
+            tls_descriptor(12, data3),
+            Ok(data3 | 1 << 40),
+            "accessed bit set"
+        );
+        assert_eq!(
+            dpl(tls_descriptor(13, data(0)).unwrap()),
+            1,
+            "DPL 0 raised to 1"
+        );
+        assert_eq!(tls_descriptor(14, 0), Ok(0), "not present: cleared");
+        assert!(
+            tls_descriptor(10, data(3)).is_err(),
+            "the kernel's code segment"
+        );
+        assert!(
+            tls_descriptor(15, data(3)).is_err(),
+            "the host's CPU-number segment"
+        );
+        assert!(tls_descriptor(12, code64(3)).is_err(), "64-bit code");
+        assert!(
+            tls_descriptor(12, 0x0000_8900_0000_0067).is_err(),
+            "a TSS descriptor"
+        );
+        assert!(
+            tls_descriptor(12, 0x0000_ec00_0050_0000).is_err(),
+            "a call gate"
+        );
     }
 
     #[test]

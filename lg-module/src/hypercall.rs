@@ -11,6 +11,7 @@ use crate::abi::regs::{Reg, Regs};
 use crate::abi::PAGE_SIZE;
 use crate::death;
 use crate::death::Death;
+use crate::descriptors::tls_descriptor;
 use crate::interrupts::GuestGate;
 use crate::traps::is_canonical;
 
@@ -61,6 +62,11 @@ pub enum Hypercall {
     },
     /// Carry out the queued asynchronous calls (which every synchronous call does first).
     FlushAsync,
+    /// Set TLS entry `index` to the sanitised `descriptor`.
+    LoadGdtEntry {
+        index: u64,
+        descriptor: u64,
+    },
 }
 
 impl Hypercall {
@@ -146,6 +152,10 @@ pub fn decode(regs: &Regs, initialized: bool, ram_bytes: u64) -> Result<Hypercal
         hcall::SET_CLOCKEVENT => Hypercall::SetClockevent { nanoseconds: a1 },
         hcall::SEND_INTERRUPTS => Hypercall::SendInterrupts,
         hcall::FLUSH_ASYNC => Hypercall::FlushAsync,
+        hcall::LOAD_GDT_ENTRY => Hypercall::LoadGdtEntry {
+            index: a1,
+            descriptor: tls_descriptor(a1, a2)?,
+        },
         hcall::NEW_PGTABLE => {
             if a1 % PAGE_SIZE != 0 || !in_ram(a1, PAGE_SIZE, ram_bytes) {
                 return Err(death!("NEW_PGTABLE with page tables at {a1:#x}"));

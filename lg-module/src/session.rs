@@ -82,6 +82,9 @@ pub struct Guest<O> {
     pub kernel_stack: u64,
     /// The asynchronous ring slot the host looks at next.
     pub next_async: usize,
+    /// Its TLS segments (GDT entries 12-14, LOAD_GDT_ENTRY), loaded into the GDT of whichever
+    /// CPU it runs on.
+    pub tls: [u64; 3],
     /// How it ended, once it has: every later `read()` returns this again.
     pub ended: Option<ExitRecord>,
     /// The register the next `read()` returns, set by GETREG.
@@ -155,6 +158,7 @@ impl<O> Session<O> {
                     idt: [None; 256],
                     kernel_stack: 0,
                     next_async: 0,
+                    tls: [0; 3],
                     ended: None,
                     pending_read: None,
                 });
