@@ -31,7 +31,9 @@ pub(crate) const CR4_FRED: u64 = 1 << 32;
 pub(crate) unsafe fn rdmsr(msr: u32) -> u64 {
     let (low, high): (u32, u32);
     // SAFETY: The caller guarantees the MSR exists; rdmsr has no other effect.
-    unsafe { asm!("rdmsr", in("ecx") msr, out("eax") low, out("edx") high, options(nomem, nostack)) };
+    unsafe {
+        asm!("rdmsr", in("ecx") msr, out("eax") low, out("edx") high, options(nomem, nostack))
+    };
     (high as u64) << 32 | low as u64
 }
 
@@ -53,7 +55,9 @@ pub(crate) unsafe fn wrmsr(msr: u32, value: u64) {
 pub(crate) fn data_selectors() -> (u16, u16) {
     let (ds, es): (u16, u16);
     // SAFETY: Reading segment registers has no effect.
-    unsafe { asm!("mov {0:x}, ds", "mov {1:x}, es", out(reg) ds, out(reg) es, options(nomem, nostack)) };
+    unsafe {
+        asm!("mov {0:x}, ds", "mov {1:x}, es", out(reg) ds, out(reg) es, options(nomem, nostack))
+    };
     (ds, es)
 }
 
@@ -61,7 +65,9 @@ pub(crate) fn data_selectors() -> (u16, u16) {
 pub(crate) fn fs_gs_selectors() -> (u16, u16) {
     let (fs, gs): (u16, u16);
     // SAFETY: Reading segment registers has no effect.
-    unsafe { asm!("mov {0:x}, fs", "mov {1:x}, gs", out(reg) fs, out(reg) gs, options(nomem, nostack)) };
+    unsafe {
+        asm!("mov {0:x}, fs", "mov {1:x}, gs", out(reg) fs, out(reg) gs, options(nomem, nostack))
+    };
     (fs, gs)
 }
 

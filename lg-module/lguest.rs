@@ -35,13 +35,13 @@ module! {
 mod abi;
 mod chardev;
 mod cpu;
-mod fpu;
 #[allow(unreachable_pub)]
 #[path = "src/death.rs"]
 mod death;
 #[allow(unreachable_pub)]
 #[path = "src/descriptors.rs"]
 mod descriptors;
+mod fpu;
 #[allow(unreachable_pub)]
 #[path = "src/hypercall.rs"]
 mod hypercall;
@@ -81,6 +81,9 @@ impl kernel::Module for Lguest {
         // the module is unloaded; the device (and every file, which holds the module) is gone
         // before then.
         let shared: &'static switcher::Switcher = unsafe { &*(&*switcher as *const _) };
-        Ok(Lguest { _dev: chardev::Registration::new(module, shared)?, _switcher: switcher })
+        Ok(Lguest {
+            _dev: chardev::Registration::new(module, shared)?,
+            _switcher: switcher,
+        })
     }
 }

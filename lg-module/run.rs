@@ -6,9 +6,9 @@
 //! to the host's own handler (on the same CPU, before interrupts come back on) and the guest
 //! goes back in; an exception the guest has a handler for (LOAD_IDT_ENTRY) is delivered to it
 //! (`deliver`), and one it has none for ends it. Before each trip in, a pending interrupt is
-//! delivered if the guest's virtual interrupt flag allows (`deliver_interrupts`). Between two runs the task is an ordinary task:
-//! it can be preempted, migrate to another CPU, or take a signal, which ends `read()` with
-//! -ERESTARTSYS (so Ctrl-C on the launcher works). The guest is bound to a CPU only inside
+//! delivered if the guest's virtual interrupt flag allows (`deliver_interrupts`). Between two
+//! runs the task is an ordinary task: it can be preempted, migrate to another CPU, or take a
+//! signal, which ends `read()` with -ERESTARTSYS (so Ctrl-C on the launcher works). The guest is bound to a CPU only inside
 //! `run_once`, with interrupts off.
 //!
 //! Every guest-physical access goes through `GuestMemory`, which checks it against RAM and
@@ -51,11 +51,17 @@ impl GuestMemory {
     }
 
     fn read(&self, gpa: u64, out: &mut [u8]) -> Result<(), Refusal> {
-        self.user(gpa, out.len())?.reader().read_slice(out).map_err(|_| Refusal::Fault)
+        self.user(gpa, out.len())?
+            .reader()
+            .read_slice(out)
+            .map_err(|_| Refusal::Fault)
     }
 
     fn write(&self, gpa: u64, bytes: &[u8]) -> Result<(), Refusal> {
-        self.user(gpa, bytes.len())?.writer().write_slice(bytes).map_err(|_| Refusal::Fault)
+        self.user(gpa, bytes.len())?
+            .writer()
+            .write_slice(bytes)
+            .map_err(|_| Refusal::Fault)
     }
 }
 
@@ -78,7 +84,11 @@ struct TrapInfo {
 
 /// Run the guest until the launcher is needed: returns the exit for the launcher, or
 /// ERESTARTSYS for a signal.
-pub(crate) fn run(guest: &mut Guest<Owner>, switcher: &Switcher, irqs: &Interrupts) -> Result<ExitRecord> {
+pub(crate) fn run(
+    guest: &mut Guest<Owner>,
+    switcher: &Switcher,
+    irqs: &Interrupts,
+) -> Result<ExitRecord> {
     loop {
         if let Some(ended) = guest.ended {
             return Ok(ended);
@@ -88,14 +98,19 @@ pub(crate) fn run(guest: &mut Guest<Owner>, switcher: &Switcher, irqs: &Interrup
         }
         // SAFETY: We hold no spinlock and run in process context.
         unsafe { lg_bindings::lg_cond_resched() };
-        if let Err(death) = deliver_interrupts(guest, irqs).and_then(|()| traps::check_entry(&mut guest.regs)) {
+        if let Err(death) =
+            deliver_interrupts(guest, irqs).and_then(|()| traps::check_entry(&mut guest.regs))
+        {
             guest.end(died(death));
             continue;
         }
         let trap = run_once(guest, switcher);
         if trap.switcher_fault != 0 {
             let vector = trap.switcher_fault - 1;
-            guest.end(died(death!("fault inside the Switcher: trap {vector} ({})", traps::trap_name(vector))));
+            guest.end(died(death!(
+                "fault inside the Switcher: trap {vector} ({})",
+                traps::trap_name(vector)
+            )));
             continue;
         }
         let outcome = match traps::classify(trap.vector, trap.cr2) {
@@ -136,12 +151,17 @@ fn run_once(guest: &mut Guest<Owner>, switcher: &Switcher) -> TrapInfo {
     // SAFETY: The regs and host pages are this CPU's, allocated for every possible CPU at load;
     // with interrupts off nothing else on this CPU uses them, and other CPUs use their own.
     unsafe {
-        core::ptr::copy_nonoverlapping(frame.as_ptr(), (regs_page + REGS_FRAME as usize) as *mut u64, frame.len());
+        core::ptr::copy_nonoverlapping(
+            frame.as_ptr(),
+            (regs_page + REGS_FRAME as usize) as *mut u64,
+            frame.len(),
+        );
     }
 
     // SAFETY: These MSRs exist on every x86-64 CPU; every one changed here is restored below,
     // before interrupts come back on.
-    let (efer, sysenter_cs) = unsafe { (cpu::rdmsr(cpu::MSR_EFER), cpu::rdmsr(cpu::MSR_SYSENTER_CS)) };
+    let (efer, sysenter_cs) =
+        unsafe { (cpu::rdmsr(cpu::MSR_EFER), cpu::rdmsr(cpu::MSR_SYSENTER_CS)) };
     // SAFETY: lg.ko loads only on CPUs with TSC_AUX (Switcher::new checks).
     let aux = unsafe { cpu::rdmsr(cpu::MSR_TSC_AUX) } & !(AUX_NMI_PENDING | AUX_MC_PENDING);
     // SAFETY: reading CR4 has no side effects.
@@ -172,7 +192,10 @@ fn run_once(guest: &mut Guest<Owner>, switcher: &Switcher) -> TrapInfo {
     };
     // SAFETY: as above for the MSRs.
     let (host_fs_base, host_kernel_gs_base) = unsafe {
-        (cpu::rdmsr(cpu::MSR_FS_BASE), cpu::rdmsr(cpu::MSR_KERNEL_GS_BASE))
+        (
+            cpu::rdmsr(cpu::MSR_FS_BASE),
+            cpu::rdmsr(cpu::MSR_KERNEL_GS_BASE),
+        )
     };
     host(HOST_FS_BASE, host_fs_base);
     // SAFETY: as above for the MSRs.
@@ -226,9 +249,18 @@ fn run_once(guest: &mut Guest<Owner>, switcher: &Switcher) -> TrapInfo {
     let mut frame = [0u64; FRAME_WORDS as usize];
     // SAFETY: As above: this CPU's regs page, in bounds.
     let (fs_base, gs_base, cr2, switcher_fault) = unsafe {
-        core::ptr::copy_nonoverlapping((regs_page + REGS_FRAME as usize) as *const u64, frame.as_mut_ptr(), frame.len());
+        core::ptr::copy_nonoverlapping(
+            (regs_page + REGS_FRAME as usize) as *const u64,
+            frame.as_mut_ptr(),
+            frame.len(),
+        );
         let word = |offset: u64| ((regs_page + offset as usize) as *const u64).read();
-        (word(REGS_FS_BASE), word(REGS_GS_BASE), word(REGS_CR2), word(REGS_SWITCHER_FAULT))
+        (
+            word(REGS_FS_BASE),
+            word(REGS_GS_BASE),
+            word(REGS_CR2),
+            word(REGS_SWITCHER_FAULT),
+        )
     };
     let trap = TrapInfo {
         vector: frame[FrameWord::Vector as usize],
@@ -240,8 +272,16 @@ fn run_once(guest: &mut Guest<Owner>, switcher: &Switcher) -> TrapInfo {
         guest.regs = traps::regs_from_frame(&frame);
         // The exit path saved the real FS and GS bases here, but the guest can write this page
         // too: a non-canonical value would fault the next entry's wrmsr, so it is dropped.
-        guest.fs_base = if traps::is_canonical(fs_base) { fs_base } else { 0 };
-        guest.gs_base = if traps::is_canonical(gs_base) { gs_base } else { 0 };
+        guest.fs_base = if traps::is_canonical(fs_base) {
+            fs_base
+        } else {
+            0
+        };
+        guest.gs_base = if traps::is_canonical(gs_base) {
+            gs_base
+        } else {
+            0
+        };
     }
     // Interrupts that were the host's go to the host's own handlers now, on this CPU, as if
     // they had just arrived: nothing is dropped.
@@ -266,12 +306,19 @@ fn run_once(guest: &mut Guest<Owner>, switcher: &Switcher) -> TrapInfo {
 }
 
 fn memory(guest: &Guest<Owner>) -> GuestMemory {
-    GuestMemory { base: guest.config.base, ram_bytes: guest.ram_bytes() }
+    GuestMemory {
+        base: guest.config.base,
+        ram_bytes: guest.ram_bytes(),
+    }
 }
 
 /// Carry out a hypercall; `Some` if the launcher must see its result.
 fn hypercall(guest: &mut Guest<Owner>, irqs: &Interrupts) -> Result<Option<ExitRecord>, Death> {
-    let call = hypercall::decode(&guest.regs, guest.lguest_data.is_some(), memory(guest).ram_bytes)?;
+    let call = hypercall::decode(
+        &guest.regs,
+        guest.lguest_data.is_some(),
+        memory(guest).ram_bytes,
+    )?;
     // What the guest queued comes first: it was asked for before this call (lguest's rule).
     drain_async(guest, irqs)?;
     carry_out(guest, irqs, call)
@@ -280,37 +327,52 @@ fn hypercall(guest: &mut Guest<Owner>, irqs: &Interrupts) -> Result<Option<ExitR
 /// Carry out the calls queued in the guest's asynchronous ring, in order, from where the host
 /// stopped last; each slot is marked done as it is carried out.
 fn drain_async(guest: &mut Guest<Owner>, irqs: &Interrupts) -> Result<(), Death> {
-    let Some(data) = guest.lguest_data else { return Ok(()) };
+    let Some(data) = guest.lguest_data else {
+        return Ok(());
+    };
     let mem = memory(guest);
     for _ in 0..ASYNC_HCALLS {
         let slot = guest.next_async;
         let status_at = data + offset::HCALL_STATUS + slot as u64;
         let mut status = [0u8; 1];
-        mem.read(status_at, &mut status).map_err(|_| death!("lguest_data at {data:#x} is not readable"))?;
+        mem.read(status_at, &mut status)
+            .map_err(|_| death!("lguest_data at {data:#x} is not readable"))?;
         if status[0] != HCALL_PENDING {
             return Ok(());
         }
         let mut words = [0u8; 48];
         mem.read(data + offset::HCALLS + slot as u64 * 48, &mut words)
             .map_err(|_| death!("lguest_data at {data:#x} is not readable"))?;
-        let word = |i: usize| u64::from_le_bytes(words[i * 8..i * 8 + 8].try_into().unwrap_or([0; 8]));
+        let word =
+            |i: usize| u64::from_le_bytes(words[i * 8..i * 8 + 8].try_into().unwrap_or([0; 8]));
         let mut regs = Regs::default();
-        for (i, reg) in [Reg::Rax, Reg::Rbx, Reg::Rcx, Reg::Rdx, Reg::Rsi, Reg::Rdi].into_iter().enumerate() {
+        for (i, reg) in [Reg::Rax, Reg::Rbx, Reg::Rcx, Reg::Rdx, Reg::Rsi, Reg::Rdi]
+            .into_iter()
+            .enumerate()
+        {
             regs.set(reg, word(i));
         }
         let call = hypercall::decode(&regs, true, mem.ram_bytes)?;
         if !call.may_be_queued() {
-            return Err(death!("hypercall {} queued in the asynchronous ring", word(0)));
+            return Err(death!(
+                "hypercall {} queued in the asynchronous ring",
+                word(0)
+            ));
         }
         carry_out(guest, irqs, call)?;
-        mem.write(status_at, &[HCALL_DONE]).map_err(|_| death!("lguest_data at {data:#x} is not writable"))?;
+        mem.write(status_at, &[HCALL_DONE])
+            .map_err(|_| death!("lguest_data at {data:#x} is not writable"))?;
         guest.next_async = (slot + 1) % ASYNC_HCALLS;
     }
     Ok(())
 }
 
 /// Carry out one decoded hypercall; `Some` if the launcher must see its result.
-fn carry_out(guest: &mut Guest<Owner>, irqs: &Interrupts, call: Hypercall) -> Result<Option<ExitRecord>, Death> {
+fn carry_out(
+    guest: &mut Guest<Owner>,
+    irqs: &Interrupts,
+    call: Hypercall,
+) -> Result<Option<ExitRecord>, Death> {
     let mem = memory(guest);
     let unreadable = |what: &str| death!("{what}: guest memory is not readable");
     match call {
@@ -324,17 +386,26 @@ fn carry_out(guest: &mut Guest<Owner>, irqs: &Interrupts, call: Hypercall) -> Re
                 (offset::TSC_KHZ, tsc_khz),
             ];
             for (field, value) in host_fields {
-                mem.write(data_gpa + field, &value.to_le_bytes()).map_err(|_| unreadable("LGUEST_INIT"))?;
+                mem.write(data_gpa + field, &value.to_le_bytes())
+                    .map_err(|_| unreadable("LGUEST_INIT"))?;
             }
             guest.lguest_data = Some(data_gpa);
             Ok(None)
         }
-        Hypercall::Shutdown { message_gpa, restart } => {
+        Hypercall::Shutdown {
+            message_gpa,
+            restart,
+        } => {
             let mut message = [0u8; SHUTDOWN_MESSAGE_MAX];
             let len = (mem.ram_bytes - message_gpa).min(SHUTDOWN_MESSAGE_MAX as u64) as usize;
-            mem.read(message_gpa, &mut message[..len]).map_err(|_| unreadable("SHUTDOWN"))?;
+            mem.read(message_gpa, &mut message[..len])
+                .map_err(|_| unreadable("SHUTDOWN"))?;
             let text = message[..len].split(|&b| b == 0).next().unwrap_or(&[]);
-            let kind = if restart { ExitKind::Restart } else { ExitKind::PowerOff };
+            let kind = if restart {
+                ExitKind::Restart
+            } else {
+                ExitKind::PowerOff
+            };
             let record = ExitRecord::new(kind, text);
             guest.end(record);
             Ok(Some(record))
@@ -358,7 +429,11 @@ fn carry_out(guest: &mut Guest<Owner>, irqs: &Interrupts, call: Hypercall) -> Re
         // Pending interrupts are delivered before every trip in: this one just makes the trip.
         Hypercall::SendInterrupts => Ok(None),
         Hypercall::NewPgtable { cr3 } => {
-            guest.owner.shadow.switch_to(cr3).map_err(|_| death!("out of memory for shadow page tables"))?;
+            guest
+                .owner
+                .shadow
+                .switch_to(cr3)
+                .map_err(|_| death!("out of memory for shadow page tables"))?;
             guest.cr3 = cr3;
             Ok(None)
         }
@@ -379,7 +454,8 @@ fn carry_out(guest: &mut Guest<Owner>, irqs: &Interrupts, call: Hypercall) -> Re
         }
         Hypercall::ConsoleWrite { gpa, len } => {
             let mut bytes = [0u8; CONSOLE_WRITE_MAX];
-            mem.read(gpa, &mut bytes[..len]).map_err(|_| unreadable("CONSOLE_WRITE"))?;
+            mem.read(gpa, &mut bytes[..len])
+                .map_err(|_| unreadable("CONSOLE_WRITE"))?;
             Ok(Some(ExitRecord::new(ExitKind::Console, &bytes[..len])))
         }
         Hypercall::Nop => Ok(None),
@@ -395,12 +471,16 @@ fn page_fault(guest: &mut Guest<Owner>, addr: u64, error: u64) -> Result<(), Dea
     let mapping = match shadow::decide(addr, error, leaf, mem.ram_bytes) {
         Ok(mapping) => mapping,
         Err(Unresolved::Kill(death)) => return Err(death),
-        Err(Unresolved::Reflect { error, death }) => return deliver_page_fault(guest, addr, error, death),
+        Err(Unresolved::Reflect { error, death }) => {
+            return deliver_page_fault(guest, addr, error, death)
+        }
     };
     if let Some(leaf) = leaf {
         if mapping.updated_entry != leaf.entry {
             mem.write(leaf.entry_gpa, &mapping.updated_entry.to_le_bytes())
-                .map_err(|_| death!("page fault at {addr:#x}: cannot update the guest's page table"))?;
+                .map_err(|_| {
+                    death!("page fault at {addr:#x}: cannot update the guest's page table")
+                })?;
         }
     }
     let shadow = &mut guest.owner.shadow;
@@ -413,7 +493,8 @@ fn page_fault(guest: &mut Guest<Owner>, addr: u64, error: u64) -> Result<(), Dea
     if !changed {
         // The guest's tables allow it, yet the CPU refused: SMAP, SMEP or a protection key.
         // On real hardware the guest kernel would get this fault; so it does here.
-        let death = death!("page fault at {addr:#x} (error {error:#x}): SMAP, SMEP or a protection key");
+        let death =
+            death!("page fault at {addr:#x} (error {error:#x}): SMAP, SMEP or a protection key");
         return deliver_page_fault(guest, addr, error | PF_PRESENT, death);
     }
     Ok(())
@@ -421,7 +502,12 @@ fn page_fault(guest: &mut Guest<Owner>, addr: u64, error: u64) -> Result<(), Dea
 
 /// Give the guest a page fault at `addr` with `error`, through its handler; `death` if it has
 /// none.
-fn deliver_page_fault(guest: &mut Guest<Owner>, addr: u64, error: u64, death: Death) -> Result<(), Death> {
+fn deliver_page_fault(
+    guest: &mut Guest<Owner>,
+    addr: u64,
+    error: u64,
+    death: Death,
+) -> Result<(), Death> {
     let Some(gate) = guest.idt[traps::PAGE_FAULT as usize] else {
         return Err(death);
     };
@@ -437,7 +523,14 @@ fn exception(guest: &mut Guest<Owner>, vector: u64, error: u64) -> Result<(), De
     let rip = guest.regs.get(Reg::Rip);
     if vector == traps::GENERAL_PROTECTION {
         let cpl = guest.regs.get(Reg::Cs) & 3;
-        let soft = interrupts::software_interrupt(error, cpl, guest.idt.get((error >> 3) as usize).and_then(Option::as_ref));
+        let soft = interrupts::software_interrupt(
+            error,
+            cpl,
+            guest
+                .idt
+                .get((error >> 3) as usize)
+                .and_then(Option::as_ref),
+        );
         if let Some(n) = soft {
             let length = int_instruction_length(guest, rip, n);
             if let (Some(length), Some(gate)) = (length, guest.idt[n as usize]) {
@@ -507,13 +600,17 @@ fn deliver_interrupts(guest: &mut Guest<Owner>, irqs: &Interrupts) -> Result<(),
         return Ok(());
     };
     let enabled = get_data(guest, offset::IRQ_ENABLED)?;
-    let noirq = (get_data(guest, offset::NOIRQ_IRET_START)?, get_data(guest, offset::NOIRQ_IRET_END)?);
+    let noirq = (
+        get_data(guest, offset::NOIRQ_IRET_START)?,
+        get_data(guest, offset::NOIRQ_IRET_END)?,
+    );
     if !interrupts::may_interrupt(enabled, guest.regs.get(Reg::Rip), noirq) {
         return set_data(guest, offset::IRQ_PENDING, 1);
     }
     let vector = FIRST_IRQ_VECTOR + irq as u64;
     let gate = guest.idt[vector as usize].ok_or_else(|| death!("IRQ {irq} lost its handler"))?;
-    irqs.pending.fetch_and(!(1 << irq), core::sync::atomic::Ordering::SeqCst);
+    irqs.pending
+        .fetch_and(!(1 << irq), core::sync::atomic::Ordering::SeqCst);
     // Nothing else waits unless another deliverable IRQ does.
     let more = deliverable_irq(guest, irqs)?.is_some();
     set_data(guest, offset::IRQ_PENDING, more as u64)?;
@@ -522,7 +619,12 @@ fn deliver_interrupts(guest: &mut Guest<Owner>, irqs: &Interrupts) -> Result<(),
 
 /// Deliver `vector` through the guest's `gate`: push the frame the CPU would have pushed onto
 /// the guest kernel's stack and resume the guest at the handler (`src/interrupts.rs`).
-fn deliver(guest: &mut Guest<Owner>, vector: u64, error: Option<u64>, gate: &GuestGate) -> Result<(), Death> {
+fn deliver(
+    guest: &mut Guest<Owner>,
+    vector: u64,
+    error: Option<u64>,
+    gate: &GuestGate,
+) -> Result<(), Death> {
     let enabled = get_data(guest, offset::IRQ_ENABLED)?;
     let (frame, words) = interrupts::trap_frame(&guest.regs, enabled, error);
     let at = interrupts::frame_address(&guest.regs, guest.kernel_stack, words)?;
@@ -530,8 +632,9 @@ fn deliver(guest: &mut Guest<Owner>, vector: u64, error: Option<u64>, gate: &Gue
     for (i, byte) in bytes.iter_mut().enumerate() {
         *byte = (frame[i / 8] >> (8 * (i % 8))) as u8;
     }
-    write_virtual(guest, at, &bytes[..words * 8])
-        .map_err(|_| death!("cannot deliver trap {vector}: its stack at {at:#x} is not writable"))?;
+    write_virtual(guest, at, &bytes[..words * 8]).map_err(|_| {
+        death!("cannot deliver trap {vector}: its stack at {at:#x} is not writable")
+    })?;
     interrupts::enter_handler(&mut guest.regs, gate, at);
     if gate.interrupt_gate {
         set_data(guest, offset::IRQ_ENABLED, 0)?;
@@ -561,13 +664,19 @@ fn halt(guest: &Guest<Owner>, irqs: &Interrupts) {
 
 /// A word of the guest's lguest_data (0 before LGUEST_INIT).
 fn get_data(guest: &Guest<Owner>, field: u64) -> Result<u64, Death> {
-    let Some(data) = guest.lguest_data else { return Ok(0) };
-    memory(guest).read_u64(data + field).map_err(|_| death!("lguest_data at {data:#x} is not readable"))
+    let Some(data) = guest.lguest_data else {
+        return Ok(0);
+    };
+    memory(guest)
+        .read_u64(data + field)
+        .map_err(|_| death!("lguest_data at {data:#x} is not readable"))
 }
 
 /// Write a word of the guest's lguest_data (nothing before LGUEST_INIT).
 fn set_data(guest: &Guest<Owner>, field: u64, value: u64) -> Result<(), Death> {
-    let Some(data) = guest.lguest_data else { return Ok(()) };
+    let Some(data) = guest.lguest_data else {
+        return Ok(());
+    };
     memory(guest)
         .write(data + field, &value.to_le_bytes())
         .map_err(|_| death!("lguest_data at {data:#x} is not writable"))
@@ -601,10 +710,14 @@ fn for_each_page(
 /// Read guest-virtual memory.
 fn read_virtual(guest: &Guest<Owner>, va: u64, out: &mut [u8]) -> Result<(), Refusal> {
     let len = out.len();
-    for_each_page(guest, va, len, false, |mem, gpa, at, n| mem.read(gpa, &mut out[at..at + n]))
+    for_each_page(guest, va, len, false, |mem, gpa, at, n| {
+        mem.read(gpa, &mut out[at..at + n])
+    })
 }
 
 /// Write guest-virtual memory the guest's page tables map writable.
 fn write_virtual(guest: &Guest<Owner>, va: u64, bytes: &[u8]) -> Result<(), Refusal> {
-    for_each_page(guest, va, bytes.len(), true, |mem, gpa, at, n| mem.write(gpa, &bytes[at..at + n]))
+    for_each_page(guest, va, bytes.len(), true, |mem, gpa, at, n| {
+        mem.write(gpa, &bytes[at..at + n])
+    })
 }

@@ -13,7 +13,9 @@
 //! and rebuilt on demand when they reach `MAX_SHADOW_TABLES`, however sparse the guest's own
 //! address space.
 
-use crate::abi::paging::{PTE_ACCESSED, PTE_ADDR_MASK, PTE_DIRTY, PTE_NO_EXEC, PTE_PRESENT, PTE_USER, PTE_WRITE};
+use crate::abi::paging::{
+    PTE_ACCESSED, PTE_ADDR_MASK, PTE_DIRTY, PTE_NO_EXEC, PTE_PRESENT, PTE_USER, PTE_WRITE,
+};
 use crate::chardev::lg_bindings;
 use crate::layout::*;
 use crate::switcher::{KernelPage, Switcher, TABLE, WINDOW_PGD_SLOT};
@@ -93,10 +95,15 @@ impl ShadowTables {
     /// Empty tables for the guest's first page tables (at `guest_cr3`), with the Switcher's
     /// text and IDT mapped.
     pub(crate) fn new(switcher: &Switcher, guest_cr3: u64) -> Result<ShadowTables> {
-        let (mut pud, mut pmd, mut switcher_pt) = (KernelPage::new()?, KernelPage::new()?, KernelPage::new()?);
+        let (mut pud, mut pmd, mut switcher_pt) =
+            (KernelPage::new()?, KernelPage::new()?, KernelPage::new()?);
         for index in 0..=IDT_PAGE {
             let page = switcher.page(index).ok_or(EINVAL)?;
-            let flags = if index < TEXT_PAGES { GUEST_TEXT } else { GUEST_READ_ONLY };
+            let flags = if index < TEXT_PAGES {
+                GUEST_TEXT
+            } else {
+                GUEST_READ_ONLY
+            };
             switcher_pt.entries()[index as usize] = page.phys() | flags;
         }
         pmd.entries()[0] = switcher_pt.phys() | TABLE;
@@ -127,12 +134,19 @@ impl ShadowTables {
         }
         let mut root = KernelPage::new()?;
         root.entries()[WINDOW_PGD_SLOT] = self.switcher_pud.phys() | TABLE;
-        let fresh = ShadowRoot { guest_cr3, last_used: self.switches, root, tables: KVec::new() };
+        let fresh = ShadowRoot {
+            guest_cr3,
+            last_used: self.switches,
+            root,
+            tables: KVec::new(),
+        };
         if self.roots.len() < SHADOW_ROOTS {
             self.roots.push(fresh, GFP_KERNEL)?;
             self.current = self.roots.len() - 1;
         } else {
-            let oldest = (0..self.roots.len()).min_by_key(|&i| self.roots[i].last_used).unwrap_or(0);
+            let oldest = (0..self.roots.len())
+                .min_by_key(|&i| self.roots[i].last_used)
+                .unwrap_or(0);
             self.roots[oldest] = fresh;
             self.current = oldest;
         }
@@ -183,7 +197,10 @@ impl ShadowTables {
         // The host's IST stacks and the host page are never mapped for a guest.
         let switcher_stacks =
             (FIRST_SWITCHER_IST..=IST_STACKS).map(|n| (ist_pages(n).start, GUEST_WRITABLE));
-        let regs_and_state = [(BLOCK_REGS / PAGE, GUEST_WRITABLE), (BLOCK_STATE / PAGE, GUEST_READ_ONLY)];
+        let regs_and_state = [
+            (BLOCK_REGS / PAGE, GUEST_WRITABLE),
+            (BLOCK_STATE / PAGE, GUEST_READ_ONLY),
+        ];
         let guest_pages = Iterator::chain(switcher_stacks, regs_and_state);
         for (page, flags) in guest_pages {
             if let Some(p) = switcher.page(block_first(cpu) as u64 + page) {
@@ -206,7 +223,8 @@ impl ShadowTables {
         // SAFETY: We run in the launcher's context (read() of its own file), so `user_addr`
         // is looked up in its mm; pin_user_pages_fast checks the address and fails for
         // anything not mapped writable there.
-        let got = unsafe { bindings::pin_user_pages_fast(user_addr as _, 1, flags as _, &mut page) };
+        let got =
+            unsafe { bindings::pin_user_pages_fast(user_addr as _, 1, flags as _, &mut page) };
         if got != 1 {
             return Err(EFAULT);
         }
@@ -214,7 +232,8 @@ impl ShadowTables {
         let phys = unsafe { lg_bindings::lg_page_to_phys(page) } as u64;
         // INVARIANT: the pin just taken is handed to the PinnedPage (dropped, and so unpinned,
         // if the insertion fails).
-        self.pinned.try_create_and_insert(gpa_page, PinnedPage { page, phys }, GFP_KERNEL)?;
+        self.pinned
+            .try_create_and_insert(gpa_page, PinnedPage { page, phys }, GFP_KERNEL)?;
         Ok(phys)
     }
 
@@ -245,7 +264,8 @@ impl ShadowTables {
             } else {
                 // SAFETY: Present entries below the root point to our own table pages, which
                 // live in the direct map.
-                table = unsafe { lg_bindings::lg_va((entries[index] & PTE_ADDR_MASK) as _) } as usize;
+                table =
+                    unsafe { lg_bindings::lg_va((entries[index] & PTE_ADDR_MASK) as _) } as usize;
             }
         }
         // SAFETY: As above: `table` is one of our page tables.
@@ -265,7 +285,9 @@ impl ShadowRoot {
             // SAFETY: `table` is one of this root's table pages.
             let entries = unsafe { &*(table as *const [u64; 512]) };
             let entry = entries[((va >> shift) & 0x1ff) as usize];
-            if entry & PTE_PRESENT == 0 || (shift == 39 && ((va >> 39) & 0x1ff) as usize == WINDOW_PGD_SLOT) {
+            if entry & PTE_PRESENT == 0
+                || (shift == 39 && ((va >> 39) & 0x1ff) as usize == WINDOW_PGD_SLOT)
+            {
                 return None;
             }
             // SAFETY: present entries below the root point to our own table pages.

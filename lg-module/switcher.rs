@@ -66,7 +66,11 @@ impl KernelPage {
         assert!(offset + bytes.len() <= PAGE as usize);
         // SAFETY: In bounds (checked above) of a page we own; see `entries` for exclusivity.
         unsafe {
-            core::ptr::copy_nonoverlapping(bytes.as_ptr(), (self.addr + offset) as *mut u8, bytes.len())
+            core::ptr::copy_nonoverlapping(
+                bytes.as_ptr(),
+                (self.addr + offset) as *mut u8,
+                bytes.len(),
+            )
         };
     }
 }
@@ -125,9 +129,18 @@ impl Switcher {
         // SAFETY: reading CR4 has no side effects.
         let cr4 = unsafe { lg_bindings::lg_read_cr4() } as u64;
         for (bit, what) in [
-            (CR4_LA57, "5-level paging (the Switcher window is PGD slot 256 of 4-level paging)"),
-            (CR4_CET, "CET (supervisor shadow stacks would bind ring 1 too)"),
-            (CR4_FRED, "FRED (the Switcher delivers traps through the IDT)"),
+            (
+                CR4_LA57,
+                "5-level paging (the Switcher window is PGD slot 256 of 4-level paging)",
+            ),
+            (
+                CR4_CET,
+                "CET (supervisor shadow stacks would bind ring 1 too)",
+            ),
+            (
+                CR4_FRED,
+                "FRED (the Switcher delivers traps through the IDT)",
+            ),
         ] {
             if cr4 & bit != 0 {
                 pr_err!("cannot run guests on a host with {} enabled\n", what);
@@ -149,7 +162,11 @@ impl Switcher {
         // SAFETY: reads a kernel variable fixed at boot.
         let cpus = unsafe { lg_bindings::lg_nr_cpu_ids() } as u64;
         if cpus > MAX_CPUS {
-            pr_err!("cannot run guests on more than {} CPUs (this host has {})\n", MAX_CPUS, cpus);
+            pr_err!(
+                "cannot run guests on more than {} CPUs (this host has {})\n",
+                MAX_CPUS,
+                cpus
+            );
             return Err(not_supported());
         }
         // SAFETY: lg_switcher_layout and lg_switcher_offsets are constant tables in switcher.S.
@@ -157,9 +174,16 @@ impl Switcher {
             let start = lg_bindings::lg_switcher_start.as_ptr() as *const u8;
             let end = lg_bindings::lg_switcher_end.as_ptr() as *const u8;
             let text = core::slice::from_raw_parts(start, end.offset_from(start) as usize);
-            (&lg_bindings::lg_switcher_layout, &lg_bindings::lg_switcher_offsets, text)
+            (
+                &lg_bindings::lg_switcher_layout,
+                &lg_bindings::lg_switcher_offsets,
+                text,
+            )
         };
-        if layout_words.iter().map(|&w| w as u64).ne(LAYOUT_WORDS.iter().copied())
+        if layout_words
+            .iter()
+            .map(|&w| w as u64)
+            .ne(LAYOUT_WORDS.iter().copied())
             || text.len() as u64 > TEXT_PAGES * PAGE
         {
             pr_err!("switcher.S and src/layout.rs disagree on the Switcher's layout\n");
@@ -181,7 +205,10 @@ impl Switcher {
         }
         let window = SWITCHER_WINDOW_START;
         let mut idt = KernelPage::new()?;
-        for (vector, gate) in descriptors::guest_idt(window + offsets[1] as u64).iter().enumerate() {
+        for (vector, gate) in descriptors::guest_idt(window + offsets[1] as u64)
+            .iter()
+            .enumerate()
+        {
             idt.write(vector as u64 * 16, &gate[0].to_le_bytes());
             idt.write(vector as u64 * 16 + 8, &gate[1].to_le_bytes());
         }
@@ -197,7 +224,9 @@ impl Switcher {
             for offset in [BLOCK_REGS, BLOCK_STATE, BLOCK_HOST] {
                 pages[first + (offset / PAGE) as usize] = Some(KernelPage::new()?);
             }
-            let state = pages[first + (BLOCK_STATE / PAGE) as usize].as_mut().ok_or(EINVAL)?;
+            let state = pages[first + (BLOCK_STATE / PAGE) as usize]
+                .as_mut()
+                .ok_or(EINVAL)?;
             let tss_addr = block + BLOCK_STATE + STATE_TSS;
             for (i, entry) in descriptors::guest_gdt(tss_addr).iter().enumerate() {
                 state.write(STATE_GDT + i as u64 * 8, &entry.to_le_bytes());
@@ -208,14 +237,25 @@ impl Switcher {
             let ist = [1, 2, 3, 4, 5, 6, 7].map(ist_top);
             state.write(STATE_TSS, &descriptors::tss(rsp0, ist));
             let gdt_bytes = crate::abi::boot::GUEST_GDT_ENTRIES * 8;
-            state.write(STATE_GDTR, &descriptors::pseudo_descriptor(block + BLOCK_STATE + STATE_GDT, gdt_bytes));
-            state.write(STATE_IDTR, &descriptors::pseudo_descriptor(window + IDT_PAGE * PAGE, 4096));
+            state.write(
+                STATE_GDTR,
+                &descriptors::pseudo_descriptor(block + BLOCK_STATE + STATE_GDT, gdt_bytes),
+            );
+            state.write(
+                STATE_IDTR,
+                &descriptors::pseudo_descriptor(window + IDT_PAGE * PAGE, 4096),
+            );
         }
 
-        let (mut host_pud, mut host_pmd, mut host_pt) = (KernelPage::new()?, KernelPage::new()?, KernelPage::new()?);
+        let (mut host_pud, mut host_pmd, mut host_pt) =
+            (KernelPage::new()?, KernelPage::new()?, KernelPage::new()?);
         for (index, page) in pages.iter().enumerate() {
             if let Some(page) = page {
-                let flags = if (index as u64) < TEXT_PAGES { HOST_TEXT } else { HOST_DATA };
+                let flags = if (index as u64) < TEXT_PAGES {
+                    HOST_TEXT
+                } else {
+                    HOST_DATA
+                };
                 host_pt.entries()[index] = page.phys() | flags;
             }
         }
@@ -286,7 +326,10 @@ impl Switcher {
     /// `uninstall`.
     pub(crate) unsafe fn install(&self, mm: *mut bindings::mm_struct) -> Result {
         let mut installs = self.installs.lock();
-        if let Some(entry) = installs.iter_mut().find(|(m, users)| *m == mm as usize && *users > 0) {
+        if let Some(entry) = installs
+            .iter_mut()
+            .find(|(m, users)| *m == mm as usize && *users > 0)
+        {
             entry.1 += 1;
             return Ok(());
         }
@@ -310,7 +353,10 @@ impl Switcher {
     /// `mm` must be live and have been passed to a successful `install`.
     pub(crate) unsafe fn uninstall(&self, mm: *mut bindings::mm_struct) {
         let mut installs = self.installs.lock();
-        let Some(entry) = installs.iter_mut().find(|(m, users)| *m == mm as usize && *users > 0) else {
+        let Some(entry) = installs
+            .iter_mut()
+            .find(|(m, users)| *m == mm as usize && *users > 0)
+        else {
             return;
         };
         entry.1 -= 1;
