@@ -6,7 +6,8 @@
 //! mode, CPL 1, paging on, RSI = boot_params' guest-physical address, no stack (RSP 0), and the
 //! virtual interrupt flag off. Everything the native entry had to do to get here, the launcher
 //! and the host did; what remains is to choose the lguest backend (its LGUEST_INIT must be the
-//! first hypercall) and read the memory map. The launcher's page tables serve until
+//! first hypercall) and read the memory map and the command line (the launcher's arguments after
+//! the kernel's name) from boot_params. The launcher's page tables serve until
 //! `kernel_main` builds the kernel's own (paging.rs), as the boot tables do natively.
 
 use core::arch::naked_asm;
@@ -15,7 +16,7 @@ use lguest_abi::boot::{NOTE_NAME, NOTE_TYPE_ENTRY};
 use paravirt_ops::Backend;
 
 use crate::frames::{self, MemoryMap};
-use crate::STACK_SIZE;
+use crate::{CommandLine, STACK_SIZE};
 
 /// The lguest entry note, laid out as an ELF note: the sizes of name and descriptor, the type,
 /// then the name and the descriptor (the entry point), each padded to 4 bytes. linker.ld puts it
@@ -75,9 +76,21 @@ extern "C" fn lguest_main(boot_params: u64) -> ! {
     // is there to answer hypercalls.
     unsafe { paravirt_ops::init(Backend::Lguest) };
     let map = memory_map(boot_params);
+    // SAFETY: the launcher wrote boot_params there, inside RAM, which is identity-mapped; the
+    // command line it names is NUL-terminated, in low RAM too.
+    let cmdline = unsafe {
+        let low = ((boot_params + CMD_LINE_PTR) as *const u32).read_unaligned();
+        let high = ((boot_params + EXT_CMD_LINE_PTR) as *const u32).read_unaligned();
+        CommandLine::from_c_string(u64::from(high) << 32 | u64::from(low))
+    };
     frames::init(&map);
-    crate::kernel_main(&map)
+    crate::kernel_main(&map, &cmdline)
 }
+
+/// Where boot_params keeps the command line's address: the low 32 bits in the setup header's
+/// `cmd_line_ptr`, the high ones in `ext_cmd_line_ptr` (zero-page.rst again).
+const CMD_LINE_PTR: u64 = 0x228;
+const EXT_CMD_LINE_PTR: u64 = 0xc8;
 
 /// Where boot_params keeps the number of e820 entries (u8) and the table (20-byte entries:
 /// address, size, type), per Documentation/arch/x86/zero-page.rst.

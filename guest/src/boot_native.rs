@@ -15,9 +15,9 @@
 //!    CR4 already say so);
 //! 4. a far jump loads the 64-bit code segment; then data segments, the boot stack, and Rust,
 //!    with start_info's address as the argument;
-//! 5. in [`native_main`]: choose the native paravirt-ops backend, read the memory map, start
-//!    the frame allocator, load the TSS, and run `kernel_main`, which builds the real page
-//!    tables.
+//! 5. in [`native_main`]: choose the native paravirt-ops backend, read the memory map and the
+//!    command line (QEMU's `-append`), start the frame allocator, load the TSS, and run
+//!    `kernel_main`, which builds the real page tables.
 
 use core::arch::global_asm;
 
@@ -25,7 +25,7 @@ use paravirt_ops::Backend;
 
 use crate::frames::{self, MemoryMap};
 use crate::gdt::{self, KERNEL_CS, KERNEL_DS};
-use crate::STACK_SIZE;
+use crate::{CommandLine, STACK_SIZE};
 
 global_asm!(
     r#"
@@ -143,14 +143,6 @@ extern "C" fn native_main(start_info: u64) -> ! {
     // SAFETY: the first thing the native entry does, on the only CPU, with interrupts off (PVH
     // enters with IF clear); and this is the machine's own kernel, so the native backend fits.
     unsafe { paravirt_ops::init(Backend::Native) };
-    let map = memory_map(start_info);
-    frames::init(&map);
-    gdt::init();
-    crate::kernel_main(&map)
-}
-
-/// The RAM ranges start_info's memory map lists.
-fn memory_map(start_info: u64) -> MemoryMap {
     // SAFETY: QEMU put start_info at this address, below 1 GiB, which the boot page tables map.
     let info = unsafe { &*(start_info as *const StartInfo) };
     if info.magic != START_INFO_MAGIC || info.version < 1 {
@@ -159,6 +151,16 @@ fn memory_map(start_info: u64) -> MemoryMap {
             info.magic, info.version
         );
     }
+    let map = memory_map(info);
+    // SAFETY: start_info names QEMU's copy of `-append`, NUL-terminated, in low memory (or 0).
+    let cmdline = unsafe { CommandLine::from_c_string(info.cmdline_paddr) };
+    frames::init(&map);
+    gdt::init();
+    crate::kernel_main(&map, &cmdline)
+}
+
+/// The RAM ranges start_info's memory map lists.
+fn memory_map(info: &StartInfo) -> MemoryMap {
     let entries = info.memmap_paddr as *const MemmapEntry;
     let mut map = MemoryMap::new();
     for i in 0..info.memmap_entries as usize {

@@ -7,8 +7,19 @@
 //! note, at ring 1 in long mode. Each entry point picks its backend of the paravirt-ops crate
 //! (`../paravirt-ops`, the table of operations a kernel cannot do itself at ring 1) and then runs
 //! the same [`kernel_main`], which prints through the console op, builds its page tables,
-//! installs its trap handlers and system calls, and runs its self-tests (user tasks at ring 3
-//! among them), each printing `selftest <name>: PASS` or `FAIL: <why>`, before powering off.
+//! installs its trap handlers and system calls, and then does what its command line says
+//! ([`Mode`]) before powering off:
+//!
+//! - nothing: the self-tests (user tasks at ring 3 among them), each printing
+//!   `selftest <name>: PASS` or `FAIL: <why>`;
+//! - `bench`: the microbenchmarks, each printing `bench <name> <cycles per operation>`, then
+//!   `bench done`;
+//! - `long-run SECONDS`: two user tasks under a 1 ms tick for that long, then one line of what
+//!   happened (`long-run: T ticks in M ms, tasks ran A and B times, lost L`) and one of the
+//!   frames before and after.
+//!
+//! The command line is QEMU's `-append` natively (PVH start_info), the launcher's arguments after
+//! the kernel under lguest (boot_params): `lguest-launcher 64m teaching-guest long-run 60`.
 //!
 //! ## Reading order
 //!
@@ -27,6 +38,8 @@
 //! 11. `syscall.rs`: the two ways ring 3 calls the kernel, `int $0x80` and `syscall`.
 //! 12. `user.rs`: the programs the tasks run.
 //! 13. `selftest.rs`: the self-tests, which exercise all of the above.
+//! 14. `bench.rs`: bench mode, what each mechanism costs in each world.
+//! 15. `long_run.rs`: long-run mode, the scheduler and the timer for minutes on end.
 //!
 //! ## What each world does for the kernel
 //!
@@ -34,6 +47,7 @@
 //! |-----|--------------|-----------------|
 //! | entry | PVH: 32-bit, paging off, EBX = start_info | 64-bit, ring 1, paging on, RSI = boot_params |
 //! | memory map | start_info's memmap | boot_params' e820 table |
+//! | command line | start_info's cmdline (QEMU's `-append`) | boot_params' `cmd_line_ptr` (the launcher's arguments) |
 //! | GDT | its own (`gdt.rs`), `lgdt` and `ltr` | the host's, same layout |
 //! | page tables | its own (`paging.rs`), `mov cr3` | its own too, NEW_PGTABLE; the host shadows them |
 //! | a changed mapping | `invlpg`, CR3 reload | SET_PTE, FLUSH_TLB (batched in lazy mode) |
@@ -47,9 +61,7 @@
 //!
 //! ## What comes next
 //!
-//! Bench mode (issue #4): the same image timing a null system call each way, a page-fault
-//! loop, a context switch and a timer interrupt, natively and under lg.ko. Then what a bigger
-//! kernel would add on the same mechanisms: a task that faults killed rather than the kernel
+//! What a bigger kernel would add on the same mechanisms: a task that faults killed rather than the kernel
 //! panicking, per-task FS and GS bases (`wrfsbase`, which CR4.FSGSBASE allows at ring 1), AVX
 //! state (`xsave`), blocking and waking instead of round robin only, and the virtio devices.
 #![no_std]
@@ -60,11 +72,13 @@ use core::panic::PanicInfo;
 
 use paravirt_ops::{cpu, info, platform, time};
 
+mod bench;
 mod boot_lguest;
 mod boot_native;
 mod console;
 mod frames;
 mod gdt;
+mod long_run;
 mod paging;
 mod selftest;
 mod syscall;
@@ -84,11 +98,82 @@ pub struct Stack(pub [u8; STACK_SIZE]);
 /// The stack both entry points switch to before their first call: the idle task's (task.rs).
 pub static mut BOOT_STACK: Stack = Stack([0; STACK_SIZE]);
 
+// ---- The command line -------------------------------------------------------------------------
+
+/// The most of the command line kept; the kernel's words are few.
+const CMDLINE_MAX: usize = 256;
+
+/// The command line the boot loader passed, copied out of its memory.
+pub struct CommandLine {
+    buf: [u8; CMDLINE_MAX],
+    len: usize,
+}
+
+impl CommandLine {
+    /// Copies the NUL-terminated string at `addr`; 0 means there is none.
+    ///
+    /// # Safety
+    ///
+    /// `addr` is 0 or the address of a NUL-terminated string in mapped memory (the boot
+    /// loader's word: both put it in low RAM, identity-mapped).
+    pub unsafe fn from_c_string(addr: u64) -> CommandLine {
+        let mut line = CommandLine {
+            buf: [0; CMDLINE_MAX],
+            len: 0,
+        };
+        if addr == 0 {
+            return line;
+        }
+        while line.len < CMDLINE_MAX {
+            // SAFETY: inside the string, or its NUL: the caller's promise.
+            let byte = unsafe { ((addr + line.len as u64) as *const u8).read() };
+            if byte == 0 {
+                break;
+            }
+            line.buf[line.len] = byte;
+            line.len += 1;
+        }
+        line
+    }
+
+    pub fn as_str(&self) -> &str {
+        core::str::from_utf8(&self.buf[..self.len]).unwrap_or("")
+    }
+}
+
+/// What the kernel does once it is up.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    /// No words: run the self-tests (selftest.rs).
+    SelfTests,
+    /// `bench`: the microbenchmarks (bench.rs).
+    Bench,
+    /// `long-run SECONDS`: the scheduler for that long (long_run.rs).
+    LongRun(u64),
+}
+
+impl Mode {
+    /// The mode a command line names, if it names one.
+    fn parse(line: &str) -> Option<Mode> {
+        let mut words = line.split_ascii_whitespace();
+        let mode = match words.next() {
+            None => Mode::SelfTests,
+            Some("bench") => Mode::Bench,
+            Some("long-run") => {
+                Mode::LongRun(words.next()?.parse::<u64>().ok().filter(|&s| s > 0)?)
+            }
+            Some(_) => return None,
+        };
+        words.next().is_none().then_some(mode)
+    }
+}
+
 // ---- Main -------------------------------------------------------------------------------------
 
 /// Where both entry points end up, with the paravirt-ops backend chosen, the frame allocator
-/// started and, natively, the GDT in place; `map` is the RAM the boot loader reported.
-pub fn kernel_main(map: &frames::MemoryMap) -> ! {
+/// started and, natively, the GDT in place; `map` is the RAM the boot loader reported, `cmdline`
+/// what it was told to pass.
+pub fn kernel_main(map: &frames::MemoryMap, cmdline: &CommandLine) -> ! {
     let cs = current_cs();
     println!(
         "teaching-guest: {} boot, running with cs {cs:#x}: ring {}",
@@ -102,15 +187,29 @@ pub fn kernel_main(map: &frames::MemoryMap) -> ! {
         map.regions().len(),
         frames::free_frames()
     );
+    let Some(mode) = Mode::parse(cmdline.as_str()) else {
+        println!(
+            "teaching-guest: command line {:?}: expected nothing, `bench` or `long-run SECONDS`",
+            cmdline.as_str()
+        );
+        platform::power_off("teaching-guest: bad command line", true)
+    };
+    println!("command line {:?}: {mode:?}", cmdline.as_str());
     paging::init(map.end());
     traps::init();
     syscall::init();
-    let (passed, failed) = selftest::run_all();
-    println!("selftests: {passed} passed, {failed} failed");
-    if failed == 0 {
-        platform::power_off("teaching-guest: all self-tests passed", false)
-    } else {
-        platform::power_off("teaching-guest: self-tests failed", true)
+    match mode {
+        Mode::SelfTests => {
+            let (passed, failed) = selftest::run_all();
+            println!("selftests: {passed} passed, {failed} failed");
+            if failed == 0 {
+                platform::power_off("teaching-guest: all self-tests passed", false)
+            } else {
+                platform::power_off("teaching-guest: self-tests failed", true)
+            }
+        }
+        Mode::Bench => bench::run(),
+        Mode::LongRun(seconds) => long_run::run(seconds),
     }
 }
 

@@ -19,10 +19,17 @@
 //! pages, and the kernel neither runs nor reads user pages through their user mapping. It fills
 //! them through the identity map instead, before they are mapped.
 //!
+//! **Which tables are loaded.** Switching page tables goes through [`switch_to`], which makes the
+//! mmu op `write_cr3` and remembers the root, for the fault handler below: the paravirt-ops
+//! crate has no `read_cr3` (under lguest the real CR3 is the host's shadow anyway).
+//!
 //! **Faults the kernel fixes**, in [`demand_fault`] and [`write_fault`]:
-//! - *demand paging*: the window [`DEMAND_START`]..[`DEMAND_END`] starts empty; the first touch
-//!   of a page there faults, and the handler maps a fresh frame and lets the instruction run
-//!   again. That is the mechanism behind every `malloc`, stack growth and lazily loaded program.
+//! - *demand paging*: the kernel's window [`DEMAND_START`]..[`DEMAND_END`], and in every user
+//!   address space the window [`USER_DEMAND_START`]..[`USER_DEMAND_END`], start empty; the
+//!   first touch of a page there faults, and the handler maps a fresh frame and lets the
+//!   instruction run again. That is the mechanism behind every `malloc`, stack growth and lazily
+//!   loaded program. A user page mapped so belongs to its address space, like the task's code
+//!   and stack, and goes with it; [`unmap_user_page`] gives one back earlier.
 //! - *write protection*: a page marked [`PTE_WRITE_ON_FAULT`] is mapped read-only until its
 //!   first write, which faults, and the handler makes it writable. That is the mechanism behind
 //!   copy-on-write (which would copy the page first) and dirty tracking.
@@ -50,6 +57,10 @@ pub const DEMAND_END: u64 = DEMAND_START + (1 << 30);
 pub const USER_START: u64 = 1 << 39;
 /// The end of the user half (PML4 slot 1 only).
 pub const USER_END: u64 = 2 << 39;
+/// The demand-paged window of each user address space: 1 GiB of it, 1 GiB into the user half,
+/// clear of the code and stack pages (user.rs).
+pub const USER_DEMAND_START: u64 = USER_START + (1 << 30);
+pub const USER_DEMAND_END: u64 = USER_DEMAND_START + (1 << 30);
 const KERNEL_SLOT: usize = 0;
 const USER_SLOT: usize = 1;
 const HUGE_PAGE: u64 = 2 << 20;
@@ -60,9 +71,13 @@ pub const PTE_WRITE_ON_FAULT: u64 = 1 << 9;
 /// the access was a write.
 const PF_PRESENT: u64 = 1 << 0;
 const PF_WRITE: u64 = 1 << 1;
+/// ... and it came from user mode.
+const PF_USER: u64 = 1 << 2;
 
 /// The physical address of the kernel's PML4.
 static KERNEL_ROOT: AtomicU64 = AtomicU64::new(0);
+/// The physical address of the PML4 loaded now: the kernel's, or a user task's.
+static CURRENT_ROOT: AtomicU64 = AtomicU64::new(0);
 /// How many faults [`demand_fault`] and [`write_fault`] have fixed.
 static DEMAND_FAULTS: AtomicU64 = AtomicU64::new(0);
 static WRITE_FAULTS: AtomicU64 = AtomicU64::new(0);
@@ -78,10 +93,10 @@ pub fn init(ram_end: u64) {
         let pd = table_for(root, pa, 2, 0);
         set_entry(pd, index(pa, 2), pa | PTE_PRESENT | PTE_WRITE | PTE_HUGE);
     }
+    KERNEL_ROOT.store(root, Ordering::Relaxed);
     // SAFETY: the new tables map all RAM where the boot loader's did (identity), and the
     // kernel, its stacks and everything it refers to are in RAM.
-    unsafe { mmu::write_cr3(root) };
-    KERNEL_ROOT.store(root, Ordering::Relaxed);
+    unsafe { switch_to(root) };
 }
 
 /// The kernel's page tables: what runs when no user task does.
@@ -89,17 +104,47 @@ pub fn kernel_root() -> u64 {
     KERNEL_ROOT.load(Ordering::Relaxed)
 }
 
-/// The page-fault handler's first question: is `addr` a page of the demand window that is
-/// simply not there yet? If so, map a fresh zeroed frame there and say so.
+/// The page tables loaded now.
+pub fn current_root() -> u64 {
+    CURRENT_ROOT.load(Ordering::Relaxed)
+}
+
+/// Loads the page tables at `root` (the mmu op `write_cr3`: natively `mov cr3`, under lguest
+/// NEW_PGTABLE), and remembers them.
+///
+/// # Safety
+///
+/// As for `mmu::write_cr3`: the new tables map everything the kernel is using where the old
+/// ones did. Tables made here all do: they share the kernel half.
+pub unsafe fn switch_to(root: u64) {
+    // SAFETY: the caller's promise.
+    unsafe { mmu::write_cr3(root) };
+    CURRENT_ROOT.store(root, Ordering::Relaxed);
+}
+
+/// The page-fault handler's first question: is `addr` a page of a demand window that is simply
+/// not there yet: the kernel's, touched by the kernel, or the running task's, touched by the
+/// task? If so, map a fresh zeroed frame there and say so.
 pub fn demand_fault(addr: u64, error: u64) -> bool {
-    if !(DEMAND_START..DEMAND_END).contains(&addr) || error & PF_PRESENT != 0 {
+    if error & PF_PRESENT != 0 {
         return false;
     }
+    let from_user = error & PF_USER != 0;
+    let (root, user) = if !from_user && (DEMAND_START..DEMAND_END).contains(&addr) {
+        (kernel_root(), 0)
+    } else if from_user
+        && (USER_DEMAND_START..USER_DEMAND_END).contains(&addr)
+        && current_root() != kernel_root()
+    {
+        (current_root(), PTE_USER)
+    } else {
+        return false;
+    };
     let Some(frame) = frames::alloc_zeroed() else {
         return false;
     };
-    let pt = table_for(kernel_root(), addr, 1, 0);
-    set_entry(pt, index(addr, 1), frame | PTE_PRESENT | PTE_WRITE);
+    let pt = table_for(root, addr, 1, user);
+    set_entry(pt, index(addr, 1), frame | PTE_PRESENT | PTE_WRITE | user);
     DEMAND_FAULTS.fetch_add(1, Ordering::Relaxed);
     true
 }
@@ -146,6 +191,23 @@ pub fn write_protect(va: u64) {
 /// it: the flush is done).
 pub fn unmap(va: u64) -> Option<u64> {
     let (pt, i) = leaf(kernel_root(), va)?;
+    let entry = get_entry(pt, i);
+    if entry & PTE_PRESENT == 0 {
+        return None;
+    }
+    set_entry(pt, i, 0);
+    mmu::flush_tlb_one_user(va);
+    Some(entry & PTE_ADDR_MASK)
+}
+
+/// Unmaps the page at `va` of the running task's demand window and returns its frame, if it
+/// was mapped (the caller may free it: the flush is done). The `unmap` system call.
+pub fn unmap_user_page(va: u64) -> Option<u64> {
+    let root = current_root();
+    if !(USER_DEMAND_START..USER_DEMAND_END).contains(&va) || root == kernel_root() {
+        return None;
+    }
+    let (pt, i) = leaf(root, va)?;
     let entry = get_entry(pt, i);
     if entry & PTE_PRESENT == 0 {
         return None;

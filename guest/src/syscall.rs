@@ -26,7 +26,7 @@ use paravirt_ops::cpu;
 
 use crate::gdt::{USER_CS, USER_SS};
 use crate::traps::{self, TrapFrame};
-use crate::{task, timer};
+use crate::{frames, paging, task, timer};
 
 /// The system-call vector, for `int $0x80` and (under lguest) `syscall` alike.
 pub const VECTOR: u64 = 0x80;
@@ -41,6 +41,11 @@ pub const SYS_GETID: u64 = 2;
 pub const SYS_TICKS: u64 = 3;
 /// Tells the kernel a value (RDI): how a user program shows what it did.
 pub const SYS_REPORT: u64 = 4;
+/// Does nothing: the cheapest call there is, for timing the way in and out (bench.rs).
+pub const SYS_NULL: u64 = 5;
+/// Unmaps the page at RDI of the task's demand-paged window and frees its frame: 0 if it was
+/// mapped, else `u64::MAX`.
+pub const SYS_UNMAP: u64 = 6;
 
 /// The user's RSP while the native `syscall` entry switches stacks (one CPU, interrupts off).
 static USER_RSP: AtomicU64 = AtomicU64::new(0);
@@ -119,6 +124,16 @@ pub fn dispatch(frame: &mut TrapFrame) {
             });
             0
         }
+        SYS_NULL => 0,
+        SYS_UNMAP => match paging::unmap_user_page(frame.rdi) {
+            Some(page) => {
+                // SAFETY: the page was the task's alone, and unmap_user_page flushed its only
+                // mapping.
+                unsafe { frames::free(page) };
+                0
+            }
+            None => u64::MAX,
+        },
         _ => u64::MAX,
     };
 }

@@ -8,12 +8,13 @@
 //!
 //! **Switching** ([`schedule`], Linux's `switch_mm` and `__switch_to`), always in the kernel and
 //! with interrupts off: save the running task's SSE registers (`fxsave`); load the next task's
-//! page tables (`write_cr3`: under lguest NEW_PGTABLE, and the host keeps the shadows of the last
-//! few page tables, so switching between two tasks rebuilds nothing); make its kernel stack the
-//! one traps from user mode land on (`load_sp0`: TSS.RSP0, or SET_STACK); put its SSE registers
-//! back (`fxrstor`); and last `switch_stacks`, which saves the callee-saved registers and RSP
-//! and takes the next task's. Nothing else needs saving: a task's other registers are in the
-//! trap frame on its kernel stack, and the interrupt flag comes back with that frame's RFLAGS.
+//! page tables (`paging::switch_to`, the mmu op `write_cr3`: under lguest NEW_PGTABLE, and the
+//! host keeps the shadows of the last few page tables, so switching between two tasks rebuilds
+//! nothing); make its kernel stack the one traps from user mode land on (`load_sp0`: TSS.RSP0,
+//! or SET_STACK); put its SSE registers back (`fxrstor`); and last `switch_stacks`, which saves
+//! the callee-saved registers and RSP and takes the next task's. Nothing else needs saving: a
+//! task's other registers are in the trap frame on its kernel stack, and the interrupt flag
+//! comes back with that frame's RFLAGS.
 //!
 //! **SSE registers** belong to whichever user task is running: the kernel is built soft-float,
 //! so its own code never touches them. Under lguest the host keeps the guest's FPU state apart
@@ -36,8 +37,8 @@ use core::cell::UnsafeCell;
 use core::mem::size_of;
 use core::sync::atomic::{AtomicU64, Ordering};
 
+use paravirt_ops::cpu;
 use paravirt_ops::irq::{self, IF};
-use paravirt_ops::{cpu, mmu};
 
 use crate::gdt::{USER_CS, USER_SS};
 use crate::paging::{self, AddressSpace};
@@ -69,6 +70,8 @@ pub struct Stats {
     pub handovers: u64,
     /// How many times a timer tick took the CPU away from it.
     pub preemptions: u64,
+    /// How many times it was switched to: its time slices.
+    pub runs: u64,
 }
 
 /// The SSE and x87 registers as `fxsave` writes them: 512 bytes, 16-byte aligned.
@@ -109,6 +112,7 @@ impl Task {
             report: 0,
             handovers: 0,
             preemptions: 0,
+            runs: 0,
         },
     };
 }
@@ -287,6 +291,9 @@ fn schedule() {
     let (prev, next) = with_tasks(|t| {
         let prev = t.current;
         t.current = pick(t);
+        if t.current != prev {
+            t.tasks[t.current].stats.runs += 1;
+        }
         (prev, t.current)
     });
     if prev == next {
@@ -306,7 +313,7 @@ fn schedule() {
         asm!("fxsave64 [{}]", in(reg) prev_fpu, options(nostack, preserves_flags));
         if root(prev_task) != root(next_task) {
             // The kernel half, where this code and both stacks are, is the same in both.
-            mmu::write_cr3(root(next_task));
+            paging::switch_to(root(next_task));
         }
         if next != IDLE {
             KERNEL_STACK_TOP.store(kernel_stack_top(next), Ordering::Relaxed);

@@ -19,7 +19,7 @@ use lguest_abi::data::{
 };
 use lguest_abi::hcall::{
     CONSOLE_WRITE, CONSOLE_WRITE_MAX, FLUSH_ASYNC, FLUSH_TLB, HALT, LGUEST_INIT, LOAD_IDT_ENTRY,
-    NEW_PGTABLE, SEND_INTERRUPTS, SET_CLOCKEVENT, SET_PTE, SET_STACK, SHUTDOWN,
+    NEW_PGTABLE, NOP, SEND_INTERRUPTS, SET_CLOCKEVENT, SET_PTE, SET_STACK, SHUTDOWN,
     SHUTDOWN_MESSAGE_MAX, SHUTDOWN_POWEROFF,
 };
 
@@ -121,6 +121,14 @@ unsafe fn hcall(nr: u64, args: [u64; 5]) -> u64 {
         );
     }
     ret
+}
+
+/// The NOP hypercall: into the host and straight back, the cheapest world switch there is. Not
+/// an op (a kernel never needs it); a kernel's benchmarks time it against the native floor of a
+/// switch. Only under lguest: natively there is no host to answer `int $0x1f`.
+pub fn null_hypercall() {
+    // SAFETY: NOP touches no guest memory.
+    unsafe { hcall(NOP, [0; 5]) };
 }
 
 /// The page shared with the host. A whole page: the host is told its address and may write
@@ -273,6 +281,17 @@ extern "C" {
 // runs. The host promises not to deliver while RIP is in [lguest_noirq_start, lguest_noirq_end),
 // which init() tells it. The real IF is always on at ring 1 (iretq at CPL 1 cannot change it),
 // so the frame's IF bit changes nothing in hardware.
+//
+// One more step comes first. An interrupt that fell due while the handler ran (with the flag
+// off) is waiting, and the host has said so in `irq_pending`. Natively the CPU would take it
+// right after an `iretq` that turns IF back on. Here nothing would: `iretq` to the frame does
+// not exit to the host, and a task computing at ring 3 may not exit again until the host's own
+// tick, milliseconds later (a 1 ms guest tick loses most of its ticks that way, whenever the
+// tasks spend time in system calls). So when the frame turns interrupts back on and one is
+// pending, the flag goes on and SEND_INTERRUPTS takes the interrupt now, on this stack, below
+// the frame, as if it had come just before the `iretq` (Xen's `iret` hypercall does the same
+// for a PV guest's pending events). Its handler returns here with the flag on, and this return
+// goes on. Only RAX is the hypercall's to change, and it is saved.
 global_asm!(
     r#"
     .text
@@ -286,6 +305,14 @@ lguest_iret:
     push rax
     mov rax, [rsp + 24]                 // the frame's RFLAGS, one push further up
     and eax, {if_bit}
+    jz 2f                               // the frame keeps interrupts off
+    cmp qword ptr [rip + {data} + {irq_pending}], 0
+    je 2f
+    mov [rip + {data} + {irq_enabled}], rax
+    mov eax, {send_interrupts}
+    int {hcall_vector}
+    mov eax, {if_bit}
+2:
 lguest_noirq_start:
     mov [rip + {data} + {irq_enabled}], rax
     pop rax
@@ -295,6 +322,9 @@ lguest_noirq_end:
     if_bit = const IRQ_ENABLED,
     data = sym LGUEST_DATA,
     irq_enabled = const IRQ_ENABLED_AT,
+    irq_pending = const offset_of!(LguestData, irq_pending),
+    send_interrupts = const SEND_INTERRUPTS,
+    hcall_vector = const lguest_abi::hcall::VECTOR,
 );
 
 // ---- mmu --------------------------------------------------------------------------------------

@@ -15,7 +15,7 @@
 //! | `cpu.load_sp0` | `pv_ops.cpu.load_sp0` | TSS.RSP0 | SET_STACK |
 //! | `cpu.syscall_init` | `syscall_init` (MSRs by `pv_ops.cpu.write_msr`) | EFER.SCE, STAR, LSTAR, FMASK | `lguest_data.syscall_vec` |
 //! | `cpu.cpuid` | `pv_ops.cpu.cpuid` | `cpuid` | `cpuid`, filtered |
-//! | `cpu.iret` | `INTERRUPT_RETURN` (32-bit: `pv_ops.cpu.iret`) | `iretq` | RPL 1, virtual IF, `iretq` |
+//! | `cpu.iret` | `INTERRUPT_RETURN` (32-bit: `pv_ops.cpu.iret`) | `iretq` | RPL 1; SEND_INTERRUPTS if one waits; virtual IF, `iretq` |
 //! | `irq.save_fl` | `pv_ops.irq.save_fl` | `pushf` | load `irq_enabled` |
 //! | `irq.restore_fl` | `pv_ops.irq.restore_fl` (until 5.10) | `popf` | store; SEND_INTERRUPTS if pending |
 //! | `irq.irq_disable` | `pv_ops.irq.irq_disable` | `cli` | store 0 |

@@ -31,6 +31,8 @@ step "booting the floor probe in QEMU"
 timeout --foreground 120 qemu-system-x86_64 -accel tcg -cpu max -smp 2 -m 1G \
     -nographic -no-reboot -device isa-debug-exit,iobase=0xf4,iosize=0x04 \
     -kernel "$probe" </dev/null >"$log" 2>&1 || true
+step "booting the teaching guest natively: its microbenchmarks"
+"$REPO/tests/harness/teaching-guest.sh" --native bench 2>&1 | sed 's/^bench /bench teaching-native /' >>"$log" || true
 step "booting the host kernel in QEMU: lguest-e2e bench"
 "$REPO/tests/harness/run-vm.sh" "$bzimage" "$initramfs" 600 "lguest.mode=bench" \
     </dev/null >>"$log" 2>&1 || true
@@ -66,4 +68,13 @@ row "lguest: null hypercall round trip" "$hcall" "$(ratio "$hcall" "$floor")"
 row "host: null syscall" "$sys" "(hypercall / syscall = $(ratio "$hcall" "$sys"))"
 echo "null hypercall / world-switch floor = $(ratio "$hcall" "$floor");" \
     "null hypercall / host null syscall = $(ratio "$hcall" "$sys")"
-ok "bench done (both boots' output: $log)"
+# The teaching guest, the same image both ways: native (QEMU's kernel) and under lg.ko.
+echo
+row "teaching guest, per operation" "native" "lg.ko    lg.ko/native"
+for name in null-hypercall syscall-int80 syscall-syscall page-fault context-switch timer-interrupt; do
+    native=$(fig teaching-native "$name") lguest=$(fig teaching-lguest "$name")
+    [ -n "$native" ] && [ -n "$lguest" ] || die "missing teaching-guest figure $name; see $log"
+    row "$name" "$native" "$(printf '%8s    %s' "$lguest" "$(ratio "$lguest" "$native")")"
+done
+echo "(native null-hypercall is the world-switch floor: int, two CR3 writes, iretq at ring 0)"
+ok "bench done (all boots' output: $log)"

@@ -1,10 +1,12 @@
 //! `lguest-e2e bench`: the in-VM half of `./lguest-dev bench` (tests/harness/bench.sh).
 //!
-//! Two figures, in TSC cycles, measured inside the test VM: lguest-rs's null hypercall round trip
-//! as the ring-1 guest times it (its `nop-loop` scenario), and a host null syscall for scale. The
-//! floor they are set against comes from a boot of its own (tests/guests/floor). Output:
-//! `bench lguest nop-hypercall <cycles>` and `bench host null-syscall <cycles>`; a figure that
-//! cannot be had is one `lguest-e2e bench: <why>` line on stderr and exit status 1.
+//! Figures, in TSC cycles, measured inside the test VM: lguest-rs's null hypercall round trip
+//! as the ring-1 guest times it (its `nop-loop` scenario), a host null syscall for scale, and the
+//! teaching guest's microbenchmarks under lg.ko (its `bench` mode), to be set beside the same
+//! image's native figures. The floor they are set against comes from a boot of its own
+//! (tests/guests/floor). Output: `bench lguest nop-hypercall <cycles>`, `bench host null-syscall
+//! <cycles>` and `bench teaching-lguest <name> <cycles>`; a figure that cannot be had is one
+//! `lguest-e2e bench: <why>` line on stderr and exit status 1.
 
 use std::arch::x86_64::_rdtsc;
 use std::process::ExitCode;
@@ -24,10 +26,14 @@ const SYSCALLS: u64 = 20_000;
 const REPETITIONS: usize = 5;
 
 pub fn run() -> ExitCode {
-    match kmod::ensure_loaded().and_then(|()| hypercall()) {
-        Ok(cycles) => {
+    let figures = kmod::ensure_loaded().and_then(|()| Ok((hypercall()?, teaching_guest()?)));
+    match figures {
+        Ok((cycles, teaching)) => {
             println!("bench lguest nop-hypercall {cycles}");
             println!("bench host null-syscall {}", null_syscall());
+            for line in teaching {
+                println!("bench teaching-lguest {line}");
+            }
             ExitCode::SUCCESS
         }
         Err(e) => {
@@ -35,6 +41,28 @@ pub fn run() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// The teaching guest's `bench` lines under lg.ko (`<name> <cycles>`), all of them or an error:
+/// the guest ends its run with `bench done`.
+fn teaching_guest() -> anyhow::Result<Vec<String>> {
+    let args = ["64m", "/guests/teaching-guest", "bench"];
+    let run = launch(&args, Duration::from_secs(300))?;
+    ensure!(
+        run.code == Some(0) && run.stdout.lines().any(|l| l == "bench done"),
+        "`{LAUNCHER} {}`: {}; stdout: {}; stderr: {}",
+        args.join(" "),
+        run.status(),
+        run.shown_stdout(),
+        run.shown()
+    );
+    Ok(run
+        .stdout
+        .lines()
+        .filter_map(|l| l.strip_prefix("bench "))
+        .filter(|l| *l != "done")
+        .map(str::to_owned)
+        .collect())
 }
 
 /// Cycles per null hypercall, as the guest's own rdtsc loop reports them.

@@ -130,7 +130,6 @@ extern "C" fn kernel_main(boot_params: u64) -> ! {
         "timer" => traps::timer(),
         "user" => traps::user(),
         "async" => traps::async_ring(),
-        "long-run" => traps::long_run(number(arg, 60)),
         "async-console" => traps::async_console(),
         name if name.starts_with("idt-") => traps::bad_gate(name),
         name if name.starts_with("pt-") => traps::bad_page_tables(name),

@@ -108,9 +108,6 @@ static TICKS: AtomicU64 = AtomicU64::new(0);
 /// Re-arm the timer from its handler this many more times.
 static REARM: AtomicU64 = AtomicU64::new(0);
 const TICK_NS: u64 = 1_000_000;
-/// `long-run`: the TSC when it started (0: not running) and its tick period in TSC cycles.
-static LONG_RUN_START: AtomicU64 = AtomicU64::new(0);
-static LONG_RUN_PERIOD: AtomicU64 = AtomicU64::new(0);
 
 extern "C" fn trap_handler(state: &mut TrapState) {
     // SAFETY: lguest_data is registered; the host writes cr2 and irq_enabled there.
@@ -129,17 +126,8 @@ extern "C" fn trap_handler(state: &mut TrapState) {
     match state.vector {
         128 if state.cs & 3 == 3 => user_call(state),
         32 => {
-            let ticks = TICKS.fetch_add(1, Ordering::SeqCst) + 1;
-            let start = LONG_RUN_START.load(Ordering::SeqCst);
-            if start != 0 {
-                // A periodic tick on absolute deadlines, so that a late tick does not push the
-                // later ones back: any deadline missed for good is a lost tick.
-                let period = LONG_RUN_PERIOD.load(Ordering::SeqCst);
-                let next = start + (ticks + 1) * period;
-                let now = rdtsc();
-                let cycles = next.saturating_sub(now).max(period / 100);
-                set_clockevent(cycles * 1_000_000 / crate::tsc_khz());
-            } else if REARM.load(Ordering::SeqCst) > 0 {
+            TICKS.fetch_add(1, Ordering::SeqCst);
+            if REARM.load(Ordering::SeqCst) > 0 {
                 REARM.fetch_sub(1, Ordering::SeqCst);
                 set_clockevent(TICK_NS);
             }
@@ -302,28 +290,6 @@ pub fn timer() -> ! {
         "timer: held while off, delivered on SEND_INTERRUPTS, {MORE} ticks in {ms} ms with HALT"
     );
     poweroff("timer done")
-}
-
-/// `long-run SECONDS`: a 1 ms periodic tick for SECONDS of guest time, the guest asleep in HALT
-/// between ticks; prints how many ticks came against how many milliseconds passed.
-pub fn long_run(seconds: u64) -> ! {
-    install();
-    let khz = crate::tsc_khz();
-    LONG_RUN_PERIOD.store(khz, Ordering::SeqCst);
-    set_irqs(true);
-    let start = rdtsc();
-    LONG_RUN_START.store(start, Ordering::SeqCst);
-    set_clockevent(TICK_NS);
-    while rdtsc() - start < seconds * 1000 * khz {
-        // SAFETY: sleeps until an interrupt; the flag is on.
-        unsafe { hcall(HALT, [0; 5]) };
-    }
-    set_clockevent(0);
-    LONG_RUN_START.store(0, Ordering::SeqCst);
-    let ms = (rdtsc() - start) / khz;
-    let ticks = TICKS.load(Ordering::SeqCst);
-    println!("long-run: {ticks} ticks in {ms} ms");
-    poweroff("long-run done")
 }
 
 /// `idt-*`: gates the host must refuse, each one kills the guest with LOAD_IDT_ENTRY's reason.
