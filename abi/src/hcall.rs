@@ -29,6 +29,16 @@ pub const VECTOR: u8 = 0x1f;
 /// Carry out the queued asynchronous hypercalls (`lguest_data.hcalls`) and nothing else: what
 /// every synchronous hypercall does first anyway.
 pub const FLUSH_ASYNC: u64 = 0;
+/// The two quadwords LOAD_IDT_ENTRY takes (RCX, RDX): a present 64-bit gate to `handler` in
+/// code segment `selector`, of `kind` (0xe interrupt gate, 0xf trap gate), reachable with
+/// `int n` from rings up to `dpl`, with IST 0 (SDM 3A 6.14.1).
+pub const fn idt_gate(handler: u64, selector: u64, kind: u64, dpl: u64) -> [u64; 2] {
+    let attributes = 0x80 | (dpl & 3) << 5 | kind;
+    let low =
+        (handler & 0xffff) | selector << 16 | attributes << 40 | ((handler >> 16) & 0xffff) << 48;
+    [low, handler >> 32]
+}
+
 /// Register the guest's [`crate::data::LguestData`] page: RBX = its guest-physical address
 /// (page-aligned, inside RAM). Must be the first hypercall; the host fills in the fields it owns.
 pub const LGUEST_INIT: u64 = 1;

@@ -152,6 +152,16 @@ pub enum Mode {
     LongRun(u64),
 }
 
+impl core::fmt::Display for Mode {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            Mode::SelfTests => write!(f, "self-tests"),
+            Mode::Bench => write!(f, "bench"),
+            Mode::LongRun(seconds) => write!(f, "long-run {seconds} s"),
+        }
+    }
+}
+
 impl Mode {
     /// The mode a command line names, if it names one.
     fn parse(line: &str) -> Option<Mode> {
@@ -194,7 +204,7 @@ pub fn kernel_main(map: &frames::MemoryMap, cmdline: &CommandLine) -> ! {
         );
         platform::power_off("teaching-guest: bad command line", true)
     };
-    println!("command line {:?}: {mode:?}", cmdline.as_str());
+    println!("mode: {mode}");
     paging::init(map.end());
     traps::init();
     syscall::init();

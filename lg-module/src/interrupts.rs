@@ -162,11 +162,8 @@ mod tests {
     use crate::abi::boot::{GUEST_USER_CS, GUEST_USER_SS};
 
     fn gate(handler: u64, kind: u64, dpl: u64, selector: u64) -> (u64, u64) {
-        let low = (handler & 0xffff)
-            | selector << 16
-            | (0x80 | dpl << 5 | kind) << 40
-            | ((handler >> 16) & 0xffff) << 48;
-        (low, handler >> 32)
+        let [low, high] = hcall::idt_gate(handler, selector, kind, dpl);
+        (low, high)
     }
 
     #[test]

@@ -71,14 +71,9 @@ impl Gate {
     /// A present gate to `handler` in code segment `selector`, reachable with `int n` from rings
     /// up to `dpl`. IST 0: lguest gates may not switch stacks (the host refuses an IST).
     pub fn new(handler: u64, selector: u16, kind: GateKind, dpl: u8) -> Gate {
-        let attributes = 0x80 | u64::from(dpl & 3) << 5 | kind as u64;
-        Gate {
-            low: (handler & 0xffff)
-                | u64::from(selector) << 16
-                | attributes << 40
-                | (handler >> 16 & 0xffff) << 48,
-            high: handler >> 32,
-        }
+        let [low, high] =
+            lguest_abi::hcall::idt_gate(handler, u64::from(selector), kind as u64, u64::from(dpl));
+        Gate { low, high }
     }
 }
 

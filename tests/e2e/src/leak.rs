@@ -4,8 +4,8 @@
 //! every functional test and takes the machine down in a week. So the scenarios that run many
 //! guests, many loads or many switches look at the host's memory ([`Snapshot`]: slab objects
 //! and free memory) before, between and after two rounds of the same work
-//! ([`grows_in_both_rounds`]): a leak grows in both rounds, the kernel's own background noise
-//! (a cache filling, a daemon waking) in one.
+//! ([`grows_in_every_round`]): a leak grows in every round, the kernel's own background noise
+//! (a cache filling, a daemon waking) seldom does.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
@@ -49,32 +49,37 @@ impl Snapshot {
     }
 }
 
-/// Run `work` twice, looking at the host before, between and after. What grew in both rounds
-/// (per slab cache, the smaller of the two growths; for free memory, the smaller loss) must stay
-/// within the slacks.
-pub fn grows_in_both_rounds(
+/// Run `work` `rounds` times, looking at the host before, between and after. What grew in
+/// every round (per slab cache, the smallest of its growths; for free memory, the smallest
+/// loss) must stay within the slacks: a leak grows in every round, the kernel's own background
+/// noise seldom does.
+pub fn grows_in_every_round(
     what: &str,
+    rounds: usize,
     mut work: impl FnMut() -> anyhow::Result<()>,
 ) -> anyhow::Result<()> {
-    let first = Snapshot::take()?;
-    work()?;
-    let between = Snapshot::take()?;
-    work()?;
-    let last = Snapshot::take()?;
+    let mut looks = vec![Snapshot::take()?];
+    for _ in 0..rounds {
+        work()?;
+        looks.push(Snapshot::take()?);
+    }
     let count = |s: &Snapshot, k: &str| i64::try_from(s.slabs.get(k).copied().unwrap_or(0));
-    let names: BTreeSet<&String> = first.slabs.keys().chain(last.slabs.keys()).collect();
+    let names: BTreeSet<&String> = looks.iter().flat_map(|s| s.slabs.keys()).collect();
     let mut growth: Vec<(i64, &str)> = Vec::new();
     for name in names {
-        let one = count(&between, name)? - count(&first, name)?;
-        let two = count(&last, name)? - count(&between, name)?;
-        growth.push((one.min(two).max(0), name));
+        let mut least = i64::MAX;
+        for pair in looks.windows(2) {
+            least = least.min(count(&pair[1], name)? - count(&pair[0], name)?);
+        }
+        growth.push((least.max(0), name));
     }
     growth.sort_unstable_by(|a, b| b.cmp(a));
     let total: i64 = growth.iter().map(|(g, _)| g).sum();
-    let lost = |a: &Snapshot, b: &Snapshot| -> anyhow::Result<i64> {
-        Ok(i64::try_from(a.free_kib)? - i64::try_from(b.free_kib)?)
-    };
-    let free_lost = lost(&first, &between)?.min(lost(&between, &last)?);
+    let mut free_lost = i64::MAX;
+    for pair in looks.windows(2) {
+        free_lost =
+            free_lost.min(i64::try_from(pair[0].free_kib)? - i64::try_from(pair[1].free_kib)?);
+    }
     if total < SLAB_SLACK && free_lost < FREE_SLACK_KIB {
         return Ok(());
     }
@@ -84,8 +89,8 @@ pub fn grows_in_both_rounds(
         .map(|(g, name)| format!("{name} +{g}"))
         .collect();
     bail!(
-        "{what}, twice: slab objects grew by {total} in both rounds (limit <{SLAB_SLACK}; most: \
-         {}), free memory lost in both rounds {free_lost} KiB (limit <{FREE_SLACK_KIB})",
+        "{what}, {rounds} times: slab objects grew by {total} in every round (limit <{SLAB_SLACK}; \
+         most: {}), free memory lost in every round {free_lost} KiB (limit <{FREE_SLACK_KIB})",
         top.join(", ")
     )
 }

@@ -138,13 +138,11 @@ extern "C" fn trap_handler(state: &mut TrapState) {
     }
 }
 
-/// A 64-bit gate to `handler` in our code segment: `kind` 0xe (interrupt) or 0xf (trap).
+/// A gate to `handler` of `kind` (0xe interrupt, 0xf trap) into `selector`, for `int` from rings
+/// up to `dpl` (lguest-abi's encoding).
 fn gate(handler: u64, kind: u64, dpl: u64, selector: u64) -> (u64, u64) {
-    let low = (handler & 0xffff)
-        | selector << 16
-        | (0x80 | dpl << 5 | kind) << 40
-        | ((handler >> 16) & 0xffff) << 48;
-    (low, handler >> 32)
+    let [low, high] = lguest_abi::hcall::idt_gate(handler, selector, kind, dpl);
+    (low, high)
 }
 
 fn load_idt_entry(vector: u64, (low, high): (u64, u64)) {
@@ -461,7 +459,7 @@ pub fn bad_page_tables(name: &str) -> ! {
     unsafe {
         let pd = &mut (*ptr::addr_of_mut!(PD)).0;
         for (i, entry) in pd.iter_mut().take(32).enumerate() {
-            *entry = i as u64 * 0x20_0000 | P | W | HUGE;
+            *entry = (i as u64 * 0x20_0000) | P | W | HUGE;
         }
         (*ptr::addr_of_mut!(PDPT)).0[0] = ptr::addr_of!(PD) as u64 | P | W;
         let pml4 = &mut (*ptr::addr_of_mut!(PML4)).0;
