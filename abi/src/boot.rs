@@ -12,6 +12,44 @@ pub const NOTE_NAME: &[u8] = b"lguest\0";
 /// Note type whose descriptor is the guest-virtual entry point (u64, little-endian).
 pub const NOTE_TYPE_ENTRY: u32 = 1;
 
+/// The lguest entry note as a guest image carries it: a whole ELF note (the sizes of name and
+/// descriptor, the type, the name, the descriptor: the entry point), each part padded to 4
+/// bytes. A guest puts one in a `.note` section its linker script gives a PT_NOTE header:
+///
+/// ```ignore
+/// #[used]
+/// #[link_section = ".note.lguest"]
+/// static NOTE: EntryNote = EntryNote::new(_start);
+/// ```
+#[repr(C, packed(4))]
+pub struct EntryNote {
+    namesz: u32,
+    descsz: u32,
+    kind: u32,
+    name: [u8; 8],
+    entry: unsafe extern "C" fn() -> !,
+}
+
+impl EntryNote {
+    /// The note naming `entry`, the guest's first instruction under lguest.
+    pub const fn new(entry: unsafe extern "C" fn() -> !) -> EntryNote {
+        // NOTE_NAME with its NUL, padded to the 8 bytes the note gives it.
+        let mut name = [0u8; 8];
+        let mut i = 0;
+        while i < NOTE_NAME.len() {
+            name[i] = NOTE_NAME[i];
+            i += 1;
+        }
+        EntryNote {
+            namesz: NOTE_NAME.len() as u32,
+            descsz: 8,
+            kind: NOTE_TYPE_ENTRY,
+            name,
+            entry,
+        }
+    }
+}
+
 /// `boot_params.hdr.hardware_subarch` for an lguest guest, as Linux's `X86_SUBARCH_LGUEST`.
 pub const X86_SUBARCH_LGUEST: u32 = 1;
 

@@ -12,44 +12,17 @@
 
 use core::arch::naked_asm;
 
-use lguest_abi::boot::{NOTE_NAME, NOTE_TYPE_ENTRY};
+use lguest_abi::boot::EntryNote;
 use paravirt_ops::Backend;
 
 use crate::frames::{self, MemoryMap};
 use crate::{CommandLine, STACK_SIZE};
 
-/// The lguest entry note, laid out as an ELF note: the sizes of name and descriptor, the type,
-/// then the name and the descriptor (the entry point), each padded to 4 bytes. linker.ld puts it
-/// in the PT_NOTE beside the PVH note; each loader looks only for its own.
-#[repr(C, packed(4))]
-struct LguestNote {
-    namesz: u32,
-    descsz: u32,
-    kind: u32,
-    name: [u8; 8],
-    entry: unsafe extern "C" fn() -> !,
-}
-
-/// `NOTE_NAME` with its NUL, padded to the 8 bytes the note gives it.
-const fn padded_name() -> [u8; 8] {
-    let mut name = [0u8; 8];
-    let mut i = 0;
-    while i < NOTE_NAME.len() {
-        name[i] = NOTE_NAME[i];
-        i += 1;
-    }
-    name
-}
-
+/// The lguest entry note (lguest-abi's `EntryNote`): the launcher refuses an image without it.
+/// linker.ld keeps the section and gives it a PT_NOTE program header, where the launcher looks.
 #[used]
 #[link_section = ".note.lguest"]
-static NOTE: LguestNote = LguestNote {
-    namesz: NOTE_NAME.len() as u32,
-    descsz: 8,
-    kind: NOTE_TYPE_ENTRY,
-    name: padded_name(),
-    entry: lguest_start,
-};
+static NOTE: EntryNote = EntryNote::new(lguest_start);
 
 /// The first instruction under lguest: a stack, then Rust, with boot_params as the argument.
 ///

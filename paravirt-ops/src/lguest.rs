@@ -101,7 +101,7 @@ pub(crate) fn init() {
 ///
 /// The host reads and writes guest memory as the call says (CONSOLE_WRITE reads a buffer,
 /// LGUEST_INIT writes a page, SET_STACK takes a stack): the caller answers for the addresses.
-unsafe fn hcall(nr: u64, args: [u64; 5]) -> u64 {
+pub unsafe fn hcall(nr: u64, args: [u64; 5]) -> u64 {
     let ret;
     // SAFETY: the caller vouches for the call. LLVM keeps RBX for itself and will not hand it
     // out as an operand, so the first argument is swapped into it around the `int` and back.

@@ -16,9 +16,6 @@ use anyhow::{bail, Context};
 
 use crate::procfs;
 
-/// Slab objects the measured work may leave, in total: a leak of one object per guest or per
-/// load in a hundred shows as 100.
-const SLAB_SLACK: i64 = 50;
 /// Free memory it may cost, in KiB.
 const FREE_SLACK_KIB: i64 = 256;
 
@@ -51,11 +48,14 @@ impl Snapshot {
 
 /// Run `work` `rounds` times, looking at the host before, between and after. What grew in
 /// every round (per slab cache, the smallest of its growths; for free memory, the smallest
-/// loss) must stay within the slacks: a leak grows in every round, the kernel's own background
-/// noise seldom does.
+/// loss) must stay under `slab_slack` objects and [`FREE_SLACK_KIB`]: a leak grows in every
+/// round, the kernel's own background noise seldom does. The slack should be well under the
+/// number of times `work` does the thing that could leak (a leak of one object per guest in a
+/// hundred guests is 100), and well over the kernel's noise (tens of objects).
 pub fn grows_in_every_round(
     what: &str,
     rounds: usize,
+    slab_slack: i64,
     mut work: impl FnMut() -> anyhow::Result<()>,
 ) -> anyhow::Result<()> {
     let mut looks = vec![Snapshot::take()?];
@@ -80,7 +80,7 @@ pub fn grows_in_every_round(
         free_lost =
             free_lost.min(i64::try_from(pair[0].free_kib)? - i64::try_from(pair[1].free_kib)?);
     }
-    if total < SLAB_SLACK && free_lost < FREE_SLACK_KIB {
+    if total < slab_slack && free_lost < FREE_SLACK_KIB {
         return Ok(());
     }
     let top: Vec<String> = growth
@@ -89,7 +89,7 @@ pub fn grows_in_every_round(
         .map(|(g, name)| format!("{name} +{g}"))
         .collect();
     bail!(
-        "{what}, {rounds} times: slab objects grew by {total} in every round (limit <{SLAB_SLACK}; \
+        "{what}, {rounds} times: slab objects grew by {total} in every round (limit <{slab_slack}; \
          most: {}), free memory lost in every round {free_lost} KiB (limit <{FREE_SLACK_KIB})",
         top.join(", ")
     )

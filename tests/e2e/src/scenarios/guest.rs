@@ -234,7 +234,9 @@ pub fn long_run() -> anyhow::Result<()> {
     hello_still_runs()?;
     Snapshot::take()?;
     let mut figures = Vec::new();
-    leak::grows_in_every_round("30 s of the teaching guest's scheduler", 2, || {
+    // 30000 ticks and as many task switches a round: a leak of one object each is tens of
+    // thousands.
+    leak::grows_in_every_round("30 s of the teaching guest's scheduler", 2, 1000, || {
         let args = [MEM, "/guests/teaching-guest", "long-run", "30"];
         let run = launch::spawn(&args)?.finish(Duration::from_secs(150))?;
         let line = |prefix: &str| {
@@ -492,7 +494,9 @@ pub fn many_switches() -> anyhow::Result<()> {
     // Half a million switches, twice: a leak grows in every round, the kernel's own background
     // noise seldom does (leak.rs).
     let mut figure = None;
-    leak::grows_in_every_round("half a million hypercalls", 2, || {
+    // A leak per switch would be half a million objects a round (a leak per guest is
+    // module-unload's to catch: it runs a hundred guests a round).
+    leak::grows_in_every_round("half a million hypercalls", 2, 1000, || {
         let run = guest(&["nop-loop", "500000"], Duration::from_secs(300))?;
         ensure!(
             run.code == Some(0),

@@ -141,6 +141,8 @@ fn leak_check() -> anyhow::Result<()> {
     leak::grows_in_every_round(
         &format!("{GUEST_CYCLES} guests and {MODULE_CYCLES} loads"),
         3,
+        // Fifty loads or a hundred guests a round: a leak of one object each is 50 or more.
+        50,
         || {
             for _ in 0..GUEST_CYCLES {
                 guest_cycle(&guest)?;

@@ -6,7 +6,6 @@
 //! thin shell around [`hcall`]; the attacks in attacks.rs call [`hcall`] itself with arguments
 //! no well-behaved guest would pass.
 
-use core::arch::asm;
 use core::cell::UnsafeCell;
 use core::ptr;
 
@@ -17,34 +16,9 @@ use lguest_abi::hcall::{
 };
 use lguest_abi::PAGE_SIZE;
 
-/// Makes hypercall `nr` with arguments `args` (RBX, RCX, RDX, RSI, RDI) and returns RAX.
-///
-/// # Safety
-///
-/// The host reads and writes guest memory as the call says (CONSOLE_WRITE reads a buffer,
-/// LGUEST_INIT writes a page): the caller answers for the addresses it passes, and for what a
-/// call that does not return (SHUTDOWN) leaves undone.
-pub unsafe fn hcall(nr: u64, args: [u64; 5]) -> u64 {
-    let ret;
-    // SAFETY: the caller vouches for the call (see above). LLVM keeps RBX for itself and will
-    // not hand it out as an operand, so the first argument is swapped into it around the `int`
-    // and the old value swapped back. Memory is left as clobbered (no `nomem`) because the host
-    // may write guest memory; the flags too, as the host's iretq rebuilds them.
-    unsafe {
-        asm!(
-            "xchg {a1}, rbx",
-            "int 0x1f",
-            "xchg {a1}, rbx",
-            a1 = inout(reg) args[0] => _,
-            inout("rax") nr => ret,
-            in("rcx") args[1],
-            in("rdx") args[2],
-            in("rsi") args[3],
-            in("rdi") args[4],
-        );
-    }
-    ret
-}
+/// The hypercall instruction itself: `int $0x1f` with the call in RAX and the arguments in RBX,
+/// RCX, RDX, RSI, RDI, as the paravirt-ops crate's lguest backend makes it.
+pub use paravirt_ops::lguest::hcall;
 
 /// The page this guest shares with the host (lguest-abi's `data` module). A whole page of its
 /// own: the host is told its guest-physical address and may write anywhere in it.
