@@ -70,8 +70,8 @@ pub const OPS: PvOps = PvOps {
     platform: PlatformOps { eoi, power_off },
 };
 
-/// LGUEST_INIT, then the fields the guest owns: the no-interrupt window of `lguest_iret`. They
-/// are written after the call because the host fills in the whole structure at LGUEST_INIT.
+/// LGUEST_INIT, then the fields the guest owns: the no-interrupt window of `lguest_iret`. (The
+/// host writes only its own fields at LGUEST_INIT, so the order does not matter.)
 pub(crate) fn init() {
     // SAFETY: the page is ours, page-aligned and one page long, as LGUEST_INIT requires; the
     // host writes only inside it.
