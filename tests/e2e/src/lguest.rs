@@ -39,6 +39,18 @@ impl Lguest {
         Ok(Lguest { file })
     }
 
+    /// Opens a file and INITIALIZEs a guest in it, checking INITIALIZE returns what the ABI says:
+    /// the start of every scenario that needs a guest but does not test INITIALIZE itself.
+    pub fn open_initialized(init: Initialize) -> anyhow::Result<Lguest> {
+        let dev = Lguest::open()?;
+        let got = dev.initialize(init);
+        ensure!(
+            got == Ok(INITIALIZE_LEN),
+            "INITIALIZE: expected {INITIALIZE_LEN}, got {got:?}"
+        );
+        Ok(dev)
+    }
+
     /// The file descriptor.
     pub fn raw_fd(&self) -> i32 {
         self.file.as_raw_fd()

@@ -425,12 +425,7 @@ fn test_value(reg: Reg) -> u64 {
 pub fn regs() -> anyhow::Result<()> {
     kmod::ensure_loaded()?;
     let guest = TestGuest::new()?;
-    let dev = Lguest::open()?;
-    let got = dev.initialize(guest.valid());
-    ensure!(
-        got == Ok(INITIALIZE_LEN),
-        "INITIALIZE: expected {INITIALIZE_LEN}, got {got:?}"
-    );
+    let dev = Lguest::open_initialized(guest.valid())?;
     let mut c = Checks::new();
 
     for reg in Reg::ALL {
@@ -551,12 +546,7 @@ pub fn owner() -> anyhow::Result<()> {
     kmod::ensure_loaded()?;
     let guest = TestGuest::new()?;
     let valid = guest.valid();
-    let dev = Lguest::open()?;
-    let got = dev.initialize(valid);
-    ensure!(
-        got == Ok(INITIALIZE_LEN),
-        "INITIALIZE: expected {INITIALIZE_LEN}, got {got:?}"
-    );
+    let dev = Lguest::open_initialized(valid)?;
     let mut c = Checks::new();
     let getreg = Request::GetReg {
         offset: Reg::Rip.offset(),
@@ -588,12 +578,7 @@ pub fn owner() -> anyhow::Result<()> {
     c.ok(
         "child with its own file",
         super::in_child(|| {
-            let own = Lguest::open()?;
-            let got = own.initialize(valid);
-            ensure!(
-                got == Ok(INITIALIZE_LEN),
-                "INITIALIZE: expected {INITIALIZE_LEN}, got {got:?}"
-            );
+            let own = Lguest::open_initialized(valid)?;
             let rip = own.get_reg(Reg::Rip)?;
             ensure!(rip == ENTRY, "RIP: expected {ENTRY:#x}, got {rip:#x}");
             Ok(())
@@ -603,12 +588,7 @@ pub fn owner() -> anyhow::Result<()> {
     c.ok(
         "the owner after exec",
         super::in_child(|| {
-            let own = Lguest::open()?;
-            let got = own.initialize(valid);
-            ensure!(
-                got == Ok(INITIALIZE_LEN),
-                "INITIALIZE: expected {INITIALIZE_LEN}, got {got:?}"
-            );
+            let own = Lguest::open_initialized(valid)?;
             super::exec_and_read(&own)
         }),
     );

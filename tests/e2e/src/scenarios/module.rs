@@ -160,12 +160,7 @@ fn leak_check() -> anyhow::Result<()> {
 /// after the launcher exited shows up as a task_struct or mm_struct that never goes away.
 fn guest_cycle(guest: &TestGuest) -> anyhow::Result<()> {
     super::in_child(|| {
-        let dev = Lguest::open()?;
-        let got = dev.initialize(guest.valid());
-        ensure!(
-            got == Ok(INITIALIZE_LEN),
-            "INITIALIZE in a leak cycle: expected {INITIALIZE_LEN}, got {got:?}"
-        );
+        Lguest::open_initialized(guest.valid()).context("in a leak cycle")?;
         Ok(())
     })
 }
