@@ -190,14 +190,7 @@ pub fn write_protect(va: u64) {
 /// Unmaps the kernel page at `va` and returns its frame, if it was mapped (the caller may free
 /// it: the flush is done).
 pub fn unmap(va: u64) -> Option<u64> {
-    let (pt, i) = leaf(kernel_root(), va)?;
-    let entry = get_entry(pt, i);
-    if entry & PTE_PRESENT == 0 {
-        return None;
-    }
-    set_entry(pt, i, 0);
-    mmu::flush_tlb_one_user(va);
-    Some(entry & PTE_ADDR_MASK)
+    unmap_in(kernel_root(), va)
 }
 
 /// Unmaps the page at `va` of the running task's demand window and returns its frame, if it
@@ -207,6 +200,12 @@ pub fn unmap_user_page(va: u64) -> Option<u64> {
     if !(USER_DEMAND_START..USER_DEMAND_END).contains(&va) || root == kernel_root() {
         return None;
     }
+    unmap_in(root, va)
+}
+
+/// Unmaps the page at `va` in the page tables at `root`, flushes it, and returns its frame, if
+/// it was mapped: what [`unmap`] and [`unmap_user_page`] share.
+fn unmap_in(root: u64, va: u64) -> Option<u64> {
     let (pt, i) = leaf(root, va)?;
     let entry = get_entry(pt, i);
     if entry & PTE_PRESENT == 0 {
