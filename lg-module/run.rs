@@ -8,8 +8,8 @@
 //! (`deliver`), and one it has none for ends it. Before each trip in, a pending interrupt is
 //! delivered if the guest's virtual interrupt flag allows (`deliver_interrupts`). Between two
 //! runs the task is an ordinary task: it can be preempted, migrate to another CPU, or take a
-//! signal, which ends `read()` with -ERESTARTSYS (so Ctrl-C on the launcher works). The guest is bound to a CPU only inside
-//! `run_once`, with interrupts off.
+//! signal, which ends `read()` with -ERESTARTSYS (so Ctrl-C on the launcher works). The guest is
+//! bound to a CPU only inside `run_once`, with interrupts off.
 //!
 //! Every guest-physical access goes through `GuestMemory`, which checks it against RAM and
 //! then copies with the kernel's fault-checked user copies: guest memory is the launcher's.

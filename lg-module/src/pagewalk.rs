@@ -3,8 +3,9 @@
 //! The host reads guest page tables to check at INITIALIZE that the entry point the launcher
 //! named really lands in guest RAM, to build shadow page tables on demand, and to reach guest
 //! memory by its virtual address (the instruction bytes of an `int n` or `syscall`, a trap
-//! frame it pushes on the guest's stack). Every table the walk touches is guest memory, so every entry is untrusted:
-//! a table pointer outside RAM stops the walk instead of reading somewhere else.
+//! frame it pushes on the guest's stack). Every table the walk touches is guest memory, so every
+//! entry is untrusted: a table pointer outside RAM stops the walk instead of reading somewhere
+//! else.
 //!
 //! Hardware-free: guest memory is reached through [`GuestPhysRead`], which lg.ko implements with
 //! copy_from_user and the unit tests with an array.

@@ -4,7 +4,8 @@
 //! map only guest RAM and the Switcher, and which start empty: each first touch of a page
 //! faults to the host, which walks the guest's tables ([`crate::pagewalk::walk`]), checks what
 //! the guest asked for, and installs one shadow entry pointing at the host page that backs that
-//! guest-physical page. This file is the checking; `lg-module/shadow_tables.rs` does the installing.
+//! guest-physical page. This file is the checking; `lg-module/shadow_tables.rs` does the
+//! installing.
 //!
 //! The checks are lguest's: the guest mapping must be present, writable for a write, user for a
 //! ring-3 access, executable for a fetch, and must point inside guest RAM. A read fault maps the
