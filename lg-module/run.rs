@@ -272,16 +272,9 @@ fn run_once(guest: &mut Guest<Owner>, switcher: &Switcher) -> TrapInfo {
         guest.regs = traps::regs_from_frame(&frame);
         // The exit path saved the real FS and GS bases here, but the guest can write this page
         // too: a non-canonical value would fault the next entry's wrmsr, so it is dropped.
-        guest.fs_base = if traps::is_canonical(fs_base) {
-            fs_base
-        } else {
-            0
-        };
-        guest.gs_base = if traps::is_canonical(gs_base) {
-            gs_base
-        } else {
-            0
-        };
+        let canonical_or_zero = |base: u64| if traps::is_canonical(base) { base } else { 0 };
+        guest.fs_base = canonical_or_zero(fs_base);
+        guest.gs_base = canonical_or_zero(gs_base);
     }
     // Interrupts that were the host's go to the host's own handlers now, on this CPU, as if
     // they had just arrived: nothing is dropped.
@@ -387,7 +380,7 @@ fn carry_out(
             ];
             for (field, value) in host_fields {
                 mem.write(data_gpa + field, &value.to_le_bytes())
-                    .map_err(|_| unreadable("LGUEST_INIT"))?;
+                    .map_err(|_| death!("LGUEST_INIT: guest memory is not writable"))?;
             }
             guest.lguest_data = Some(data_gpa);
             Ok(None)
