@@ -7,11 +7,11 @@
 //! the hardware-free session logic cannot: who the calling task is ([`CurrentTask`]) and how to
 //! read the launcher's memory ([`LauncherMemory`]). Every decision is in `src/session.rs`.
 
-use crate::abi::dev::{Initialize, Refusal, MAX_REQUEST_BYTES};
+use crate::abi::dev::{Initialize, Refusal, Request, MAX_REQUEST_BYTES};
 use crate::abi::exit::EXIT_MAX_BYTES;
 use crate::fpu::GuestFpu;
 use crate::run;
-use crate::session::{Caller, ReadAction, Session, UserMemory};
+use crate::session::{check_irq, Caller, ReadAction, Session, UserMemory};
 use crate::shadow_tables::ShadowTables;
 use crate::switcher::Switcher;
 use core::ptr::NonNull;
@@ -147,6 +147,9 @@ struct GuestFile {
     /// Dropped before the session, so the timer stops before the task it wakes can go.
     #[pin]
     irqs: Interrupts,
+    /// The launcher's address space once INITIALIZE made a guest (null before): IRQ requests
+    /// from its threads are taken without the session's lock. Only compared, never followed.
+    launcher_mm: AtomicPtr<bindings::mm_struct>,
     #[pin]
     session: Mutex<Session<Owner>>,
 }
@@ -272,6 +275,7 @@ unsafe extern "C" fn lguest_open(_inode: *mut bindings::inode, file: *mut bindin
     let init = pin_init!(GuestFile {
         switcher,
         irqs <- Interrupts::new(),
+        launcher_mm: AtomicPtr::new(core::ptr::null_mut()),
         session <- new_mutex!(Session::<Owner>::default()),
     });
     let session = match KBox::pin_init(init, GFP_KERNEL) {
@@ -315,18 +319,41 @@ unsafe extern "C" fn lguest_write(
     }
     // SAFETY: The VFS calls write() only on a file open() succeeded for, before release().
     let guest = unsafe { guest_file(file) };
+    if let Ok(Request::Irq { irq }) = Request::decode(&bytes[..take]) {
+        return raise_irq(guest, irq, take);
+    }
     let caller = CurrentTask(guest.switcher);
     let mut session = guest.session.lock();
     let result = session.write(&bytes[..take], &caller, &LauncherMemory);
-    // From INITIALIZE on, interrupts know whom to wake.
+    // From INITIALIZE on, interrupts know whom to wake and whose threads may raise them.
     if let Some(owner) = session.owner() {
         let task = (&*owner.task as *const Task)
             .cast_mut()
             .cast::<bindings::task_struct>();
         guest.irqs.task.store(task, Ordering::Release);
+        guest
+            .launcher_mm
+            .store(owner.mm.0.as_ptr(), Ordering::Release);
     }
     match result {
         Ok(written) => written as isize,
+        Err(refusal) => errno(refusal),
+    }
+}
+
+/// The IRQ request: raise `irq` in the guest, for any thread of its launcher, without waiting
+/// for the session's lock (held by the thread running the guest). `written` is the request's
+/// length, what a successful write() returns.
+fn raise_irq(guest: &GuestFile, irq: u64, written: usize) -> isize {
+    let launcher_mm = guest.launcher_mm.load(Ordering::Acquire);
+    // SAFETY: Reading current->mm has no side effects.
+    let caller_mm = unsafe { lg_bindings::lg_current_mm() };
+    let shares_mm = (!launcher_mm.is_null()).then(|| caller_mm == launcher_mm);
+    match check_irq(irq, shares_mm) {
+        Ok(irq) => {
+            guest.irqs.raise(irq);
+            written as isize
+        }
         Err(refusal) => errno(refusal),
     }
 }

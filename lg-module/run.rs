@@ -19,9 +19,10 @@ use crate::abi::data::{
     offset, ASYNC_HCALLS, HCALL_DONE, HCALL_PENDING, SWITCHER_WINDOW_END, SWITCHER_WINDOW_START,
 };
 use crate::abi::dev::Refusal;
-use crate::abi::exit::{ExitKind, ExitRecord};
+use crate::abi::exit::{ExitKind, ExitRecord, MmioAccess, MMIO_INSN_MAX};
 use crate::abi::hcall::{self, CONSOLE_WRITE_MAX, FIRST_IRQ_VECTOR, SHUTDOWN_MESSAGE_MAX};
 use crate::abi::regs::{Reg, Regs};
+use crate::abi::PAGE_SIZE;
 use crate::chardev::{lg_bindings, Interrupts, Owner};
 use crate::cpu::{self, CR4_PGE, CR4_PKE, EFER_SCE};
 use crate::death;
@@ -31,7 +32,7 @@ use crate::interrupts::{self, GuestGate};
 use crate::layout::*;
 use crate::pagewalk::{self, GuestPhysRead};
 use crate::session::Guest;
-use crate::shadow::{self, shadow_pte_for, Unresolved, PF_PRESENT};
+use crate::shadow::{self, shadow_pte_for, PhysLayout, Unresolved, PF_PRESENT};
 use crate::switcher::Switcher;
 use crate::traps::{self, Trap};
 use kernel::{bindings, prelude::*, uaccess::UserSlice};
@@ -116,7 +117,7 @@ pub(crate) fn run(
         let outcome = match traps::classify(trap.vector, trap.cr2) {
             Trap::Host { .. } => Ok(None),
             Trap::Hypercall => hypercall(guest, irqs),
-            Trap::PageFault { addr } => page_fault(guest, addr, trap.error).map(|()| None),
+            Trap::PageFault { addr } => page_fault(guest, addr, trap.error),
             Trap::Fatal => exception(guest, trap.vector, trap.error).map(|()| None),
         };
         match outcome {
@@ -455,18 +456,27 @@ fn carry_out(
     }
 }
 
-/// Handle a page fault at `addr`: map the page if the guest's tables allow the access, else
-/// give the guest the fault.
-fn page_fault(guest: &mut Guest<Owner>, addr: u64, error: u64) -> Result<(), Death> {
+/// Handle a page fault at `addr`: map the page if the guest's tables allow the access, hand a
+/// device access to the launcher, else give the guest the fault.
+fn page_fault(
+    guest: &mut Guest<Owner>,
+    addr: u64,
+    error: u64,
+) -> Result<Option<ExitRecord>, Death> {
     let mem = memory(guest);
     let leaf = pagewalk::walk(&mem, mem.ram_bytes, guest.cr3, addr)
         .map_err(|_| death!("page fault at {addr:#x}: the guest's page tables lie outside RAM"))?;
-    let mapping = match shadow::decide(addr, error, leaf, mem.ram_bytes) {
+    let phys = PhysLayout {
+        ram_bytes: mem.ram_bytes,
+        device_limit: guest.config.device_limit * PAGE_SIZE,
+    };
+    let mapping = match shadow::decide(addr, error, leaf, phys) {
         Ok(mapping) => mapping,
         Err(Unresolved::Kill(death)) => return Err(death),
         Err(Unresolved::Reflect { error, death }) => {
-            return deliver_page_fault(guest, addr, error, death)
+            return deliver_page_fault(guest, addr, error, death).map(|()| None)
         }
+        Err(Unresolved::Device { gpa, write }) => return Ok(Some(mmio_exit(guest, gpa, write))),
     };
     if let Some(leaf) = leaf {
         if mapping.updated_entry != leaf.entry {
@@ -488,9 +498,31 @@ fn page_fault(guest: &mut Guest<Owner>, addr: u64, error: u64) -> Result<(), Dea
         // On real hardware the guest kernel would get this fault; so it does here.
         let death =
             death!("page fault at {addr:#x} (error {error:#x}): SMAP, SMEP or a protection key");
-        return deliver_page_fault(guest, addr, error | PF_PRESENT, death);
+        return deliver_page_fault(guest, addr, error | PF_PRESENT, death).map(|()| None);
     }
-    Ok(())
+    Ok(None)
+}
+
+/// The exit for a guest access to a device page: where, which way, and the instruction and
+/// registers the launcher needs to emulate it. The guest stays at the instruction until the
+/// launcher moves its RIP.
+fn mmio_exit(guest: &Guest<Owner>, gpa: u64, write: bool) -> ExitRecord {
+    let rip = guest.regs.get(Reg::Rip);
+    let mut insn = [0u8; MMIO_INSN_MAX];
+    // As many bytes as are there: an instruction near the end of a mapped page may be shorter
+    // than 15 bytes, and the bytes past the mapping then stay zero.
+    let insn_len = (1..=MMIO_INSN_MAX)
+        .rev()
+        .find(|&len| read_virtual(guest, rip, &mut insn[..len]).is_ok())
+        .unwrap_or(0);
+    MmioAccess {
+        gpa,
+        write,
+        insn,
+        insn_len,
+        regs: guest.regs,
+    }
+    .to_record()
 }
 
 /// Give the guest a page fault at `addr` with `error`, through its handler; `death` if it has

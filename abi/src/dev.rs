@@ -7,6 +7,7 @@
 //! | request          | words | arguments                                                    |
 //! |------------------|-------|--------------------------------------------------------------|
 //! | [`INITIALIZE`]   | 7     | [`Initialize`]: memory, entry point, page tables, boot_params |
+//! | [`IRQ`]          | 2     | IRQ number, below [`crate::hcall::IRQS`]                     |
 //! | [`GETREG`]       | 2     | register offset ([`crate::regs::Reg::offset`])               |
 //! | [`SETREG`]       | 3     | register offset, new value                                   |
 //!
@@ -14,7 +15,11 @@
 //! until it needs the launcher and returns an exit record ([`crate::exit`]). The request codes
 //! are lguest's own, so a reader who knows
 //! lguest's `enum lguest_req` finds them where they were (1, 3 and 4 were retired by lguest;
-//! 2, IRQ, and 7, TRAP, arrive with the devices and traps that need them).
+//! 7, TRAP, is not needed: the host delivers traps itself).
+//!
+//! IRQ is the one request any thread of the launcher may send, and the one that does not wait
+//! for a running guest: device threads raise their interrupts while the main thread is inside
+//! `read()` running the guest (a halted guest wakes up, a running one is kicked out to take it).
 //!
 //! Every refusal has its own errno, listed by [`Refusal`].
 
@@ -22,6 +27,8 @@ use super::PAGE_SIZE;
 
 /// Set up the guest: its memory, entry point and first page tables. Once per open file.
 pub const INITIALIZE: u64 = 0;
+/// Raise an interrupt in the guest: a device has something for it.
+pub const IRQ: u64 = 2;
 /// Ask for one register; the next `read()` returns its value.
 pub const GETREG: u64 = 5;
 /// Change one register (general registers, RIP and RSP only).
@@ -60,6 +67,10 @@ pub struct Initialize {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Request {
     Initialize(Initialize),
+    /// IRQ: the interrupt to raise.
+    Irq {
+        irq: u64,
+    },
     /// GETREG: the register's byte offset.
     GetReg {
         offset: u64,
@@ -107,6 +118,8 @@ pub enum Refusal {
     ShortRead,
     /// ENOMEM: the host could not allocate what the guest needs.
     NoMemory,
+    /// EINVAL: IRQ of an interrupt number the guest does not have.
+    NoSuchIrq,
 }
 
 impl Refusal {
@@ -125,7 +138,7 @@ impl Refusal {
         const EOPNOTSUPP: i32 = 95;
         match self {
             Refusal::ShortWrite | Refusal::Misaligned | Refusal::NoSuchRegister => EINVAL,
-            Refusal::ShortRead => EINVAL,
+            Refusal::ShortRead | Refusal::NoSuchIrq => EINVAL,
             Refusal::LongWrite => E2BIG,
             Refusal::UnknownRequest => EOPNOTSUPP,
             Refusal::NoMemory => ENOMEM,
@@ -177,6 +190,7 @@ impl Request {
                 i.cr3,
                 i.boot_params,
             ]),
+            Request::Irq { irq } => Encoded::from_words(&[IRQ, irq]),
             Request::GetReg { offset } => Encoded::from_words(&[GETREG, offset]),
             Request::SetReg { offset, value } => Encoded::from_words(&[SETREG, offset, value]),
         }
@@ -195,7 +209,7 @@ impl Request {
         }
         let words = match word(0) {
             INITIALIZE => 7,
-            GETREG => 2,
+            IRQ | GETREG => 2,
             SETREG => 3,
             _ => return Err(Refusal::UnknownRequest),
         };
@@ -214,6 +228,7 @@ impl Request {
                 cr3: word(5),
                 boot_params: word(6),
             }),
+            IRQ => Request::Irq { irq: word(1) },
             GETREG => Request::GetReg { offset: word(1) },
             _ => Request::SetReg {
                 offset: word(1),
@@ -242,6 +257,7 @@ mod tests {
     fn every_request_round_trips() {
         for req in [
             Request::Initialize(sample_init()),
+            Request::Irq { irq: 3 },
             Request::GetReg { offset: 8 },
             Request::SetReg {
                 offset: 16,

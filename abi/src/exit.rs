@@ -5,10 +5,16 @@
 //! (hypercalls, page faults, interrupts) the host handles itself without the launcher ever
 //! knowing; an exit is the rest.
 //!
+//! A guest touching a device page (guest-physical pages from `pfn_limit` to `device_limit`, see
+//! [`crate::dev::Initialize`]) is the exit devices are built on: [`ExitKind::Mmio`] carries an
+//! [`MmioAccess`], and the launcher emulates the instruction, sets the registers it changed
+//! (SETREG of the destination and of RIP past the instruction) and reads again.
+//!
 //! Death is sticky: once a guest is dead every further `read()` returns the same record, as in
 //! lguest ("the Guest will never run again").
 
 use super::hcall::CONSOLE_WRITE_MAX;
+use super::regs::{Reg, Regs};
 
 /// Why the guest stopped.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -23,6 +29,9 @@ pub enum ExitKind {
     Restart = 3,
     /// The host killed the guest for breaking a rule; the bytes say which.
     Died = 4,
+    /// The guest read or wrote a device page; the bytes are an [`MmioAccess`]. The guest stays
+    /// stopped at the instruction: reading again without moving RIP runs it (and faults) again.
+    Mmio = 5,
 }
 
 impl ExitKind {
@@ -32,6 +41,7 @@ impl ExitKind {
             ExitKind::PowerOff,
             ExitKind::Restart,
             ExitKind::Died,
+            ExitKind::Mmio,
         ]
         .into_iter()
         .find(|k| *k as u64 == kind)
@@ -121,9 +131,99 @@ impl ExitRecord {
     }
 }
 
+/// The most instruction bytes an [`MmioAccess`] carries: x86's longest instruction.
+pub const MMIO_INSN_MAX: usize = 15;
+
+/// A guest access to a device page, as an [`ExitKind::Mmio`] record carries it.
+///
+/// The host knows the address and whether it was a write (the page fault told it), but not the
+/// access's width or which register holds or wants the value: that is in the instruction, which
+/// the launcher decodes. The host copies the instruction bytes from the guest's RIP (fewer than
+/// [`MMIO_INSN_MAX`] where the next page is not mapped) and the registers, so the launcher needs
+/// no GETREG to emulate it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MmioAccess {
+    /// The guest-physical address accessed.
+    pub gpa: u64,
+    /// A write (else a read).
+    pub write: bool,
+    /// The instruction bytes at RIP: `insn[..insn_len]`.
+    pub insn: [u8; MMIO_INSN_MAX],
+    pub insn_len: usize,
+    /// The guest's registers at the access.
+    pub regs: Regs,
+}
+
+impl MmioAccess {
+    /// Bytes in the wire form: gpa, flags, insn_len, 16 instruction bytes, the registers.
+    pub const WIRE_BYTES: usize = 3 * 8 + 16 + Reg::COUNT * 8;
+
+    /// The exit record that carries this access.
+    pub fn to_record(&self) -> ExitRecord {
+        let mut bytes = [0u8; Self::WIRE_BYTES];
+        bytes[0..8].copy_from_slice(&self.gpa.to_le_bytes());
+        bytes[8..16].copy_from_slice(&u64::from(self.write).to_le_bytes());
+        bytes[16..24].copy_from_slice(&(self.insn_len as u64).to_le_bytes());
+        bytes[24..24 + MMIO_INSN_MAX].copy_from_slice(&self.insn);
+        for (i, value) in self.regs.0.iter().enumerate() {
+            bytes[40 + i * 8..48 + i * 8].copy_from_slice(&value.to_le_bytes());
+        }
+        ExitRecord::new(ExitKind::Mmio, &bytes)
+    }
+
+    /// Read an [`ExitKind::Mmio`] record's bytes; `None` if they are not one.
+    pub fn from_bytes(bytes: &[u8]) -> Option<MmioAccess> {
+        if bytes.len() != Self::WIRE_BYTES {
+            return None;
+        }
+        let word = |at: usize| {
+            let mut w = [0u8; 8];
+            w.copy_from_slice(&bytes[at..at + 8]);
+            u64::from_le_bytes(w)
+        };
+        let insn_len = usize::try_from(word(16))
+            .ok()
+            .filter(|n| *n <= MMIO_INSN_MAX)?;
+        let mut insn = [0u8; MMIO_INSN_MAX];
+        insn.copy_from_slice(&bytes[24..24 + MMIO_INSN_MAX]);
+        let mut regs = Regs::default();
+        for (i, value) in regs.0.iter_mut().enumerate() {
+            *value = word(40 + i * 8);
+        }
+        Some(MmioAccess {
+            gpa: word(0),
+            write: word(8) & 1 != 0,
+            insn,
+            insn_len,
+            regs,
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn mmio_accesses_round_trip_through_a_record() {
+        let mut regs = Regs::default();
+        regs.set(Reg::Rip, 0xffff_ffff_8100_1234);
+        regs.set(Reg::Rax, 0x1122_3344);
+        let access = MmioAccess {
+            gpa: 0x400_0070,
+            write: true,
+            insn: [0x89, 0x07, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
+            insn_len: 2,
+            regs,
+        };
+        let record = access.to_record();
+        assert_eq!(record.kind(), ExitKind::Mmio);
+        let mut buf = [0u8; EXIT_MAX_BYTES];
+        let n = record.encode(&mut buf).unwrap();
+        let back = ExitRecord::decode(&buf[..n]).unwrap();
+        assert_eq!(MmioAccess::from_bytes(back.data()), Some(access));
+        assert_eq!(MmioAccess::from_bytes(&back.data()[1..]), None);
+    }
 
     #[test]
     fn records_round_trip() {

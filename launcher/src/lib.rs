@@ -30,6 +30,7 @@ pub mod boot_params;
 pub mod device;
 pub mod kernel;
 pub mod memory;
+pub mod mmio;
 pub mod pagetables;
 pub mod run;
 pub mod size;

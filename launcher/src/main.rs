@@ -144,9 +144,20 @@ fn launch(args: &Args) -> anyhow::Result<Stop> {
         boot_params: BOOT_PARAMS_GPA,
     })
     .with_context(|| format!("{DEFAULT_PATH} refused INITIALIZE"))?;
-    run_guest(|buf| dev.run(buf), &mut std::io::stdout().lock())
+    run_guest(&dev, &mut NoDevices, &mut std::io::stdout().lock())
 }
 
 fn read(path: &Path, what: &str) -> anyhow::Result<Vec<u8>> {
     std::fs::read(path).with_context(|| format!("cannot read {what} '{}'", path.display()))
+}
+
+struct NoDevices;
+
+impl lguest_launcher::run::MmioBus for NoDevices {
+    fn mmio_read(&mut self, _gpa: u64, _data: &mut [u8]) -> bool {
+        false
+    }
+    fn mmio_write(&mut self, _gpa: u64, _data: &[u8]) -> bool {
+        false
+    }
 }

@@ -12,6 +12,7 @@
 use crate::abi::boot::{GUEST_INITIAL_RFLAGS, GUEST_KERNEL_CS, GUEST_KERNEL_SS};
 use crate::abi::dev::{Initialize, Refusal, Request, MAX_GUEST_PAGES};
 use crate::abi::exit::{ExitRecord, EXIT_MAX_BYTES};
+use crate::abi::hcall::IRQS;
 use crate::abi::regs::{Reg, Regs};
 use crate::abi::PAGE_SIZE;
 use crate::interrupts::GuestGate;
@@ -118,6 +119,20 @@ pub struct Session<O> {
     guest: Option<Guest<O>>,
 }
 
+/// Whether an IRQ request may raise `irq`. `caller_shares_guest_mm` is `None` before
+/// INITIALIZE, else whether the caller runs in the launcher's address space: any thread of the
+/// launcher may raise interrupts (its device threads do), nobody else may.
+pub fn check_irq(irq: u64, caller_shares_guest_mm: Option<bool>) -> Result<u32, Refusal> {
+    match caller_shares_guest_mm {
+        None => Err(Refusal::NotInitialized),
+        Some(false) => Err(Refusal::NotOwner),
+        Some(true) => u32::try_from(irq)
+            .ok()
+            .filter(|irq| *irq < IRQS)
+            .ok_or(Refusal::NoSuchIrq),
+    }
+}
+
 impl<O> Default for Session<O> {
     fn default() -> Self {
         Session { guest: None }
@@ -163,6 +178,9 @@ impl<O> Session<O> {
                     pending_read: None,
                 });
             }
+            // chardev.rs answers IRQ with `check_irq` before it takes the session's lock (which
+            // the launcher's main thread holds while the guest runs): a session never sees one.
+            Request::Irq { .. } => return Err(Refusal::UnknownRequest),
             Request::GetReg { offset } => {
                 let guest = self.guest.as_mut().ok_or(Refusal::NotInitialized)?;
                 guest.pending_read = Some(Reg::from_offset(offset).ok_or(Refusal::NoSuchRegister)?);
@@ -539,5 +557,22 @@ mod tests {
             Err(Refusal::NotOwner)
         );
         assert_eq!(s.write(getreg.as_bytes(), &owner, &user()), Ok(16));
+    }
+
+    #[test]
+    fn irqs_come_only_from_the_launchers_threads_and_within_range() {
+        assert_eq!(check_irq(1, None), Err(Refusal::NotInitialized));
+        assert_eq!(check_irq(1, Some(false)), Err(Refusal::NotOwner));
+        assert_eq!(check_irq(1, Some(true)), Ok(1));
+        assert_eq!(check_irq(63, Some(true)), Ok(63));
+        assert_eq!(check_irq(64, Some(true)), Err(Refusal::NoSuchIrq));
+        assert_eq!(check_irq(u64::MAX, Some(true)), Err(Refusal::NoSuchIrq));
+        let owner = task(7);
+        let mut session = initialized(&owner);
+        let irq = Request::Irq { irq: 1 }.encode();
+        assert_eq!(
+            session.write(irq.as_bytes(), &owner, &user()),
+            Err(Refusal::UnknownRequest)
+        );
     }
 }

@@ -11,6 +11,10 @@
 //! ring-3 access, executable for a fetch, and must point inside guest RAM. A read fault maps the
 //! page read-only unless the guest's entry is already dirty, so that the first write faults too
 //! and the host can set the dirty bit, as the MMU would have.
+//!
+//! Guest-physical pages past RAM, up to the device limit, are device pages. They are never
+//! mapped: every access to one faults here and goes to the launcher (an MMIO exit), which
+//! emulates the instruction against its device models.
 
 use crate::abi::data::{SWITCHER_WINDOW_END, SWITCHER_WINDOW_START};
 use crate::abi::paging::{PTE_ACCESSED, PTE_DIRTY, PTE_NO_EXEC, PTE_PRESENT, PTE_USER, PTE_WRITE};
@@ -44,6 +48,15 @@ pub enum Unresolved {
     Reflect { error: u64, death: Death },
     /// The guest broke a rule of the host's.
     Kill(Death),
+    /// A permitted read or write of a device page: the launcher's to emulate.
+    Device { gpa: u64, write: bool },
+}
+
+/// Guest-physical memory: RAM, then device pages up to `device_limit` (bytes).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PhysLayout {
+    pub ram_bytes: u64,
+    pub device_limit: u64,
 }
 
 /// Decide what a fault at `va` with `error` means, given what the guest's tables say (`leaf`).
@@ -51,7 +64,7 @@ pub fn decide(
     va: u64,
     error: u64,
     leaf: Option<Leaf>,
-    ram_bytes: u64,
+    phys: PhysLayout,
 ) -> Result<Mapping, Unresolved> {
     if (SWITCHER_WINDOW_START..SWITCHER_WINDOW_END).contains(&va) {
         return Err(Unresolved::Kill(death!(
@@ -85,11 +98,24 @@ pub fn decide(
     if error & PF_FETCH != 0 && leaf.no_exec {
         return Err(refused("no-execute page"));
     }
-    if leaf.gpa >= ram_bytes {
-        return Err(Unresolved::Kill(death!(
-            "page fault: {va:#x} maps guest-physical {:#x}, beyond RAM",
-            leaf.gpa
-        )));
+    if leaf.gpa >= phys.ram_bytes {
+        if leaf.gpa >= phys.device_limit {
+            return Err(Unresolved::Kill(death!(
+                "page fault: {va:#x} maps guest-physical {:#x}, beyond RAM and devices",
+                leaf.gpa
+            )));
+        }
+        // Device registers are read and written, never run.
+        if error & PF_FETCH != 0 {
+            return Err(Unresolved::Kill(death!(
+                "page fault: fetch from device memory at {va:#x} (guest-physical {:#x})",
+                leaf.gpa
+            )));
+        }
+        return Err(Unresolved::Device {
+            gpa: leaf.gpa,
+            write: error & PF_WRITE != 0,
+        });
     }
     let write = error & PF_WRITE != 0;
     let mut updated_entry = leaf.entry | PTE_ACCESSED;
@@ -128,6 +154,10 @@ mod tests {
     use super::*;
 
     const RAM: u64 = 64 << 20;
+    const PHYS: PhysLayout = PhysLayout {
+        ram_bytes: RAM,
+        device_limit: RAM + 0x2000,
+    };
 
     fn leaf(gpa: u64, writable: bool, user: bool) -> Leaf {
         Leaf {
@@ -142,14 +172,20 @@ mod tests {
 
     #[test]
     fn read_faults_map_read_only_until_dirty() {
-        let m = decide(0x20_0123, 0, Some(leaf(0x20_0123, true, false)), RAM).unwrap();
+        let m = decide(0x20_0123, 0, Some(leaf(0x20_0123, true, false)), PHYS).unwrap();
         assert_eq!(m.gpa_page, 0x20_0000);
         assert!(
             !m.writable,
             "clean page: read-only, so the first write comes back"
         );
         assert_eq!(m.updated_entry & (PTE_ACCESSED | PTE_DIRTY), PTE_ACCESSED);
-        let w = decide(0x20_0123, PF_WRITE, Some(leaf(0x20_0123, true, false)), RAM).unwrap();
+        let w = decide(
+            0x20_0123,
+            PF_WRITE,
+            Some(leaf(0x20_0123, true, false)),
+            PHYS,
+        )
+        .unwrap();
         assert!(w.writable);
         assert_eq!(w.updated_entry & PTE_DIRTY, PTE_DIRTY);
         let pte = shadow_pte_for(&w, 0x7_7000);
@@ -161,7 +197,7 @@ mod tests {
 
     #[test]
     fn every_broken_rule_kills() {
-        let cases: [(u64, u64, Option<Leaf>); 6] = [
+        let cases: [(u64, u64, Option<Leaf>); 7] = [
             (0x1000, 0, None),
             (0x1000, PF_WRITE, Some(leaf(0x1000, false, true))),
             (0x1000, PF_USER, Some(leaf(0x1000, true, false))),
@@ -173,7 +209,8 @@ mod tests {
                     ..leaf(0x1000, true, true)
                 }),
             ),
-            (0x1000, 0, Some(leaf(RAM, true, true))),
+            (0x1000, 0, Some(leaf(RAM + 0x2000, true, true))),
+            (0x1000, PF_FETCH, Some(leaf(RAM, true, true))),
             (
                 SWITCHER_WINDOW_START + 0x2000,
                 PF_WRITE | PF_PRESENT,
@@ -182,9 +219,34 @@ mod tests {
         ];
         for (va, error, l) in cases {
             assert!(
-                decide(va, error, l, RAM).is_err(),
+                decide(va, error, l, PHYS).is_err(),
                 "{va:#x} {error:#x} {l:?}"
             );
         }
+    }
+
+    #[test]
+    fn device_pages_go_to_the_launcher_with_the_guests_rules_applied() {
+        let device = leaf(RAM + 0x1010, true, false);
+        assert_eq!(
+            decide(0x9000_0010, PF_WRITE, Some(device), PHYS),
+            Err(Unresolved::Device {
+                gpa: RAM + 0x1010,
+                write: true
+            })
+        );
+        assert_eq!(
+            decide(0x9000_0010, 0, Some(device), PHYS),
+            Err(Unresolved::Device {
+                gpa: RAM + 0x1010,
+                write: false
+            })
+        );
+        // The guest's own tables still come first: a user access to its supervisor mapping is
+        // the guest's page fault, not the device's business.
+        assert!(matches!(
+            decide(0x9000_0010, PF_USER, Some(device), PHYS),
+            Err(Unresolved::Reflect { .. })
+        ));
     }
 }

@@ -601,3 +601,40 @@ pub fn owner() -> anyhow::Result<()> {
     );
     c.finish()
 }
+
+/// `abi-irq`: IRQ raises an interrupt for a device. It needs a guest, an IRQ the guest has, and
+/// a caller in the launcher's address space: any thread of it (device threads raise IRQs while
+/// the main thread runs the guest), but no other process, not even a child with the file.
+pub fn irq() -> anyhow::Result<()> {
+    kmod::ensure_loaded()?;
+    let guest = TestGuest::new()?;
+    let irq = |n: u64| Request::Irq { irq: n };
+    let mut c = Checks::new();
+    let fresh = Lguest::open()?;
+    c.refused(
+        "IRQ before INITIALIZE",
+        fresh.request(irq(1)),
+        Refusal::NotInitialized,
+    );
+
+    let dev = Lguest::open_initialized(guest.valid())?;
+    c.returned("IRQ 1", dev.request(irq(1)), 16);
+    c.returned("IRQ 63", dev.request(irq(63)), 16);
+    c.refused("IRQ 64", dev.request(irq(64)), Refusal::NoSuchIrq);
+    c.refused("IRQ 2^64-1", dev.request(irq(u64::MAX)), Refusal::NoSuchIrq);
+    let from_thread = std::thread::scope(|s| {
+        s.spawn(|| dev.request(irq(2)))
+            .join()
+            .expect("a write cannot panic")
+    });
+    c.returned("IRQ from another thread of the launcher", from_thread, 16);
+    c.ok(
+        "child using the parent's file",
+        super::in_child(|| {
+            let mut c = Checks::new();
+            c.refused("IRQ", dev.request(irq(1)), Refusal::NotOwner);
+            c.finish()
+        }),
+    );
+    c.finish()
+}

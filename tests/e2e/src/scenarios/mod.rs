@@ -19,7 +19,7 @@ pub struct Scenario {
     pub run: fn() -> anyhow::Result<()>,
 }
 
-pub static SCENARIOS: [Scenario; 44] = [
+pub static SCENARIOS: [Scenario; 45] = [
     Scenario {
         name: "module-load",
         run: module::load,
@@ -35,6 +35,10 @@ pub static SCENARIOS: [Scenario; 44] = [
     Scenario {
         name: "abi-owner",
         run: abi::owner,
+    },
+    Scenario {
+        name: "abi-irq",
+        run: abi::irq,
     },
     Scenario {
         name: "launcher-loads-bzimage",

@@ -105,6 +105,7 @@ extern "C" fn kernel_main(boot_params: u64) -> ! {
         "async-console" => traps::async_console(),
         name if name.starts_with("idt-") => traps::bad_gate(name),
         name if name.starts_with("pt-") => traps::bad_page_tables(name),
+        name if name.starts_with("mmio") => traps::mmio(name, number(arg, 0)),
         "gdt-tls" => traps::tls(),
         name if name.starts_with("gdt-") => traps::bad_descriptor(name),
         name => attacks::run(name, arg, &data),

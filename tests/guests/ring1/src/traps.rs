@@ -11,7 +11,7 @@
 //! page tables, and a ring-3 program whose `int $0x80` and `syscall` reach the kernel), and the
 //! `idt-*` attacks (gates the host must refuse).
 
-use core::arch::global_asm;
+use core::arch::{asm, global_asm};
 use core::ptr;
 use core::sync::atomic::{AtomicU64, Ordering};
 
@@ -491,6 +491,75 @@ pub fn bad_page_tables(name: &str) -> ! {
         println!("attack {name}: survived (read {value:#x} at {target:#x})");
     }
     poweroff("bad page tables taken")
+}
+
+// ---- Device pages ------------------------------------------------------------------------------
+
+/// `mmio GPA` and `mmio-*`: the device page at guest-physical GPA (the launcher's first virtio
+/// device sits right above RAM) mapped with a 2 MiB page of the guest's own tables at
+/// DEVICE_WINDOW, then touched. Nothing there is RAM: every access leaves the guest, and the
+/// launcher emulates it.
+/// - `mmio GPA`: reads the virtio-mmio magic and device id with the instruction forms drivers
+///   use (`mov`, `movzx`, a 16-bit `mov`) and prints them, then writes the status register;
+/// - `mmio-exec GPA`: jumps into the device page: the host must kill the guest;
+/// - `mmio-rmw GPA`: `or [reg], eax` on a device register, which the launcher refuses to
+///   emulate: it must stop with the instruction's text.
+pub fn mmio(name: &str, gpa: u64) -> ! {
+    const P: u64 = 1;
+    const W: u64 = 2;
+    const HUGE: u64 = 0x80;
+    const DEVICE_WINDOW: u64 = 40 * 0x20_0000;
+    const HUGE_PAGE: u64 = 0x20_0000;
+    if name != "mmio" {
+        println!("attack: {name}");
+    }
+    let base = DEVICE_WINDOW + (gpa & (HUGE_PAGE - 1));
+    // SAFETY: single CPU; the tables are ours, RAM identity-mapped as the launcher's were, so
+    // switching to them keeps this code and its stack mapped. The device page is read and
+    // written only through the instructions below.
+    unsafe {
+        let pd = &mut (*ptr::addr_of_mut!(PD)).0;
+        for (i, entry) in pd.iter_mut().take(32).enumerate() {
+            *entry = (i as u64 * HUGE_PAGE) | P | W | HUGE;
+        }
+        pd[40] = (gpa & !(HUGE_PAGE - 1)) | P | W | HUGE;
+        (*ptr::addr_of_mut!(PDPT)).0[0] = ptr::addr_of!(PD) as u64 | P | W;
+        (*ptr::addr_of_mut!(PML4)).0[0] = ptr::addr_of!(PDPT) as u64 | P | W;
+        hcall(NEW_PGTABLE, [ptr::addr_of!(PML4) as u64, 0, 0, 0, 0]);
+        match name {
+            "mmio" => {
+                let (magic, first_byte, device): (u32, u32, u32);
+                let mut r9: u64 = 0x1111_2222_3333_4444;
+                asm!(
+                    "mov {magic:e}, [{base}]",
+                    "movzx {byte:e}, byte ptr [{base}]",
+                    "mov r9w, [{base}]",
+                    "mov {device:e}, [{base} + 8]",
+                    "mov dword ptr [{base} + 0x70], 0",
+                    base = in(reg) base,
+                    magic = out(reg) magic,
+                    byte = out(reg) first_byte,
+                    device = out(reg) device,
+                    inout("r9") r9,
+                    options(nostack),
+                );
+                println!("mmio: magic={magic:#x} byte={first_byte:#x} r9={r9:#x} device={device}");
+                poweroff("mmio done")
+            }
+            "mmio-exec" => {
+                let device_code: extern "C" fn() = core::mem::transmute(base as *const ());
+                device_code();
+                println!("attack {name}: survived (ran code from a device page)");
+            }
+            "mmio-rmw" => {
+                asm!("or dword ptr [{base} + 0x70], eax", base = in(reg) base, in("eax") 1,
+                    options(nostack));
+                println!("attack {name}: survived (the launcher emulated or)");
+            }
+            _ => panic!("unknown scenario {name:?}"),
+        }
+    }
+    poweroff("device page attack done")
 }
 
 // ---- The asynchronous hypercall ring -----------------------------------------------------------
