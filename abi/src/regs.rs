@@ -5,6 +5,9 @@
 //! really has. A register is named on the wire by its byte offset in [`Regs`], like ptrace's
 //! PEEKUSER: `offset = Reg::X as u64 * 8`.
 
+/// RFLAGS' arithmetic flags: CF, PF, AF, ZF, SF and OF.
+pub const RFLAGS_ARITHMETIC: u64 = 0x8d5;
+
 /// Each register, in the order it sits in [`Regs`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[repr(u8)]
@@ -72,15 +75,27 @@ impl Reg {
         Reg::ALL.get(usize::try_from(offset / 8).ok()?).copied()
     }
 
-    /// Whether the launcher may change this register with SETREG.
+    /// The bits of this register the launcher may change with SETREG; the others keep their
+    /// value.
     ///
     /// As in lguest, the launcher may set the general registers, the instruction pointer and
     /// the stack pointer (it needs them to start a guest and to step over an emulated
-    /// instruction). The segment selectors and the flags decide the guest's privilege and
-    /// whether the host's interrupts stay on: only the host sets them, so a buggy or hostile
-    /// launcher cannot start a guest at CPL 0 or with IOPL 3.
+    /// instruction). Of RFLAGS it may set only the arithmetic flags ([`RFLAGS_ARITHMETIC`]):
+    /// an emulated `cmp` or `test` of a device register sets them. The segment selectors and
+    /// the rest of RFLAGS decide the guest's privilege and whether the host's interrupts stay
+    /// on: only the host sets them, so a buggy or hostile launcher cannot start a guest at
+    /// CPL 0 or with IOPL 3.
+    pub const fn writable_bits(self) -> u64 {
+        match self {
+            Reg::Rflags => RFLAGS_ARITHMETIC,
+            Reg::Cs | Reg::Ss => 0,
+            _ => u64::MAX,
+        }
+    }
+
+    /// Whether SETREG may change this register at all.
     pub const fn is_writable(self) -> bool {
-        !matches!(self, Reg::Rflags | Reg::Cs | Reg::Ss)
+        self.writable_bits() != 0
     }
 }
 
@@ -117,10 +132,16 @@ mod tests {
     }
 
     #[test]
-    fn only_selectors_and_flags_are_read_only() {
-        let read_only: [Reg; 3] = [Reg::Rflags, Reg::Cs, Reg::Ss];
+    fn only_selectors_are_read_only_and_of_rflags_only_arithmetic() {
         for reg in Reg::ALL {
-            assert_eq!(reg.is_writable(), !read_only.contains(&reg), "{reg:?}");
+            let expected = match reg {
+                Reg::Cs | Reg::Ss => 0,
+                // IF (bit 9) and IOPL (bits 12-13) stay the host's.
+                Reg::Rflags => 0b1000_1101_0101,
+                _ => u64::MAX,
+            };
+            assert_eq!(reg.writable_bits(), expected, "{reg:?}");
+            assert_eq!(reg.is_writable(), expected != 0, "{reg:?}");
         }
     }
 }

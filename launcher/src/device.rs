@@ -51,6 +51,12 @@ impl LguestDevice {
         self.request(Request::Initialize(*init))
     }
 
+    /// Raises interrupt `irq` in the guest (IRQ). Any thread may: the devices' input threads
+    /// do, while the main thread runs the guest.
+    pub fn raise_irq(&self, irq: u32) -> io::Result<()> {
+        self.request(Request::Irq { irq: irq.into() })
+    }
+
     /// Reads one of the guest's registers (GETREG, then an 8-byte read).
     pub fn get_reg(&self, reg: Reg) -> io::Result<u64> {
         self.request(Request::GetReg {

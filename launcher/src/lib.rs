@@ -21,8 +21,12 @@
 //! 6. [`device`]: `/dev/lguest` is opened and told, in one INITIALIZE, where memory, entry point,
 //!    page tables and boot_params are. From then on each `read()` runs the guest until it needs
 //!    the launcher.
-//! 7. [`run`]: the loop around those reads: console output printed, and the guest's end (power
-//!    off, restart, death with the host's reason) handed back to main.rs.
+//! 7. [`virtio`]: the devices (console, disks, network, entropy) get one page each above RAM,
+//!    named on the guest's command line; their input threads raise IRQs through `/dev/lguest`.
+//!    [`terminal`] puts a terminal on stdin in raw mode for the console, and always back.
+//! 8. [`run`]: the loop around those reads: early console output printed, device accesses
+//!    decoded ([`mmio`]) and handed to the devices, and the guest's end (power off, restart,
+//!    death with the host's reason) handed back to main.rs.
 //!
 //! [`GuestRam::base`]: memory::GuestRam::base
 
@@ -34,3 +38,5 @@ pub mod mmio;
 pub mod pagetables;
 pub mod run;
 pub mod size;
+pub mod terminal;
+pub mod virtio;

@@ -5,14 +5,17 @@
 //! decides how the launcher ends: power off is exit 0, a restart starts the launcher afresh, and
 //! death is the host's reason on stderr and exit 1.
 
+use std::fs::File;
+use std::os::fd::AsFd;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
+use std::sync::Arc;
 
-use anyhow::Context;
+use anyhow::{bail, Context};
 use clap::Parser;
 use lguest_abi::dev::Initialize;
-use log::info;
+use log::{info, warn};
 
 use lguest_launcher::boot_params::{
     fixed_reserved, write_boot_params, Layout, BOOT_PARAMS_GPA, CMDLINE_GPA,
@@ -23,6 +26,8 @@ use lguest_launcher::memory::{Bytes, GuestAddress, GuestRam};
 use lguest_launcher::pagetables::write_initial_page_tables;
 use lguest_launcher::run::{run_guest, Stop};
 use lguest_launcher::size::{format_size, parse_mem_size};
+use lguest_launcher::terminal::RawTerminal;
+use lguest_launcher::virtio::{open_tap, Block, Console, DeviceManager, Net, Rng, VirtioDevice};
 
 /// Run a Linux-style kernel built for lguest as a guest, through /dev/lguest (lg.ko).
 #[derive(Parser)]
@@ -44,6 +49,15 @@ struct Args {
     /// Load FILE as the guest's initial RAM disk
     #[arg(long, value_name = "FILE")]
     initrd: Option<PathBuf>,
+    /// Give the guest a virtio disk backed by FILE (`,ro`: read-only); may be repeated
+    #[arg(long, value_name = "FILE[,ro]")]
+    block: Vec<String>,
+    /// Give the guest a virtio network card on tap device NAME (`tap=NAME`)
+    #[arg(long, value_name = "tap=NAME")]
+    net: Option<String>,
+    /// Give the guest a virtio entropy source, fed from the host's getrandom
+    #[arg(long)]
+    rng: bool,
     /// Say more: -v what was loaded and where, -vv debugging detail (RUST_LOG overrides)
     #[arg(short, long, action = clap::ArgAction::Count)]
     verbose: u8,
@@ -103,9 +117,9 @@ fn launch(args: &Args) -> anyhow::Result<Stop> {
         .as_deref()
         .map(|path| read(path, "initrd"))
         .transpose()?;
-    let cmdline = args.cmdline.join(" ");
+    let devices = devices(args)?;
 
-    let ram = GuestRam::new(ram_bytes, 0)?;
+    let ram = GuestRam::new(ram_bytes, devices.len() as u64)?;
     let mem = ram.memory();
     info!(
         "guest RAM: {} at launcher address {:#x}",
@@ -127,6 +141,22 @@ fn launch(args: &Args) -> anyhow::Result<Stop> {
         info!("initrd: {:#x}..{:#x}", range.start, range.end);
     }
     let tables = write_initial_page_tables(mem, layout.page_tables, ram_bytes, kernel.virt_offset)?;
+
+    let dev = Arc::new(LguestDevice::open(DEFAULT_PATH)?);
+    let irq_line = {
+        let dev = Arc::clone(&dev);
+        Arc::new(move |irq: u32| {
+            if let Err(err) = dev.raise_irq(irq) {
+                warn!("cannot raise IRQ {irq} in the guest: {err}");
+            }
+        })
+    };
+    let mut devices = DeviceManager::new(GuestAddress(ram_bytes), mem.clone(), irq_line, devices)?;
+    // The guest finds its devices the way Linux's virtio_mmio driver does: on its command line.
+    let cmdline = [devices.kernel_cmdline(), args.cmdline.join(" ")]
+        .join(" ")
+        .trim()
+        .to_owned();
     write_boot_params(mem, &layout, &cmdline, kernel.setup_header.as_ref())?;
     info!(
         "boot_params at {BOOT_PARAMS_GPA:#x}, command line at {CMDLINE_GPA:#x} ({cmdline:?}), \
@@ -134,7 +164,6 @@ fn launch(args: &Args) -> anyhow::Result<Stop> {
         tables.cr3, tables.end
     );
 
-    let dev = LguestDevice::open(DEFAULT_PATH)?;
     dev.initialize(&Initialize {
         base: ram.base(),
         pfn_limit: ram.ram_pages(),
@@ -144,20 +173,44 @@ fn launch(args: &Args) -> anyhow::Result<Stop> {
         boot_params: BOOT_PARAMS_GPA,
     })
     .with_context(|| format!("{DEFAULT_PATH} refused INITIALIZE"))?;
-    run_guest(&dev, &mut NoDevices, &mut std::io::stdout().lock())
+    let _terminal = RawTerminal::enter().context("cannot put the terminal in raw mode")?;
+    devices
+        .start_input_threads()
+        .context("cannot start the devices' input threads")?;
+    run_guest(&*dev, &mut devices, &mut std::io::stdout())
+}
+
+/// The devices the options ask for, in the order they get their pages and IRQs: the console
+/// (always: the guest's terminal is the launcher's), then disks, the network card, the entropy
+/// source.
+fn devices(args: &Args) -> anyhow::Result<Vec<Box<dyn VirtioDevice>>> {
+    let stdin = std::io::stdin()
+        .as_fd()
+        .try_clone_to_owned()
+        .context("cannot duplicate stdin for the console")?;
+    let mut devices: Vec<Box<dyn VirtioDevice>> = vec![Box::new(Console::new(
+        Box::new(std::io::stdout()),
+        Some(File::from(stdin)),
+    ))];
+    for disk in &args.block {
+        let (path, read_only) = match disk.strip_suffix(",ro") {
+            Some(path) => (path, true),
+            None => (disk.as_str(), false),
+        };
+        devices.push(Box::new(Block::open(Path::new(path), read_only)?));
+    }
+    if let Some(net) = &args.net {
+        let Some(tap) = net.strip_prefix("tap=").filter(|name| !name.is_empty()) else {
+            bail!("--net wants tap=NAME, not '{net}'");
+        };
+        devices.push(Box::new(Net::new(open_tap(tap)?)));
+    }
+    if args.rng {
+        devices.push(Box::new(Rng));
+    }
+    Ok(devices)
 }
 
 fn read(path: &Path, what: &str) -> anyhow::Result<Vec<u8>> {
     std::fs::read(path).with_context(|| format!("cannot read {what} '{}'", path.display()))
-}
-
-struct NoDevices;
-
-impl lguest_launcher::run::MmioBus for NoDevices {
-    fn mmio_read(&mut self, _gpa: u64, _data: &mut [u8]) -> bool {
-        false
-    }
-    fn mmio_write(&mut self, _gpa: u64, _data: &[u8]) -> bool {
-        false
-    }
 }

@@ -158,8 +158,10 @@ impl Drop for GuestRam {
         // `memory()` hands out a `GuestMemoryMmap`, which is `Clone`; a clone kept past this
         // point still points into the mapping. If any is left (`get_mut` fails while another
         // `Arc` or `Weak` exists), leak the mapping rather than unmap memory still in use.
+        // The devices' input threads hold such a view until the process ends, so this is the
+        // usual case when a launcher with devices returns, not a sign of trouble.
         if Arc::get_mut(&mut self.ram_region).is_none() {
-            log::warn!("guest memory is still referenced; leaving it mapped");
+            log::debug!("guest memory is still referenced; leaving it mapped");
             std::mem::forget(mapping);
         }
     }

@@ -10,14 +10,18 @@
 //! table of the few opcodes Linux's `readl`/`writel` compile to.
 //!
 //! The forms understood are the ones MMIO accessors compile to: `mov` between a register and
-//! memory, `mov` of an immediate to memory, and `movzx`/`movsx` loads. Anything else (a
-//! read-modify-write like `or [mem], eax`, a string instruction) is refused with the
-//! instruction's text: a device register is not ordinary memory, and emulating more would hide
-//! a driver bug rather than help. This file is pure: it touches neither the guest nor a device.
+//! memory, `mov` of an immediate to memory, and `movzx`/`movsx` loads. Rust's volatile reads
+//! add two more: the compiler may fold a volatile load into the comparison that uses it
+//! (`cmp dword ptr [rax+0x44], 0`), so `cmp` and `test` with a memory operand are read and
+//! compared here, setting the arithmetic flags as the CPU would. (Linux's `readl` is inline
+//! assembly, which the compiler cannot fold.) Anything else (a read-modify-write like
+//! `or [mem], eax`, a string instruction) is refused with the instruction's text: a device
+//! register is not ordinary memory, and emulating more would hide a driver bug rather than
+//! help. This file is pure: it touches neither the guest nor a device.
 
 use iced_x86::{Decoder, DecoderOptions, Formatter, Instruction, Mnemonic, OpKind, Register};
 use lguest_abi::exit::MmioAccess;
-use lguest_abi::regs::Reg;
+use lguest_abi::regs::{Reg, RFLAGS_ARITHMETIC};
 
 /// What the device sees: a read or a write of `width` bytes (1, 2, 4 or 8) at `gpa`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -39,12 +43,33 @@ pub struct Load {
     sign_extend: bool,
 }
 
+/// A `cmp` or `test` of a device register: what the value read is compared with.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Compare {
+    /// `test` (AND) rather than `cmp` (subtraction).
+    test: bool,
+    /// The other operand: a register's value or an immediate.
+    other: u64,
+    /// The device's value is the first operand (`cmp [mem], x`), else the second (`cmp r, [mem]`).
+    device_first: bool,
+}
+
+/// What the instruction does with a value read from the device.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Finish {
+    /// Nothing: it was a write.
+    Nothing,
+    /// Put it in a register.
+    Load(Load),
+    /// Compare it, setting the arithmetic flags.
+    Compare(Compare),
+}
+
 /// One decoded MMIO instruction: the access, and how to finish it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Emulation {
     pub access: DeviceAccess,
-    /// For a read: where the value goes.
-    pub load: Option<Load>,
+    pub finish: Finish,
     /// The instruction's length: RIP moves past it.
     pub len: u64,
 }
@@ -54,12 +79,69 @@ impl Emulation {
     /// read (ignored for a write): `(register, new value)`, RIP last.
     pub fn completion(&self, exit: &MmioAccess, device_value: u64) -> Vec<(Reg, u64)> {
         let mut writes = Vec::with_capacity(2);
-        if let (Some(load), DeviceAccess::Read { width, .. }) = (self.load, self.access) {
-            let old = exit.regs.get(load.reg);
-            writes.push((load.reg, load.merge(old, device_value, width)));
+        if let DeviceAccess::Read { width, .. } = self.access {
+            match self.finish {
+                Finish::Load(load) => {
+                    let old = exit.regs.get(load.reg);
+                    writes.push((load.reg, load.merge(old, device_value, width)));
+                }
+                Finish::Compare(compare) => {
+                    let old = exit.regs.get(Reg::Rflags);
+                    let flags = compare.flags(device_value & mask(width), width);
+                    writes.push((Reg::Rflags, old & !RFLAGS_ARITHMETIC | flags));
+                }
+                Finish::Nothing => {}
+            }
         }
         writes.push((Reg::Rip, exit.regs.get(Reg::Rip).wrapping_add(self.len)));
         writes
+    }
+}
+
+impl Compare {
+    /// The arithmetic flags `cmp` or `test` leaves for `device_value` (already cut to `width`
+    /// bytes), as the SDM defines them for SUB and AND.
+    fn flags(&self, device_value: u64, width: usize) -> u64 {
+        const CF: u64 = 1 << 0;
+        const PF: u64 = 1 << 2;
+        const AF: u64 = 1 << 4;
+        const ZF: u64 = 1 << 6;
+        const SF: u64 = 1 << 7;
+        const OF: u64 = 1 << 11;
+        let other = self.other & mask(width);
+        let (a, b) = if self.device_first {
+            (device_value, other)
+        } else {
+            (other, device_value)
+        };
+        let sign = 1u64 << (8 * width - 1);
+        let (result, mut flags) = if self.test {
+            (a & b, 0)
+        } else {
+            let result = a.wrapping_sub(b) & mask(width);
+            let mut flags = 0;
+            if a < b {
+                flags |= CF;
+            }
+            if (a ^ b) & (a ^ result) & sign != 0 {
+                flags |= OF;
+            }
+            if (a ^ b ^ result) & 0x10 != 0 {
+                flags |= AF;
+            }
+            (result, flags)
+        };
+        if result == 0 {
+            flags |= ZF;
+        }
+        if result & sign != 0 {
+            flags |= SF;
+        }
+        // PF: an even number of ones in the low byte.
+        if (result as u8).count_ones().is_multiple_of(2) {
+            flags |= PF;
+        }
+        flags
     }
 }
 
@@ -139,19 +221,38 @@ pub fn decode(exit: &MmioAccess) -> Result<Emulation, Unemulated> {
         return Err(unsupported());
     }
     let gpa = exit.gpa;
-    let (access, load) = match (insn.mnemonic(), insn.op0_kind(), insn.op1_kind()) {
+    let read = DeviceAccess::Read { gpa, width };
+    let (access, finish) = match (insn.mnemonic(), insn.op0_kind(), insn.op1_kind()) {
         (Mnemonic::Mov, OpKind::Memory, OpKind::Register) => {
             let value = register_value(exit, insn.op1_register()).ok_or_else(unsupported)?;
-            (DeviceAccess::Write { gpa, width, value }, None)
+            (DeviceAccess::Write { gpa, width, value }, Finish::Nothing)
         }
         (Mnemonic::Mov, OpKind::Memory, _) => {
             let value = immediate(&insn).ok_or_else(unsupported)?;
-            (DeviceAccess::Write { gpa, width, value }, None)
+            (DeviceAccess::Write { gpa, width, value }, Finish::Nothing)
         }
         (Mnemonic::Mov | Mnemonic::Movzx | Mnemonic::Movsx, OpKind::Register, OpKind::Memory) => {
             let load = load_into(insn.op0_register(), insn.mnemonic() == Mnemonic::Movsx)
                 .ok_or_else(unsupported)?;
-            (DeviceAccess::Read { gpa, width }, Some(load))
+            (read, Finish::Load(load))
+        }
+        (Mnemonic::Cmp | Mnemonic::Test, first, second) => {
+            let (device_first, other) = match (first, second) {
+                (OpKind::Memory, OpKind::Register) => {
+                    (true, register_value(exit, insn.op1_register()))
+                }
+                (OpKind::Memory, _) => (true, immediate(&insn)),
+                (OpKind::Register, OpKind::Memory) => {
+                    (false, register_value(exit, insn.op0_register()))
+                }
+                _ => (true, None),
+            };
+            let compare = Compare {
+                test: insn.mnemonic() == Mnemonic::Test,
+                other: other.ok_or_else(unsupported)?,
+                device_first,
+            };
+            (read, Finish::Compare(compare))
         }
         _ => return Err(unsupported()),
     };
@@ -160,7 +261,7 @@ pub fn decode(exit: &MmioAccess) -> Result<Emulation, Unemulated> {
     }
     Ok(Emulation {
         access,
-        load,
+        finish,
         len: insn.len() as u64,
     })
 }
@@ -345,6 +446,47 @@ mod tests {
         assert_eq!(
             decode(&e).unwrap().completion(&e, 0x8000)[0],
             (Reg::Rdx, 0xffff_ffff_ffff_8000)
+        );
+    }
+
+    #[test]
+    fn comparisons_set_the_arithmetic_flags_as_the_cpu_does() {
+        const CF: u64 = 1;
+        const PF: u64 = 4;
+        const AF: u64 = 0x10;
+        const ZF: u64 = 0x40;
+        const SF: u64 = 0x80;
+        const OF: u64 = 0x800;
+        // IF and IOPL are not the launcher's to change, and a stale ZF must go.
+        let rflags = 0x3202 | ZF;
+        let flags_after = |bytes: &[u8], set: &[(Reg, u64)], device: u64| {
+            let mut set = set.to_vec();
+            set.push((Reg::Rflags, rflags));
+            let e = exit(bytes, false, &set);
+            let writes = decode(&e).unwrap().completion(&e, device);
+            assert_eq!(writes[1], (Reg::Rip, RIP + bytes.len() as u64));
+            assert_eq!(writes[0].0, Reg::Rflags);
+            assert_eq!(writes[0].1 & 0x3200, 0x3200, "IF and IOPL kept");
+            writes[0].1 & RFLAGS_ARITHMETIC
+        };
+        // cmp dword [rax+rcx*4+0x40], 0: what rustc made of `read_volatile(..) != 0`.
+        let cmp_zero = [0x83, 0x7c, 0x88, 0x40, 0x00];
+        assert_eq!(flags_after(&cmp_zero, &[], 0), ZF | PF);
+        assert_eq!(flags_after(&cmp_zero, &[], 1), 0);
+        assert_eq!(flags_after(&cmp_zero, &[], 0x8000_0000), SF | PF);
+        // cmp eax, [rdi]: eax - device.
+        let cmp_reg_mem = [0x3b, 0x07];
+        assert_eq!(
+            flags_after(&cmp_reg_mem, &[(Reg::Rax, 1)], 2),
+            CF | SF | AF | PF
+        );
+        // cmp byte [rdi], 0x7f with the device at 0x80: 0x80 - 0x7f overflows a signed byte.
+        assert_eq!(flags_after(&[0x80, 0x3f, 0x7f], &[], 0x80), OF | AF);
+        // test dword [rdi], 0x100 and test [rdi], eax
+        assert_eq!(flags_after(&[0xf7, 0x07, 0, 1, 0, 0], &[], 0x100), PF);
+        assert_eq!(
+            flags_after(&[0x85, 0x07], &[(Reg::Rax, 0xff)], 0x100),
+            ZF | PF
         );
     }
 

@@ -20,6 +20,7 @@ use lguest_abi::regs::Reg;
 
 use crate::device::LguestDevice;
 use crate::mmio::{self, DeviceAccess};
+use crate::virtio::DeviceManager;
 
 /// What the loop needs of /dev/lguest: run the guest, and finish an instruction it emulated.
 pub trait Vcpu {
@@ -43,6 +44,16 @@ impl Vcpu for LguestDevice {
 pub trait MmioBus {
     fn mmio_read(&mut self, gpa: u64, data: &mut [u8]) -> bool;
     fn mmio_write(&mut self, gpa: u64, data: &[u8]) -> bool;
+}
+
+impl MmioBus for DeviceManager {
+    fn mmio_read(&mut self, gpa: u64, data: &mut [u8]) -> bool {
+        DeviceManager::mmio_read(self, gpa, data).is_ok()
+    }
+
+    fn mmio_write(&mut self, gpa: u64, data: &[u8]) -> bool {
+        DeviceManager::mmio_write(self, gpa, data).is_ok()
+    }
 }
 
 /// Why the guest stopped for good.

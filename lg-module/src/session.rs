@@ -191,7 +191,10 @@ impl<O> Session<O> {
                 if !reg.is_writable() {
                     return Err(Refusal::ReadOnlyRegister);
                 }
-                guest.regs.set(reg, value);
+                let bits = reg.writable_bits();
+                guest
+                    .regs
+                    .set(reg, guest.regs.get(reg) & !bits | value & bits);
             }
         }
         Ok(bytes.len())
@@ -494,8 +497,10 @@ mod tests {
             .encode();
             let before = get(&mut s, reg);
             if reg.is_writable() {
+                let bits = reg.writable_bits();
+                let kept = before.unwrap().unwrap() & !bits;
                 assert_eq!(s.write(req.as_bytes(), &t, &user()), Ok(24));
-                assert_eq!(get(&mut s, reg), Ok(Some(value)), "{reg:?}");
+                assert_eq!(get(&mut s, reg), Ok(Some(kept | value & bits)), "{reg:?}");
             } else {
                 assert_eq!(
                     s.write(req.as_bytes(), &t, &user()),

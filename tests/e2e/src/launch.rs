@@ -71,15 +71,31 @@ pub struct Running {
 
 /// Starts the launcher with `args`, with a clean log setting and its output captured.
 pub fn spawn(args: &[&str]) -> anyhow::Result<Running> {
+    spawn_with_input(args, None)
+}
+
+/// Starts the launcher as [`spawn`] does, with `input` (if any) on its stdin: the guest's
+/// virtio console reads it. The pipe is closed after it, as a file's end would be.
+pub fn spawn_with_input(args: &[&str], input: Option<&[u8]>) -> anyhow::Result<Running> {
     let mut child = Command::new(LAUNCHER)
         .args(args)
         // RUST_LOG would override -v and could add lines of its own.
         .env_remove("RUST_LOG")
-        .stdin(Stdio::null())
+        .stdin(if input.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .with_context(|| format!("cannot run {LAUNCHER}"))?;
+    if let (Some(bytes), Some(mut stdin)) = (input, child.stdin.take()) {
+        use std::io::Write;
+        stdin
+            .write_all(bytes)
+            .context("cannot write the launcher's stdin")?;
+    }
     let stdout: Option<ChildStdout> = child.stdout.take();
     let stderr: Option<ChildStderr> = child.stderr.take();
     Ok(Running {

@@ -22,6 +22,7 @@ mod kmsg;
 mod launch;
 mod leak;
 mod lguest;
+mod netns;
 mod procfs;
 mod scenarios;
 

@@ -437,13 +437,9 @@ pub fn regs() -> anyhow::Result<()> {
             dev.set_reg(reg, test_value(reg)),
         );
     }
-    let expected = |reg: Reg| {
-        if reg.is_writable() {
-            test_value(reg)
-        } else {
-            initial(reg)
-        }
-    };
+    // RFLAGS takes only its arithmetic flags from SETREG.
+    let expected =
+        |reg: Reg| initial(reg) & !reg.writable_bits() | test_value(reg) & reg.writable_bits();
     for reg in Reg::ALL {
         c.equal(
             &format!("{reg:?} after SETREGs"),
@@ -452,8 +448,15 @@ pub fn regs() -> anyhow::Result<()> {
         );
     }
 
-    // What a hostile launcher would try: IOPL 3, and the kernel's own ring-0 selectors.
-    for (reg, value) in [(Reg::Rflags, 0x3202), (Reg::Cs, 0x10), (Reg::Ss, 0x18)] {
+    // What a hostile launcher would try: IOPL 3 and IF off (taken, and ignored)...
+    c.ok("SETREG Rflags to IOPL 3", dev.set_reg(Reg::Rflags, 0x3002));
+    c.equal(
+        "Rflags after SETREG to IOPL 3",
+        dev.get_reg(Reg::Rflags),
+        initial(Reg::Rflags),
+    );
+    // ...and the kernel's own ring-0 selectors (refused).
+    for (reg, value) in [(Reg::Cs, 0x10), (Reg::Ss, 0x18)] {
         let got = dev.request(Request::SetReg {
             offset: reg.offset(),
             value,

@@ -1,6 +1,7 @@
 //! The scenarios, in the order `lguest-e2e all` runs them: the module comes and goes first and
 //! last; in between, the ABI is tested request by request, then the launcher as a user runs it,
-//! then guests run: friendly, hostile, many switches, two at once, and one stopped by Ctrl-C.
+//! then guests run: friendly, hostile, many switches, two at once, with devices, and one stopped
+//! by Ctrl-C.
 
 use std::fs::File;
 use std::io::{Read, Write};
@@ -10,6 +11,7 @@ use nix::sys::wait::{waitpid, WaitStatus};
 use nix::unistd::{fork, pipe, ForkResult};
 
 mod abi;
+mod devices;
 mod guest;
 mod launcher;
 mod module;
@@ -19,7 +21,7 @@ pub struct Scenario {
     pub run: fn() -> anyhow::Result<()>,
 }
 
-pub static SCENARIOS: [Scenario; 45] = [
+pub static SCENARIOS: [Scenario; 52] = [
     Scenario {
         name: "module-load",
         run: module::load,
@@ -191,6 +193,34 @@ pub static SCENARIOS: [Scenario; 45] = [
     Scenario {
         name: "hostile-pagetable",
         run: guest::bad_page_tables,
+    },
+    Scenario {
+        name: "launcher-mmio",
+        run: devices::mmio,
+    },
+    Scenario {
+        name: "launcher-mmio-refused",
+        run: devices::mmio_refused,
+    },
+    Scenario {
+        name: "hostile-virtqueue",
+        run: devices::hostile_virtqueue,
+    },
+    Scenario {
+        name: "devices-rng",
+        run: devices::rng,
+    },
+    Scenario {
+        name: "devices-console-echo",
+        run: devices::console_echo,
+    },
+    Scenario {
+        name: "devices-block",
+        run: devices::block,
+    },
+    Scenario {
+        name: "devices-net-ping",
+        run: devices::net_ping,
     },
     Scenario {
         name: "guest-ctrl-c",

@@ -11,7 +11,9 @@
 //! 2. `_start`, which makes a stack and calls Rust;
 //! 3. `kernel_main`: LGUEST_INIT first (src/hcall.rs), then the command line picks a scenario;
 //! 4. the friendly scenarios below (`hello`, `nop-loop`, `spin`) and the hostile ones in
-//!    attacks.rs; every one ends with SHUTDOWN or with the host killing the guest.
+//!    attacks.rs (instructions and hypercalls), traps.rs (gates, page tables, device pages) and
+//!    virtqueue.rs (descriptors for the launcher's devices); every one ends with SHUTDOWN, with
+//!    the host killing the guest, or with the launcher refusing what it was asked.
 //!
 //! Output goes through CONSOLE_WRITE (src/console.rs), so `println!` works from step 3 on.
 #![no_std]
@@ -27,6 +29,7 @@ mod attacks;
 mod console;
 mod hcall;
 mod traps;
+mod virtqueue;
 
 // ---- 1. The note ------------------------------------------------------------------------------
 
@@ -81,7 +84,7 @@ const CMD_LINE_MAX: usize = 4095;
 
 /// Where `_start` lands: LGUEST_INIT, a check that the host filled in `lguest_data`, then the
 /// scenario the command line's first word names (`hello` if there is none), with its second word
-/// as the argument.
+/// as the argument. The devices' words, which the launcher puts first, are skipped.
 extern "C" fn kernel_main(boot_params: u64) -> ! {
     let data = hcall::lguest_init();
     let window = (data.switcher_window_start, data.switcher_window_end);
@@ -90,7 +93,10 @@ extern "C" fn kernel_main(boot_params: u64) -> ! {
     }
 
     let cmdline = command_line(boot_params);
-    let mut words = cmdline.split_ascii_whitespace();
+    // The launcher names its devices first (`virtio_mmio.device=...`); the scenario follows.
+    let mut words = cmdline
+        .split_ascii_whitespace()
+        .filter(|word| !word.starts_with("virtio_mmio."));
     let scenario = words.next().unwrap_or("hello");
     let arg = words.next();
     match scenario {
@@ -106,6 +112,7 @@ extern "C" fn kernel_main(boot_params: u64) -> ! {
         name if name.starts_with("idt-") => traps::bad_gate(name),
         name if name.starts_with("pt-") => traps::bad_page_tables(name),
         name if name.starts_with("mmio") => traps::mmio(name, number(arg, 0)),
+        name if name.starts_with("virtqueue-") => virtqueue::attack(name, number(arg, 0)),
         "gdt-tls" => traps::tls(),
         name if name.starts_with("gdt-") => traps::bad_descriptor(name),
         name => attacks::run(name, arg, &data),

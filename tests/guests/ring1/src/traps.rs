@@ -495,28 +495,21 @@ pub fn bad_page_tables(name: &str) -> ! {
 
 // ---- Device pages ------------------------------------------------------------------------------
 
-/// `mmio GPA` and `mmio-*`: the device page at guest-physical GPA (the launcher's first virtio
-/// device sits right above RAM) mapped with a 2 MiB page of the guest's own tables at
-/// DEVICE_WINDOW, then touched. Nothing there is RAM: every access leaves the guest, and the
-/// launcher emulates it.
-/// - `mmio GPA`: reads the virtio-mmio magic and device id with the instruction forms drivers
-///   use (`mov`, `movzx`, a 16-bit `mov`) and prints them, then writes the status register;
-/// - `mmio-exec GPA`: jumps into the device page: the host must kill the guest;
-/// - `mmio-rmw GPA`: `or [reg], eax` on a device register, which the launcher refuses to
-///   emulate: it must stop with the instruction's text.
-pub fn mmio(name: &str, gpa: u64) -> ! {
+/// Where [`map_device_page`] maps device pages: a 2 MiB page of the guest's own tables.
+const DEVICE_WINDOW: u64 = 40 * 0x20_0000;
+
+/// Switches to page tables of the guest's own: RAM identity-mapped as the launcher's were, and
+/// the 2 MiB around guest-physical `gpa` at DEVICE_WINDOW. Returns where `gpa` is mapped.
+///
+/// Nothing at `gpa` is RAM (the launcher's first virtio device sits right above RAM): every
+/// access through the returned address leaves the guest, and the launcher emulates it.
+pub fn map_device_page(gpa: u64) -> u64 {
     const P: u64 = 1;
     const W: u64 = 2;
     const HUGE: u64 = 0x80;
-    const DEVICE_WINDOW: u64 = 40 * 0x20_0000;
     const HUGE_PAGE: u64 = 0x20_0000;
-    if name != "mmio" {
-        println!("attack: {name}");
-    }
-    let base = DEVICE_WINDOW + (gpa & (HUGE_PAGE - 1));
-    // SAFETY: single CPU; the tables are ours, RAM identity-mapped as the launcher's were, so
-    // switching to them keeps this code and its stack mapped. The device page is read and
-    // written only through the instructions below.
+    // SAFETY: single CPU; the tables are ours, and map RAM as the launcher's did, so switching
+    // to them keeps this code and its stack mapped.
     unsafe {
         let pd = &mut (*ptr::addr_of_mut!(PD)).0;
         for (i, entry) in pd.iter_mut().take(32).enumerate() {
@@ -526,24 +519,51 @@ pub fn mmio(name: &str, gpa: u64) -> ! {
         (*ptr::addr_of_mut!(PDPT)).0[0] = ptr::addr_of!(PD) as u64 | P | W;
         (*ptr::addr_of_mut!(PML4)).0[0] = ptr::addr_of!(PDPT) as u64 | P | W;
         hcall(NEW_PGTABLE, [ptr::addr_of!(PML4) as u64, 0, 0, 0, 0]);
+    }
+    DEVICE_WINDOW + (gpa & (HUGE_PAGE - 1))
+}
+
+/// `mmio GPA` and `mmio-*`: the device page at guest-physical GPA, touched:
+/// - `mmio GPA`: reads a virtio-blk device's magic and device id (32-bit registers), then its
+///   capacity in config space (any width there) with the instruction forms drivers use: a
+///   64-bit `mov`, a `movzx` of one byte, a 16-bit `mov` that must leave the rest of R9 alone,
+///   and a `cmp` whose flags must come back; then writes the status register (a reset);
+/// - `mmio-exec GPA`: jumps into the device page: the host must kill the guest;
+/// - `mmio-rmw GPA`: `or [reg], eax` on a device register, which the launcher refuses to
+///   emulate: it must stop with the instruction's text.
+pub fn mmio(name: &str, gpa: u64) -> ! {
+    if name != "mmio" {
+        println!("attack: {name}");
+    }
+    let base = map_device_page(gpa);
+    // SAFETY: `base` is the device page; the instructions below touch only its registers.
+    unsafe {
         match name {
             "mmio" => {
-                let (magic, first_byte, device): (u32, u32, u32);
+                let (magic, device, capacity, byte, below): (u32, u32, u64, u32, u8);
                 let mut r9: u64 = 0x1111_2222_3333_4444;
                 asm!(
                     "mov {magic:e}, [{base}]",
-                    "movzx {byte:e}, byte ptr [{base}]",
-                    "mov r9w, [{base}]",
                     "mov {device:e}, [{base} + 8]",
+                    "mov {capacity}, [{base} + 0x100]",
+                    "movzx {byte:e}, byte ptr [{base} + 0x101]",
+                    "mov r9w, [{base} + 0x100]",
+                    "cmp qword ptr [{base} + 0x100], 0x4001",
+                    "setb {below}",
                     "mov dword ptr [{base} + 0x70], 0",
                     base = in(reg) base,
                     magic = out(reg) magic,
-                    byte = out(reg) first_byte,
                     device = out(reg) device,
+                    capacity = out(reg) capacity,
+                    byte = out(reg) byte,
+                    below = out(reg_byte) below,
                     inout("r9") r9,
                     options(nostack),
                 );
-                println!("mmio: magic={magic:#x} byte={first_byte:#x} r9={r9:#x} device={device}");
+                println!(
+                    "mmio: magic={magic:#x} device={device} capacity={capacity:#x} byte={byte:#x} \
+                     r9={r9:#x} below-0x4001={below}"
+                );
                 poweroff("mmio done")
             }
             "mmio-exec" => {
