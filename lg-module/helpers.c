@@ -39,3 +39,4 @@ bool lg_host_has_pti(void) { return boot_cpu_has(X86_FEATURE_PTI); }
 unsigned int lg_tsc_khz(void) { return tsc_khz; }
 void lg_prepare_to_sleep(void) { set_current_state(TASK_INTERRUPTIBLE); }
 void lg_finish_sleep(void) { __set_current_state(TASK_RUNNING); }
+unsigned long lg_idt_base(void) { struct desc_ptr idt; store_idt(&idt); return idt.address; }

@@ -22,6 +22,7 @@ bool lg_host_has_pti(void);
 unsigned int lg_tsc_khz(void);
 void lg_prepare_to_sleep(void);
 void lg_finish_sleep(void);
+unsigned long lg_idt_base(void);
 
 /* switcher/switcher.S */
 extern const char lg_switcher_start[], lg_switcher_end[];

@@ -27,6 +27,7 @@ use crate::chardev::{lg_bindings, Interrupts, Owner};
 use crate::cpu::{self, CR4_PGE, CR4_PKE, EFER_SCE};
 use crate::death;
 use crate::death::Death;
+use crate::descriptors;
 use crate::hypercall::{self, Hypercall};
 use crate::interrupts::{self, GuestGate};
 use crate::layout::*;
@@ -146,6 +147,11 @@ fn run_once(guest: &mut Guest<Owner>, switcher: &Switcher) -> TrapInfo {
     let cpu = unsafe { lg_bindings::lg_this_cpu() } as u64;
     guest.owner.shadow.map_switcher_for(switcher, cpu);
     switcher.take_block(cpu, guest.owner.shadow.id());
+    let direct = interrupts::direct_trap_handler(
+        guest.idt[descriptors::DIRECT_TRAP_VECTOR].as_ref(),
+        guest.kernel_stack,
+    );
+    switcher.set_syscall_gate(cpu, direct, guest.kernel_stack);
     let regs_page = switcher.block_page(cpu, BLOCK_REGS);
     let host_page = switcher.block_page(cpu, BLOCK_HOST);
     let frame = traps::frame_from_regs(&guest.regs);

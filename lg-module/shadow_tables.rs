@@ -1,12 +1,14 @@
 // SPDX-License-Identifier: GPL-2.0
 //! A guest's shadow page tables: the tables the CPU really walks while the guest runs.
 //!
-//! They start with nothing but the Switcher: PGD slot 256 leads to the text pages, the IDT and
-//! the block of the CPU the guest runs on (`map_switcher_for`), never another CPU's block and
-//! never the host page. Everything else is filled in one page at a time as the guest faults
-//! (`src/shadow.rs` decides, `map` installs), each page pinned in the launcher's memory from its
-//! first mapping until the guest ends, so the host can never reuse a page the guest can reach.
-//! Dropping the tables unpins every page and frees every table.
+//! They start with nothing but the Switcher: PGD slot 256 leads to the text pages and the block
+//! of the CPU the guest runs on (`map_switcher_for`), never another CPU's block and never the
+//! host page. Everything else is filled in one page at a time as the guest faults
+//! (`src/shadow.rs` decides, `map` installs), each page pinned in the launcher's memory while
+//! any shadow entry maps it, so the host can never reuse a page the guest can reach. Each pinned
+//! page counts the shadow entries that map it; the last one to go (SET_PTE, FLUSH_TLB, a shadow
+//! root evicted) unpins it, and the launcher's memory is its own again. Dropping the tables
+//! unpins every page and frees every table.
 //!
 //! What a guest can make the host allocate is bounded: a guest page is pinned once however many
 //! addresses map it (so pins never exceed guest RAM), and the shadow tables are thrown away
@@ -64,9 +66,11 @@ pub(crate) struct ShadowTables {
     /// The Switcher's PMD, kept to be freed.
     _switcher_pmd: KernelPage,
     switcher_pt: KernelPage,
-    /// Every guest page mapped so far, by guest-physical page number, pinned until the tables
-    /// go.
+    /// Every guest page some shadow entry maps, by guest-physical page number, pinned.
     pinned: RBTree<u64, PinnedPage>,
+    /// The same pages by host physical address: a shadow entry holds only that, and the page
+    /// it leaves must be found when it goes.
+    by_phys: RBTree<u64, u64>,
     /// The CPU whose block the Switcher slot maps now.
     mapped_cpu: Option<u64>,
 }
@@ -79,6 +83,8 @@ pub(crate) struct ShadowTables {
 struct PinnedPage {
     page: *mut bindings::page,
     phys: u64,
+    /// Shadow leaf entries, in every root, that map it.
+    mappings: u64,
 }
 
 impl Drop for PinnedPage {
@@ -93,18 +99,13 @@ unsafe impl Send for ShadowTables {}
 
 impl ShadowTables {
     /// Empty tables for the guest's first page tables (at `guest_cr3`), with the Switcher's
-    /// text and IDT mapped.
+    /// text mapped.
     pub(crate) fn new(switcher: &Switcher, guest_cr3: u64) -> Result<ShadowTables> {
         let (mut pud, mut pmd, mut switcher_pt) =
             (KernelPage::new()?, KernelPage::new()?, KernelPage::new()?);
-        for index in 0..=IDT_PAGE {
+        for index in 0..TEXT_PAGES {
             let page = switcher.page(index).ok_or(EINVAL)?;
-            let flags = if index < TEXT_PAGES {
-                GUEST_TEXT
-            } else {
-                GUEST_READ_ONLY
-            };
-            switcher_pt.entries()[index as usize] = page.phys() | flags;
+            switcher_pt.entries()[index as usize] = page.phys() | GUEST_TEXT;
         }
         pmd.entries()[0] = switcher_pt.phys() | TABLE;
         pud.entries()[0] = pmd.phys() | TABLE;
@@ -117,6 +118,7 @@ impl ShadowTables {
             _switcher_pmd: pmd,
             switcher_pt,
             pinned: RBTree::new(),
+            by_phys: RBTree::new(),
             mapped_cpu: None,
         };
         tables.switch_to(guest_cr3)?;
@@ -124,7 +126,7 @@ impl ShadowTables {
     }
 
     /// Use the shadow of the guest's page tables at `guest_cr3`: a cached one, or a new, empty
-    /// one in place of the least recently used.
+    /// one in place of the least recently used (whose mappings are let go first).
     pub(crate) fn switch_to(&mut self, guest_cr3: u64) -> Result {
         self.switches += 1;
         if let Some(at) = self.roots.iter().position(|r| r.guest_cr3 == guest_cr3) {
@@ -147,6 +149,7 @@ impl ShadowTables {
             let oldest = (0..self.roots.len())
                 .min_by_key(|&i| self.roots[i].last_used)
                 .unwrap_or(0);
+            self.forget_mappings(oldest);
             self.roots[oldest] = fresh;
             self.current = oldest;
         }
@@ -156,22 +159,95 @@ impl ShadowTables {
     /// Forget the shadow mappings of the current page tables, or of all.
     pub(crate) fn flush(&mut self, all: bool) {
         if all {
-            for root in self.roots.iter_mut() {
-                root.forget_mappings();
+            for index in 0..self.roots.len() {
+                self.forget_mappings(index);
             }
         } else {
-            self.roots[self.current].forget_mappings();
+            self.forget_mappings(self.current);
         }
     }
 
     /// Drop the shadow of the page at `va` from every root.
     pub(crate) fn invalidate(&mut self, va: u64) {
-        for root in self.roots.iter_mut() {
-            if let Some(entry) = root.leaf(va) {
-                *entry = 0;
+        for index in 0..self.roots.len() {
+            if let Some(entry) = self.roots[index].leaf(va) {
+                let old = core::mem::replace(entry, 0);
+                self.unmapped(old);
             }
         }
     }
+
+    /// Drop every mapping of root `index` but the Switcher's, and free its tables; the guest's
+    /// next touches fault them back in.
+    fn forget_mappings(&mut self, index: usize) {
+        let root = &mut self.roots[index];
+        // Kept until the walk below is done: the entries lead into these pages.
+        let tables = core::mem::replace(&mut root.tables, KVec::new());
+        // SAFETY: The root page is this root's own, in the direct map; nothing else uses it
+        // while we hold `&mut self`.
+        let entries = unsafe { &mut *(root.root.addr() as *mut [u64; 512]) };
+        for (slot, entry) in entries.iter_mut().enumerate() {
+            if slot != WINDOW_PGD_SLOT {
+                self.release_below(core::mem::replace(entry, 0), 3);
+            }
+        }
+        drop(tables);
+    }
+
+    /// Let go of every leaf (4 KiB) mapping below the shadow table entry `entry`, which sits
+    /// `levels` levels above the leaves (3 for a root entry). Our tables map only 4 KiB pages,
+    /// so every present entry above the last level leads to one of our table pages.
+    fn release_below(&mut self, entry: u64, levels: u32) {
+        if entry & PTE_PRESENT == 0 {
+            return;
+        }
+        // SAFETY: A present entry above the leaves points to one of our own table pages, in
+        // the direct map, which the caller keeps until the walk is over.
+        let table =
+            unsafe { &*(lg_bindings::lg_va((entry & PTE_ADDR_MASK) as _) as *const [u64; 512]) };
+        for &below in table.iter() {
+            if levels == 1 {
+                self.unmapped(below);
+            } else {
+                self.release_below(below, levels - 1);
+            }
+        }
+    }
+
+    /// A shadow leaf entry `old` was removed: one mapping fewer of its page, which is unpinned
+    /// when none is left.
+    fn unmapped(&mut self, old: u64) {
+        if old & PTE_PRESENT == 0 {
+            return;
+        }
+        let phys = old & PTE_ADDR_MASK;
+        let Some(&gpa_page) = self.by_phys.get(&phys) else {
+            return;
+        };
+        let last = match self.pinned.get_mut(&gpa_page) {
+            Some(pinned) => {
+                pinned.mappings = pinned.mappings.saturating_sub(1);
+                pinned.mappings == 0
+            }
+            None => false,
+        };
+        if last {
+            // Dropping the PinnedPage unpins it.
+            self.pinned.remove(&gpa_page);
+            self.by_phys.remove(&phys);
+        }
+    }
+
+    /// A shadow leaf entry `new` was installed: one mapping more of its page.
+    fn mapped(&mut self, new: u64) {
+        let phys = new & PTE_ADDR_MASK;
+        if let Some(&gpa_page) = self.by_phys.get(&phys) {
+            if let Some(pinned) = self.pinned.get_mut(&gpa_page) {
+                pinned.mappings += 1;
+            }
+        }
+    }
+
 
     pub(crate) fn id(&self) -> u64 {
         self.id
@@ -193,13 +269,14 @@ impl ShadowTables {
                 self.switcher_pt.entries()[block_first(old) + page] = 0;
             }
         }
-        // The Switcher's IST stacks and the regs page, writable; the state page, read-only.
-        // The host's IST stacks and the host page are never mapped for a guest.
+        // The Switcher's IST stacks and the regs page, writable; the state page and the IDT,
+        // read-only. The host's IST stacks and the host page are never mapped for a guest.
         let switcher_stacks =
             (FIRST_SWITCHER_IST..=IST_STACKS).map(|n| (ist_pages(n).start, GUEST_WRITABLE));
         let regs_and_state = [
             (BLOCK_REGS / PAGE, GUEST_WRITABLE),
             (BLOCK_STATE / PAGE, GUEST_READ_ONLY),
+            (BLOCK_IDT / PAGE, GUEST_READ_ONLY),
         ];
         let guest_pages = Iterator::chain(switcher_stacks, regs_and_state);
         for (page, flags) in guest_pages {
@@ -211,7 +288,8 @@ impl ShadowTables {
     }
 
     /// The physical address of the launcher's page backing guest-physical page `gpa_page`
-    /// (at user address `user_addr`), pinned on first use for as long as these tables live.
+    /// (at user address `user_addr`), pinned on first use; `map` then counts the mapping, and
+    /// the pin lasts until the last mapping goes.
     pub(crate) fn pin(&mut self, gpa_page: u64, user_addr: u64) -> Result<u64> {
         if let Some(pinned) = self.pinned.get(&gpa_page) {
             return Ok(pinned.phys);
@@ -231,9 +309,18 @@ impl ShadowTables {
         // SAFETY: `page` is a valid page we just pinned.
         let phys = unsafe { lg_bindings::lg_page_to_phys(page) } as u64;
         // INVARIANT: the pin just taken is handed to the PinnedPage (dropped, and so unpinned,
-        // if the insertion fails).
+        // if the insertion fails). It counts no mapping until `map` installs one.
+        let pinned = PinnedPage {
+            page,
+            phys,
+            mappings: 0,
+        };
         self.pinned
-            .try_create_and_insert(gpa_page, PinnedPage { page, phys }, GFP_KERNEL)?;
+            .try_create_and_insert(gpa_page, pinned, GFP_KERNEL)?;
+        if let Err(err) = self.by_phys.try_create_and_insert(phys, gpa_page, GFP_KERNEL) {
+            self.pinned.remove(&gpa_page);
+            return Err(err.into());
+        }
         Ok(phys)
     }
 
@@ -245,6 +332,26 @@ impl ShadowTables {
         if ((va >> 39) & 0x1ff) as usize == WINDOW_PGD_SLOT {
             return Err(EINVAL);
         }
+        // The new mapping counts first: making room below may let go of every other mapping of
+        // its page, which must stay pinned all the same.
+        self.mapped(pte);
+        let slot = match self.leaf_slot(va) {
+            Ok(slot) => slot,
+            Err(err) => {
+                self.unmapped(pte);
+                return Err(err);
+            }
+        };
+        // SAFETY: `leaf_slot` returned an entry of one of the current root's table pages,
+        // which nothing else touches while we hold `&mut self`.
+        let old = unsafe { core::ptr::replace(slot, pte) };
+        self.unmapped(old);
+        Ok(old != pte)
+    }
+
+    /// The current root's leaf entry for `va`, creating the tables down to it (after emptying
+    /// every root if the tables have reached their bound).
+    fn leaf_slot(&mut self, va: u64) -> Result<*mut u64> {
         let total: usize = self.roots.iter().map(|r| r.tables.len()).sum();
         if total + 3 > MAX_SHADOW_TABLES {
             self.flush(true);
@@ -268,12 +375,7 @@ impl ShadowTables {
                     unsafe { lg_bindings::lg_va((entries[index] & PTE_ADDR_MASK) as _) } as usize;
             }
         }
-        // SAFETY: As above: `table` is one of our page tables.
-        let entries = unsafe { &mut *(table as *mut [u64; 512]) };
-        let entry = &mut entries[((va >> 12) & 0x1ff) as usize];
-        let changed = *entry != pte;
-        *entry = pte;
-        Ok(changed)
+        Ok((table as *mut u64).wrapping_add(((va >> 12) & 0x1ff) as usize))
     }
 }
 
@@ -297,14 +399,4 @@ impl ShadowRoot {
         Some(unsafe { &mut (*(table as *mut [u64; 512]))[((va >> 12) & 0x1ff) as usize] })
     }
 
-    /// Drop every mapping but the Switcher's and free the tables; the guest's next touches
-    /// fault them back in. Pins stay: they are bounded by guest RAM.
-    fn forget_mappings(&mut self) {
-        for (slot, entry) in self.root.entries().iter_mut().enumerate() {
-            if slot != WINDOW_PGD_SLOT {
-                *entry = 0;
-            }
-        }
-        self.tables = KVec::new();
-    }
 }

@@ -114,6 +114,11 @@ pub(crate) struct Switcher {
     next_guest_id: AtomicU64,
     /// The guest that last ran on each CPU (0: none yet).
     last_guest: [AtomicU64; MAX_CPUS as usize],
+    /// The window address of the trap stubs (256 of them, 16 bytes apart).
+    stubs: u64,
+    /// Whether guests may have direct traps for `int $0x80`: only if the host reserves that
+    /// vector from its device interrupts (docs/traps.md).
+    direct_traps: bool,
 }
 
 // SAFETY: After construction the pages are only written by the CPU that runs a guest on its
@@ -204,15 +209,18 @@ impl Switcher {
             pages[page as usize] = Some(p);
         }
         let window = SWITCHER_WINDOW_START;
-        let mut idt = KernelPage::new()?;
-        for (vector, gate) in descriptors::guest_idt(window + offsets[1] as u64)
-            .iter()
-            .enumerate()
-        {
-            idt.write(vector as u64 * 16, &gate[0].to_le_bytes());
-            idt.write(vector as u64 * 16 + 8, &gate[1].to_le_bytes());
+        let stubs = window + offsets[1] as u64;
+        let gates = descriptors::guest_idt(stubs);
+        // SAFETY: lg_idt_base returns this CPU's IDT (the same table on every CPU: Linux has
+        // one idt_table), 256 readable 16-byte gates.
+        let host_int80_gate = unsafe {
+            let idt = lg_bindings::lg_idt_base() as *const u64;
+            idt.add(2 * descriptors::DIRECT_TRAP_VECTOR).read_volatile()
+        };
+        let direct_traps = descriptors::is_user_system_gate(host_int80_gate);
+        if !direct_traps {
+            pr_info!("int $0x80 from guest user mode exits to the host: this host may use vector 0x80 for a device (CONFIG_IA32_EMULATION is off)\n");
         }
-        pages[IDT_PAGE as usize] = Some(idt);
         for cpu in 0..cpus {
             let block = window + block_offset(cpu);
             let first = (block_offset(cpu) / PAGE) as usize;
@@ -224,6 +232,12 @@ impl Switcher {
             for offset in [BLOCK_REGS, BLOCK_STATE, BLOCK_HOST] {
                 pages[first + (offset / PAGE) as usize] = Some(KernelPage::new()?);
             }
+            let mut idt = KernelPage::new()?;
+            for (vector, gate) in gates.iter().enumerate() {
+                idt.write(vector as u64 * 16, &gate[0].to_le_bytes());
+                idt.write(vector as u64 * 16 + 8, &gate[1].to_le_bytes());
+            }
+            pages[first + (BLOCK_IDT / PAGE) as usize] = Some(idt);
             let state = pages[first + (BLOCK_STATE / PAGE) as usize]
                 .as_mut()
                 .ok_or(EINVAL)?;
@@ -243,7 +257,7 @@ impl Switcher {
             );
             state.write(
                 STATE_IDTR,
-                &descriptors::pseudo_descriptor(window + IDT_PAGE * PAGE, 4096),
+                &descriptors::pseudo_descriptor(block + BLOCK_IDT, 4096),
             );
         }
 
@@ -272,6 +286,8 @@ impl Switcher {
                 installs <- new_mutex!(KVec::new()),
                 next_guest_id: AtomicU64::new(1),
                 last_guest: [const { AtomicU64::new(0) }; MAX_CPUS as usize],
+                stubs,
+                direct_traps,
             }),
             GFP_KERNEL,
         )
@@ -309,6 +325,26 @@ impl Switcher {
                 // off; 4096 bytes at its direct-map address.
                 unsafe { core::ptr::write_bytes(page.addr() as *mut u8, 0, PAGE as usize) };
             }
+        }
+    }
+
+    /// Aim CPU `cpu`'s gate for the system-call vector at `direct` (the guest handler of a
+    /// direct trap, with `kernel_stack` for TSS.RSP1), or back at the Switcher's stub. Called
+    /// with interrupts off, on `cpu`, before every entry: the gate is only ever the running
+    /// guest's.
+    pub(crate) fn set_syscall_gate(&self, cpu: u64, direct: Option<u64>, kernel_stack: u64) {
+        let gate = match direct.filter(|_| self.direct_traps) {
+            Some(handler) => descriptors::direct_trap_gate(handler),
+            None => descriptors::stub_gate(self.stubs, descriptors::DIRECT_TRAP_VECTOR),
+        };
+        let idt = self.block_page(cpu, BLOCK_IDT) as *mut [u64; 2];
+        let rsp1 = self.block_page(cpu, BLOCK_STATE) + (STATE_TSS + descriptors::TSS_RSP1) as usize;
+        // SAFETY: This CPU's IDT and state pages, allocated at load for every possible CPU;
+        // with interrupts off nothing else on this CPU uses them, and other CPUs use their own.
+        // RSP1 is not 8-byte aligned in the TSS (offset 12).
+        unsafe {
+            idt.add(descriptors::DIRECT_TRAP_VECTOR).write(gate);
+            (rsp1 as *mut u64).write_unaligned(kernel_stack);
         }
     }
 

@@ -30,12 +30,12 @@
 
 #define PAGE			4096
 #define TEXT_PAGES		2
-#define IDT_PAGE		2
-#define FIRST_BLOCK_PAGE	3
-#define BLOCK_PAGES		15
+#define FIRST_BLOCK_PAGE	2
+#define BLOCK_PAGES		16
 #define BLOCK_REGS		(12 * PAGE)
 #define BLOCK_STATE		(13 * PAGE)
 #define BLOCK_HOST		(14 * PAGE)
+#define BLOCK_IDT		(15 * PAGE)
 /* Block pages of the Switcher's own IST stacks (IST 5, 6, 7) */
 #define IST_PAGE_DOUBLE_FAULT	9
 #define IST_PAGE_NMI		10
@@ -375,7 +375,7 @@ SYM_DATA_START(lg_switcher_offsets)
 SYM_DATA_END(lg_switcher_offsets)
 
 SYM_DATA_START(lg_switcher_layout)
-	.quad	TEXT_PAGES, IDT_PAGE, FIRST_BLOCK_PAGE, BLOCK_PAGES
+	.quad	TEXT_PAGES, BLOCK_IDT, FIRST_BLOCK_PAGE, BLOCK_PAGES
 	.quad	BLOCK_REGS, BLOCK_STATE, BLOCK_HOST
 	.quad	IST_PAGE_DOUBLE_FAULT, IST_PAGE_NMI, IST_PAGE_MACHINE_CHECK
 	.quad	REGS_FS_BASE, REGS_GS_BASE, REGS_CR2, REGS_SWITCHER_FAULT

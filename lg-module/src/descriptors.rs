@@ -101,6 +101,10 @@ fn tss_descriptor(base: u64) -> [u64; 2] {
     [low, base >> 32]
 }
 
+/// Where RSP1 lies in the TSS: the stack a direct trap from ring 3 to the guest kernel (ring 1)
+/// pushes its frame on. The host writes the guest's SET_STACK value there before each entry.
+pub const TSS_RSP1: u64 = 12;
+
 /// The guest TSS: `rsp0` is where traps from ring 1 and 3 push their frame (the top of the
 /// regs page), `ist[n - 1]` the stack of IST n.
 pub fn tss(rsp0: u64, ist: [u64; 7]) -> [u8; TSS_BYTES] {
@@ -132,22 +136,50 @@ fn interrupt_gate(handler: u64, dpl: u64, ist: u8) -> [u64; 2] {
 /// kernel alone. NMI, double fault and machine check run on IST stacks, so that they have a
 /// good stack at every instant of a switch.
 pub fn guest_idt(stubs: u64) -> [[u64; 2]; 256] {
-    let mut idt = [[0u64; 2]; 256];
-    for (vector, gate) in idt.iter_mut().enumerate() {
-        let ist = match vector {
-            2 => IST_NMI,
-            8 => IST_DOUBLE_FAULT,
-            18 => IST_MACHINE_CHECK,
-            _ => 0,
-        };
-        let dpl = if vector == hcall::VECTOR as usize {
-            1
-        } else {
-            0
-        };
-        *gate = interrupt_gate(stubs + 16 * vector as u64, dpl, ist);
-    }
-    idt
+    core::array::from_fn(|vector| stub_gate(stubs, vector))
+}
+
+/// Gate `vector` of [`guest_idt`]: into its stub, 16 bytes per vector from `stubs`.
+pub fn stub_gate(stubs: u64, vector: usize) -> [u64; 2] {
+    let ist = match vector {
+        2 => IST_NMI,
+        8 => IST_DOUBLE_FAULT,
+        18 => IST_MACHINE_CHECK,
+        _ => 0,
+    };
+    let dpl = if vector == hcall::VECTOR as usize {
+        1
+    } else {
+        0
+    };
+    interrupt_gate(stubs + 16 * vector as u64, dpl, ist)
+}
+
+/// Whether a host IDT gate (its low quadword) is a present gate user code may `int` through:
+/// a system gate, like the host's `int $0x80` entry. Linux reserves the vector of every such
+/// gate from its device-interrupt allocator (`system_vectors`), so no device interrupt ever
+/// arrives there: the guest may have that vector while it runs.
+pub fn is_user_system_gate(low: u64) -> bool {
+    let access = (low >> 40) & 0xff;
+    access & 0x80 != 0 && access >> 5 & 3 == 3 && matches!(access & 0xf, 0xe | 0xf)
+}
+
+/// The vector of a guest's direct trap: the system-call vector, `int $0x80`.
+pub const DIRECT_TRAP_VECTOR: usize = 0x80;
+
+/// The gate a direct trap takes: `int $0x80` from ring 3 straight into the guest kernel's
+/// `handler` at ring 1, on TSS.RSP1, without leaving the guest.
+///
+/// A trap gate, never an interrupt gate: an interrupt gate would clear the real IF at ring 1,
+/// and the real IF is the host's (chapter 5). DPL 3, so user code may `int` through it; the
+/// guest's kernel code segment (DPL 1) is the target, so the CPU enters ring 1 and never ring 0.
+pub fn direct_trap_gate(handler: u64) -> [u64; 2] {
+    let selector = GUEST_KERNEL_CS & !3;
+    let low = (handler & 0xffff)
+        | selector << 16
+        | (0x8f | 3 << 5) << 40 // P=1, DPL 3, type 0xf: 64-bit trap gate
+        | ((handler >> 16) & 0xffff) << 48;
+    [low, handler >> 32]
 }
 
 /// The 10-byte operand of `lgdt`/`lidt`, padded to 16 bytes: limit, then base.
@@ -272,5 +304,34 @@ mod tests {
         assert_eq!((idt[2][0] >> 32) & 7, IST_NMI as u64);
         assert_eq!((idt[8][0] >> 32) & 7, IST_DOUBLE_FAULT as u64);
         assert_eq!((idt[14][0] >> 32) & 7, 0);
+    }
+
+    #[test]
+    fn the_direct_trap_gate_enters_ring_1_with_interrupts_left_on() {
+        let [low, high] = direct_trap_gate(0xffff_ffff_8123_4567);
+        assert_eq!(low & 0xffff, 0x4567);
+        assert_eq!(low >> 48, 0x8123);
+        assert_eq!(high, 0xffff_ffff);
+        assert_eq!(
+            (low >> 16) & 0xffff,
+            0x50,
+            "the guest kernel's code segment"
+        );
+        assert_eq!((low >> 32) & 7, 0, "no IST");
+        let access = (low >> 40) & 0xff;
+        assert_eq!(access & 0x0f, 0xf, "a trap gate: IF stays as it was");
+        assert_eq!(access >> 5 & 3, 3, "reachable from ring 3");
+        assert_eq!(access & 0x80, 0x80, "present");
+    }
+
+    #[test]
+    fn a_host_int80_gate_is_recognised_and_a_device_gate_is_not() {
+        // Linux's int80 gate: present, DPL 3, interrupt gate.
+        assert!(is_user_system_gate(0x8100_ee00_0010_0000));
+        // A device interrupt's gate: DPL 0.
+        assert!(!is_user_system_gate(0x8100_8e00_0010_0000));
+        // Not present.
+        assert!(!is_user_system_gate(0x8100_6e00_0010_0000));
+        assert_eq!(stub_gate(0x1000, 0x80), guest_idt(0x1000)[0x80]);
     }
 }

@@ -144,6 +144,15 @@ pub fn software_interrupt(error: u64, cpl: u64, gate: Option<&GuestGate>) -> Opt
     }
 }
 
+/// The handler a direct trap may jump to for the system-call vector, if the guest's gate for it
+/// allows one: user code may reach it (DPL 3), it is a trap gate (an interrupt gate must clear
+/// the virtual interrupt flag, which only the host can do), and the guest has told the host its
+/// kernel stack (SET_STACK), where the CPU will push the frame.
+pub fn direct_trap_handler(gate: Option<&GuestGate>, kernel_stack: u64) -> Option<u64> {
+    let gate = gate?;
+    (gate.dpl == 3 && !gate.interrupt_gate && kernel_stack != 0).then_some(gate.handler)
+}
+
 /// The IRQ to deliver next: the lowest pending one not blocked.
 pub fn next_irq(pending: u64, blocked: u64) -> Option<u32> {
     let ready = pending & !blocked;
@@ -286,5 +295,28 @@ mod tests {
         assert!(may_interrupt(IRQ_ENABLED, 0x1000, (0x2000, 0x2010)));
         assert!(!may_interrupt(0, 0x1000, (0x2000, 0x2010)));
         assert!(!may_interrupt(IRQ_ENABLED, 0x2004, (0x2000, 0x2010)));
+    }
+
+    #[test]
+    fn only_user_reachable_trap_gates_with_a_stack_trap_directly() {
+        let trap = GuestGate {
+            handler: 0xffff_ffff_8100_0000,
+            interrupt_gate: false,
+            dpl: 3,
+        };
+        assert_eq!(direct_trap_handler(Some(&trap), 0x9000), Some(trap.handler));
+        assert_eq!(
+            direct_trap_handler(Some(&trap), 0),
+            None,
+            "no SET_STACK yet"
+        );
+        let interrupt = GuestGate {
+            interrupt_gate: true,
+            ..trap
+        };
+        assert_eq!(direct_trap_handler(Some(&interrupt), 0x9000), None);
+        let kernel_only = GuestGate { dpl: 1, ..trap };
+        assert_eq!(direct_trap_handler(Some(&kernel_only), 0x9000), None);
+        assert_eq!(direct_trap_handler(None, 0x9000), None);
     }
 }

@@ -6,15 +6,20 @@
 //!
 //! ```text
 //!   page 0-1   text: the world switch and the 256 trap stubs          host RX, guest RX
-//!   page 2     IDT: 256 gates into the stubs, shared by every CPU    host RW, guest RO
-//!   page 3...  one block of 15 pages per host CPU:
+//!   page 2...  one block of 16 pages per host CPU:
 //!     +0       guard (never mapped)
 //!     +1..+8   IST 1-4, two pages each: the host's own handlers' stacks  host RW, guest --
 //!     +9..+11  IST 5-7: the Switcher's double fault, NMI, machine check  host RW, guest RW
 //!     +12      regs page: the guest's registers; TSS.RSP0 is its top    host RW, guest RW
 //!     +13      state page: this CPU's guest GDT and TSS                 host RW, guest RO
 //!     +14      host page: what the host needs back; never in a guest    host RW, guest --
+//!     +15      IDT: 256 gates into the stubs, one of them maybe the     host RW, guest RO
+//!              running guest's direct trap
 //! ```
+//!
+//! Why an IDT per CPU: every gate leads into the Switcher except, while a guest that asked for
+//! it runs, the system-call vector's, which leads straight to that guest's handler at ring 1 (a
+//! direct trap: docs/traps.md). Two guests on two CPUs need two different gates there.
 //!
 //! Why two sets of IST stacks: for a few instructions of each switch the guest's TSS is loaded
 //! while the host's IDT is (the switch changes one before the other), and a host NMI handler
@@ -37,15 +42,13 @@
 pub const PAGE: u64 = 4096;
 /// Pages of Switcher text.
 pub const TEXT_PAGES: u64 = 2;
-/// Page index of the IDT.
-pub const IDT_PAGE: u64 = 2;
 /// Page index of CPU 0's block.
-pub const FIRST_BLOCK_PAGE: u64 = 3;
+pub const FIRST_BLOCK_PAGE: u64 = 2;
 /// Pages per CPU block.
-pub const BLOCK_PAGES: u64 = 15;
+pub const BLOCK_PAGES: u64 = 16;
 /// The most host CPUs lg.ko supports: the window's page table (one 4 KiB table, 512 entries)
-/// must hold the text, the IDT and every block.
-pub const MAX_CPUS: u64 = 32;
+/// must hold the text and every block.
+pub const MAX_CPUS: u64 = 31;
 /// Pages the window's page table maps, blocks of every supported CPU included.
 pub const WINDOW_PAGES: u64 = FIRST_BLOCK_PAGE + MAX_CPUS * BLOCK_PAGES;
 
@@ -53,6 +56,7 @@ pub const WINDOW_PAGES: u64 = FIRST_BLOCK_PAGE + MAX_CPUS * BLOCK_PAGES;
 pub const BLOCK_REGS: u64 = 12 * PAGE;
 pub const BLOCK_STATE: u64 = 13 * PAGE;
 pub const BLOCK_HOST: u64 = 14 * PAGE;
+pub const BLOCK_IDT: u64 = 15 * PAGE;
 /// IST stacks in the TSS (the architecture's maximum).
 pub const IST_STACKS: u8 = 7;
 /// The IST numbers the Switcher's own gates use.
@@ -165,7 +169,7 @@ pub const HOST_GUEST_CR4: u64 = 136;
 /// both sides use.
 pub const LAYOUT_WORDS: [u64; 37] = [
     TEXT_PAGES,
-    IDT_PAGE,
+    BLOCK_IDT,
     FIRST_BLOCK_PAGE,
     BLOCK_PAGES,
     BLOCK_REGS,

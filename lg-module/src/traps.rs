@@ -68,6 +68,9 @@ pub fn is_canonical(addr: u64) -> bool {
     high == 0 || high == 0x1_ffff
 }
 
+/// The null selector with RPL 1: SS after the CPU entered ring 1 from ring 3.
+pub const NULL_SS_RING1: u64 = 1;
+
 /// Check and sanitise the frame the Switcher is about to `iretq` from (hazard 2 in
 /// x86-ring1-hazards.md): the guest returns to ring 1 or 3 with its own selectors only, at a
 /// canonical RIP and RSP, with IF on (so the host's interrupts keep coming), IOPL 0 (so no
@@ -76,6 +79,9 @@ pub fn check_entry(regs: &mut Regs) -> Result<(), Death> {
     let (cs, ss) = (regs.get(Reg::Cs), regs.get(Reg::Ss));
     let allowed = [
         (GUEST_KERNEL_CS, GUEST_KERNEL_SS),
+        // A direct trap (from ring 3 to ring 1, by the CPU) leaves SS a null selector with
+        // RPL 1, as every change of privilege in 64-bit mode does; iretq may load it back.
+        (GUEST_KERNEL_CS, NULL_SS_RING1),
         (GUEST_USER_CS, GUEST_USER_SS),
     ];
     if !allowed.contains(&(cs, ss)) {

@@ -482,6 +482,60 @@ pub fn switcher_pages() -> anyhow::Result<()> {
     c.finish()
 }
 
+/// Pages pinned by `pin_user_pages` and not yet released, host-wide (/proc/vmstat).
+fn pinned_pages() -> anyhow::Result<i64> {
+    // The counters are per CPU and folded into /proc/vmstat now and then: fold them now, or a
+    // few pins show up as pinned long after their release.
+    std::fs::write("/proc/sys/vm/stat_refresh", "1").context("write /proc/sys/vm/stat_refresh")?;
+    let vmstat = procfs::read("/proc/vmstat")?;
+    let counter = |name: &str| -> anyhow::Result<i64> {
+        vmstat
+            .lines()
+            .find_map(|line| line.strip_prefix(name)?.strip_prefix(' '))
+            .and_then(|n| n.trim().parse().ok())
+            .with_context(|| format!("no {name} in /proc/vmstat"))
+    };
+    Ok(counter("nr_foll_pin_acquired")? - counter("nr_foll_pin_released")?)
+}
+
+/// Pages the guest maps in `guest-pins-released`.
+const CHURNED_PAGES: i64 = 4000;
+
+/// `guest-pins-released`: a guest maps 4000 different pages one after another, touching and
+/// unmapping each (SET_PTE), then spins. A page is pinned only while a shadow entry maps it, so
+/// while the guest spins the host holds a handful of pins, not 4000.
+pub fn pins_released() -> anyhow::Result<()> {
+    kmod::ensure_loaded()?;
+    let before = pinned_pages()?;
+    let mut running = launch::spawn(&[MEM, GUEST, "pin-churn", &CHURNED_PAGES.to_string()])?;
+    let mut most = 0;
+    while running.alive()? {
+        most = most.max(pinned_pages()? - before);
+        sleep(Duration::from_millis(20));
+    }
+    let run = running.finish(PATIENCE)?;
+    let after = pinned_pages()? - before;
+    let mut c = Checks::new();
+    c.that(
+        run.code == Some(0) && run.stdout.contains("pin-churn: 4000 pages mapped"),
+        || {
+            format!(
+                "expected the churn to finish, got {}: {}",
+                run.status(),
+                run.shown_stdout()
+            )
+        },
+    );
+    // The guest's kernel, stack, tables and lguest_data stay mapped: tens of pages.
+    c.that(most > 0 && most < CHURNED_PAGES / 10, || {
+        format!("while the guest ran, the host held up to {most} more pinned pages (expected a few, not {CHURNED_PAGES})")
+    });
+    c.that(after == 0, || {
+        format!("{after} pages still pinned after the guest ended")
+    });
+    c.finish()
+}
+
 /// `guest-many-switches`: a million null hypercalls, each a world switch there and back; the
 /// host's memory afterwards is what it was. The guest's own timing is printed for the benchmark
 /// as an `e2e-figure` line, which the harness ignores.

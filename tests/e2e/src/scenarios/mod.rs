@@ -21,7 +21,7 @@ pub struct Scenario {
     pub run: fn() -> anyhow::Result<()>,
 }
 
-pub static SCENARIOS: [Scenario; 52] = [
+pub static SCENARIOS: [Scenario; 53] = [
     Scenario {
         name: "module-load",
         run: module::load,
@@ -149,6 +149,10 @@ pub static SCENARIOS: [Scenario; 52] = [
     Scenario {
         name: "guest-hostile-switcher-pages",
         run: guest::switcher_pages,
+    },
+    Scenario {
+        name: "guest-pins-released",
+        run: guest::pins_released,
     },
     Scenario {
         name: "guest-many-switches",

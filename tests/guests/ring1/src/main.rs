@@ -112,6 +112,7 @@ extern "C" fn kernel_main(boot_params: u64) -> ! {
         name if name.starts_with("idt-") => traps::bad_gate(name),
         name if name.starts_with("pt-") => traps::bad_page_tables(name),
         name if name.starts_with("mmio") => traps::mmio(name, number(arg, 0)),
+        "pin-churn" => traps::pin_churn(number(arg, 4000)),
         name if name.starts_with("virtqueue-") => virtqueue::attack(name, number(arg, 0)),
         "gdt-tls" => traps::tls(),
         name if name.starts_with("gdt-") => traps::bad_descriptor(name),
