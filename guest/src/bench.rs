@@ -30,6 +30,10 @@
 //! divided by the ticks that came, is what one tick costs: the interrupt's delivery, the handler
 //! (which re-arms the one-shot timer and finds no other task to switch to) and the return.
 //!
+//! **The devices.** When the command line names virtio devices, three more lines follow, in
+//! megabytes per second rather than cycles: `blk-read-mbps`, `blk-write-mbps` and `net-tx-mbps`
+//! (devices.rs has them).
+//!
 //! Under QEMU's TCG these are the emulator's prices (a CR3 write flushes its whole software TLB,
 //! a port write leaves the translated code): compare the two worlds with each other, not with
 //! hardware.
@@ -41,6 +45,7 @@ use paravirt_ops::{info, irq, lguest, platform, time, Backend};
 
 use crate::paging::{self, AddressSpace};
 use crate::user::{self, Program};
+use crate::virtio::Devices;
 use crate::{println, task, timer, traps};
 
 /// Timings per benchmark; the median is printed.
@@ -58,8 +63,9 @@ const TICK_NS: u64 = 1_000_000;
 /// A benchmark: its name, and one timing of it in cycles per operation.
 type Bench = (&'static str, fn() -> u64);
 
-/// Runs every benchmark, prints its figure, and powers off.
-pub fn run() -> ! {
+/// Runs every benchmark, prints its figure, then the devices' figures if there are devices
+/// (devices.rs), and powers off.
+pub fn run(devices: &mut Devices) -> ! {
     let benches: [Bench; 6] = [
         ("null-hypercall", null_hypercall),
         ("timer-interrupt", timer_interrupt),
@@ -76,8 +82,13 @@ pub fn run() -> ! {
         timings.sort_unstable();
         println!("bench {name} {}", timings[RUNS / 2]);
     }
+    let devices_ok = !devices.any() || crate::devices::bench(devices);
     println!("bench done");
-    platform::power_off("teaching-guest: bench done", false)
+    if devices_ok {
+        platform::power_off("teaching-guest: bench done", false)
+    } else {
+        platform::power_off("teaching-guest: a device benchmark failed", true)
+    }
 }
 
 /// Cycles per call of `op`, over `n` calls, here in the kernel with interrupts off.

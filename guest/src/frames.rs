@@ -5,7 +5,9 @@
 //! up, skipping everything below the kernel's end: the first MiB holds the firmware's leftovers
 //! natively and boot_params and the command line under lguest, and the kernel sits at 1 MiB.
 //! Frames given back ([`free`]) go on a free list threaded through the frames themselves (each
-//! holds the address of the next), and are handed out again first.
+//! holds the address of the next), and are handed out again first. A device's queues need
+//! several frames in a row ([`alloc_contiguous`], for virtio.rs): those come from the untouched
+//! part of a region, never from the free list, whose frames lie anywhere.
 //!
 //! Frames are reached through the identity map (virtual == physical), which both worlds give
 //! the kernel: the boot loader's page tables at first, then its own (paging.rs).
@@ -130,19 +132,40 @@ pub fn alloc_zeroed() -> Option<u64> {
             a.freed_count -= 1;
             return Some(frame);
         }
-        while let Some(r) = a.free.regions().get(a.region).copied() {
-            if a.next + PAGE_SIZE <= r.end {
-                a.next += PAGE_SIZE;
-                return Some(a.next - PAGE_SIZE);
-            }
-            a.region += 1;
-            a.next = a.free.regions().get(a.region).map_or(0, |r| r.start);
-        }
-        None
+        a.take(PAGE_SIZE)
     })?;
     // SAFETY: the frame is RAM, identity-mapped, and now ours alone.
     unsafe { core::ptr::write_bytes(frame as *mut u8, 0, PAGE_SIZE as usize) };
     Some(frame)
+}
+
+/// `pages` fresh zeroed frames in a row, physically contiguous: the first one's address, or
+/// `None` when no region has that many left. Each may later be given back on its own.
+pub fn alloc_contiguous(pages: usize) -> Option<u64> {
+    if pages == 1 {
+        return alloc_zeroed();
+    }
+    let bytes = pages as u64 * PAGE_SIZE;
+    let start = with_allocator(|a| a.take(bytes))?;
+    // SAFETY: the frames are RAM, identity-mapped, and now ours alone.
+    unsafe { core::ptr::write_bytes(start as *mut u8, 0, bytes as usize) };
+    Some(start)
+}
+
+impl Allocator {
+    /// `bytes` (whole pages) from the untouched part of the regions, moving on to the next
+    /// region when this one has not that much left (its tail is then never handed out).
+    fn take(&mut self, bytes: u64) -> Option<u64> {
+        while let Some(r) = self.free.regions().get(self.region).copied() {
+            if self.next + bytes <= r.end {
+                self.next += bytes;
+                return Some(self.next - bytes);
+            }
+            self.region += 1;
+            self.next = self.free.regions().get(self.region).map_or(0, |r| r.start);
+        }
+        None
+    }
 }
 
 /// Gives `frame` back.

@@ -12,14 +12,23 @@
 //!
 //! - nothing: the self-tests (user tasks at ring 3 among them), each printing
 //!   `selftest <name>: PASS` or `FAIL: <why>`;
-//! - `bench`: the microbenchmarks, each printing `bench <name> <cycles per operation>`, then
+//! - `bench`: the microbenchmarks, each printing `bench <name> <cycles per operation>`, and if
+//!   there are virtio devices their throughput (`bench blk-read-mbps <MB/s>`...), then
 //!   `bench done`;
 //! - `long-run SECONDS`: two user tasks under a 1 ms tick for that long, then one line of what
 //!   happened (`long-run: T ticks in M ms, tasks ran A and B times, lost L`) and one of the
-//!   frames before and after.
+//!   frames before and after;
+//! - `devices [echo]`: a self-test for each virtio device (entropy source, block device,
+//!   network card, and with `echo` the console, which waits for a line typed on it), each
+//!   printing `selftest <name>: PASS` or `FAIL: <why>`, then `devices: N passed, M failed`;
+//!   `devices-verify [echo]` is the same but that the block device's test only reads back what
+//!   an earlier `devices` boot wrote.
 //!
 //! The command line is QEMU's `-append` natively (PVH start_info), the launcher's arguments after
 //! the kernel under lguest (boot_params): `lguest-launcher 64m teaching-guest long-run 60`.
+//! Besides the mode's words it may hold parameters, `key=value`: the virtio devices
+//! (`virtio_mmio.device=4K@0x4000000:1`, Linux's syntax, which QEMU's `microvm` machine and the
+//! launcher append themselves), and the addresses the network test uses (`ip=`, `ping=`).
 //!
 //! ## Reading order
 //!
@@ -40,6 +49,14 @@
 //! 13. `selftest.rs`: the self-tests, which exercise all of the above.
 //! 14. `bench.rs`: bench mode, what each mechanism costs in each world.
 //! 15. `long_run.rs`: long-run mode, the scheduler and the timer for minutes on end.
+//! 16. `virtio.rs`: virtio devices over MMIO: found on the command line, their registers mapped,
+//!     memory lent to them, their interrupts, bounded waits.
+//! 17. `virtio_rng.rs`: the entropy source, a driver of the kernel's own on the crate's queue.
+//! 18. `virtio_console.rs`: the console, another: bytes out, a line in, asleep until it comes.
+//! 19. `virtio_blk.rs`: the block device, the crate's driver with the kernel's waits.
+//! 20. `virtio_net.rs`: the network card, likewise, with receive buffers of the driver's own.
+//! 21. `ping.rs`: just enough Ethernet, ARP, IPv4 and ICMP to ping.
+//! 22. `devices.rs`: devices mode, a self-test per device, and the devices' benchmarks.
 //!
 //! ## What each world does for the kernel
 //!
@@ -58,12 +75,16 @@
 //! | timer | PIT channel 0 through the 8259 PIC, vector 32 | SET_CLOCKEVENT, IRQ 0 at vector 32 |
 //! | tasks' SSE registers | `fxsave`/`fxrstor` at each switch | the same; the host keeps them from the launcher's |
 //! | console, power-off | COM1, isa-debug-exit | CONSOLE_WRITE, SHUTDOWN |
+//! | finding virtio devices | `virtio_mmio.device=` words QEMU's `microvm` appends | the same words, from the launcher |
+//! | a device's registers | an uncached page QEMU emulates (`0xfeb00e00`...) | an uncached page above RAM, each access an exit to the launcher |
+//! | a device's interrupt | IRQ 5-12 through the 8259 PIC, vector 32 + n, unmasked there | IRQ 1, 2... from the host, vector 32 + n, unblocked in `lguest_data.blocked_interrupts` |
 //!
 //! ## What comes next
 //!
-//! What a bigger kernel would add on the same mechanisms: a task that faults killed rather than the kernel
-//! panicking, per-task FS and GS bases (`wrfsbase`, which CR4.FSGSBASE allows at ring 1), AVX
-//! state (`xsave`), blocking and waking instead of round robin only, and the virtio devices.
+//! What a bigger kernel would add on the same mechanisms: a task that faults killed rather than
+//! the kernel panicking, per-task FS and GS bases (`wrfsbase`, which CR4.FSGSBASE allows at ring
+//! 1), AVX state (`xsave`), blocking and waking instead of round robin only, and system calls
+//! that reach the virtio devices (a task waiting on a device, woken by its interrupt).
 #![no_std]
 #![no_main]
 
@@ -76,16 +97,23 @@ mod bench;
 mod boot_lguest;
 mod boot_native;
 mod console;
+mod devices;
 mod frames;
 mod gdt;
 mod long_run;
 mod paging;
+mod ping;
 mod selftest;
 mod syscall;
 mod task;
 mod timer;
 mod traps;
 mod user;
+mod virtio;
+mod virtio_blk;
+mod virtio_console;
+mod virtio_net;
+mod virtio_rng;
 
 // ---- The boot stack ---------------------------------------------------------------------------
 
@@ -100,8 +128,12 @@ pub static mut BOOT_STACK: Stack = Stack([0; STACK_SIZE]);
 
 // ---- The command line -------------------------------------------------------------------------
 
-/// The most of the command line kept; the kernel's words are few.
-const CMDLINE_MAX: usize = 256;
+/// The most of the command line kept: QEMU's `microvm` alone appends some 37 bytes per device.
+const CMDLINE_MAX: usize = 1024;
+
+/// The parameters a command line may carry besides the mode's words, `key=value` as Linux's: the
+/// virtio devices (virtio.rs), and the addresses `net-ping` uses (devices.rs).
+const PARAMETERS: [&str; 3] = ["virtio_mmio.device", "ip", "ping"];
 
 /// The command line the boot loader passed, copied out of its memory.
 pub struct CommandLine {
@@ -139,6 +171,28 @@ impl CommandLine {
     pub fn as_str(&self) -> &str {
         core::str::from_utf8(&self.buf[..self.len]).unwrap_or("")
     }
+
+    /// The values of parameter `key`, in order: `b` and `c` for `a key=b key=c`.
+    pub fn values<'a>(&'a self, key: &'a str) -> impl Iterator<Item = &'a str> + 'a {
+        self.as_str()
+            .split_ascii_whitespace()
+            .filter_map(move |word| word.strip_prefix(key)?.strip_prefix('='))
+    }
+
+    /// The first parameter whose key is not one of [`PARAMETERS`], if any.
+    fn unknown_parameter(&self) -> Option<&str> {
+        self.as_str().split_ascii_whitespace().find(|word| {
+            word.split_once('=')
+                .is_some_and(|(key, _)| !PARAMETERS.contains(&key))
+        })
+    }
+
+    /// The words that are not parameters: the mode's.
+    fn mode_words(&self) -> impl Iterator<Item = &str> {
+        self.as_str()
+            .split_ascii_whitespace()
+            .filter(|word| !word.contains('='))
+    }
 }
 
 /// What the kernel does once it is up.
@@ -146,10 +200,13 @@ impl CommandLine {
 pub enum Mode {
     /// No words: run the self-tests (selftest.rs).
     SelfTests,
-    /// `bench`: the microbenchmarks (bench.rs).
+    /// `bench`: the microbenchmarks (bench.rs), and the devices' if there are any (devices.rs).
     Bench,
     /// `long-run SECONDS`: the scheduler for that long (long_run.rs).
     LongRun(u64),
+    /// `devices [echo]` or `devices-verify [echo]`: a self-test per virtio device
+    /// (devices.rs).
+    Devices(devices::Plan),
 }
 
 impl core::fmt::Display for Mode {
@@ -158,23 +215,37 @@ impl core::fmt::Display for Mode {
             Mode::SelfTests => write!(f, "self-tests"),
             Mode::Bench => write!(f, "bench"),
             Mode::LongRun(seconds) => write!(f, "long-run {seconds} s"),
+            Mode::Devices(plan) => write!(f, "{plan}"),
         }
     }
 }
 
 impl Mode {
-    /// The mode a command line names, if it names one.
-    fn parse(line: &str) -> Option<Mode> {
-        let mut words = line.split_ascii_whitespace();
+    /// The mode a command line's words name, if they name one (parameters aside).
+    fn parse(line: &CommandLine) -> Option<Mode> {
+        let mut words = line.mode_words();
         let mode = match words.next() {
             None => Mode::SelfTests,
             Some("bench") => Mode::Bench,
             Some("long-run") => {
                 Mode::LongRun(words.next()?.parse::<u64>().ok().filter(|&s| s > 0)?)
             }
+            Some(word @ ("devices" | "devices-verify")) => Mode::Devices(devices::Plan {
+                reread: word == "devices-verify",
+                echo: match words.next() {
+                    None => false,
+                    Some("echo") => true,
+                    Some(_) => return None,
+                },
+            }),
             Some(_) => return None,
         };
         words.next().is_none().then_some(mode)
+    }
+
+    /// Whether the mode uses the virtio devices, which are then probed.
+    fn uses_devices(self) -> bool {
+        matches!(self, Mode::Bench | Mode::Devices(_))
     }
 }
 
@@ -197,17 +268,33 @@ pub fn kernel_main(map: &frames::MemoryMap, cmdline: &CommandLine) -> ! {
         map.regions().len(),
         frames::free_frames()
     );
-    let Some(mode) = Mode::parse(cmdline.as_str()) else {
+    let (Some(mode), None) = (Mode::parse(cmdline), cmdline.unknown_parameter()) else {
         println!(
-            "teaching-guest: command line {:?}: expected nothing, `bench` or `long-run SECONDS`",
+            "teaching-guest: command line {:?}: expected nothing, `bench`, `long-run SECONDS`, \
+             `devices [echo]` or `devices-verify [echo]`, and parameters {PARAMETERS:?} only",
             cmdline.as_str()
         );
         platform::power_off("teaching-guest: bad command line", true)
+    };
+    let locations = match virtio::locations(cmdline) {
+        Ok(locations) => locations,
+        Err(word) => {
+            println!(
+                "teaching-guest: virtio_mmio.device={word}: expected <size>@<base>:<irq>, \
+                 at most a page of registers, IRQ 1 to 15, at most 8 devices"
+            );
+            platform::power_off("teaching-guest: bad command line", true)
+        }
     };
     println!("mode: {mode}");
     paging::init(map.end());
     traps::init();
     syscall::init();
+    let mut devices = if mode.uses_devices() {
+        virtio::probe(&locations)
+    } else {
+        virtio::Devices::default()
+    };
     match mode {
         Mode::SelfTests => {
             let (passed, failed) = selftest::run_all();
@@ -218,8 +305,9 @@ pub fn kernel_main(map: &frames::MemoryMap, cmdline: &CommandLine) -> ! {
                 platform::power_off("teaching-guest: self-tests failed", true)
             }
         }
-        Mode::Bench => bench::run(),
+        Mode::Bench => bench::run(&mut devices),
         Mode::LongRun(seconds) => long_run::run(seconds),
+        Mode::Devices(plan) => devices::run(&mut devices, cmdline, plan),
     }
 }
 

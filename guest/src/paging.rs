@@ -34,6 +34,14 @@
 //!   first write, which faults, and the handler makes it writable. That is the mechanism behind
 //!   copy-on-write (which would copy the page first) and dirty tracking.
 //!
+//! **Device registers** are not RAM: [`map_io`] maps them, uncached, into a window of their own
+//! ([`IO_START`]..[`IO_END`]) wherever they are in the physical address space (natively QEMU's
+//! `microvm` puts its virtio devices just under 4 GiB, the launcher right above guest RAM),
+//! as Linux's `ioremap` does. Under lguest the host sees the guest's page table name an address
+//! that is no RAM of the guest's, and turns each access to it into an exit to the launcher,
+//! which plays the device. The other way, a device is told where a buffer is by its physical
+//! address ([`phys_addr`]): kernel memory is identity-mapped, so that is the address itself.
+//!
 //! **Telling the TLB, and the host.** A page that becomes present needs nothing: the TLB never
 //! caches "not present", nor does the host's shadow. A mapping that changes or goes away needs
 //! `flush_tlb_one_user` (natively `invlpg`, under lguest SET_PTE, so the host drops its shadow of
@@ -45,6 +53,7 @@ use core::sync::atomic::{AtomicU64, Ordering};
 use lguest_abi::paging::{
     ENTRIES_PER_TABLE, PTE_ADDR_MASK, PTE_HUGE, PTE_PRESENT, PTE_USER, PTE_WRITE,
 };
+use lguest_abi::PAGE_SIZE;
 use paravirt_ops::mmu;
 
 use crate::frames;
@@ -61,6 +70,15 @@ pub const USER_END: u64 = 2 << 39;
 /// clear of the code and stack pages (user.rs).
 pub const USER_DEMAND_START: u64 = USER_START + (1 << 30);
 pub const USER_DEMAND_END: u64 = USER_DEMAND_START + (1 << 30);
+/// The window device registers are mapped into ([`map_io`]): 1 GiB at 384 GiB, under the
+/// kernel's PML4 slot like everything it maps, so that every address space has it.
+pub const IO_START: u64 = 0x60_0000_0000;
+pub const IO_END: u64 = IO_START + (1 << 30);
+/// Page-level write-through and cache-disable: a read of a device register must reach the
+/// device, and writes must reach it in order, which neither a cached line nor a write-back can
+/// promise. (TCG and lg.ko trap the accesses anyway; a real CPU would not.)
+const PTE_WRITE_THROUGH: u64 = 1 << 3;
+const PTE_CACHE_DISABLE: u64 = 1 << 4;
 const KERNEL_SLOT: usize = 0;
 const USER_SLOT: usize = 1;
 const HUGE_PAGE: u64 = 2 << 20;
@@ -78,6 +96,10 @@ const PF_USER: u64 = 1 << 2;
 static KERNEL_ROOT: AtomicU64 = AtomicU64::new(0);
 /// The physical address of the PML4 loaded now: the kernel's, or a user task's.
 static CURRENT_ROOT: AtomicU64 = AtomicU64::new(0);
+/// The end of RAM, all of it identity-mapped: where [`phys_addr`] stops.
+static RAM_END: AtomicU64 = AtomicU64::new(0);
+/// The next free address of the I/O window.
+static IO_NEXT: AtomicU64 = AtomicU64::new(IO_START);
 /// How many faults [`demand_fault`] and [`write_fault`] have fixed.
 static DEMAND_FAULTS: AtomicU64 = AtomicU64::new(0);
 static WRITE_FAULTS: AtomicU64 = AtomicU64::new(0);
@@ -94,6 +116,7 @@ pub fn init(ram_end: u64) {
         set_entry(pd, index(pa, 2), pa | PTE_PRESENT | PTE_WRITE | PTE_HUGE);
     }
     KERNEL_ROOT.store(root, Ordering::Relaxed);
+    RAM_END.store(ram_end, Ordering::Relaxed);
     // SAFETY: the new tables map all RAM where the boot loader's did (identity), and the
     // kernel, its stacks and everything it refers to are in RAM.
     unsafe { switch_to(root) };
@@ -214,6 +237,34 @@ fn unmap_in(root: u64, va: u64) -> Option<u64> {
     set_entry(pt, i, 0);
     mmu::flush_tlb_one_user(va);
     Some(entry & PTE_ADDR_MASK)
+}
+
+/// Maps the device registers at physical `pa..pa + len` into the I/O window, uncached, and
+/// returns the address `pa` now has: Linux's `ioremap`. No flush: the pages were not present.
+/// Nothing is ever unmapped, so the window only fills up; a device's registers take a page.
+pub fn map_io(pa: u64, len: u64) -> u64 {
+    let first = pa & !(PAGE_SIZE - 1);
+    let pages = (pa + len.max(1) - first).div_ceil(PAGE_SIZE);
+    let va = IO_NEXT.fetch_add(pages * PAGE_SIZE, Ordering::Relaxed);
+    assert!(va + pages * PAGE_SIZE <= IO_END, "the I/O window is full");
+    for i in 0..pages {
+        let page = va + i * PAGE_SIZE;
+        let pt = table_for(kernel_root(), page, 1, 0);
+        let entry = (first + i * PAGE_SIZE)
+            | PTE_PRESENT
+            | PTE_WRITE
+            | PTE_WRITE_THROUGH
+            | PTE_CACHE_DISABLE;
+        set_entry(pt, index(page, 1), entry);
+    }
+    va + (pa - first)
+}
+
+/// The physical address of kernel memory `va..va + len`, if the identity map of RAM holds all
+/// of it (stacks, statics, frames from the allocator; not the demand or I/O windows): what a
+/// device is told of a buffer.
+pub fn phys_addr(va: u64, len: u64) -> Option<u64> {
+    (va.checked_add(len)? <= RAM_END.load(Ordering::Relaxed)).then_some(va)
 }
 
 // ---- Address spaces ---------------------------------------------------------------------------

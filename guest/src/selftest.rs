@@ -17,15 +17,24 @@ use crate::user::{self, Program};
 use crate::{frames, paging, println, task, timer, with_fixup};
 
 /// A test's verdict.
-enum Outcome {
+pub enum Outcome {
     Pass,
     Fail(Why),
 }
 
 /// Why a test failed: a short formatted message, without an allocator.
-struct Why {
+pub struct Why {
     buf: [u8; 160],
     len: usize,
+}
+
+impl Default for Why {
+    fn default() -> Why {
+        Why {
+            buf: [0; 160],
+            len: 0,
+        }
+    }
 }
 
 impl Write for Why {
@@ -40,14 +49,15 @@ impl Write for Why {
     }
 }
 
-/// `Outcome::Fail` with a `format!`-style message.
+/// `return Outcome::Fail` with a `format!`-style message (devices.rs uses it too).
 macro_rules! fail {
     ($($arg:tt)*) => {{
-        let mut why = Why { buf: [0; 160], len: 0 };
-        let _ = write!(why, $($arg)*);
-        return Outcome::Fail(why)
+        let mut why = $crate::selftest::Why::default();
+        let _ = core::fmt::Write::write_fmt(&mut why, format_args!($($arg)*));
+        return $crate::selftest::Outcome::Fail(why)
     }};
 }
+pub(crate) use fail;
 
 /// A test: its name and its body.
 type Test = (&'static str, fn() -> Outcome);
@@ -71,20 +81,30 @@ pub fn run_all() -> (u32, u32) {
     ];
     let (mut passed, mut failed) = (0, 0);
     for (name, test) in tests {
-        match test() {
-            Outcome::Pass => {
-                passed += 1;
-                println!("selftest {name}: PASS");
-            }
-            Outcome::Fail(why) => {
-                failed += 1;
-                let why = core::str::from_utf8(&why.buf[..why.len]).unwrap_or("?");
-                println!("selftest {name}: FAIL: {why}");
-            }
+        if report(name, test()) {
+            passed += 1;
+        } else {
+            failed += 1;
         }
         irq::irq_disable();
     }
     (passed, failed)
+}
+
+/// Prints a test's line, `selftest <name>: PASS` or `selftest <name>: FAIL: <why>`; whether it
+/// passed.
+pub fn report(name: &str, outcome: Outcome) -> bool {
+    match outcome {
+        Outcome::Pass => {
+            println!("selftest {name}: PASS");
+            true
+        }
+        Outcome::Fail(why) => {
+            let why = core::str::from_utf8(&why.buf[..why.len]).unwrap_or("?");
+            println!("selftest {name}: FAIL: {why}");
+            false
+        }
+    }
 }
 
 // ---- irq-flag ---------------------------------------------------------------------------------

@@ -36,6 +36,11 @@ pub fn lost() -> u64 {
     LOST.load(Ordering::Relaxed)
 }
 
+/// Whether the tick is on: a wait that must end even if nothing else comes needs it (virtio.rs).
+pub fn running() -> bool {
+    PERIOD_NS.load(Ordering::Relaxed) != 0
+}
+
 /// Starts a tick every `period_ns` (at most the time ops' MAX_DELTA_NS).
 pub fn start(period_ns: u64) {
     // Interrupts off around the arming: natively it is three port writes, and a tick arriving

@@ -27,7 +27,9 @@
 //! tables can fix (a page of the demand window, a write to a page read-only until written:
 //! paging.rs) is fixed and retried; `int3` is a trap, so it resumes after itself. A trap from
 //! user mode arrives on the running task's kernel stack, which the scheduler gives `load_sp0`
-//! (task.rs); system calls go to syscall.rs and the timer also drives the scheduler.
+//! (task.rs); system calls go to syscall.rs and the timer also drives the scheduler. IRQs 1 to 15,
+//! the devices' (vectors 33 to 47), have gates from the start and go to virtio.rs; each line
+//! stays masked until a driver opens it (the irq op `unmask_irq`).
 
 use core::arch::global_asm;
 use core::sync::atomic::{AtomicU64, Ordering};
@@ -36,7 +38,7 @@ use lguest_abi::hcall::{FIRST_IRQ_VECTOR, TIMER_IRQ};
 use paravirt_ops::cpu::{self, Gate, GateKind, Idt};
 use paravirt_ops::mmu;
 
-use crate::{gdt, paging, syscall, task, timer};
+use crate::{gdt, paging, syscall, task, timer, virtio};
 
 pub const DIVIDE_ERROR: u64 = 0;
 pub const BREAKPOINT: u64 = 3;
@@ -44,9 +46,13 @@ pub const INVALID_OPCODE: u64 = 6;
 pub const GENERAL_PROTECTION: u64 = 13;
 pub const PAGE_FAULT: u64 = 14;
 const TIMER_VECTOR: u64 = FIRST_IRQ_VECTOR + TIMER_IRQ as u64;
+/// The devices' vectors: IRQs 1 to 15 (virtio.rs).
+const FIRST_DEVICE_VECTOR: u64 = FIRST_IRQ_VECTOR + virtio::DEVICE_IRQS.start as u64;
+const LAST_DEVICE_VECTOR: u64 = FIRST_IRQ_VECTOR + virtio::DEVICE_IRQS.end as u64 - 1;
 
-/// What the kernel installs: (vector, kind, DPL). Every exception the CPU can raise in this
-/// kernel but NMI (2), double fault (8) and machine check (18), plus the timer. Interrupt gates
+/// What the kernel installs besides the devices' vectors: (vector, DPL). Every exception the
+/// CPU can raise in this kernel but NMI (2), double fault (8) and machine check (18), plus the
+/// timer. Interrupt gates
 /// throughout, so a handler starts with interrupts off (the host clears the virtual flag for
 /// them too); `int3` has DPL 3, as in Linux, so that `int3` may be raised from any ring (from
 /// ring 1 under lguest the host checks exactly that before it delivers it).
@@ -103,7 +109,7 @@ pub struct TrapFrame {
     pub ss: u64,
 }
 
-// The stubs, one per vector 0..=32, 16 bytes apart from `trap_stubs` so that Rust finds stub n
+// The stubs, one per vector 0..=47, 16 bytes apart from `trap_stubs` so that Rust finds stub n
 // at trap_stubs + 16 * n. The CPU pushes an error code for vectors 8, 10-14 and 17 (the host
 // does the same); the others get a zero. AT&T syntax, where `$vector` is plainly an immediate.
 global_asm!(
@@ -113,7 +119,7 @@ global_asm!(
     .global trap_stubs
 trap_stubs:
     .set vector, 0
-    .rept 33
+    .rept 48
     .balign 16
     .if vector == 8 || (vector >= 10 && vector <= 14) || vector == 17
     pushq $vector
@@ -189,6 +195,9 @@ pub fn init() {
     for (vector, dpl) in HANDLED {
         set_gate(vector as u8, stubs + 16 * vector, dpl);
     }
+    for vector in FIRST_DEVICE_VECTOR..=LAST_DEVICE_VECTOR {
+        set_gate(vector as u8, stubs + 16 * vector, 0);
+    }
     cpu::load_idt(&IDT);
 }
 
@@ -205,6 +214,9 @@ extern "C" fn trap_dispatch(frame: &mut TrapFrame) {
         TIMER_VECTOR => {
             timer::interrupt();
             task::preempt();
+        }
+        FIRST_DEVICE_VECTOR..=LAST_DEVICE_VECTOR => {
+            virtio::interrupt((frame.vector - FIRST_IRQ_VECTOR) as u32)
         }
         PAGE_FAULT => page_fault(frame),
         syscall::VECTOR => syscall::dispatch(frame),

@@ -5,6 +5,13 @@
 //! `lguest_data` that the host reads before it delivers an interrupt. Both backends speak the
 //! same language: a flags word whose bit 9 ([`IF`]) says "enabled", so `save_fl`'s value can be
 //! handed back to `restore_fl` either way.
+//!
+//! One op here is not in Linux's `pv_ops.irq`: [`unmask_irq`], which opens one interrupt line.
+//! Linux asks that of the line's `irq_chip` (`irq_unmask`): the 8259's `unmask_8259A_irq`
+//! natively, lguest's `enable_lguest_irq` under lguest; a kernel this small has one chip per
+//! world, so the op sits with the flag. Both worlds start with every line but the timer's
+//! closed, and a driver opens its device's line once its handler is in place. The other half of
+//! an irq_chip, telling the chip a handler is done, is `platform::eoi`.
 
 use crate::ops;
 
@@ -25,6 +32,10 @@ pub struct IrqOps {
     /// Enables interrupts and sleeps until one has come, in one step so that none can slip in
     /// between and be slept through (`pv_ops.irq.safe_halt`). Returns with interrupts on.
     pub safe_halt: fn(),
+    /// Lets IRQ `irq` through: natively clears its bit in the 8259 PIC's mask register (and,
+    /// for IRQs 8-15, the cascade's on the first PIC); under lguest clears its bit in
+    /// `lguest_data.blocked_interrupts` (Linux: `irq_chip.irq_unmask`).
+    pub unmask_irq: fn(irq: u32),
 }
 
 /// The current flags word.
@@ -50,6 +61,12 @@ pub fn irq_enable() {
 /// Interrupts on, and sleep until one comes.
 pub fn safe_halt() {
     (ops().irq.safe_halt)()
+}
+
+/// Lets IRQ `irq` through to its vector, `FIRST_IRQ_VECTOR + irq`, which must have a gate by
+/// then.
+pub fn unmask_irq(irq: u32) {
+    (ops().irq.unmask_irq)(irq)
 }
 
 /// Interrupts off, returning the flags to restore afterwards: Linux's `local_irq_save`.

@@ -20,7 +20,7 @@ use lguest_abi::data::{
 use lguest_abi::hcall::{
     CONSOLE_WRITE, CONSOLE_WRITE_MAX, FLUSH_ASYNC, FLUSH_TLB, HALT, LGUEST_INIT, LOAD_IDT_ENTRY,
     NEW_PGTABLE, NOP, SEND_INTERRUPTS, SET_CLOCKEVENT, SET_PTE, SET_STACK, SHUTDOWN,
-    SHUTDOWN_MESSAGE_MAX, SHUTDOWN_POWEROFF,
+    SHUTDOWN_MESSAGE_MAX, SHUTDOWN_POWEROFF, TIMER_IRQ,
 };
 
 use crate::console::ConsoleOps;
@@ -53,6 +53,7 @@ pub const OPS: PvOps = PvOps {
         irq_disable,
         irq_enable,
         safe_halt,
+        unmask_irq,
     },
     mmu: MmuOps {
         read_cr2,
@@ -70,8 +71,10 @@ pub const OPS: PvOps = PvOps {
     platform: PlatformOps { eoi, power_off },
 };
 
-/// LGUEST_INIT, then the fields the guest owns: the no-interrupt window of `lguest_iret`. (The
-/// host writes only its own fields at LGUEST_INIT, so the order does not matter.)
+/// LGUEST_INIT, then the fields the guest owns: the no-interrupt window of `lguest_iret`, and
+/// every IRQ line but the timer's blocked, as the native backend masks the PIC, until a driver
+/// opens its own with `unmask_irq`. (The host writes only its own fields at LGUEST_INIT, so the
+/// order does not matter.)
 pub(crate) fn init() {
     // SAFETY: the page is ours, page-aligned and one page long, as LGUEST_INIT requires; the
     // host writes only inside it.
@@ -88,6 +91,7 @@ pub(crate) fn init() {
         offset_of!(LguestData, noirq_iret_end),
         (&raw const lguest_noirq_end) as u64,
     );
+    set(BLOCKED_INTERRUPTS_AT, !(1 << TIMER_IRQ));
     if tsc_khz() == 0 {
         panic!("lguest: the host left lguest_data.tsc_khz at 0: no clock");
     }
@@ -213,6 +217,18 @@ fn safe_halt() {
     // SAFETY: HALT touches no guest memory.
     unsafe { hcall(HALT, [0; 5]) };
     compiler_fence(Ordering::SeqCst);
+}
+
+const BLOCKED_INTERRUPTS_AT: usize = offset_of!(LguestData, blocked_interrupts);
+
+/// Clears the line's bit in `blocked_interrupts`: Linux's `enable_lguest_irq`. The host reads
+/// the mask before it delivers anything, so an interrupt already pending on the line comes at
+/// the next exit (a HALT, or the next hypercall) once the flag allows.
+fn unmask_irq(irq: u32) {
+    set(
+        BLOCKED_INTERRUPTS_AT,
+        get(BLOCKED_INTERRUPTS_AT) & !(1u64 << irq),
+    );
 }
 
 // ---- cpu --------------------------------------------------------------------------------------

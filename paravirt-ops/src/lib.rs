@@ -21,6 +21,7 @@
 //! | `irq.irq_disable` | `pv_ops.irq.irq_disable` | `cli` | store 0 |
 //! | `irq.irq_enable` | `pv_ops.irq.irq_enable` | `sti` | store IF; SEND_INTERRUPTS if pending |
 //! | `irq.safe_halt` | `pv_ops.irq.safe_halt` | `sti; hlt` | store IF, HALT |
+//! | `irq.unmask_irq` | `irq_chip.irq_unmask` (lguest: `enable_lguest_irq`) | clear the line's bit in the 8259's mask | clear its bit in `lguest_data.blocked_interrupts` |
 //! | `mmu.read_cr2` | `pv_ops.mmu.read_cr2` | `mov cr2` | `lguest_data.cr2` |
 //! | `mmu.write_cr3` | `pv_ops.mmu.write_cr3` | `mov cr3` | NEW_PGTABLE |
 //! | `mmu.flush_tlb_one_user` | `pv_ops.mmu.flush_tlb_one_user` | `invlpg` | SET_PTE (queued in lazy mode) |
@@ -31,7 +32,7 @@
 //! | `time.set_next_event` | `clock_event_device.set_next_event` | PIT channel 0 | SET_CLOCKEVENT |
 //! | [`time::sched_clock`] | `pv_ops.time.sched_clock` | TSC / `tsc_khz` | the same |
 //! | `console.write` | early console (lguest: `hvc`) | COM1 | CONSOLE_WRITE |
-//! | `platform.eoi` | `apic->eoi` (lguest: `lguest_apic`) | 8259 PIC EOI | nothing |
+//! | `platform.eoi` | `apic->eoi`, `irq_chip.irq_eoi` (lguest: `lguest_apic`) | 8259 PIC EOI | nothing |
 //! | `platform.power_off` | `pm_power_off` | isa-debug-exit | SHUTDOWN |
 //!
 //! `platform` is not part of Linux's `pv_ops` (EOI belongs to the APIC driver, power-off to

@@ -3,10 +3,11 @@
 //! This is what a kernel does when it owns the machine: `cli`/`sti`/`pushf`/`popf` for the
 //! interrupt flag, `lidt`, the TSS for the kernel stack, the MSRs of `syscall`,
 //! `mov cr2`/`mov cr3`/`invlpg`, `hlt`.
-//! For time and interrupts it uses the oldest hardware every PC (and QEMU's `pc` machine) has:
-//! the 8254 PIT, both as the one-shot timer (channel 0, IRQ 0) and as the ruler the TSC is
-//! measured against (channel 2); and the 8259 PIC, remapped so that IRQ 0 arrives at vector 32,
-//! as it does under lguest. The console is COM1, and power-off is QEMU's isa-debug-exit device.
+//! For time and interrupts it uses the oldest hardware every PC (and QEMU's `pc` and `microvm`
+//! machines) has: the 8254 PIT's channel 0, both as the one-shot timer (IRQ 0) and, before
+//! that, as the ruler the TSC is measured against; and the 8259 PIC, remapped so that IRQ n
+//! arrives at vector 32 + n, as it does under lguest. The console is COM1, and power-off is
+//! QEMU's isa-debug-exit device.
 
 use core::arch::{asm, naked_asm, x86_64::__cpuid_count};
 use core::cell::UnsafeCell;
@@ -44,6 +45,7 @@ pub const OPS: PvOps = PvOps {
         irq_disable,
         irq_enable,
         safe_halt,
+        unmask_irq,
     },
     mmu: MmuOps {
         read_cr2,
@@ -61,12 +63,13 @@ pub const OPS: PvOps = PvOps {
     platform: PlatformOps { eoi, power_off },
 };
 
-/// Quiets and prepares the chips: the PIC remapped with only the timer's line open, the timer
-/// disarmed (the firmware left it ticking), the TSC measured.
+/// Prepares the chips: the TSC measured against the PIT, then the PIC remapped with only the
+/// timer's line open (which also forgets the edge the measurement may have raised on it), and
+/// the timer disarmed (the firmware may have left it ticking).
 pub(crate) fn init() {
+    TSC_KHZ.store(calibrate_tsc_khz(), Ordering::Relaxed);
     init_pic();
     set_next_event(0);
-    TSC_KHZ.store(calibrate_tsc_khz(), Ordering::Relaxed);
 }
 
 // ---- Ports ------------------------------------------------------------------------------------
@@ -281,6 +284,25 @@ fn safe_halt() {
     unsafe { asm!("sti", "hlt", options(nostack)) };
 }
 
+/// Clears `irq`'s bit in its PIC's mask register (OCW1, read back from the same port), and for
+/// the second PIC's lines also the cascade's, IRQ 2 on the first: Linux's `unmask_8259A_irq`.
+fn unmask_irq(irq: u32) {
+    let flags = save_fl();
+    irq_disable();
+    // SAFETY: reading a PIC's mask register has no side effect, and writing it back with one
+    // more line open only lets that line's interrupts through to their vector. Interrupts are
+    // off, so nothing else changes the mask in between.
+    unsafe {
+        if irq >= 8 {
+            outb(PIC2_DATA, inb(PIC2_DATA) & !(1 << (irq - 8)));
+            outb(PIC1_DATA, inb(PIC1_DATA) & !(1 << 2));
+        } else {
+            outb(PIC1_DATA, inb(PIC1_DATA) & !(1 << irq));
+        }
+    }
+    restore_fl(flags);
+}
+
 // ---- mmu --------------------------------------------------------------------------------------
 
 fn read_cr2() -> u64 {
@@ -321,16 +343,12 @@ fn leave_lazy_mmu_mode() {}
 /// The PIT's input clock, in Hz (a 14.31818 MHz crystal divided by 12, since the IBM PC).
 const PIT_HZ: u64 = 1_193_182;
 const PIT_CHANNEL0: u16 = 0x40;
-const PIT_CHANNEL2: u16 = 0x42;
 const PIT_COMMAND: u16 = 0x43;
 /// Command: channel 0, low byte then high byte, mode 0 ("interrupt on terminal count": OUT goes
 /// high, raising IRQ 0, once when the count runs out), binary.
 const PIT_CH0_ONESHOT: u8 = 0x30;
-/// The same for channel 2, whose OUT the keyboard controller's port B shows in bit 5.
-const PIT_CH2_ONESHOT: u8 = 0xb0;
-/// The keyboard controller's port B: bit 0 gates PIT channel 2, bit 1 the speaker, bit 5 shows
-/// channel 2's OUT.
-const PORT_B: u16 = 0x61;
+/// Command: latch channel 0's count, so that its two bytes are read from one instant.
+const PIT_CH0_LATCH: u8 = 0x00;
 
 /// The TSC's rate, measured once by `init`.
 static TSC_KHZ: AtomicU64 = AtomicU64::new(0);
@@ -339,25 +357,44 @@ fn tsc_khz() -> u64 {
     TSC_KHZ.load(Ordering::Relaxed)
 }
 
-/// Counts TSC cycles while PIT channel 2 counts down 50 ms: Linux's `pit_calibrate_tsc`, less
-/// its care for SMIs and slow ports, which QEMU has not.
+/// Channel 0's count now.
+fn pit_count() -> u64 {
+    // SAFETY: the latch command and the two reads of channel 0 only read its count.
+    unsafe {
+        outb(PIT_COMMAND, PIT_CH0_LATCH);
+        let low = inb(PIT_CHANNEL0);
+        let high = inb(PIT_CHANNEL0);
+        u64::from(high) << 8 | u64::from(low)
+    }
+}
+
+/// Counts TSC cycles while PIT channel 0 counts down 50 ms, reading its count back. Linux's
+/// `pit_calibrate_tsc` watches channel 2's output in port B (0x61) instead, less its care for
+/// SMIs and slow ports, which QEMU has not; but port B is a PC/AT extra that QEMU's `microvm`
+/// machine lacks, while every PIT has channel 0 and its latch. The count goes down from the
+/// largest value, and runs out (raising IRQ 0) only after 55 ms; `init` remaps the PIC
+/// afterwards anyway, which forgets an edge it saw. Between two readings the count may also
+/// have wrapped around (in mode 0 it goes on from 0xffff), which 16-bit arithmetic absorbs.
 fn calibrate_tsc_khz() -> u64 {
     const MS: u64 = 50;
-    let count = PIT_HZ * MS / 1000;
-    // SAFETY: port B and PIT channel 2 drive only the PC speaker, which stays off (bit 1 clear);
-    // channel 0, the timer, is not touched.
+    let ticks = PIT_HZ * MS / 1000;
+    // SAFETY: programs channel 0, the timer this backend owns, which nothing uses yet.
     unsafe {
-        outb(PORT_B, (inb(PORT_B) & !0x02) | 0x01);
-        outb(PIT_COMMAND, PIT_CH2_ONESHOT);
-        outb(PIT_CHANNEL2, count as u8);
-        outb(PIT_CHANNEL2, (count >> 8) as u8);
+        outb(PIT_COMMAND, PIT_CH0_ONESHOT);
+        outb(PIT_CHANNEL0, 0xff);
+        outb(PIT_CHANNEL0, 0xff);
     }
+    // A real PIT loads the count at its next clock pulse: one reading lets that pass.
+    pit_count();
+    let mut previous = pit_count();
     let start = rdtsc();
-    // SAFETY: reading port B has no side effect.
-    while unsafe { inb(PORT_B) } & 0x20 == 0 {
-        core::hint::spin_loop();
+    let mut elapsed = 0;
+    while elapsed < ticks {
+        let count = pit_count();
+        elapsed += previous.wrapping_sub(count) & 0xffff;
+        previous = count;
     }
-    (rdtsc() - start) / MS
+    (rdtsc() - start) * PIT_HZ / (elapsed * 1000)
 }
 
 fn set_next_event(ns: u64) {
@@ -382,9 +419,22 @@ const PIC2_DATA: u16 = 0xa1;
 /// The command that ends an interrupt (non-specific EOI).
 const PIC_EOI: u8 = 0x20;
 
+/// The local APIC's base MSR; bit 11 enables the APIC globally.
+const MSR_APIC_BASE: u32 = 0x1b;
+const APIC_GLOBAL_ENABLE: u64 = 1 << 11;
+
 /// Remaps the two PICs so IRQs 0-15 arrive at vectors 32-47 (the BIOS left them on 8-15, where
 /// they would look like exceptions), and masks all but IRQ 0, the timer.
+///
+/// First the local APIC goes: with it globally disabled the CPU takes the PIC's INTR line
+/// directly, as a CPU without an APIC would (SDM 3A 11.4.3). With it enabled, the PIC's output
+/// reaches the CPU only through the APIC's LINT0 entry, which must say "ExtINT" (the "virtual
+/// wire" mode): SeaBIOS, the `pc` machine's firmware, sets that up; qboot, `microvm`'s, does
+/// not; and this kernel has no other use for the APIC.
 fn init_pic() {
+    // SAFETY: every x86-64 CPU has the APIC base MSR; clearing its global enable only stops
+    // the APIC, whose interrupts this kernel never asked for (interrupts are off here).
+    unsafe { wrmsr(MSR_APIC_BASE, rdmsr(MSR_APIC_BASE) & !APIC_GLOBAL_ENABLE) };
     let base = FIRST_IRQ_VECTOR as u8;
     // SAFETY: the standard initialisation sequence (ICW1-4) of the PC's two PICs, which this
     // backend owns; interrupts are off while it runs (init's contract).

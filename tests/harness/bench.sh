@@ -10,6 +10,8 @@
 #      iretq), each `bench native <name> <cycles>`;
 #   2. the host kernel in `lguest.mode=bench`: `lguest-e2e bench` runs the ring-1 guest's
 #      nop-loop under lg.ko and times a host null syscall (tests/e2e/src/bench.rs).
+# Between them the teaching guest boots natively twice: on the `pc` machine for its
+# microbenchmarks, and on `microvm` with QEMU's virtio-mmio disk and network card for theirs.
 # Prints a table and the two ratios on stdout; exits non-zero, with one line, if a figure is
 # missing. Both boots' output is kept in $CACHE/runs/bench-*.log.
 set -euo pipefail
@@ -33,6 +35,9 @@ timeout --foreground 120 qemu-system-x86_64 -accel tcg -cpu max -smp 2 -m 1G \
     -kernel "$probe" </dev/null >"$log" 2>&1 || true
 step "booting the teaching guest natively: its microbenchmarks"
 "$REPO/tests/harness/teaching-guest.sh" --native bench 2>&1 | sed 's/^bench /bench teaching-native /' >>"$log" || true
+step "booting the teaching guest natively on microvm with QEMU's virtio devices: their throughput"
+"$REPO/tests/harness/teaching-guest.sh" --native-devices bench 2>&1 |
+    sed 's/^bench /bench teaching-native-devices /' >>"$log" || true
 step "booting the host kernel in QEMU: lguest-e2e bench"
 "$REPO/tests/harness/run-vm.sh" "$bzimage" "$initramfs" 600 "lguest.mode=bench" \
     </dev/null >>"$log" 2>&1 || true
@@ -77,4 +82,13 @@ for name in null-hypercall syscall-int80 syscall-syscall page-fault context-swit
     row "$name" "$native" "$(printf '%8s    %s' "$lguest" "$(ratio "$lguest" "$native")")"
 done
 echo "(native null-hypercall is the world-switch floor: int, two CR3 writes, iretq at ring 0)"
+# The devices: QEMU's own virtio-mmio devices for the native boot (microvm), the launcher's under
+# lg.ko; MB/s, so here lg.ko/native below 1 is the slowdown.
+echo
+row "teaching guest, virtio (MB/s)" "native" "lg.ko    lg.ko/native"
+for name in blk-read-mbps blk-write-mbps net-tx-mbps; do
+    native=$(fig teaching-native-devices "$name") lguest=$(fig teaching-lguest "$name")
+    [ -n "$native" ] && [ -n "$lguest" ] || die "missing device figure $name; see $log"
+    row "$name" "$native" "$(printf '%8s    %s' "$lguest" "$(ratio "$lguest" "$native")")"
+done
 ok "bench done (all boots' output: $log)"

@@ -2,10 +2,11 @@
 //!
 //! Figures, in TSC cycles, measured inside the test VM: lguest-rs's null hypercall round trip
 //! as the ring-1 guest times it (its `nop-loop` scenario), a host null syscall for scale, and the
-//! teaching guest's microbenchmarks under lg.ko (its `bench` mode), to be set beside the same
-//! image's native figures. The floor they are set against comes from a boot of its own
-//! (tests/guests/floor). Output: `bench lguest nop-hypercall <cycles>`, `bench host null-syscall
-//! <cycles>` and `bench teaching-lguest <name> <cycles>`; a figure that cannot be had is one
+//! teaching guest's microbenchmarks under lg.ko (its `bench` mode, with a virtio disk and network
+//! card, so its device figures in MB/s come too), to be set beside the same image's native
+//! figures. The floor they are set against comes from a boot of its own (tests/guests/floor).
+//! Output: `bench lguest nop-hypercall <cycles>`, `bench host null-syscall <cycles>` and
+//! `bench teaching-lguest <name> <figure>`; a figure that cannot be had is one
 //! `lguest-e2e bench: <why>` line on stderr and exit status 1.
 
 use std::arch::x86_64::_rdtsc;
@@ -43,10 +44,29 @@ pub fn run() -> ExitCode {
     }
 }
 
-/// The teaching guest's `bench` lines under lg.ko (`<name> <cycles>`), all of them or an error:
+/// The disk and the tap the teaching guest benchmarks its devices on. The VM is booted for the
+/// bench alone, so the tap lives in its one network namespace.
+const BENCH_DISK: &str = "/tmp/bench-disk.img";
+const BENCH_DISK_BYTES: u64 = 32 << 20;
+const BENCH_TAP: &str = "lgbench0";
+
+/// The teaching guest's `bench` lines under lg.ko (`<name> <figure>`), all of them or an error:
 /// the guest ends its run with `bench done`.
 fn teaching_guest() -> anyhow::Result<Vec<String>> {
-    let args = ["64m", "/guests/teaching-guest", "bench"];
+    std::fs::File::create(BENCH_DISK)
+        .and_then(|disk| disk.set_len(BENCH_DISK_BYTES))
+        .with_context(|| format!("create {BENCH_DISK}"))?;
+    crate::netns::create_tap(BENCH_TAP, [10, 0, 2, 2])?;
+    let net = format!("tap={BENCH_TAP}");
+    let args = [
+        "64m",
+        "--block",
+        BENCH_DISK,
+        "--net",
+        &net,
+        "/guests/teaching-guest",
+        "bench",
+    ];
     let run = launch(&args, Duration::from_secs(300))?;
     ensure!(
         run.code == Some(0) && run.stdout.lines().any(|l| l == "bench done"),

@@ -226,7 +226,7 @@ pub fn block() -> anyhow::Result<()> {
 }
 
 /// The teaching guest's block pattern: the word at byte `offset` of the disk
-/// (guest/src/virtio.rs).
+/// (`pattern` in guest/src/devices.rs).
 fn disk_pattern(offset: u64) -> u64 {
     offset ^ 0x6c67_7565_7374_2d72
 }
