@@ -2,9 +2,12 @@
 //!
 //! Two instructions, one handler. **`int $0x80`** goes through IDT gate 0x80, whose DPL 3 lets
 //! ring 3 use it: the CPU switches to the task's kernel stack (TSS.RSP0) and pushes the usual
-//! frame. Under lguest the real IDT is the Switcher's, where the `int` becomes a #GP that the
-//! host turns back into vector 0x80 after checking the guest's gate allows ring 3, and the host
-//! pushes the same frame on the stack SET_STACK named.
+//! frame. Under lguest the real IDT is the Switcher's, and the host puts the guest's gate into
+//! it while the guest runs (a *direct trap*: docs/traps.md): the CPU switches to the stack
+//! SET_STACK named (TSS.RSP1) and enters the kernel at ring 1 with no exit at all. That takes a
+//! trap gate, which leaves the interrupt flag alone, so `dispatch` turns interrupts off itself.
+//! (On a host that cannot give direct traps the `int` becomes a #GP, and the host delivers
+//! vector 0x80 itself, with the same frame.)
 //!
 //! **`syscall`** is cheaper on hardware because it skips all that: it puts the return address
 //! in RCX and RFLAGS in R11, loads the kernel's code segment and entry point from MSRs, masks
@@ -22,7 +25,7 @@
 use core::arch::global_asm;
 use core::sync::atomic::{AtomicU64, Ordering};
 
-use paravirt_ops::cpu;
+use paravirt_ops::{cpu, irq};
 
 use crate::gdt::{USER_CS, USER_SS};
 use crate::traps::{self, TrapFrame};
@@ -87,17 +90,20 @@ extern "C" {
     fn syscall_entry();
 }
 
-/// Installs gate 0x80 (DPL 3) and points `syscall` at the same place.
+/// Installs gate 0x80 (a DPL 3 trap gate) and points `syscall` at the same place.
 pub fn init() {
-    traps::set_gate(VECTOR as u8, int80_entry as *const () as u64, 3);
+    traps::set_trap_gate(VECTOR as u8, int80_entry as *const () as u64, 3);
     cpu::syscall_init(syscall_entry, VECTOR as u8);
 }
 
 /// The task that made the last SYS_REPORT.
 static LAST_REPORTER: AtomicU64 = AtomicU64::new(0);
 
-/// Vector 0x80, by either way in, with interrupts off.
+/// Vector 0x80, by either way in. Its gate is a trap gate, so interrupts may still be on: off
+/// they go, for the scheduler's sake; the way out restores them from the frame. (An interrupt
+/// that came in between the gate and here was taken like any in kernel code.)
 pub fn dispatch(frame: &mut TrapFrame) {
+    irq::irq_disable();
     assert!(frame.cs & 3 == 3, "a system call from the kernel");
     // What `syscall` leaves behind: the return address in RCX and the flags in R11 (natively
     // the CPU, under lguest the host). `int $0x80` leaves the user's RCX, which the programs

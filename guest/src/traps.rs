@@ -202,13 +202,23 @@ pub fn init() {
 }
 
 /// Installs an interrupt gate for `vector` to `handler`, reachable with `int` from rings up to
-/// `dpl` (syscall.rs adds its own this way).
+/// `dpl`.
 pub fn set_gate(vector: u8, handler: u64, dpl: u8) {
     let gate = Gate::new(handler, gdt::kernel_cs(), GateKind::Interrupt, dpl);
     cpu::write_idt_entry(&IDT, vector, gate);
 }
 
-/// Where every trap arrives, with interrupts off.
+/// Installs a trap gate: like [`set_gate`], but entering leaves the interrupt flag as it was.
+/// The system-call gate is one (syscall.rs): under lguest a trap gate from ring 3 is what the
+/// host can hand to the CPU itself (a direct trap, no exit at all), since only an interrupt
+/// gate needs the host to turn the virtual flag off.
+pub fn set_trap_gate(vector: u8, handler: u64, dpl: u8) {
+    let gate = Gate::new(handler, gdt::kernel_cs(), GateKind::Trap, dpl);
+    cpu::write_idt_entry(&IDT, vector, gate);
+}
+
+/// Where every trap arrives, with interrupts off (the system-call vector's handler turns them
+/// off first: its gate is a trap gate).
 extern "C" fn trap_dispatch(frame: &mut TrapFrame) {
     match frame.vector {
         TIMER_VECTOR => {

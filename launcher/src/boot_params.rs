@@ -17,6 +17,8 @@
 //!   initrd       page-aligned, just below the page tables
 //!   page tables  at the top of RAM, marked reserved in the e820 map so the kernel keeps them
 //!                until it has built its own
+//!   devices      one page per virtio device right above RAM, reserved in the e820 map too:
+//!                not RAM, registers (the command line says which device is where)
 //! ```
 //!
 //! Everything but the page tables is ordinary RAM to the kernel: it copies boot_params and the
@@ -116,11 +118,14 @@ impl Layout {
     }
 }
 
-/// Writes the command line and boot_params for `layout`. `kernel_header` is the bzImage's setup
-/// header, copied in so the kernel finds its own values; without one a minimal header is made.
+/// Writes the command line and boot_params for `layout`, with `devices` (the device pages'
+/// guest-physical range, empty if there are none) reserved in the memory map. `kernel_header`
+/// is the bzImage's setup header, copied in so the kernel finds its own values; without one a
+/// minimal header is made.
 pub fn write_boot_params(
     mem: &GuestMemoryMmap,
     layout: &Layout,
+    devices: Range<u64>,
     cmdline: &str,
     kernel_header: Option<&setup_header>,
 ) -> anyhow::Result<()> {
@@ -172,6 +177,14 @@ pub fn write_boot_params(
         r#type: E820_RESERVED,
     };
     params.e820_entries = 2;
+    if !devices.is_empty() {
+        params.e820_table[2] = boot_e820_entry {
+            addr: devices.start,
+            size: devices.end - devices.start,
+            r#type: E820_RESERVED,
+        };
+        params.e820_entries = 3;
+    }
 
     let mut line = cmdline.as_bytes().to_vec();
     line.push(0);
@@ -222,14 +235,15 @@ mod tests {
         let ram = GuestRam::new(64 * MIB, 0).unwrap();
         let mem = ram.memory();
         let layout = Layout::new(64 * MIB, &kernel(20 * MIB, None), Some(5000)).unwrap();
-        write_boot_params(mem, &layout, "console=hvc0 quiet", None).unwrap();
+        let devices = 64 * MIB..64 * MIB + 2 * PAGE_SIZE;
+        write_boot_params(mem, &layout, devices, "console=hvc0 quiet", None).unwrap();
 
         assert_eq!(std::mem::size_of::<boot_params>(), PAGE_SIZE as usize);
         let initrd = layout.initrd.clone().unwrap();
         assert_eq!(initrd.start % PAGE_SIZE, 0);
         assert!(initrd.end <= layout.page_tables);
 
-        assert_eq!(at::<1>(mem, 0x1e8), [2], "e820_entries");
+        assert_eq!(at::<1>(mem, 0x1e8), [3], "e820_entries");
         assert_eq!(u16::from_le_bytes(at(mem, 0x1fe)), 0xaa55, "boot_flag");
         assert_eq!(&at::<4>(mem, 0x202), b"HdrS", "header");
         assert_eq!(u16::from_le_bytes(at(mem, 0x206)), 0x020f, "version");
@@ -247,6 +261,10 @@ mod tests {
         assert_eq!(u64_at(mem, 0x2e4), layout.page_tables);
         assert_eq!(u64_at(mem, 0x2ec), 64 * MIB - layout.page_tables);
         assert_eq!(u32_at(mem, 0x2f4), 2);
+        // And the two device pages above RAM, reserved.
+        assert_eq!(u64_at(mem, 0x2f8), 64 * MIB);
+        assert_eq!(u64_at(mem, 0x300), 2 * PAGE_SIZE);
+        assert_eq!(u32_at(mem, 0x308), 2);
 
         let mut line = [0u8; 19];
         mem.read_slice(&mut line, GuestAddress(CMDLINE_GPA))
@@ -268,10 +286,10 @@ mod tests {
             ..Default::default()
         };
         let layout = Layout::new(64 * MIB, &kernel(20 * MIB, Some(theirs)), None).unwrap();
-        write_boot_params(mem, &layout, "root=/dev/x", Some(&theirs))
+        write_boot_params(mem, &layout, 0..0, "root=/dev/x", Some(&theirs))
             .map(|()| panic!("11 bytes accepted under a limit of 10"))
             .unwrap_err();
-        write_boot_params(mem, &layout, "root=/dev", Some(&theirs)).unwrap();
+        write_boot_params(mem, &layout, 0..0, "root=/dev", Some(&theirs)).unwrap();
         assert_eq!(u32_at(mem, 0x230), 0x20_0000, "kernel_alignment kept");
         assert_eq!(at::<1>(mem, 0x210), [0xff], "type_of_loader ours");
         assert_eq!(u32_at(mem, 0x218), 0, "no initrd");
@@ -294,7 +312,7 @@ mod tests {
         let layout = Layout::new(64 * MIB, &kernel(20 * MIB, None), None).unwrap();
         let ram = GuestRam::new(64 * MIB, 0).unwrap();
         let long = "x".repeat(CMDLINE_MAX + 1);
-        let e = write_boot_params(ram.memory(), &layout, &long, None)
+        let e = write_boot_params(ram.memory(), &layout, 0..0, &long, None)
             .unwrap_err()
             .to_string();
         assert_eq!(

@@ -15,6 +15,7 @@ use std::sync::Arc;
 use anyhow::{bail, Context};
 use clap::Parser;
 use lguest_abi::dev::Initialize;
+use lguest_abi::PAGE_SIZE;
 use log::{info, warn};
 
 use lguest_launcher::boot_params::{
@@ -157,7 +158,14 @@ fn launch(args: &Args) -> anyhow::Result<Stop> {
         .join(" ")
         .trim()
         .to_owned();
-    write_boot_params(mem, &layout, &cmdline, kernel.setup_header.as_ref())?;
+    let device_pages = ram_bytes..ram_bytes + devices.page_count() * PAGE_SIZE;
+    write_boot_params(
+        mem,
+        &layout,
+        device_pages,
+        &cmdline,
+        kernel.setup_header.as_ref(),
+    )?;
     info!(
         "boot_params at {BOOT_PARAMS_GPA:#x}, command line at {CMDLINE_GPA:#x} ({cmdline:?}), \
          page tables {:#x}..{:#x}",
