@@ -62,6 +62,10 @@ struct Args {
     /// Say more: -v what was loaded and where, -vv debugging detail (RUST_LOG overrides)
     #[arg(short, long, action = clap::ArgAction::Count)]
     verbose: u8,
+    /// Print every exit from the guest on stderr, with its reason (an MMIO access: the
+    /// instruction and what the device answered)
+    #[arg(long)]
+    trace: bool,
 }
 
 fn main() -> ExitCode {
@@ -72,7 +76,12 @@ fn main() -> ExitCode {
         2 => "debug",
         _ => "trace",
     };
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(level)).init();
+    let filter = if args.trace {
+        format!("{level},lguest_launcher::run=trace")
+    } else {
+        level.to_owned()
+    };
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(filter)).init();
     match launch(&args) {
         Ok(Stop::PowerOff(message)) => {
             info!("the guest powered off: {message}");

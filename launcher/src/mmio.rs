@@ -72,9 +72,16 @@ pub struct Emulation {
     pub finish: Finish,
     /// The instruction's length: RIP moves past it.
     pub len: u64,
+    /// The instruction, for `--trace`.
+    instruction: Instruction,
 }
 
 impl Emulation {
+    /// The instruction in Intel syntax.
+    pub fn text(&self) -> String {
+        intel_text(&self.instruction)
+    }
+
     /// The register writes that complete the instruction, given what the device answered for a
     /// read (ignored for a write): `(register, new value)`, RIP last.
     pub fn completion(&self, exit: &MmioAccess, device_value: u64) -> Vec<(Reg, u64)> {
@@ -210,11 +217,7 @@ pub fn decode(exit: &MmioAccess) -> Result<Emulation, Unemulated> {
     if insn.is_invalid() {
         return Err(Unemulated::Undecodable { rip });
     }
-    let text = || {
-        let mut out = String::new();
-        iced_x86::IntelFormatter::new().format(&insn, &mut out);
-        out
-    };
+    let text = || intel_text(&insn);
     let unsupported = || Unemulated::Unsupported { rip, text: text() };
     let width = insn.memory_size().size();
     if !matches!(width, 1 | 2 | 4 | 8) || insn.op_count() != 2 {
@@ -263,7 +266,14 @@ pub fn decode(exit: &MmioAccess) -> Result<Emulation, Unemulated> {
         access,
         finish,
         len: insn.len() as u64,
+        instruction: insn,
     })
+}
+
+fn intel_text(instruction: &Instruction) -> String {
+    let mut out = String::new();
+    iced_x86::IntelFormatter::new().format(instruction, &mut out);
+    out
 }
 
 fn mask(width: usize) -> u64 {

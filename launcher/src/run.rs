@@ -17,6 +17,7 @@ use std::io::{self, Write};
 use anyhow::{anyhow, bail, Context};
 use lguest_abi::exit::{ExitDecodeError, ExitKind, ExitRecord, MmioAccess, EXIT_MAX_BYTES};
 use lguest_abi::regs::Reg;
+use log::trace;
 
 use crate::device::LguestDevice;
 use crate::mmio::{self, DeviceAccess};
@@ -94,6 +95,9 @@ pub fn run_guest(
             ),
         };
         let text = || message(record.data());
+        if record.kind() != ExitKind::Mmio {
+            trace!("exit: {:?}, {} bytes", record.kind(), record.data().len());
+        }
         match record.kind() {
             ExitKind::Console => {
                 console
@@ -128,6 +132,13 @@ fn emulate(
             devices.mmio_write(gpa, &value.to_le_bytes()[..width])
         }
     };
+    trace!(
+        "exit: mmio at rip {:#x}: {} -> {:?}, device value {:#x}",
+        access.regs.get(Reg::Rip),
+        emulation.text(),
+        emulation.access,
+        u64::from_le_bytes(bytes)
+    );
     if !answered {
         bail!(
             "the guest touched guest-physical {:#x} at rip {:#x}, where there is no device \

@@ -49,6 +49,7 @@ fig() {
 }
 int0=$(fig native int-iretq) int1=$(fig native int-iretq-ring1) cr3=$(fig native cr3-write)
 floor=$(fig native floor) hcall=$(fig lguest nop-hypercall) sys=$(fig host null-syscall)
+mmio=$(fig lguest mmio-read)
 missing=
 [ -n "$int0" ] || missing+=" native:int-iretq"
 [ -n "$int1" ] || missing+=" native:int-iretq-ring1"
@@ -56,6 +57,7 @@ missing=
 [ -n "$floor" ] || missing+=" native:floor"
 [ -n "$hcall" ] || missing+=" lguest:nop-hypercall"
 [ -n "$sys" ] || missing+=" host:null-syscall"
+[ -n "$mmio" ] || missing+=" lguest:mmio-read"
 if [ -n "$missing" ]; then
     why=$(tr -d '\r' <"$log" | grep -a -m1 'lguest-e2e bench:' || true)
     die "missing figures:$missing${why:+ ($why)}; see $log"
@@ -70,6 +72,7 @@ row "native: int + iretq (ring 1 -> 0 -> 1)" "$int1"
 row "native: CR3 write" "$cr3"
 row "native: world-switch floor" "$floor" "1.00"
 row "lguest: null hypercall round trip" "$hcall" "$(ratio "$hcall" "$floor")"
+row "lguest: device register read (launcher)" "$mmio" "$(ratio "$mmio" "$floor")"
 row "host: null syscall" "$sys" "(hypercall / syscall = $(ratio "$hcall" "$sys"))"
 echo "null hypercall / world-switch floor = $(ratio "$hcall" "$floor");" \
     "null hypercall / host null syscall = $(ratio "$hcall" "$sys")"

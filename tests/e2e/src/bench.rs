@@ -5,7 +5,8 @@
 //! teaching guest's microbenchmarks under lg.ko (its `bench` mode, with a virtio disk and network
 //! card, so its device figures in MB/s come too), to be set beside the same image's native
 //! figures. The floor they are set against comes from a boot of its own (tests/guests/floor).
-//! Output: `bench lguest nop-hypercall <cycles>`, `bench host null-syscall <cycles>` and
+//! Output: `bench lguest nop-hypercall <cycles>`, `bench lguest mmio-read <cycles>` (a device
+//! register read, an exit to the launcher), `bench host null-syscall <cycles>` and
 //! `bench teaching-lguest <name> <figure>`; a figure that cannot be had is one
 //! `lguest-e2e bench: <why>` line on stderr and exit status 1.
 
@@ -20,6 +21,9 @@ use crate::launch::{launch, LAUNCHER};
 
 /// The guest, its memory and its scenario: tests/guests/ring1, as the initramfs holds it.
 const GUEST_ARGS: [&str; 4] = ["64m", "/guests/ring1", "nop-loop", HYPERCALLS];
+/// The ring-1 guest reading its console's magic register (the first device page, right above
+/// 64 MiB of RAM) in a timed loop.
+const MMIO_ARGS: [&str; 4] = ["64m", "/guests/ring1", "mmio-loop", "0x4000000"];
 /// Enough hypercalls for a few seconds of switching under TCG, little enough to stay quick.
 const HYPERCALLS: &str = "200000";
 /// Syscalls per timing, and timings (median reported), as the floor probe times its figures.
@@ -27,10 +31,12 @@ const SYSCALLS: u64 = 20_000;
 const REPETITIONS: usize = 5;
 
 pub fn run() -> ExitCode {
-    let figures = kmod::ensure_loaded().and_then(|()| Ok((hypercall()?, teaching_guest()?)));
+    let figures =
+        kmod::ensure_loaded().and_then(|()| Ok((hypercall()?, mmio_read()?, teaching_guest()?)));
     match figures {
-        Ok((cycles, teaching)) => {
+        Ok((cycles, mmio, teaching)) => {
             println!("bench lguest nop-hypercall {cycles}");
+            println!("bench lguest mmio-read {mmio}");
             println!("bench host null-syscall {}", null_syscall());
             for line in teaching {
                 println!("bench teaching-lguest {line}");
@@ -87,19 +93,29 @@ fn teaching_guest() -> anyhow::Result<Vec<String>> {
 
 /// Cycles per null hypercall, as the guest's own rdtsc loop reports them.
 fn hypercall() -> anyhow::Result<u64> {
-    let run = launch(&GUEST_ARGS, Duration::from_secs(300))?;
-    let command = format!("{LAUNCHER} {}", GUEST_ARGS.join(" "));
+    ring1_figure(&GUEST_ARGS, &format!("nop-loop: {HYPERCALLS} hypercalls, "))
+}
+
+/// Cycles per read of a device register: an MMIO exit to the launcher, decoded, answered by the
+/// console's transport, finished with SETREG.
+fn mmio_read() -> anyhow::Result<u64> {
+    ring1_figure(&MMIO_ARGS, "mmio-loop: 20000 device reads, ")
+}
+
+/// The figure the ring-1 guest run with `args` prints as `<prefix><cycles> cycles each`.
+fn ring1_figure(args: &[&str], prefix: &str) -> anyhow::Result<u64> {
+    let run = launch(args, Duration::from_secs(300))?;
+    let command = format!("{LAUNCHER} {}", args.join(" "));
     ensure!(
         run.code == Some(0),
         "`{command}`: {}; stderr: {}",
         run.status(),
         run.shown()
     );
-    let prefix = format!("nop-loop: {HYPERCALLS} hypercalls, ");
     run.stdout
         .lines()
         .find_map(|l| {
-            l.strip_prefix(&prefix)?
+            l.strip_prefix(prefix)?
                 .strip_suffix(" cycles each")?
                 .parse()
                 .ok()

@@ -577,11 +577,12 @@ pub fn map_device_page(gpa: u64) -> u64 {
 ///   capacity in config space (any width there) with the instruction forms drivers use: a
 ///   64-bit `mov`, a `movzx` of one byte, a 16-bit `mov` that must leave the rest of R9 alone,
 ///   and a `cmp` whose flags must come back; then writes the status register (a reset);
+/// - `mmio-loop GPA`: reads the magic register over and over, timed: what an MMIO exit costs;
 /// - `mmio-exec GPA`: jumps into the device page: the host must kill the guest;
 /// - `mmio-rmw GPA`: `or [reg], eax` on a device register, which the launcher refuses to
 ///   emulate: it must stop with the instruction's text.
 pub fn mmio(name: &str, gpa: u64) -> ! {
-    if name != "mmio" {
+    if !matches!(name, "mmio" | "mmio-loop") {
         println!("attack: {name}");
     }
     let base = map_device_page(gpa);
@@ -614,6 +615,17 @@ pub fn mmio(name: &str, gpa: u64) -> ! {
                      r9={r9:#x} below-0x4001={below}"
                 );
                 poweroff("mmio done")
+            }
+            "mmio-loop" => {
+                // What one read costs: a full MMIO exit to the launcher and back.
+                const READS: u64 = 20_000;
+                let start = rdtsc();
+                for _ in 0..READS {
+                    ptr::read_volatile(base as *const u32);
+                }
+                let cycles = (rdtsc() - start) / READS;
+                println!("mmio-loop: {READS} device reads, {cycles} cycles each");
+                poweroff("mmio-loop done")
             }
             "mmio-exec" => {
                 let device_code: extern "C" fn() = core::mem::transmute(base as *const ());
