@@ -20,7 +20,7 @@ use log::warn;
 use virtio_bindings::virtio_blk::*;
 use virtio_bindings::virtio_ids::VIRTIO_ID_BLOCK;
 use virtio_queue::desc::split::Descriptor;
-use virtio_queue::{Queue, QueueT};
+use virtio_queue::Queue;
 use vm_memory::{Address, Bytes, GuestMemoryMmap};
 
 use super::{buffer_len, in_memory, Chain, VirtioDevice, QUEUE_SIZE};
@@ -233,15 +233,7 @@ impl VirtioDevice for Block {
         queue: &mut Queue,
         mem: &GuestMemoryMmap,
     ) -> Result<(), virtio_queue::Error> {
-        // At most one queue's worth of chains: see `Chain::pop`.
-        for _ in 0..queue.size() {
-            let Some(chain) = Chain::pop(queue, mem)? else {
-                break;
-            };
-            let used_len = self.serve(&chain, mem);
-            queue.add_used(mem, chain.head, used_len)?;
-        }
-        Ok(())
+        Chain::serve_each(queue, mem, |chain| self.serve(chain, mem))
     }
 }
 

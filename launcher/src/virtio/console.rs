@@ -51,11 +51,7 @@ impl Console {
         queue: &mut Queue,
         mem: &GuestMemoryMmap,
     ) -> Result<(), virtio_queue::Error> {
-        // At most one queue's worth of chains: see `Chain::pop`.
-        for _ in 0..queue.size() {
-            let Some(chain) = Chain::pop(queue, mem)? else {
-                break;
-            };
+        Chain::serve_each(queue, mem, |chain| {
             match chain.gather_readable(mem, MAX_OUTPUT_PER_BUFFER) {
                 Some(bytes) => {
                     if let Err(error) = self
@@ -70,9 +66,8 @@ impl Console {
                     warn!("virtio-console: an output buffer is too large or outside guest memory")
                 }
             }
-            queue.add_used(mem, chain.head, 0)?;
-        }
-        Ok(())
+            0
+        })
     }
 
     /// Moves pending input into receiveq buffers, as far as there are buffers.

@@ -33,7 +33,7 @@ use std::os::fd::RawFd;
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
 use virtio_queue::desc::split::Descriptor;
-use virtio_queue::{Queue, QueueOwnedT};
+use virtio_queue::{Queue, QueueOwnedT, QueueT};
 use vm_memory::{Bytes, GuestMemoryBackend, GuestMemoryMmap};
 
 pub use block::Block;
@@ -166,6 +166,24 @@ impl Chain {
             head: chain.head_index(),
             descriptors: chain.collect(),
         }))
+    }
+
+    /// Serves the chains the driver made available, at most a queue's worth (see [`Chain::pop`]):
+    /// `serve` does the work and says how many bytes it wrote into the chain, which goes back to
+    /// the driver on the used ring.
+    pub fn serve_each(
+        queue: &mut Queue,
+        mem: &GuestMemoryMmap,
+        mut serve: impl FnMut(&Chain) -> u32,
+    ) -> Result<(), virtio_queue::Error> {
+        for _ in 0..queue.size() {
+            let Some(chain) = Chain::pop(queue, mem)? else {
+                break;
+            };
+            let used_len = serve(&chain);
+            queue.add_used(mem, chain.head, used_len)?;
+        }
+        Ok(())
     }
 
     /// The device-readable buffers, in order.

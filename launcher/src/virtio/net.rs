@@ -64,11 +64,7 @@ impl Net {
         queue: &mut Queue,
         mem: &GuestMemoryMmap,
     ) -> Result<(), virtio_queue::Error> {
-        // At most one queue's worth of chains: see `Chain::pop`.
-        for _ in 0..queue.size() {
-            let Some(chain) = Chain::pop(queue, mem)? else {
-                break;
-            };
+        Chain::serve_each(queue, mem, |chain| {
             match chain.gather_readable(mem, MAX_FRAME) {
                 Some(frame) if frame.len() > VNET_HDR_LEN => {
                     if let Err(error) = self.tap.write(&frame) {
@@ -79,9 +75,8 @@ impl Net {
                     "virtio-net: a transmit chain is too short, too long or outside guest memory"
                 ),
             }
-            queue.add_used(mem, chain.head, 0)?;
-        }
-        Ok(())
+            0
+        })
     }
 
     /// Moves frames from the tap into receiveq chains while there are both.

@@ -8,7 +8,7 @@ use std::io;
 
 use log::warn;
 use virtio_bindings::virtio_ids::VIRTIO_ID_RNG;
-use virtio_queue::{Queue, QueueT};
+use virtio_queue::Queue;
 use vm_memory::GuestMemoryMmap;
 
 use super::{Chain, VirtioDevice};
@@ -43,11 +43,7 @@ impl VirtioDevice for Rng {
         queue: &mut Queue,
         mem: &GuestMemoryMmap,
     ) -> Result<(), virtio_queue::Error> {
-        // At most one queue's worth of chains: see `Chain::pop`.
-        for _ in 0..queue.size() {
-            let Some(chain) = Chain::pop(queue, mem)? else {
-                break;
-            };
+        Chain::serve_each(queue, mem, |chain| {
             let len = chain.writable_len().min(MAX_BYTES_PER_REQUEST) as usize;
             let mut random = vec![0; len];
             let written = match fill_random(&mut random) {
@@ -60,9 +56,8 @@ impl VirtioDevice for Rng {
                     0
                 }
             };
-            queue.add_used(mem, chain.head, written as u32)?;
-        }
-        Ok(())
+            written as u32
+        })
     }
 }
 
