@@ -77,15 +77,26 @@ pub fn spawn(args: &[&str]) -> anyhow::Result<Running> {
 /// Starts the launcher as [`spawn`] does, with `input` (if any) on its stdin: the guest's
 /// virtio console reads it. The pipe is closed after it, as a file's end would be.
 pub fn spawn_with_input(args: &[&str], input: Option<&[u8]>) -> anyhow::Result<Running> {
+    let stdin = if input.is_some() {
+        Stdio::piped()
+    } else {
+        Stdio::null()
+    };
+    spawn_on(args, stdin, input)
+}
+
+/// Starts the launcher as [`spawn`] does, with `terminal` (a pseudo-terminal's other end) as
+/// its stdin, as a user at a terminal would.
+pub fn spawn_on_terminal(args: &[&str], terminal: std::fs::File) -> anyhow::Result<Running> {
+    spawn_on(args, Stdio::from(terminal), None)
+}
+
+fn spawn_on(args: &[&str], stdin: Stdio, input: Option<&[u8]>) -> anyhow::Result<Running> {
     let mut child = Command::new(LAUNCHER)
         .args(args)
         // RUST_LOG would override -v and could add lines of its own.
         .env_remove("RUST_LOG")
-        .stdin(if input.is_some() {
-            Stdio::piped()
-        } else {
-            Stdio::null()
-        })
+        .stdin(stdin)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()

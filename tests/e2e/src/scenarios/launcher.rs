@@ -4,12 +4,13 @@
 //! The mistakes are made with the host's own bzImage (a real kernel, which must be refused for
 //! its missing note) and with a tiny hand-made ELF that carries the note (elf.rs), which gets the
 //! launcher all the way to /dev/lguest and a guest that dies at its first instruction. Guests
-//! that run properly are guest.rs's business.
+//! that run properly are guest.rs's business; here only the terminal they run on is
+//! (`launcher-terminal`).
 
 use std::path::PathBuf;
 use std::time::Duration;
 
-use anyhow::Context;
+use anyhow::{ensure, Context};
 
 use crate::check::Checks;
 use crate::launch::{self, FAILURE};
@@ -19,6 +20,8 @@ use crate::{elf, kmod};
 const BZIMAGE: &str = "/boot/bzImage";
 /// The words of the launcher's error for a kernel without the lguest note.
 const NO_NOTE: &str = "this kernel was not built to run under lguest";
+/// The ring-1 guest, for the runs that need a guest that does something (tests/guests/ring1).
+const RING1: &str = "/guests/ring1";
 /// No run here should take more than a moment; a launcher that hangs is killed and fails.
 const PATIENCE: Duration = Duration::from_secs(30);
 
@@ -164,4 +167,93 @@ impl Drop for Scratch {
         // Leftovers only cost RAM until the VM powers off; nothing to report.
         let _ = std::fs::remove_dir_all(&self.0);
     }
+}
+
+/// A new pseudo-terminal: its controlling side (kept open, or the other side hangs up) and the
+/// terminal side, which the launcher gets as stdin.
+fn pseudo_terminal() -> anyhow::Result<(std::fs::File, std::fs::File)> {
+    use std::os::fd::FromRawFd;
+    // SAFETY: posix_openpt returns a new descriptor (or -1), which the File below owns.
+    let raw = unsafe { libc::posix_openpt(libc::O_RDWR | libc::O_NOCTTY) };
+    nix::errno::Errno::result(raw).context("posix_openpt")?;
+    // SAFETY: `raw` is ours alone.
+    let controller = unsafe { std::fs::File::from_raw_fd(raw) };
+    let mut name = [0 as libc::c_char; 64];
+    // SAFETY: grantpt and unlockpt take the descriptor; ptsname_r writes at most `name.len()`
+    // bytes, NUL included, into `name`.
+    unsafe {
+        nix::errno::Errno::result(libc::grantpt(raw)).context("grantpt")?;
+        nix::errno::Errno::result(libc::unlockpt(raw)).context("unlockpt")?;
+        let failed = libc::ptsname_r(raw, name.as_mut_ptr(), name.len());
+        anyhow::ensure!(failed == 0, "ptsname_r: error {failed}");
+    }
+    // SAFETY: ptsname_r wrote a NUL-terminated path into `name`.
+    let path = unsafe { std::ffi::CStr::from_ptr(name.as_ptr()) }
+        .to_string_lossy()
+        .into_owned();
+    let terminal = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&path)
+        .with_context(|| format!("open {path}"))?;
+    Ok((controller, terminal))
+}
+
+/// Whether the terminal is in its usual, canonical mode (line by line, echoing).
+fn canonical(terminal: &std::fs::File) -> anyhow::Result<bool> {
+    let settings = nix::sys::termios::tcgetattr(terminal).context("tcgetattr")?;
+    Ok(settings
+        .local_flags
+        .contains(nix::sys::termios::LocalFlags::ICANON))
+}
+
+/// `launcher-terminal`: with a terminal on stdin, the launcher puts it in raw mode for the
+/// guest's console while the guest runs, and gives it back as it was on every way out: the
+/// guest powering off, and the launcher killed by a signal.
+pub fn terminal() -> anyhow::Result<()> {
+    kmod::ensure_loaded()?;
+    let (_controller, terminal) = pseudo_terminal()?;
+    ensure!(
+        canonical(&terminal)?,
+        "a fresh pseudo-terminal is not canonical"
+    );
+    let mut c = Checks::new();
+
+    let run = launch::spawn_on_terminal(&["64m", RING1, "hello"], terminal.try_clone()?)?
+        .finish(PATIENCE)?;
+    c.that(run.code == Some(0), || {
+        format!(
+            "hello on a terminal: {}, stderr: {}",
+            run.status(),
+            run.shown()
+        )
+    });
+    c.that(canonical(&terminal)?, || {
+        "the terminal was left in raw mode after the guest powered off".to_owned()
+    });
+
+    let spinner = launch::spawn_on_terminal(&["64m", RING1, "spin"], terminal.try_clone()?)?;
+    let start = std::time::Instant::now();
+    while canonical(&terminal)? && start.elapsed() < PATIENCE {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    c.that(!canonical(&terminal)?, || {
+        "the terminal never went raw while the guest ran".to_owned()
+    });
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(spinner.pid()),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .context("kill")?;
+    let run = spinner.finish(PATIENCE)?;
+    c.that(run.signal == Some(libc::SIGTERM), || {
+        format!(
+            "the launcher should have ended by SIGTERM: {}",
+            run.status()
+        )
+    });
+    c.that(canonical(&terminal)?, || {
+        "the terminal was left in raw mode after SIGTERM".to_owned()
+    });
+    c.finish()
 }

@@ -21,7 +21,7 @@ pub struct Scenario {
     pub run: fn() -> anyhow::Result<()>,
 }
 
-pub static SCENARIOS: [Scenario; 53] = [
+pub static SCENARIOS: [Scenario; 54] = [
     Scenario {
         name: "module-load",
         run: module::load,
@@ -49,6 +49,10 @@ pub static SCENARIOS: [Scenario; 53] = [
     Scenario {
         name: "launcher-bad-input",
         run: launcher::bad_input,
+    },
+    Scenario {
+        name: "launcher-terminal",
+        run: launcher::terminal,
     },
     Scenario {
         name: "guest-hello",
