@@ -355,8 +355,8 @@ fn net_ping(net: &mut Net, cmdline: &CommandLine) -> Outcome {
             }
             next_send = now + SECOND;
         }
-        let len = match virtio::wait_for(next_send.min(deadline) - now, || {
-            net.poll_receive(&mut frame)
+        let len = match virtio::wait_for(next_send.min(deadline) - now, |ack| {
+            net.poll_receive(&mut frame, ack)
         }) {
             None => continue,
             Some(Ok(len)) => len,

@@ -17,10 +17,12 @@
 //! - **interrupts**: IRQ n arrives at vector 32 + n in both worlds (natively through the 8259
 //!   PIC, under lguest from the host), where [`interrupt`] counts it and ends it (`eoi`). The
 //!   line is opened (the irq op `unmask_irq`) once the driver is ready. A driver that waits for
-//!   its device ([`wait_for`]) sleeps between interrupts (`safe_halt`); each time it wakes it
-//!   acknowledges the device's interrupt (the transport's `ack_interrupt`, which lowers the
-//!   line) and only then looks at the queue, so a completion that comes after the look raises
-//!   the line anew and wakes the next sleep.
+//!   its device ([`wait_for`]) first looks at the queue, which is often answer enough (under
+//!   lguest the launcher finishes a request before the guest runs on); if not, it sleeps
+//!   between interrupts (`safe_halt`), and before each look it acknowledges the device's
+//!   interrupt (the transport's `ack_interrupt`, which lowers the line), so a completion that
+//!   comes after the look raises the line anew and wakes the next sleep. The acknowledgement
+//!   is two register accesses, two exits under lguest: the first look does without.
 //!
 //! Every wait is bounded, by the clock, with the tick on (timer.rs) so that a sleep ends even if
 //! the device never speaks. A request that must complete and does not ([`Device::complete`])
@@ -272,7 +274,7 @@ impl Device {
         &mut self,
         what: &'static str,
         timeout_ns: u64,
-        poll: impl FnMut() -> Option<T>,
+        poll: impl FnMut(Acknowledge) -> Option<T>,
     ) -> Result<T, Error> {
         if let Some(answer) = wait_for(timeout_ns, poll) {
             return Ok(answer);
@@ -333,15 +335,27 @@ pub fn interrupt(irq: u32) {
     platform::eoi(irq);
 }
 
+/// Whether a [`wait_for`] poll must acknowledge the device's interrupt before it looks.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Acknowledge {
+    /// The first look: nothing slept yet, so nothing to acknowledge before it.
+    No,
+    /// Every look after that: the next sleep must be woken by a completion after this look.
+    Yes,
+}
+
 /// Asks `poll` until it has an answer, sleeping between interrupts, for at most `timeout_ns`.
 /// Called, and returns, with interrupts off: `poll` looks with them off, and `safe_halt` turns
 /// them on and sleeps in one step, so an interrupt that comes after the look wakes the sleep
 /// instead of slipping in before it. The tick must be on: it ends a sleep no device ends.
-pub fn wait_for<T>(timeout_ns: u64, mut poll: impl FnMut() -> Option<T>) -> Option<T> {
+pub fn wait_for<T>(timeout_ns: u64, mut poll: impl FnMut(Acknowledge) -> Option<T>) -> Option<T> {
     assert!(timer::running(), "a device wait without the tick");
     let deadline = time::sched_clock() + timeout_ns;
+    if let Some(answer) = poll(Acknowledge::No) {
+        return Some(answer);
+    }
     loop {
-        if let Some(answer) = poll() {
+        if let Some(answer) = poll(Acknowledge::Yes) {
             return Some(answer);
         }
         if time::sched_clock() >= deadline {

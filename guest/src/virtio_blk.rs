@@ -16,7 +16,7 @@
 use virtio_drivers::device::blk::{BlkReq, BlkResp, VirtIOBlk, SECTOR_SIZE};
 use virtio_drivers::transport::mmio::MmioTransport;
 
-use crate::virtio::{Device, DmaBuffer, Error, VirtioHal};
+use crate::virtio::{Acknowledge, Device, DmaBuffer, Error, VirtioHal};
 
 /// The most one request carries: 64 KiB, 128 sectors.
 pub const CHUNK: usize = 64 * 1024;
@@ -87,8 +87,10 @@ impl Block {
             }
         }?;
         let driver = &mut self.driver;
-        self.device.complete("a block request", TIMEOUT_NS, || {
-            driver.ack_interrupt();
+        self.device.complete("a block request", TIMEOUT_NS, |ack| {
+            if ack == Acknowledge::Yes {
+                driver.ack_interrupt();
+            }
             (driver.peek_used() == Some(token)).then_some(())
         })?;
         // SAFETY: the same header, data and status the request was made with.

@@ -17,7 +17,7 @@ use virtio_drivers::queue::VirtQueue;
 use virtio_drivers::transport::mmio::MmioTransport;
 use virtio_drivers::transport::Transport;
 
-use crate::virtio::{self, Device, DmaBuffer, Error, VirtioHal};
+use crate::virtio::{self, Acknowledge, Device, DmaBuffer, Error, VirtioHal};
 
 /// Port 0's two queues, and how many buffers each holds.
 const RECEIVEQ: u16 = 0;
@@ -85,8 +85,10 @@ impl Console {
         }
         let (transport, transmitq) = (&mut self.transport, &mut self.transmitq);
         self.device
-            .complete("a console write", TRANSMIT_TIMEOUT_NS, || {
-                transport.ack_interrupt();
+            .complete("a console write", TRANSMIT_TIMEOUT_NS, |ack| {
+                if ack == Acknowledge::Yes {
+                    transport.ack_interrupt();
+                }
                 (transmitq.peek_used() == Some(token)).then_some(())
             })?;
         // SAFETY: the same buffer `add` was given for this token.
@@ -100,8 +102,10 @@ impl Console {
     pub fn read_line(&mut self, line: &mut [u8], timeout_ns: u64) -> Result<Option<usize>, Error> {
         self.device.check()?;
         let mut len = 0;
-        let answer = virtio::wait_for(timeout_ns, || {
-            self.transport.ack_interrupt();
+        let answer = virtio::wait_for(timeout_ns, |ack| {
+            if ack == Acknowledge::Yes {
+                self.transport.ack_interrupt();
+            }
             match self.take_input(line, &mut len) {
                 Ok(true) => Some(Ok(len)),
                 Ok(false) => None,

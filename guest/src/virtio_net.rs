@@ -15,7 +15,7 @@ use virtio_drivers::device::net::VirtIONetRaw;
 use virtio_drivers::transport::mmio::MmioTransport;
 
 use crate::ping::Mac;
-use crate::virtio::{Device, DmaBuffer, Error, VirtioHal};
+use crate::virtio::{Acknowledge, Device, DmaBuffer, Error, VirtioHal};
 
 /// Buffers per queue: a power of two, as the crate's queues want.
 const QUEUE_SIZE: usize = 16;
@@ -77,9 +77,16 @@ impl Net {
     }
 
     /// If a frame has arrived, copies it into `frame` (cut to its length) and returns its
-    /// length, after putting its buffer back on the queue; first acknowledges the interrupt.
-    pub fn poll_receive(&mut self, frame: &mut [u8]) -> Option<Result<usize, Error>> {
-        self.driver.ack_interrupt();
+    /// length, after putting its buffer back on the queue; first acknowledges the interrupt if
+    /// `ack` says so ([`virtio::wait_for`]).
+    pub fn poll_receive(
+        &mut self,
+        frame: &mut [u8],
+        ack: Acknowledge,
+    ) -> Option<Result<usize, Error>> {
+        if ack == Acknowledge::Yes {
+            self.driver.ack_interrupt();
+        }
         let token = self.driver.poll_receive()?;
         let Some(slot) = self.receiving.iter().position(|t| *t == Some(token)) else {
             return Some(Err(Error::Misbehaved(
@@ -123,10 +130,14 @@ impl Net {
                 sent += 1;
             }
             let driver = &mut self.driver;
-            let token = self.device.complete("a transmission", TX_TIMEOUT_NS, || {
-                driver.ack_interrupt();
-                driver.poll_transmit()
-            })?;
+            let token = self
+                .device
+                .complete("a transmission", TX_TIMEOUT_NS, |ack| {
+                    if ack == Acknowledge::Yes {
+                        driver.ack_interrupt();
+                    }
+                    driver.poll_transmit()
+                })?;
             // SAFETY: the buffer every outstanding send was given, this token's among them.
             unsafe { self.driver.transmit_complete(token, buffer) }?;
             done += 1;

@@ -12,7 +12,7 @@ use virtio_drivers::queue::VirtQueue;
 use virtio_drivers::transport::mmio::MmioTransport;
 use virtio_drivers::transport::Transport;
 
-use crate::virtio::{Device, DmaBuffer, Error, VirtioHal};
+use crate::virtio::{Acknowledge, Device, DmaBuffer, Error, VirtioHal};
 
 /// The request queue, and how many requests it holds (one is ever outstanding).
 const REQUESTQ: u16 = 0;
@@ -78,10 +78,13 @@ impl Rng {
             self.transport.notify(REQUESTQ);
         }
         let (transport, queue) = (&mut self.transport, &mut self.queue);
-        self.device.complete("an entropy request", TIMEOUT_NS, || {
-            transport.ack_interrupt();
-            (queue.peek_used() == Some(token)).then_some(())
-        })?;
+        self.device
+            .complete("an entropy request", TIMEOUT_NS, |ack| {
+                if ack == Acknowledge::Yes {
+                    transport.ack_interrupt();
+                }
+                (queue.peek_used() == Some(token)).then_some(())
+            })?;
         // SAFETY: the same buffer `add` was given for this token.
         let written = unsafe { self.queue.pop_used(token, &[], &mut [buffer]) }?;
         Ok((written as usize).min(len))

@@ -12,7 +12,6 @@
 
 use std::fs::{File, OpenOptions};
 use std::io::{Seek, SeekFrom};
-use std::os::unix::fs::FileExt;
 use std::path::Path;
 
 use anyhow::{bail, Context};
@@ -29,9 +28,6 @@ use super::{buffer_len, in_memory, Chain, VirtioDevice, QUEUE_SIZE};
 const SECTOR_SIZE: u64 = 512;
 /// `struct virtio_blk_outhdr`: request type (u32), reserved (u32), first sector (u64).
 const HEADER_SIZE: usize = 16;
-/// Data is copied between file and guest in pieces this big, so a large request needs no large
-/// allocation.
-const CHUNK_SIZE: usize = 64 * 1024;
 
 /// The virtio block device, backed by an image file.
 pub struct Block {
@@ -181,24 +177,26 @@ impl Block {
             );
         }
         let moved = u32::try_from(len)?;
-        let mut disk_offset = sector * SECTOR_SIZE;
-        let mut chunk = Vec::new();
+        // Straight between the file and guest memory, with no bounce buffer: the data is copied
+        // once, by the kernel's read or write (vm-memory's volatile I/O, bounds-checked).
+        self.disk
+            .seek(SeekFrom::Start(sector * SECTOR_SIZE))
+            .context("disk seek")?;
         for descriptor in data {
-            for done in (0..buffer_len(descriptor)).step_by(CHUNK_SIZE) {
-                chunk.resize((buffer_len(descriptor) - done).min(CHUNK_SIZE), 0);
-                let guest = descriptor.addr().unchecked_add(done as u64);
-                if into_guest {
-                    self.disk
-                        .read_exact_at(&mut chunk, disk_offset)
-                        .context("disk read")?;
-                    mem.write_slice(&chunk, guest)?;
-                } else {
-                    mem.read_slice(&mut chunk, guest)?;
-                    self.disk
-                        .write_all_at(&chunk, disk_offset)
-                        .context("disk write")?;
-                }
-                disk_offset += chunk.len() as u64;
+            if into_guest {
+                mem.read_exact_volatile_from(
+                    descriptor.addr(),
+                    &mut self.disk,
+                    buffer_len(descriptor),
+                )
+                .context("disk read")?;
+            } else {
+                mem.write_all_volatile_to(
+                    descriptor.addr(),
+                    &mut self.disk,
+                    buffer_len(descriptor),
+                )
+                .context("disk write")?;
             }
         }
         Ok(moved)
