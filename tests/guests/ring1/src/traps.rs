@@ -329,6 +329,11 @@ struct Table([u64; 512]);
 static mut PML4: Table = Table([0; 512]);
 static mut PDPT: Table = Table([0; 512]);
 static mut PD: Table = Table([0; 512]);
+/// Page-table entry bits: present, writable, a 2 MiB page; and that page's size.
+const P: u64 = 1;
+const W: u64 = 2;
+const HUGE: u64 = 0x80;
+const HUGE_PAGE: u64 = 0x20_0000;
 const USER_REGION: u64 = 0x60_0000;
 const USER_STACK_TOP: u64 = 0x70_0000;
 
@@ -423,12 +428,9 @@ pub fn user() -> ! {
     unsafe {
         let len = ptr::addr_of!(user_program_end) as usize - ptr::addr_of!(user_program) as usize;
         ptr::copy_nonoverlapping(ptr::addr_of!(user_program), USER_REGION as *mut u8, len);
-        const P: u64 = 1;
-        const W: u64 = 2;
         const U: u64 = 4;
-        const HUGE: u64 = 0x80;
         for (i, entry) in (*ptr::addr_of_mut!(PD)).0.iter_mut().take(32).enumerate() {
-            let at = i as u64 * 0x20_0000;
+            let at = i as u64 * HUGE_PAGE;
             *entry = at | P | W | HUGE | if at == USER_REGION { U } else { 0 };
         }
         (*ptr::addr_of_mut!(PDPT)).0[0] = ptr::addr_of!(PD) as u64 | P | W | U;
@@ -449,6 +451,34 @@ pub fn user() -> ! {
 
 // ---- Page tables the host must not trust ------------------------------------------------------
 
+/// Fills the guest's own tables (PML4 -> PDPT -> PD) with the first 64 MiB of RAM
+/// identity-mapped in 2 MiB pages, as the launcher's tables map it, so that switching to them
+/// keeps this code and its stack mapped. Returns the PD and the PML4, for the caller to add
+/// its own entries before it loads them (NEW_PGTABLE).
+///
+/// # Safety
+///
+/// Single CPU, and nothing may hold a reference into PD, PDPT or PML4.
+unsafe fn ram_identity_tables() -> (&'static mut [u64; 512], &'static mut [u64; 512]) {
+    // SAFETY: by the function's contract, these are ours to write.
+    unsafe {
+        let pd = &mut (*ptr::addr_of_mut!(PD)).0;
+        for (i, entry) in pd.iter_mut().take(32).enumerate() {
+            *entry = (i as u64 * HUGE_PAGE) | P | W | HUGE;
+        }
+        (*ptr::addr_of_mut!(PDPT)).0[0] = ptr::addr_of!(PD) as u64 | P | W;
+        let pml4 = &mut (*ptr::addr_of_mut!(PML4)).0;
+        pml4[0] = ptr::addr_of!(PDPT) as u64 | P | W;
+        (pd, pml4)
+    }
+}
+
+/// Loads the guest's own tables (NEW_PGTABLE).
+fn load_own_tables() {
+    // SAFETY: the host only reads the table's address.
+    unsafe { hcall(NEW_PGTABLE, [ptr::addr_of!(PML4) as u64, 0, 0, 0, 0]) };
+}
+
 /// `pt-*`: page tables of the guest's own that map what it must not have, each touched once:
 /// the host must kill the guest with the reason, never map the page.
 /// - `pt-beyond-ram`: a page beyond guest RAM (1 TiB up);
@@ -457,23 +487,14 @@ pub fn user() -> ! {
 /// - `pt-rewritten`: the launcher's tables, written in place (they are in guest RAM, writable)
 ///   to point a mapped address beyond RAM, announced with FLUSH_TLB.
 pub fn bad_page_tables(name: &str) -> ! {
-    const P: u64 = 1;
-    const W: u64 = 2;
-    const HUGE: u64 = 0x80;
     println!("attack: {name}");
     // SAFETY: single CPU; the tables are ours; the addresses touched are the attack.
     unsafe {
-        let pd = &mut (*ptr::addr_of_mut!(PD)).0;
-        for (i, entry) in pd.iter_mut().take(32).enumerate() {
-            *entry = (i as u64 * 0x20_0000) | P | W | HUGE;
-        }
-        (*ptr::addr_of_mut!(PDPT)).0[0] = ptr::addr_of!(PD) as u64 | P | W;
-        let pml4 = &mut (*ptr::addr_of_mut!(PML4)).0;
-        pml4[0] = ptr::addr_of!(PDPT) as u64 | P | W;
+        let (pd, pml4) = ram_identity_tables();
         let target: u64 = match name {
             "pt-beyond-ram" => {
                 pd[40] = 1 << 40 | P | W | HUGE;
-                40 * 0x20_0000
+                40 * HUGE_PAGE
             }
             "pt-switcher-window" => {
                 pml4[256] = ptr::addr_of!(PDPT) as u64 | P | W;
@@ -482,18 +503,18 @@ pub fn bad_page_tables(name: &str) -> ! {
             }
             "pt-rewritten" => {
                 // Map it first, and touch it, so that the host has a shadow of it...
-                pd[40] = 0x20_0000 | P | W | HUGE;
-                hcall(NEW_PGTABLE, [ptr::addr_of!(PML4) as u64, 0, 0, 0, 0]);
-                ptr::read_volatile((40 * 0x20_0000) as *const u64);
+                pd[40] = HUGE_PAGE | P | W | HUGE;
+                load_own_tables();
+                ptr::read_volatile((40 * HUGE_PAGE) as *const u64);
                 // ...then point it beyond RAM behind the shadow's back, and own up (a change
                 // above the last level wants FLUSH_TLB).
                 ptr::write_volatile(&mut pd[40], 1 << 40 | P | W | HUGE);
                 hcall(lguest_abi::hcall::FLUSH_TLB, [0, 0, 0, 0, 0]);
-                40 * 0x20_0000
+                40 * HUGE_PAGE
             }
             _ => panic!("unknown scenario {name:?}"),
         };
-        hcall(NEW_PGTABLE, [ptr::addr_of!(PML4) as u64, 0, 0, 0, 0]);
+        load_own_tables();
         let value = ptr::read_volatile(target as *const u64);
         println!("attack {name}: survived (read {value:#x} at {target:#x})");
     }
@@ -508,25 +529,15 @@ pub fn bad_page_tables(name: &str) -> ! {
 /// host's pin count stay small during the spin, where pins kept until the guest's end would
 /// have piled up to N.
 pub fn pin_churn(pages: u64) -> ! {
-    const P: u64 = 1;
-    const W: u64 = 2;
-    const HUGE: u64 = 0x80;
-    const CHURN_VA: u64 = 41 * 0x20_0000;
+    const CHURN_VA: u64 = 41 * HUGE_PAGE;
     const FIRST_GPA: u64 = 16 << 20;
-    #[repr(C, align(4096))]
-    struct PageTable([u64; 512]);
-    static mut PT: PageTable = PageTable([0; 512]);
-    // SAFETY: single CPU; the tables are ours and map RAM as the launcher's did, so switching
-    // to them keeps this code and its stack mapped; the churned pages are unused RAM.
+    static mut PT: Table = Table([0; 512]);
+    // SAFETY: single CPU; the tables are ours (ram_identity_tables); the churned pages are
+    // unused RAM.
     unsafe {
-        let pd = &mut (*ptr::addr_of_mut!(PD)).0;
-        for (i, entry) in pd.iter_mut().take(32).enumerate() {
-            *entry = (i as u64 * 0x20_0000) | P | W | HUGE;
-        }
+        let (pd, _) = ram_identity_tables();
         pd[41] = ptr::addr_of!(PT) as u64 | P | W;
-        (*ptr::addr_of_mut!(PDPT)).0[0] = ptr::addr_of!(PD) as u64 | P | W;
-        (*ptr::addr_of_mut!(PML4)).0[0] = ptr::addr_of!(PDPT) as u64 | P | W;
-        hcall(NEW_PGTABLE, [ptr::addr_of!(PML4) as u64, 0, 0, 0, 0]);
+        load_own_tables();
         let pt = ptr::addr_of_mut!(PT.0[0]);
         for k in 0..pages {
             ptr::write_volatile(pt, (FIRST_GPA + k * 4096) | P | W);
@@ -545,7 +556,7 @@ pub fn pin_churn(pages: u64) -> ! {
 }
 
 /// Where [`map_device_page`] maps device pages: a 2 MiB page of the guest's own tables.
-const DEVICE_WINDOW: u64 = 40 * 0x20_0000;
+const DEVICE_WINDOW: u64 = 40 * HUGE_PAGE;
 
 /// Switches to page tables of the guest's own: RAM identity-mapped as the launcher's were, and
 /// the 2 MiB around guest-physical `gpa` at DEVICE_WINDOW. Returns where `gpa` is mapped.
@@ -553,22 +564,10 @@ const DEVICE_WINDOW: u64 = 40 * 0x20_0000;
 /// Nothing at `gpa` is RAM (the launcher's first virtio device sits right above RAM): every
 /// access through the returned address leaves the guest, and the launcher emulates it.
 pub fn map_device_page(gpa: u64) -> u64 {
-    const P: u64 = 1;
-    const W: u64 = 2;
-    const HUGE: u64 = 0x80;
-    const HUGE_PAGE: u64 = 0x20_0000;
-    // SAFETY: single CPU; the tables are ours, and map RAM as the launcher's did, so switching
-    // to them keeps this code and its stack mapped.
-    unsafe {
-        let pd = &mut (*ptr::addr_of_mut!(PD)).0;
-        for (i, entry) in pd.iter_mut().take(32).enumerate() {
-            *entry = (i as u64 * HUGE_PAGE) | P | W | HUGE;
-        }
-        pd[40] = (gpa & !(HUGE_PAGE - 1)) | P | W | HUGE;
-        (*ptr::addr_of_mut!(PDPT)).0[0] = ptr::addr_of!(PD) as u64 | P | W;
-        (*ptr::addr_of_mut!(PML4)).0[0] = ptr::addr_of!(PDPT) as u64 | P | W;
-        hcall(NEW_PGTABLE, [ptr::addr_of!(PML4) as u64, 0, 0, 0, 0]);
-    }
+    // SAFETY: single CPU; the tables are ours (ram_identity_tables).
+    let (pd, _) = unsafe { ram_identity_tables() };
+    pd[40] = (gpa & !(HUGE_PAGE - 1)) | P | W | HUGE;
+    load_own_tables();
     DEVICE_WINDOW + (gpa & (HUGE_PAGE - 1))
 }
 
