@@ -174,12 +174,8 @@ pub const DIRECT_TRAP_VECTOR: usize = 0x80;
 /// and the real IF is the host's (chapter 5). DPL 3, so user code may `int` through it; the
 /// guest's kernel code segment (DPL 1) is the target, so the CPU enters ring 1 and never ring 0.
 pub fn direct_trap_gate(handler: u64) -> [u64; 2] {
-    let selector = GUEST_KERNEL_CS & !3;
-    let low = (handler & 0xffff)
-        | selector << 16
-        | (0x8f | 3 << 5) << 40 // P=1, DPL 3, type 0xf: 64-bit trap gate
-        | ((handler >> 16) & 0xffff) << 48;
-    [low, handler >> 32]
+    // The same encoding a guest gives LOAD_IDT_ENTRY: type 0xf (trap gate), DPL 3, no IST.
+    hcall::idt_gate(handler, GUEST_KERNEL_CS & !3, 0xf, 3)
 }
 
 /// The 10-byte operand of `lgdt`/`lidt`, padded to 16 bytes: limit, then base.
