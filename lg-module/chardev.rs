@@ -12,6 +12,7 @@ use crate::abi::exit::EXIT_MAX_BYTES;
 use crate::fpu::GuestFpu;
 use crate::run;
 use crate::session::{check_irq, Caller, ReadAction, Session, UserMemory};
+use crate::session_lock::{SessionGuard, SessionLock};
 use crate::shadow_tables::ShadowTables;
 use crate::switcher::Switcher;
 use core::ptr::NonNull;
@@ -20,9 +21,7 @@ use kernel::{
     bindings, c_str,
     error::to_result,
     ffi::{c_char, c_int},
-    new_mutex,
     prelude::*,
-    sync::Mutex,
     task::Task,
     types::{ARef, Opaque},
     uaccess::UserSlice,
@@ -51,6 +50,7 @@ pub(crate) mod lg_bindings {
 /// outlive the memory it runs in. lguest held the mm the same way. The Switcher is installed in
 /// that address space while the guest exists; the shadow page tables pin guest pages in it.
 pub(crate) struct Owner {
+    /// Declared (so dropped) before `mm`, to which it charges its pins.
     pub(crate) shadow: ShadowTables,
     pub(crate) fpu: GuestFpu,
     switcher: &'static Switcher,
@@ -101,17 +101,16 @@ impl Caller for CurrentTask {
 
     fn become_owner(&self, config: &Initialize) -> Result<Owner, Refusal> {
         let task: ARef<Task> = current!().into();
-        // `Task` is a transparent wrapper of `task_struct`.
-        let raw = (&*task as *const Task)
-            .cast_mut()
-            .cast::<bindings::task_struct>();
-        // SAFETY: `raw` is a live task: we hold a reference on it.
-        let mm = unsafe { bindings::get_task_mm(raw) };
+        // SAFETY: The task is live: we hold a reference on it.
+        let mm = unsafe { bindings::get_task_mm(task_ptr(&task)) };
         // A kernel thread has no mm; user space always has one.
         let mm = NonNull::new(mm).ok_or(Refusal::Fault)?;
         // INVARIANT: get_task_mm took the reference MmRef now owns.
         let mm = MmRef(mm);
-        let shadow = ShadowTables::new(self.0, config.cr3).map_err(|_| Refusal::NoMemory)?;
+        // SAFETY: `mm` is the launcher's, and the Owner below keeps it live longer than the
+        // tables (its `mm` field drops after `shadow`).
+        let shadow = unsafe { ShadowTables::new(self.0, config.cr3, mm.0.as_ptr()) }
+            .map_err(|_| Refusal::NoMemory)?;
         let fpu = GuestFpu::new().map_err(|_| Refusal::NoMemory)?;
         // SAFETY: `mm` is live: we hold a reference until Owner::drop has uninstalled.
         unsafe { self.0.install(mm.0.as_ptr()) }.map_err(|_| Refusal::NoMemory)?;
@@ -151,7 +150,29 @@ struct GuestFile {
     /// from its threads are taken without the session's lock. Only compared, never followed.
     launcher_mm: AtomicPtr<bindings::mm_struct>,
     #[pin]
-    session: Mutex<Session<Owner>>,
+    session: SessionLock<Session<Owner>>,
+}
+
+impl GuestFile {
+    /// The session, locked for the calling task, or why not: once a guest exists only its
+    /// launcher may drive it, and everyone else is refused here, before waiting for a lock the
+    /// running guest may hold for hours (src/session.rs would refuse them after the wait). A
+    /// task that got past this just before INITIALIZE waits killably.
+    fn lock_session(&self) -> Result<SessionGuard<'_, Session<Owner>>, isize> {
+        let owner = self.irqs.task.load(Ordering::Acquire);
+        if !owner.is_null() && owner != task_ptr(current!()) {
+            return Err(errno(Refusal::NotOwner));
+        }
+        self.session
+            .lock_killable()
+            .map_err(|e| e.to_errno() as isize)
+    }
+}
+
+/// The C task behind a `Task`, to compare and to hand to C.
+fn task_ptr(task: &Task) -> *mut bindings::task_struct {
+    // `Task` is a transparent wrapper of `task_struct`.
+    (task as *const Task).cast_mut().cast()
 }
 
 /// A guest's pending interrupts and its timer.
@@ -276,7 +297,7 @@ unsafe extern "C" fn lguest_open(_inode: *mut bindings::inode, file: *mut bindin
         switcher,
         irqs <- Interrupts::new(),
         launcher_mm: AtomicPtr::new(core::ptr::null_mut()),
-        session <- new_mutex!(Session::<Owner>::default()),
+        session <- SessionLock::new(Session::<Owner>::default()),
     });
     let session = match KBox::pin_init(init, GFP_KERNEL) {
         Ok(session) => session,
@@ -323,14 +344,18 @@ unsafe extern "C" fn lguest_write(
         return raise_irq(guest, irq, take);
     }
     let caller = CurrentTask(guest.switcher);
-    let mut session = guest.session.lock();
+    let mut session = match guest.lock_session() {
+        Ok(session) => session,
+        Err(errno) => return errno,
+    };
     let result = session.write(&bytes[..take], &caller, &LauncherMemory);
-    // From INITIALIZE on, interrupts know whom to wake and whose threads may raise them.
+    // From INITIALIZE on, interrupts know whom to wake and whose threads may raise them, and
+    // lock_session knows whom to let wait.
     if let Some(owner) = session.owner() {
-        let task = (&*owner.task as *const Task)
-            .cast_mut()
-            .cast::<bindings::task_struct>();
-        guest.irqs.task.store(task, Ordering::Release);
+        guest
+            .irqs
+            .task
+            .store(task_ptr(&owner.task), Ordering::Release);
         guest
             .launcher_mm
             .store(owner.mm.0.as_ptr(), Ordering::Release);
@@ -367,7 +392,10 @@ unsafe extern "C" fn lguest_read(
     // SAFETY: As in write().
     let guest = unsafe { guest_file(file) };
     let caller = CurrentTask(guest.switcher);
-    let mut session = guest.session.lock();
+    let mut session = match guest.lock_session() {
+        Ok(session) => session,
+        Err(errno) => return errno,
+    };
     let mut out = [0u8; EXIT_MAX_BYTES];
     let n = match session.read(&caller, len) {
         Err(refusal) => return errno(refusal),

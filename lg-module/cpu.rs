@@ -3,8 +3,9 @@
 //!
 //! These run at ring 0 in lg.ko, around the call into the Switcher, with interrupts off: the
 //! model-specific registers a guest must not inherit from the host (EFER.SCE, SYSENTER_CS) or
-//! that the Switcher restores (the FS/GS bases), and the selectors and descriptor-table
-//! registers it saves.
+//! that the Switcher restores (the FS/GS bases), the selectors and descriptor-table registers
+//! it saves, and the host state a guest must never run with or leave behind (the LDT, the debug
+//! registers, PKRU).
 
 use core::arch::asm;
 
@@ -14,6 +15,8 @@ pub(crate) const MSR_GS_BASE: u32 = 0xc000_0101;
 pub(crate) const MSR_KERNEL_GS_BASE: u32 = 0xc000_0102;
 pub(crate) const MSR_SYSENTER_CS: u32 = 0x174;
 pub(crate) const MSR_TSC_AUX: u32 = 0xc000_0103;
+/// Which XFD-disabled feature (AMX) a #NM was for: the CPU sets it, only software clears it.
+pub(crate) const MSR_XFD_ERR: u32 = 0x1c5;
 /// EFER.SCE: SYSCALL enabled. Cleared while a guest runs, so `syscall` is #UD at ring 1 and 3
 /// instead of a jump into the host's entry code with the guest's stack (hazard 1).
 pub(crate) const EFER_SCE: u64 = 1 << 0;
@@ -91,4 +94,42 @@ pub(crate) fn rdpkru() -> u32 {
 pub(crate) fn wrpkru(pkru: u32) {
     // SAFETY: Callers only write back a value rdpkru returned, with CR4.PKE set.
     unsafe { asm!("wrpkru", in("eax") pkru, in("ecx") 0, in("edx") 0, options(nostack)) };
+}
+
+/// The host's CR3 (the launcher's page tables, with its PCID in the low bits).
+pub(crate) fn read_cr3() -> u64 {
+    let cr3: u64;
+    // SAFETY: Reading CR3 at ring 0 has no effect.
+    unsafe { asm!("mov {}, cr3", out(reg) cr3, options(nomem, nostack)) };
+    cr3
+}
+
+/// The LDT selector in LDTR (0: none).
+pub(crate) fn ldt_selector() -> u16 {
+    let selector: u16;
+    // SAFETY: sldt only reads LDTR; at ring 0 UMIP does not apply.
+    unsafe { asm!("sldt {0:x}", out(reg) selector, options(nomem, nostack)) };
+    selector
+}
+
+/// Load LDTR from `selector` in the current GDT.
+///
+/// # Safety
+///
+/// `selector` must be one `ldt_selector` returned on this CPU with this GDT loaded, whose
+/// descriptor has not changed since: the host's own LDT, loaded again.
+pub(crate) unsafe fn load_ldt(selector: u16) {
+    // SAFETY: The caller guarantees the descriptor is the LDT Linux had loaded.
+    unsafe { asm!("lldt {0:x}", in(reg) selector, options(nostack)) };
+}
+
+/// Disarm every hardware breakpoint (DR7 = 0): the host's must not fire in the Switcher or the
+/// guest. `lg_hw_breakpoint_restore` arms them again.
+///
+/// # Safety
+///
+/// The caller restores the host's breakpoints before interrupts come back on.
+pub(crate) unsafe fn disarm_breakpoints() {
+    // SAFETY: DR7 = 0 only disables breakpoints; the caller restores them.
+    unsafe { asm!("mov dr7, {}", in(reg) 0u64, options(nomem, nostack)) };
 }

@@ -4,15 +4,20 @@
  *
  * Rust cannot call a C `static inline`; the kernel's own Rust support solves this with one-line
  * wrappers in rust/helpers/, and lg.ko does the same for the few it needs that 6.12 does not
- * wrap. No logic lives here: each function is exactly the kernel function it names.
+ * wrap. No logic lives here: each function is exactly the kernel function it names, but for
+ * lg_machine_check, which calls the machine-check handler the way KVM does (below).
  */
+#include <linux/cc_platform.h>
 #include <linux/io.h>
 #include <linux/mm.h>
+#include <linux/mutex.h>
 #include <linux/sched.h>
 #include <linux/irqflags.h>
+#include <asm/debugreg.h>
 #include <asm/desc.h>
 #include <asm/fpu/api.h>
 #include <asm/gsseg.h>
+#include <asm/mce.h>
 #include <asm/segment.h>
 #include <asm/special_insns.h>
 #include <asm/tlbflush.h>
@@ -40,3 +45,28 @@ unsigned int lg_tsc_khz(void) { return tsc_khz; }
 void lg_prepare_to_sleep(void) { set_current_state(TASK_INTERRUPTIBLE); }
 void lg_finish_sleep(void) { __set_current_state(TASK_RUNNING); }
 unsigned long lg_idt_base(void) { struct desc_ptr idt; store_idt(&idt); return idt.address; }
+void lg_mutex_init(struct mutex *lock) { mutex_init(lock); }
+int lg_mutex_lock_killable(struct mutex *lock) { return mutex_lock_killable(lock); }
+bool lg_host_encrypts_memory(void) { return cc_platform_has(CC_ATTR_MEM_ENCRYPT); }
+bool lg_host_has_lam(void) { return cpu_feature_enabled(X86_FEATURE_LAM); }
+bool lg_cpu_has_xfd(void) { return cpu_feature_enabled(X86_FEATURE_XFD); }
+bool lg_hw_breakpoint_active(void) { return hw_breakpoint_active(); }
+void lg_hw_breakpoint_restore(void) { hw_breakpoint_restore(); }
+
+/*
+ * A machine check that arrived while a guest ran. Re-raising it with `int $18` would run the
+ * handler as if the kernel itself had been interrupted, and a memory error in the guest's RAM,
+ * which is the launcher's user memory and recoverable, would be fatal there. So, like KVM, hand
+ * the handler a frame from user mode: the error is charged to the launcher, not to the kernel.
+ */
+void lg_machine_check(void)
+{
+#ifdef CONFIG_X86_MCE
+	struct pt_regs regs = {
+		.cs = 3,
+		.flags = X86_EFLAGS_IF,
+	};
+
+	do_machine_check(&regs);
+#endif
+}

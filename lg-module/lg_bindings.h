@@ -23,9 +23,17 @@ unsigned int lg_tsc_khz(void);
 void lg_prepare_to_sleep(void);
 void lg_finish_sleep(void);
 unsigned long lg_idt_base(void);
+void lg_mutex_init(struct mutex *lock);
+int lg_mutex_lock_killable(struct mutex *lock);
+bool lg_host_encrypts_memory(void);
+bool lg_host_has_lam(void);
+bool lg_cpu_has_xfd(void);
+bool lg_hw_breakpoint_active(void);
+void lg_hw_breakpoint_restore(void);
+void lg_machine_check(void);
 
 /* switcher/switcher.S */
 extern const char lg_switcher_start[], lg_switcher_end[];
 extern const unsigned long lg_switcher_offsets[3];
-extern const unsigned long lg_switcher_layout[37];
+extern const unsigned long lg_switcher_layout[34];
 void lg_reraise(unsigned int vector);

@@ -10,7 +10,8 @@
 //! The module is split the way it is tested:
 //! - kernel-facing files: `chardev.rs` (the misc device, file operations, what a guest holds on
 //!   its launcher), `switcher.rs` (the Switcher's pages), `shadow_tables.rs` (a guest's page
-//!   tables), `run.rs` (the run loop), `cpu.rs` (privileged instructions), `helpers.c`;
+//!   tables), `run.rs` (the run loop), `cpu.rs` (privileged instructions), `session_lock.rs`
+//!   (a lock whose waiters can be killed), `helpers.c`;
 //! - `../switcher/switcher.S`: the world switch itself;
 //! - `src/`: what the host decides without touching hardware (which requests to accept, how to
 //!   walk a guest page table). Those files are also a workspace crate, unit-tested by
@@ -58,6 +59,7 @@ mod run;
 #[allow(unreachable_pub)]
 #[path = "src/session.rs"]
 mod session;
+mod session_lock;
 #[allow(unreachable_pub)]
 #[path = "src/shadow.rs"]
 mod shadow;

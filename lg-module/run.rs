@@ -34,6 +34,7 @@ use crate::layout::*;
 use crate::pagewalk::{self, GuestPhysRead};
 use crate::session::Guest;
 use crate::shadow::{self, shadow_pte_for, PhysLayout, Unresolved, PF_PRESENT};
+use crate::shadow_tables::PinError;
 use crate::switcher::Switcher;
 use crate::traps::{self, Trap};
 use kernel::{bindings, prelude::*, uaccess::UserSlice};
@@ -106,7 +107,13 @@ pub(crate) fn run(
             guest.end(died(death));
             continue;
         }
-        let trap = run_once(guest, switcher);
+        let trap = match run_once(guest, switcher) {
+            Ok(trap) => trap,
+            Err(death) => {
+                guest.end(died(death));
+                continue;
+            }
+        };
         if trap.switcher_fault != 0 {
             let vector = trap.switcher_fault - 1;
             guest.end(died(death!(
@@ -135,11 +142,33 @@ fn died(death: Death) -> ExitRecord {
 
 /// One trip: into the guest on this CPU, and back. Interrupts are off from before the switch
 /// until the host has taken back whatever interrupt ended the trip.
-fn run_once(guest: &mut Guest<Owner>, switcher: &Switcher) -> TrapInfo {
+///
+/// Around the switch itself, everything of the host's that the Switcher does not swap is set
+/// aside here and put back: EFER.SCE and SYSENTER_CS, the LDT, the hardware breakpoints, TSC_AUX,
+/// PKRU, and the debug and XFD status a guest's trap leaves behind (docs/hazards.md lists why
+/// each matters).
+fn run_once(guest: &mut Guest<Owner>, switcher: &Switcher) -> Result<TrapInfo, Death> {
+    // The Switcher parks the host's CR3 in KERNEL_GS_BASE, which takes only canonical values:
+    // a CR3 with bits above 47 (an encryption bit, LAM) would fault in the middle of the switch.
+    // The bits that could do so belong to the address space, not the moment, so one look
+    // before the trip is enough.
+    let host_cr3 = cpu::read_cr3();
+    if !traps::is_canonical(host_cr3) {
+        return Err(death!(
+            "the launcher's CR3 ({host_cr3:#x}) is not a canonical address, which the Switcher \
+             cannot park (linear address masking?)"
+        ));
+    }
     // The guest may use SSE and AVX registers: kernel_fpu_begin saves the launcher's first (they
     // come back before it returns to user space), then the guest's own go in (fpu.rs).
     // SAFETY: process context, not in an FPU section already.
     unsafe { lg_bindings::lg_fpu_begin() };
+    // SAFETY: reading CR4 has no side effects.
+    let cr4 = unsafe { lg_bindings::lg_read_cr4() } as u64;
+    // PKRU is part of the XSAVE state, so the guest's xrstor replaces it: the launcher's value
+    // must be read before, or the launcher would return to user space with the guest's keys
+    // (Linux reloads PKRU only when it switches tasks).
+    let pkru = (cr4 & CR4_PKE != 0).then(cpu::rdpkru);
     guest.owner.fpu.load();
     // SAFETY: Turning interrupts off in process context; on again below.
     unsafe { lg_bindings::lg_irq_disable() };
@@ -169,13 +198,25 @@ fn run_once(guest: &mut Guest<Owner>, switcher: &Switcher) -> TrapInfo {
     // before interrupts come back on.
     let (efer, sysenter_cs) =
         unsafe { (cpu::rdmsr(cpu::MSR_EFER), cpu::rdmsr(cpu::MSR_SYSENTER_CS)) };
-    // SAFETY: lg.ko loads only on CPUs with TSC_AUX (Switcher::new checks).
-    let aux = unsafe { cpu::rdmsr(cpu::MSR_TSC_AUX) } & !(AUX_NMI_PENDING | AUX_MC_PENDING);
-    // SAFETY: reading CR4 has no side effects.
-    let cr4 = unsafe { lg_bindings::lg_read_cr4() } as u64;
-    let pkru = (cr4 & CR4_PKE != 0).then(cpu::rdpkru);
+    // The Switcher notes an NMI or machine check that interrupts it in TSC_AUX's high bits, and
+    // the host re-raises whatever it finds there after the trip: the bits go in clear, so only
+    // what happened during this trip comes out.
+    // SAFETY: lg.ko loads only on CPUs with TSC_AUX (Switcher::new checks); the value written
+    // is Linux's own with the Switcher's bits clear.
+    let aux = unsafe {
+        let raw = cpu::rdmsr(cpu::MSR_TSC_AUX);
+        let aux = raw & !(AUX_NMI_PENDING | AUX_MC_PENDING);
+        if raw != aux {
+            cpu::wrmsr(cpu::MSR_TSC_AUX, aux);
+        }
+        aux
+    };
     let (ds, es) = cpu::data_selectors();
     let (fs, gs) = cpu::fs_gs_selectors();
+    // The Switcher loads a null LDT for the guest; the launcher's, if it has one, comes back.
+    let host_ldt = cpu::ldt_selector();
+    // SAFETY: reads this CPU's copy of DR7, as Linux keeps it.
+    let host_breakpoints = unsafe { lg_bindings::lg_hw_breakpoint_active() };
     // SAFETY: lg_current_gdt_rw returns this CPU's writable GDT alias; we are pinned to it.
     let gdt_rw = unsafe { lg_bindings::lg_current_gdt_rw() } as u64;
     // The host's CPU-number segment, which a host NMI handler may look up in the guest's GDT
@@ -221,14 +262,21 @@ fn run_once(guest: &mut Guest<Owner>, switcher: &Switcher) -> TrapInfo {
 
     // SAFETY: `entry` is switch_to_guest in the window, mapped (by `install`) in this task's
     // address space, which is the one loaded. It returns with every register the host relies
-    // on restored (switcher.S). EFER.SCE and SYSENTER_CS are off only while the guest runs.
+    // on restored (switcher.S). EFER.SCE, SYSENTER_CS and the breakpoints are off only while
+    // the guest runs; the LDT selector is the host's own, from this CPU's unchanged GDT.
     unsafe {
+        if host_breakpoints {
+            cpu::disarm_breakpoints();
+        }
         cpu::wrmsr(cpu::MSR_EFER, efer & !EFER_SCE);
         cpu::wrmsr(cpu::MSR_SYSENTER_CS, 0);
         let switch: unsafe extern "C" fn(u64) = core::mem::transmute(switcher.entry() as usize);
         switch(SWITCHER_WINDOW_START + block_offset(cpu));
         cpu::wrmsr(cpu::MSR_SYSENTER_CS, sysenter_cs);
         cpu::wrmsr(cpu::MSR_EFER, efer);
+        if host_ldt != 0 {
+            cpu::load_ldt(host_ldt);
+        }
     }
     // SAFETY: As above; this writes back Linux's own value.
     let noted = unsafe {
@@ -283,26 +331,59 @@ fn run_once(guest: &mut Guest<Owner>, switcher: &Switcher) -> TrapInfo {
         guest.fs_base = canonical_or_zero(fs_base);
         guest.gs_base = canonical_or_zero(gs_base);
     }
+    // A #DB in the guest (TF, icebp, a bus lock) leaves its status bits in DR6, which Linux
+    // clears only in its own #DB handler: a stale single-step bit would make the next host #DB
+    // on this CPU look like a single step. Reset it (and re-arm the host's breakpoints) as KVM
+    // does.
+    let debug_trap = trap.vector == traps::DEBUG || switcher_fault == traps::DEBUG + 1;
+    if host_breakpoints || debug_trap {
+        // SAFETY: Writes back Linux's own DR0-3 and DR7 for this CPU and DR6's reset value.
+        unsafe { lg_bindings::lg_hw_breakpoint_restore() };
+    }
+    // Likewise the record of which disabled feature a guest's #NM was for: Linux would read it
+    // at the launcher's next #NM and act on the guest's AMX instruction.
+    // SAFETY: reads a CPU feature bit fixed at boot; XFD_ERR exists when XFD does, and 0 is
+    // its value when no #NM is pending.
+    unsafe {
+        if trap.vector == traps::DEVICE_NOT_AVAILABLE && lg_bindings::lg_cpu_has_xfd() {
+            cpu::wrmsr(cpu::MSR_XFD_ERR, 0);
+        }
+    }
     // Interrupts that were the host's go to the host's own handlers now, on this CPU, as if
     // they had just arrived: nothing is dropped.
-    // SAFETY: lg_reraise runs the host's handler for a vector the hardware delivered to us
-    // (or an NMI or machine check the Switcher noted); interrupts are still off.
+    if noted & AUX_NMI_PENDING != 0 {
+        reraise(traps::NMI);
+    }
+    if noted & AUX_MC_PENDING != 0 {
+        reraise(traps::MACHINE_CHECK);
+    }
+    if switcher_fault == 0 {
+        if let Trap::Host { vector } = traps::classify(trap.vector, trap.cr2) {
+            reraise(vector);
+        }
+    }
+    // SAFETY: Interrupts back on and the FPU section ended, as begun above.
     unsafe {
-        if noted & AUX_NMI_PENDING != 0 {
-            lg_bindings::lg_reraise(traps::NMI as u32);
-        }
-        if noted & AUX_MC_PENDING != 0 {
-            lg_bindings::lg_reraise(traps::MACHINE_CHECK as u32);
-        }
-        if switcher_fault == 0 {
-            if let Trap::Host { vector } = traps::classify(trap.vector, trap.cr2) {
-                lg_bindings::lg_reraise(vector as u32);
-            }
-        }
         lg_bindings::lg_irq_enable();
         lg_bindings::lg_fpu_end();
     }
-    trap
+    Ok(trap)
+}
+
+/// Hand the host an interrupt or exception that arrived while the guest ran (or while the
+/// Switcher did), on this CPU, with interrupts still off: `int $vector` through the host's IDT,
+/// except a machine check, which the handler must see as coming from the launcher's user mode
+/// (helpers.c's lg_machine_check).
+fn reraise(vector: u64) {
+    // SAFETY: Both run the host's own handler for an event the hardware delivered to us, which
+    // is what the handler expects; interrupts are off, as for a real one.
+    unsafe {
+        if vector == traps::MACHINE_CHECK {
+            lg_bindings::lg_machine_check();
+        } else {
+            lg_bindings::lg_reraise(vector as u32);
+        }
+    }
 }
 
 fn memory(guest: &Guest<Owner>) -> GuestMemory {
@@ -495,7 +576,16 @@ fn page_fault(
     let shadow = &mut guest.owner.shadow;
     let phys = shadow
         .pin(mapping.gpa_page, mem.base + mapping.gpa_page)
-        .map_err(|_| death!("page fault at {addr:#x}: the launcher's memory for it is gone"))?;
+        .map_err(|err| match err {
+            PinError::Gone => {
+                death!("page fault at {addr:#x}: the launcher's memory for it is gone")
+            }
+            PinError::OverMemlock => death!(
+                "page fault at {addr:#x}: pinning another page would exceed the launcher's \
+                 RLIMIT_MEMLOCK (raise it with ulimit -l, or give it CAP_IPC_LOCK)"
+            ),
+            PinError::NoMemory => death!("page fault at {addr:#x}: the host is out of memory"),
+        })?;
     let changed = shadow
         .map(addr & !0xfff, shadow_pte_for(&mapping, phys))
         .map_err(|_| death!("page fault at {addr:#x}: out of memory for shadow page tables"))?;
@@ -675,22 +765,31 @@ fn deliver(
 
 /// Sleep until an interrupt the guest can take is pending (unmasked, with a handler), or a
 /// signal comes.
+///
+/// Whether an IRQ is deliverable depends on the guest's mask in lguest_data, a copy from user
+/// memory that may fault and sleep, so it is looked at while still running; only the
+/// lock-free pending word is looked at again after the sleep is announced. A wake-up between
+/// the look and schedule() either changed that word (raise() sets it before it wakes us) or
+/// put us back to running, and either way is not lost. The mask cannot change meanwhile: only
+/// the guest writes it, and the guest is here.
 fn halt(guest: &Guest<Owner>, irqs: &Interrupts) {
+    use core::sync::atomic::Ordering::SeqCst;
     loop {
-        // Announce the sleep before looking, so a wake-up between the look and schedule() is
-        // not lost: it puts us back to running and schedule() returns at once.
-        // SAFETY: process context; we end in TASK_RUNNING below.
-        unsafe { lg_bindings::lg_prepare_to_sleep() };
+        let seen = irqs.pending.load(SeqCst);
         // A guest whose lguest_data cannot be read is woken, and dies at the next look.
         let ready = deliverable_irq(guest, irqs).map_or(true, |irq| irq.is_some());
         if ready || current!().signal_pending() {
-            break;
+            return;
         }
-        // SAFETY: process context, no spinlocks held.
-        unsafe { bindings::schedule() };
+        // SAFETY: process context; we end in TASK_RUNNING below.
+        unsafe { lg_bindings::lg_prepare_to_sleep() };
+        if irqs.pending.load(SeqCst) == seen && !current!().signal_pending() {
+            // SAFETY: process context, no spinlocks held.
+            unsafe { bindings::schedule() };
+        }
+        // SAFETY: process context.
+        unsafe { lg_bindings::lg_finish_sleep() };
     }
-    // SAFETY: process context.
-    unsafe { lg_bindings::lg_finish_sleep() };
 }
 
 /// A word of the guest's lguest_data (0 before LGUEST_INIT).

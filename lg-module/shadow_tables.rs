@@ -13,7 +13,8 @@
 //! What a guest can make the host allocate is bounded: a guest page is pinned once however many
 //! addresses map it (so pins never exceed guest RAM), and the shadow tables are thrown away
 //! and rebuilt on demand when they reach `MAX_SHADOW_TABLES`, however sparse the guest's own
-//! address space.
+//! address space. And it is charged to the launcher, as KVM and VFIO charge theirs: the tables
+//! to its memory cgroup (GFP_KERNEL_ACCOUNT), the pins to its RLIMIT_MEMLOCK (`MemlockCharge`).
 
 use crate::abi::paging::{
     PTE_ACCESSED, PTE_ADDR_MASK, PTE_DIRTY, PTE_NO_EXEC, PTE_PRESENT, PTE_USER, PTE_WRITE,
@@ -21,7 +22,7 @@ use crate::abi::paging::{
 use crate::chardev::lg_bindings;
 use crate::layout::*;
 use crate::switcher::{KernelPage, Switcher, TABLE, WINDOW_PGD_SLOT};
-use kernel::{bindings, prelude::*, rbtree::RBTree};
+use kernel::{alloc::flags::GFP_KERNEL_ACCOUNT, bindings, prelude::*, rbtree::RBTree};
 
 /// The most shadow table pages (below the root) one guest may have: 16 MiB of host memory.
 /// A guest with a sparse address space could otherwise make the host allocate a table page for
@@ -37,6 +38,77 @@ const GUEST_WRITABLE: u64 = GUEST_READ_ONLY | PTE_WRITE;
 /// Shadow table entries allow everything; the leaf entry decides (x86 takes the most
 /// restrictive permission along the walk).
 const SHADOW_TABLE: u64 = TABLE | PTE_USER;
+
+/// Pages charged to RLIMIT_MEMLOCK at a time: each charge takes the launcher's mmap lock for
+/// writing, which one per pinned page would make a cost of every first touch.
+const MEMLOCK_CHUNK: u64 = 256;
+
+/// Why a page could not be pinned.
+pub(crate) enum PinError {
+    /// The launcher's memory there is gone (unmapped, or not writable).
+    Gone,
+    /// Another pinned page would take the launcher past its RLIMIT_MEMLOCK.
+    OverMemlock,
+    /// The host is out of memory.
+    NoMemory,
+}
+
+/// The only errors the tables' own allocations return are ENOMEM.
+impl From<Error> for PinError {
+    fn from(_: Error) -> PinError {
+        PinError::NoMemory
+    }
+}
+
+/// The guest's pins as locked memory of the launcher (its mm's `locked_vm`, shown as VmLck in
+/// /proc/PID/status), checked against RLIMIT_MEMLOCK as VFIO checks the pages it pins: a pin
+/// that lasts as long as the guest is locked memory by another name. Charged a chunk at a time
+/// and given back whole with the tables.
+///
+/// # Invariants
+///
+/// `mm` is live for as long as this value (the guest's Owner holds it); `charged` pages are
+/// charged to it, and at least `pinned`.
+struct MemlockCharge {
+    mm: *mut bindings::mm_struct,
+    pinned: u64,
+    charged: u64,
+}
+
+impl MemlockCharge {
+    /// Count one more pinned page, charging more first if it needs to: a chunk, or, where the
+    /// limit has no room for a chunk, the one page.
+    fn pin_one(&mut self) -> Result<(), PinError> {
+        if self.pinned == self.charged {
+            let mm = self.mm;
+            let charge = |pages: u64| {
+                // SAFETY: `mm` is live (type invariant); we are in process context (a page
+                // fault handled in the launcher's read()), where account_locked_vm may sleep,
+                // and the launcher is `current`, whose limit it checks.
+                unsafe { bindings::account_locked_vm(mm, pages as _, true) == 0 }
+            };
+            let charged = [MEMLOCK_CHUNK, 1]
+                .into_iter()
+                .find(|&pages| charge(pages))
+                .ok_or(PinError::OverMemlock)?;
+            self.charged += charged;
+        }
+        self.pinned += 1;
+        Ok(())
+    }
+
+    fn unpin_one(&mut self) {
+        self.pinned = self.pinned.saturating_sub(1);
+    }
+}
+
+impl Drop for MemlockCharge {
+    fn drop(&mut self) {
+        // SAFETY: `mm` is live and `charged` pages were charged to it (type invariant); the
+        // tables drop in process context (release() or a failed write()).
+        unsafe { bindings::account_locked_vm(self.mm, self.charged as _, false) };
+    }
+}
 
 /// How many of the guest's page tables keep a shadow: switching back to one of them (a
 /// context switch to a recent process) keeps its mappings. lguest kept four.
@@ -73,6 +145,7 @@ pub(crate) struct ShadowTables {
     by_phys: RBTree<u64, u64>,
     /// The CPU whose block the Switcher slot maps now.
     mapped_cpu: Option<u64>,
+    memlock: MemlockCharge,
 }
 
 /// A page of the launcher's memory, pinned.
@@ -94,15 +167,27 @@ impl Drop for PinnedPage {
     }
 }
 
-// SAFETY: The pinned pages are references the tables own; any task may unpin them.
+// SAFETY: The pinned pages are references the tables own, which any task may unpin; the mm is
+// one whose reference the guest's owner holds, charged and uncharged from any task.
 unsafe impl Send for ShadowTables {}
 
 impl ShadowTables {
     /// Empty tables for the guest's first page tables (at `guest_cr3`), with the Switcher's
-    /// text mapped.
-    pub(crate) fn new(switcher: &Switcher, guest_cr3: u64) -> Result<ShadowTables> {
-        let (mut pud, mut pmd, mut switcher_pt) =
-            (KernelPage::new()?, KernelPage::new()?, KernelPage::new()?);
+    /// text mapped; the guest's pins are charged to `mm`.
+    ///
+    /// # Safety
+    ///
+    /// `mm` must be the launcher's address space and stay live as long as the tables.
+    pub(crate) unsafe fn new(
+        switcher: &Switcher,
+        guest_cr3: u64,
+        mm: *mut bindings::mm_struct,
+    ) -> Result<ShadowTables> {
+        let (mut pud, mut pmd, mut switcher_pt) = (
+            KernelPage::for_guest()?,
+            KernelPage::for_guest()?,
+            KernelPage::for_guest()?,
+        );
         for index in 0..TEXT_PAGES {
             let page = switcher.page(index).ok_or(EINVAL)?;
             switcher_pt.entries()[index as usize] = page.phys() | GUEST_TEXT;
@@ -120,6 +205,13 @@ impl ShadowTables {
             pinned: RBTree::new(),
             by_phys: RBTree::new(),
             mapped_cpu: None,
+            // INVARIANT: live for as long as the tables (the caller's contract); nothing is
+            // charged yet.
+            memlock: MemlockCharge {
+                mm,
+                pinned: 0,
+                charged: 0,
+            },
         };
         tables.switch_to(guest_cr3)?;
         Ok(tables)
@@ -134,7 +226,7 @@ impl ShadowTables {
             self.roots[at].last_used = self.switches;
             return Ok(());
         }
-        let mut root = KernelPage::new()?;
+        let mut root = KernelPage::for_guest()?;
         root.entries()[WINDOW_PGD_SLOT] = self.switcher_pud.phys() | TABLE;
         let fresh = ShadowRoot {
             guest_cr3,
@@ -143,7 +235,7 @@ impl ShadowTables {
             tables: KVec::new(),
         };
         if self.roots.len() < SHADOW_ROOTS {
-            self.roots.push(fresh, GFP_KERNEL)?;
+            self.roots.push(fresh, GFP_KERNEL_ACCOUNT)?;
             self.current = self.roots.len() - 1;
         } else {
             let oldest = (0..self.roots.len())
@@ -235,6 +327,7 @@ impl ShadowTables {
             // Dropping the PinnedPage unpins it.
             self.pinned.remove(&gpa_page);
             self.by_phys.remove(&phys);
+            self.memlock.unpin_one();
         }
     }
 
@@ -247,7 +340,6 @@ impl ShadowTables {
             }
         }
     }
-
 
     pub(crate) fn id(&self) -> u64 {
         self.id
@@ -290,10 +382,17 @@ impl ShadowTables {
     /// The physical address of the launcher's page backing guest-physical page `gpa_page`
     /// (at user address `user_addr`), pinned on first use; `map` then counts the mapping, and
     /// the pin lasts until the last mapping goes.
-    pub(crate) fn pin(&mut self, gpa_page: u64, user_addr: u64) -> Result<u64> {
+    pub(crate) fn pin(&mut self, gpa_page: u64, user_addr: u64) -> Result<u64, PinError> {
         if let Some(pinned) = self.pinned.get(&gpa_page) {
             return Ok(pinned.phys);
         }
+        self.memlock.pin_one()?;
+        self.pin_counted(gpa_page, user_addr)
+            .inspect_err(|_| self.memlock.unpin_one())
+    }
+
+    /// `pin`'s second half, for a page already counted in `memlock`.
+    fn pin_counted(&mut self, gpa_page: u64, user_addr: u64) -> Result<u64, PinError> {
         let mut page: *mut bindings::page = core::ptr::null_mut();
         // Always for writing: that breaks copy-on-write now, so every alias of a guest page
         // maps the same host page (a read-only pin could be the shared zero page).
@@ -304,7 +403,7 @@ impl ShadowTables {
         let got =
             unsafe { bindings::pin_user_pages_fast(user_addr as _, 1, flags as _, &mut page) };
         if got != 1 {
-            return Err(EFAULT);
+            return Err(PinError::Gone);
         }
         // SAFETY: `page` is a valid page we just pinned.
         let phys = unsafe { lg_bindings::lg_page_to_phys(page) } as u64;
@@ -316,8 +415,11 @@ impl ShadowTables {
             mappings: 0,
         };
         self.pinned
-            .try_create_and_insert(gpa_page, pinned, GFP_KERNEL)?;
-        if let Err(err) = self.by_phys.try_create_and_insert(phys, gpa_page, GFP_KERNEL) {
+            .try_create_and_insert(gpa_page, pinned, GFP_KERNEL_ACCOUNT)?;
+        if let Err(err) = self
+            .by_phys
+            .try_create_and_insert(phys, gpa_page, GFP_KERNEL_ACCOUNT)
+        {
             self.pinned.remove(&gpa_page);
             return Err(err.into());
         }
@@ -363,9 +465,9 @@ impl ShadowTables {
             // SAFETY: `table` is one of this root's table pages (the root, or one found below).
             let entries = unsafe { &mut *(table as *mut [u64; 512]) };
             if entries[index] & PTE_PRESENT == 0 {
-                let fresh = KernelPage::new()?;
+                let fresh = KernelPage::for_guest()?;
                 let (phys, addr) = (fresh.phys(), fresh.addr());
-                root.tables.push(fresh, GFP_KERNEL)?;
+                root.tables.push(fresh, GFP_KERNEL_ACCOUNT)?;
                 entries[index] = phys | SHADOW_TABLE;
                 table = addr;
             } else {
@@ -398,5 +500,4 @@ impl ShadowRoot {
         // SAFETY: `table` is one of our page tables, exclusively ours through `&mut self`.
         Some(unsafe { &mut (*(table as *mut [u64; 512]))[((va >> 12) & 0x1ff) as usize] })
     }
-
 }

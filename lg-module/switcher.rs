@@ -30,10 +30,21 @@ pub(crate) struct KernelPage {
 }
 
 impl KernelPage {
+    /// A page of the module's own (the Switcher's), allocated at load.
     pub(crate) fn new() -> Result<KernelPage> {
-        // SAFETY: Any GFP_KERNEL allocation may be made from process context, where lg.ko
-        // always allocates.
-        let addr = unsafe { bindings::get_zeroed_page_noprof(bindings::GFP_KERNEL) } as usize;
+        Self::with_flags(bindings::GFP_KERNEL)
+    }
+
+    /// A page spent on one guest's behalf (its shadow tables), charged to the launcher's memory
+    /// cgroup as KVM charges its page tables: a guest in a container stays within its limits.
+    pub(crate) fn for_guest() -> Result<KernelPage> {
+        Self::with_flags(bindings::GFP_KERNEL_ACCOUNT)
+    }
+
+    fn with_flags(flags: bindings::gfp_t) -> Result<KernelPage> {
+        // SAFETY: Any GFP_KERNEL(_ACCOUNT) allocation may be made from process context, where
+        // lg.ko always allocates.
+        let addr = unsafe { bindings::get_zeroed_page_noprof(flags) } as usize;
         if addr == 0 {
             return Err(ENOMEM);
         }

@@ -10,23 +10,26 @@
  * the way out). The layout of the window is described in lg-module/src/layout.rs; the numbers
  * below must match it, and lg.ko checks that they do before it uses a byte of this file.
  *
- * The way in, lguest_switch_to_guest(block), called by the host with interrupts off:
+ * The way in, switch_to_guest(block), called by the host with interrupts off:
  *   save the host's callee-saved registers and flags; park the host stack pointer in the host
  *   page and the host CR3 in MSR_KERNEL_GS_BASE (readable only at CPL 0: a ring-1 guest can
- *   neither rdmsr nor swapgs); load the guest's GDT, TSS and IDT; the guest's FS and GS bases;
- *   the guest's CR3 and a CR4 without PGE; pop the guest's registers; iretq to ring 1.
+ *   neither rdmsr nor swapgs); load the guest's GDT and TSS, no LDT at all, the guest's IDT;
+ *   the guest's FS and GS bases; the guest's CR3 and a CR4 without PGE; pop the guest's
+ *   registers; iretq to ring 1.
  *
  * The way out, through any of 256 stubs: the CPU has pushed the guest's RIP, CS, RFLAGS, RSP
  * and SS at TSS.RSP0, the top of the regs page; the stub adds an error code and the vector;
  * the common exit pushes the general registers, so the whole frame now lies in the regs page.
  * Then: back to the host CR3 (from the MSR), host GS base first (a host NMI handler may run
- * from here on), host IDT, host GDT and TSS, host stack, host flags, return.
+ * from here on), host IDT, host GDT and TSS, kernel SS, host stack, host flags, return. The
+ * host's LDT, if it has one, is lg.ko's to reload (lg-module/run.rs).
  *
  * The order of both paths is chosen so that, whatever instant an NMI arrives, the IDT, GDT
  * and TSS in force agree with each other: docs/world-switch.md walks through it.
  */
 #include <linux/linkage.h>
 #include <asm/msr-index.h>
+#include <asm/segment.h>
 
 #define PAGE			4096
 #define TEXT_PAGES		2
@@ -36,10 +39,6 @@
 #define BLOCK_STATE		(13 * PAGE)
 #define BLOCK_HOST		(14 * PAGE)
 #define BLOCK_IDT		(15 * PAGE)
-/* Block pages of the Switcher's own IST stacks (IST 5, 6, 7) */
-#define IST_PAGE_DOUBLE_FAULT	9
-#define IST_PAGE_NMI		10
-#define IST_PAGE_MACHINE_CHECK	11
 
 /* Regs page */
 #define REGS_FS_BASE		0
@@ -95,6 +94,21 @@
 	wrmsr
 .endm
 
+/*
+ * \reg = this CPU's block, found from the GDT register: whenever the Switcher's IDT is loaded,
+ * so is the guest GDT of this CPU's state page. Not from the stack pointer, which a trap taken
+ * on an IST stack (a nested NMI, a breakpoint in the window) leaves somewhere else, where
+ * rounding down would find a page the guest can write and take it for the regs page. sgdt
+ * writes 10 bytes just below the stack pointer; nothing else changes.
+ */
+.macro BLOCK_FROM_GDT reg
+	subq	$16, %rsp
+	sgdt	(%rsp)
+	movq	2(%rsp), \reg
+	addq	$16, %rsp
+	subq	$(BLOCK_STATE + STATE_GDT), \reg
+.endm
+
 /* rdmsr of MSR \msr into the 64-bit slot at \mem. Clobbers rax, rcx, rdx. */
 .macro RDMSR_TO msr, mem
 	movl	$\msr, %ecx
@@ -111,7 +125,7 @@
 	.balign PAGE
 SYM_DATA_START(lg_switcher_start)
 
-/* void lguest_switch_to_guest(void *block): %rdi = this CPU's block, in the window. */
+/* void switch_to_guest(void *block): %rdi = this CPU's block, in the window. */
 switch_to_guest:
 	pushq	%rbx
 	pushq	%rbp
@@ -143,6 +157,13 @@ switch_to_guest:
 	andb	$~TSS_BUSY, (STATE_GDT + TSS_DESC_TYPE_BYTE)(%rbx)
 	movw	$TSS_SELECTOR, %ax
 	ltr	%ax
+	/*
+	 * No LDT. The host's, if the launcher made one with modify_ldt, would stay in LDTR, and the
+	 * CPU would read its descriptors at the host's linear address through the guest's page
+	 * tables: whatever the guest mapped there, a call gate to ring 0 included.
+	 */
+	xorl	%eax, %eax
+	lldt	%ax
 	/* The guest's IDT: from now on every trap and interrupt comes to our stubs. */
 	lidt	STATE_IDTR(%rbx)
 
@@ -199,9 +220,8 @@ common_exit:
 	pushq	%r15
 	cld
 
-	/* The regs page is the page we stand in (rsp is the frame, or below it). */
-	movq	%rsp, %rbx
-	andq	$~(PAGE - 1), %rbx
+	BLOCK_FROM_GDT %rbx
+	addq	$BLOCK_REGS, %rbx
 
 	/*
 	 * A trap from ring 0 is a fault inside the Switcher itself (its frame is on the regs page,
@@ -256,6 +276,12 @@ common_exit:
 	movw	$TSS_SELECTOR, %ax
 	ltr	%ax
 	lgdt	HOST_GDTR(%rbp)
+	/*
+	 * The trap from ring 1 left a null SS, which Linux never expects in kernel context (and
+	 * with which an AMD CPU's SYSRET would return with an unusable SS): the kernel's own.
+	 */
+	movl	$__KERNEL_DS, %eax
+	movl	%eax, %ss
 	movw	HOST_DS(%rbp), %ax
 	movw	%ax, %ds
 	movw	HOST_ES(%rbp), %ax
@@ -272,16 +298,16 @@ common_exit:
 	ret
 
 /*
- * NMI, double fault and machine check arrive on IST stacks (block pages 6-8), so that they
+ * NMI, double fault and machine check arrive on IST stacks (block pages 9-11), so that they
  * have a good stack even in the middle of a switch. From the guest, their frame moves to the
  * regs page and they leave like any trap. From the Switcher itself, an NMI or machine check is
  * noted for the host to re-raise and the interrupted switch carries on; a double fault always
  * leaves (its frame moved too, so the exit path sees ring 0 in it and the guest dies).
  *
- * \page is the block page of the IST stack, \pending the TSC_AUX bit for "arrived inside the Switcher" (0 for
- * the double fault, which never resumes).
+ * \pending is the TSC_AUX bit for "arrived inside the Switcher" (0 for the double fault, which
+ * never resumes).
  */
-.macro IST_EXIT page, pending
+.macro IST_EXIT pending
 	/* Stack: vector, error code, RIP, CS, RFLAGS, RSP, SS. */
 	.if \pending
 	testb	$3, 24(%rsp)
@@ -289,10 +315,8 @@ common_exit:
 	.endif
 	pushq	%rax
 	pushq	%rbx
-	/* The regs page is (BLOCK_REGS - page * PAGE) above this IST stack's page. */
-	movq	%rsp, %rbx
-	andq	$~(PAGE - 1), %rbx
-	addq	$(BLOCK_REGS - \page * PAGE + REGS_FRAME + F_VECTOR), %rbx
+	BLOCK_FROM_GDT %rbx
+	addq	$(BLOCK_REGS + REGS_FRAME + F_VECTOR), %rbx
 	.irp word, 0, 1, 2, 3, 4, 5, 6
 	movq	(16 + \word * 8)(%rsp), %rax
 	movq	%rax, (\word * 8)(%rbx)
@@ -327,11 +351,11 @@ common_exit:
 .endm
 
 nmi_exit:
-	IST_EXIT IST_PAGE_NMI, AUX_NMI_PENDING
+	IST_EXIT AUX_NMI_PENDING
 double_fault_exit:
-	IST_EXIT IST_PAGE_DOUBLE_FAULT, 0
+	IST_EXIT 0
 machine_check_exit:
-	IST_EXIT IST_PAGE_MACHINE_CHECK, AUX_MC_PENDING
+	IST_EXIT AUX_MC_PENDING
 
 /*
  * 256 stubs, 16 bytes apart, so the IDT's gate for vector n points to stubs + 16 * n. The CPU
@@ -377,7 +401,6 @@ SYM_DATA_END(lg_switcher_offsets)
 SYM_DATA_START(lg_switcher_layout)
 	.quad	TEXT_PAGES, BLOCK_IDT, FIRST_BLOCK_PAGE, BLOCK_PAGES
 	.quad	BLOCK_REGS, BLOCK_STATE, BLOCK_HOST
-	.quad	IST_PAGE_DOUBLE_FAULT, IST_PAGE_NMI, IST_PAGE_MACHINE_CHECK
 	.quad	REGS_FS_BASE, REGS_GS_BASE, REGS_CR2, REGS_SWITCHER_FAULT
 	.quad	AUX_NMI_PENDING, AUX_MC_PENDING
 	.quad	FRAME_WORDS, F_VECTOR, F_ERRCODE, F_CS

@@ -167,7 +167,7 @@ pub const HOST_GUEST_CR4: u64 = 136;
 
 /// The layout words `switcher.S` exports as `lg_switcher_layout`, in this order: every offset
 /// both sides use.
-pub const LAYOUT_WORDS: [u64; 37] = [
+pub const LAYOUT_WORDS: [u64; 34] = [
     TEXT_PAGES,
     BLOCK_IDT,
     FIRST_BLOCK_PAGE,
@@ -175,9 +175,6 @@ pub const LAYOUT_WORDS: [u64; 37] = [
     BLOCK_REGS,
     BLOCK_STATE,
     BLOCK_HOST,
-    ist_pages(IST_DOUBLE_FAULT).start,
-    ist_pages(IST_NMI).start,
-    ist_pages(IST_MACHINE_CHECK).start,
     REGS_FS_BASE,
     REGS_GS_BASE,
     REGS_CR2,

@@ -102,8 +102,10 @@ pub fn check_entry(regs: &mut Regs) -> Result<(), Death> {
 }
 
 /// Vectors the host treats specially.
+pub const DEBUG: u64 = 1;
 pub const NMI: u64 = 2;
 pub const INVALID_OPCODE: u64 = 6;
+pub const DEVICE_NOT_AVAILABLE: u64 = 7;
 pub const DOUBLE_FAULT: u64 = 8;
 pub const GENERAL_PROTECTION: u64 = 13;
 pub const PAGE_FAULT: u64 = 14;
