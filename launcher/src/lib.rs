@@ -20,7 +20,8 @@
 //!    first page tables: RAM identity-mapped and at the kernel's link address.
 //! 6. [`device`]: `/dev/lguest` is opened and told, in one INITIALIZE, where memory, entry point,
 //!    page tables and boot_params are. From then on each `read()` runs the guest until it needs
-//!    the launcher.
+//!    the launcher. The guest pages lg.ko pins count against the launcher's locked-memory limit,
+//!    which [`memlock`] raises (or warns about) first.
 //! 7. [`virtio`]: the devices (console, disks, network, entropy) get one page each above RAM,
 //!    named on the guest's command line; their input threads raise IRQs through `/dev/lguest`.
 //!    [`terminal`] puts a terminal on stdin in raw mode for the console, and always back.
@@ -33,6 +34,7 @@
 pub mod boot_params;
 pub mod device;
 pub mod kernel;
+pub mod memlock;
 pub mod memory;
 pub mod mmio;
 pub mod pagetables;

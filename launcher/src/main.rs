@@ -23,6 +23,7 @@ use lguest_launcher::boot_params::{
 };
 use lguest_launcher::device::{LguestDevice, DEFAULT_PATH};
 use lguest_launcher::kernel::load_kernel;
+use lguest_launcher::memlock;
 use lguest_launcher::memory::{Bytes, GuestAddress, GuestRam};
 use lguest_launcher::pagetables::write_initial_page_tables;
 use lguest_launcher::run::{run_guest, Stop};
@@ -152,6 +153,9 @@ fn launch(args: &Args) -> anyhow::Result<Stop> {
     }
     let tables = write_initial_page_tables(mem, layout.page_tables, ram_bytes, kernel.virt_offset)?;
 
+    if let Some(warning) = memlock::prepare(ram_bytes)? {
+        warn!("{warning}");
+    }
     let dev = Arc::new(LguestDevice::open(DEFAULT_PATH)?);
     let irq_line = {
         let dev = Arc::clone(&dev);
