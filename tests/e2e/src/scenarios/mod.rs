@@ -15,13 +15,14 @@ mod devices;
 mod guest;
 mod launcher;
 mod module;
+mod resources;
 
 pub struct Scenario {
     pub name: &'static str,
     pub run: fn() -> anyhow::Result<()>,
 }
 
-pub static SCENARIOS: [Scenario; 54] = [
+pub static SCENARIOS: [Scenario; 55] = [
     Scenario {
         name: "module-load",
         run: module::load,
@@ -157,6 +158,10 @@ pub static SCENARIOS: [Scenario; 54] = [
     Scenario {
         name: "guest-pins-released",
         run: guest::pins_released,
+    },
+    Scenario {
+        name: "guest-memlock",
+        run: resources::memlock,
     },
     Scenario {
         name: "guest-many-switches",
