@@ -3,7 +3,7 @@
 //! The guest never writes any of these: the host builds them once per CPU at module load, and
 //! the guest sees them read-only. Every segment the guest can load has DPL >= 1 and its
 //! accessed bit already set (the CPU would otherwise write it, and the page is read-only in the
-//! guest: x86-ring1-hazards.md, hazard 8). The only DPL 0 code segment is the Switcher's, at
+//! guest: docs/hazards.md, hazard 8). The only DPL 0 code segment is the Switcher's, at
 //! the selector the host kernel uses too (0x10), so the host's IDT stays valid while the
 //! guest's GDT is loaded and the other way round.
 
@@ -52,7 +52,7 @@ pub fn guest_gdt(tss: u64) -> [u64; GUEST_GDT_ENTRIES] {
 }
 
 /// Check and sanitise a TLS descriptor the guest gave LOAD_GDT_ENTRY for entry `index`
-/// (hazard 2 in x86-ring1-hazards.md, Xen's check_descriptor in spirit): only code and data
+/// (hazard 2 in docs/hazards.md, Xen's check_descriptor in spirit): only code and data
 /// segments, never a system descriptor or gate (which could lead into ring 0 or load a TSS);
 /// no 64-bit (L) segment, which only the guest kernel's code segment may be; DPL 0 raised to 1,
 /// so no guest segment is ever the host's privilege; the accessed bit set, as the GDT is

@@ -72,7 +72,7 @@ pub fn is_canonical(addr: u64) -> bool {
 pub const NULL_SS_RING1: u64 = 1;
 
 /// Check and sanitise the frame the Switcher is about to `iretq` from (hazard 2 in
-/// x86-ring1-hazards.md): the guest returns to ring 1 or 3 with its own selectors only, at a
+/// docs/hazards.md): the guest returns to ring 1 or 3 with its own selectors only, at a
 /// canonical RIP and RSP, with IF on (so the host's interrupts keep coming), IOPL 0 (so no
 /// `cli` or port I/O), and no NT or VM. Flags are sanitised; anything else kills the guest.
 pub fn check_entry(regs: &mut Regs) -> Result<(), Death> {

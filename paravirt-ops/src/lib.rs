@@ -3,10 +3,11 @@
 //! A kernel that runs on the bare machine turns interrupts off with `cli`, loads its IDT with
 //! `lidt`, reads the faulting address of a page fault from CR2 and programs a timer chip. Under
 //! lguest-rs the same kernel runs at ring 1, where every one of those instructions faults
-//! (reference/x86-ring1-hazards.md, "At CPL 1"). Linux solved this once for Xen and lguest with
-//! `pv_ops`: a table of function pointers that starts out pointing at the native instructions and
-//! that a hypervisor's boot code overwrites with its own versions. This crate is that table for
-//! lguest-rs guests, with the same groups and, where Linux has one, the same names:
+//! (docs/hazards.md, "What ring 1 can and cannot do"). Linux solved this once for Xen and lguest
+//! with `pv_ops`: a table of function pointers that starts out pointing at the native
+//! instructions and that a hypervisor's boot code overwrites with its own versions. This crate is
+//! that table for lguest-rs guests, with the same groups and, where Linux has one, the same
+//! names:
 //!
 //! | op | Linux | native | lguest |
 //! |----|-------|--------|--------|
