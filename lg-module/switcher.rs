@@ -163,10 +163,32 @@ impl Switcher {
                 return Err(not_supported());
             }
         }
-        // SAFETY: reads a CPU feature bit fixed at boot.
-        if unsafe { lg_bindings::lg_host_has_pti() } {
-            pr_err!("cannot run guests on a host with page-table isolation (PTI): the Switcher is mapped in one page table per address space\n");
-            return Err(not_supported());
+        // SAFETY: each reads a CPU feature or platform attribute fixed at boot.
+        let (pti, encrypted, lam) = unsafe {
+            (
+                lg_bindings::lg_host_has_pti(),
+                lg_bindings::lg_host_encrypts_memory(),
+                lg_bindings::lg_host_has_lam(),
+            )
+        };
+        for (refused, what) in [
+            (
+                pti,
+                "page-table isolation (PTI): the Switcher is mapped in one page table per address space",
+            ),
+            (
+                encrypted,
+                "memory encryption (SME, SEV or TDX): lg.ko's physical addresses would lack the encryption bit, and the host's CR3 has it",
+            ),
+            (
+                lam,
+                "linear address masking (LAM): a launcher's CR3 could carry bits the Switcher cannot park",
+            ),
+        ] {
+            if refused {
+                pr_err!("cannot run guests on a host with {}\n", what);
+                return Err(not_supported());
+            }
         }
         // The Switcher notes NMIs that interrupt it in MSR_TSC_AUX, which exists when the CPU
         // has RDTSCP (CPUID 0x80000001, EDX bit 27).
