@@ -13,6 +13,7 @@ use nix::unistd::{fork, pipe, ForkResult};
 mod abi;
 mod devices;
 mod guest;
+mod host_state;
 mod launcher;
 mod module;
 mod resources;
@@ -22,7 +23,7 @@ pub struct Scenario {
     pub run: fn() -> anyhow::Result<()>,
 }
 
-pub static SCENARIOS: [Scenario; 55] = [
+pub static SCENARIOS: [Scenario; 56] = [
     Scenario {
         name: "module-load",
         run: module::load,
@@ -162,6 +163,10 @@ pub static SCENARIOS: [Scenario; 55] = [
     Scenario {
         name: "guest-memlock",
         run: resources::memlock,
+    },
+    Scenario {
+        name: "guest-stale-tsc-aux",
+        run: host_state::stale_tsc_aux,
     },
     Scenario {
         name: "guest-many-switches",
