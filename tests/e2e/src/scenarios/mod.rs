@@ -17,13 +17,14 @@ mod host_state;
 mod launcher;
 mod module;
 mod resources;
+mod session;
 
 pub struct Scenario {
     pub name: &'static str,
     pub run: fn() -> anyhow::Result<()>,
 }
 
-pub static SCENARIOS: [Scenario; 56] = [
+pub static SCENARIOS: [Scenario; 57] = [
     Scenario {
         name: "module-load",
         run: module::load,
@@ -43,6 +44,10 @@ pub static SCENARIOS: [Scenario; 56] = [
     Scenario {
         name: "abi-irq",
         run: abi::irq,
+    },
+    Scenario {
+        name: "abi-stranger-while-running",
+        run: session::stranger_while_running,
     },
     Scenario {
         name: "launcher-loads-bzimage",
