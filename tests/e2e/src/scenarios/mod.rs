@@ -24,7 +24,7 @@ pub struct Scenario {
     pub run: fn() -> anyhow::Result<()>,
 }
 
-pub static SCENARIOS: [Scenario; 57] = [
+pub static SCENARIOS: [Scenario; 58] = [
     Scenario {
         name: "module-load",
         run: module::load,
@@ -172,6 +172,10 @@ pub static SCENARIOS: [Scenario; 57] = [
     Scenario {
         name: "guest-stale-tsc-aux",
         run: host_state::stale_tsc_aux,
+    },
+    Scenario {
+        name: "guest-host-breakpoint",
+        run: host_state::host_breakpoint,
     },
     Scenario {
         name: "guest-many-switches",
