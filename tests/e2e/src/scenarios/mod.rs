@@ -13,6 +13,7 @@ use nix::unistd::{fork, pipe, ForkResult};
 mod abi;
 mod devices;
 mod guest;
+mod hazards;
 mod launcher;
 mod module;
 
@@ -21,7 +22,7 @@ pub struct Scenario {
     pub run: fn() -> anyhow::Result<()>,
 }
 
-pub static SCENARIOS: [Scenario; 54] = [
+pub static SCENARIOS: [Scenario; 55] = [
     Scenario {
         name: "module-load",
         run: module::load,
@@ -153,6 +154,10 @@ pub static SCENARIOS: [Scenario; 54] = [
     Scenario {
         name: "guest-hostile-switcher-pages",
         run: guest::switcher_pages,
+    },
+    Scenario {
+        name: "guest-hostile-single-step",
+        run: hazards::single_step,
     },
     Scenario {
         name: "guest-pins-released",
