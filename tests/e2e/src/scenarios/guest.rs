@@ -27,9 +27,9 @@ use crate::{kmod, procfs};
 use lg_module::layout;
 
 /// The ring-1 guest, as the initramfs holds it (tests/harness/build-initramfs.sh).
-const GUEST: &str = "/guests/ring1";
+pub(super) const GUEST: &str = "/guests/ring1";
 /// Guest RAM for every run: the guest itself needs less than a megabyte.
-const MEM: &str = "64m";
+pub(super) const MEM: &str = "64m";
 /// What `hello` prints: CS is GDT entry 10 with RPL 1 (lguest-abi's `GUEST_KERNEL_CS`), and the
 /// CPL is CS's low bits.
 const HELLO: &str = "hello from ring 1: cs=0x51 cpl=1";

@@ -1,24 +1,118 @@
-//! Hostile guests whose hole is in the host's own state: registers the world switch must put
-//! back for the host (DR6). The guest's side is tests/guests/ring1/src/hazards.rs.
+//! Hostile guests whose hole is in the host's own state: registers the world switch must load
+//! for the guest (LDTR) or put back for the host (DR6). The guest's side is
+//! tests/guests/ring1/src/hazards.rs.
 //!
+//! - `guest-hostile-ldt-call-gate`: the guest runs under a launcher that has an LDT (a child of
+//!   this process gives itself one with modify_ldt and runs the guest in-process, as exec would
+//!   drop it: src/inprocess.rs) and makes a far call through an LDT selector. It must die, as in
+//!   every guest-hostile-* scenario, and no host address may reach it.
 //! - `guest-hostile-single-step`: the guest single-steps on one CPU; then this process, on that
 //!   CPU, raises a debug exception with `int1`, and Linux must find DR6 clean: SIGTRAP with
 //!   TRAP_BRKPT, not the TRAP_TRACE of a single step.
 //!
-//! Afterwards, a fresh `hello` guest must still run.
+//! After each, a fresh `hello` guest must still run.
 
 use std::arch::asm;
 use std::ffi::{c_int, c_void};
 use std::sync::atomic::{AtomicI32, Ordering};
 
 use anyhow::{ensure, Context};
+use lguest_launcher::run::Stop;
+use nix::errno::Errno;
 use nix::sched::{sched_getaffinity, sched_getcpu, sched_setaffinity, CpuSet};
 use nix::sys::signal::{sigaction, SaFlags, SigAction, SigHandler, SigSet, Signal};
 use nix::unistd::Pid;
 
-use super::guest::{died, guest, hello_still_runs, PATIENCE};
+use super::guest::{died, guest, hello_still_runs, GUEST, MEM, PATIENCE};
 use crate::check::Checks;
+use crate::inprocess::{self, InProcessRun};
 use crate::kmod;
+
+// ---- The LDT ----------------------------------------------------------------------------------
+
+const LDT_ATTACK: &str = "ldt-call-gate";
+
+/// Linux's `struct user_desc` (asm/ldt.h), as modify_ldt reads it: the entry, its base and
+/// limit, and the bit fields seg_32bit, contents (2 bits), read_exec_only, limit_in_pages,
+/// seg_not_present, useable, lm, from bit 0 up.
+#[repr(C)]
+struct UserDesc {
+    entry_number: u32,
+    base_addr: u32,
+    limit: u32,
+    flags: u32,
+}
+
+/// seg_32bit, limit_in_pages, useable: a flat 32-bit data segment, read-write and present.
+const FLAT_DATA: u32 = 1 | 1 << 4 | 1 << 6;
+
+/// Gives this process an LDT: a data segment in entry 1. Two entries make the LDT's limit 16
+/// bytes, enough for the 16-byte call gate the guest looks for at entry 0; with a shorter limit
+/// its far call would be #GP even on a host that leaves the LDT loaded, and the hole unseen.
+fn install_ldt() -> anyhow::Result<()> {
+    let desc = UserDesc {
+        entry_number: 1,
+        base_addr: 0,
+        limit: 0xf_ffff,
+        flags: FLAT_DATA,
+    };
+    // SAFETY: modify_ldt(1, ...) reads `desc`, which is ours and as long as the size says; it
+    // changes only this process's LDT, which no code here uses.
+    let written = unsafe {
+        libc::syscall(
+            libc::SYS_modify_ldt,
+            1,
+            &desc as *const UserDesc,
+            size_of::<UserDesc>(),
+        )
+    };
+    Errno::result(written).context("modify_ldt")?;
+    Ok(())
+}
+
+/// guest.rs's `died` for a guest run in-process: it announced its attack, and the host killed
+/// it.
+fn died_in_process(c: &mut Checks, attack: &str, run: &InProcessRun) {
+    let announced = format!("attack: {attack}");
+    c.that(run.console.lines().any(|l| l == announced), || {
+        format!(
+            "{attack}: the guest never announced its attack (console: {}; it ended with {:?})",
+            run.shown_console(),
+            run.stop
+        )
+    });
+    c.that(matches!(run.stop, Stop::Died(_)), || {
+        format!(
+            "{attack}: expected the host to kill the guest, it ended with {:?}; console: {}",
+            run.stop,
+            run.shown_console()
+        )
+    });
+}
+
+/// `guest-hostile-ldt-call-gate`: a guest whose launcher has an LDT calls through LDT entry 0.
+/// The host must run it with no LDT (the call is #GP, and the guest, with no #GP handler,
+/// dies): with the launcher's LDT loaded, the fault tells the guest the LDT's host address, and
+/// a call gate the guest maps there takes it to ring 0.
+pub fn ldt_call_gate() -> anyhow::Result<()> {
+    kmod::ensure_loaded()?;
+    let mut c = Checks::new();
+    c.ok(
+        "run by a launcher with an LDT",
+        super::in_child(|| {
+            install_ldt()?;
+            let run = inprocess::run(MEM, GUEST, &[LDT_ATTACK], PATIENCE)?;
+            let mut c = Checks::new();
+            died_in_process(&mut c, LDT_ATTACK, &run);
+            c.that(!run.console.contains("host address"), || {
+                format!("the guest learned a host address: {}", run.shown_console())
+            });
+            c.finish()
+        }),
+    );
+    c.ok("after the attack", hello_still_runs());
+    c.finish()
+}
 
 // ---- Debug status -----------------------------------------------------------------------------
 

@@ -22,7 +22,7 @@ pub struct Scenario {
     pub run: fn() -> anyhow::Result<()>,
 }
 
-pub static SCENARIOS: [Scenario; 55] = [
+pub static SCENARIOS: [Scenario; 56] = [
     Scenario {
         name: "module-load",
         run: module::load,
@@ -154,6 +154,10 @@ pub static SCENARIOS: [Scenario; 55] = [
     Scenario {
         name: "guest-hostile-switcher-pages",
         run: guest::switcher_pages,
+    },
+    Scenario {
+        name: "guest-hostile-ldt-call-gate",
+        run: hazards::ldt_call_gate,
     },
     Scenario {
         name: "guest-hostile-single-step",
