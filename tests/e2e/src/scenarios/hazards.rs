@@ -1,5 +1,5 @@
 //! Hostile guests whose hole is in the host's own state: registers the world switch must load
-//! for the guest (LDTR) or put back for the host (DR6). The guest's side is
+//! for the guest (LDTR) or put back for the host (DR6, PKRU). The guest's side is
 //! tests/guests/ring1/src/hazards.rs.
 //!
 //! - `guest-hostile-ldt-call-gate`: the guest runs under a launcher that has an LDT (a child of
@@ -9,6 +9,8 @@
 //! - `guest-hostile-single-step`: the guest single-steps on one CPU; then this process, on that
 //!   CPU, raises a debug exception with `int1`, and Linux must find DR6 clean: SIGTRAP with
 //!   TRAP_BRKPT, not the TRAP_TRACE of a single step.
+//! - `guest-hostile-pkru`: the guest writes PKRU; the process that ran it must find its own
+//!   PKRU afterwards.
 //!
 //! After each, a fresh `hello` guest must still run.
 
@@ -218,5 +220,79 @@ pub fn single_step() -> anyhow::Result<()> {
         });
     }
     c.ok("after the attack", hello_still_runs());
+    c.finish()
+}
+
+// ---- Protection keys --------------------------------------------------------------------------
+
+const PKRU_ATTACK: &str = "pkru";
+
+/// Whether the kernel turned protection keys on (CPUID.7.0:ECX.OSPKE, CR4.PKE as user space
+/// sees it): only then do RDPKRU and WRPKRU exist.
+fn ospke() -> bool {
+    std::arch::x86_64::__cpuid_count(7, 0).ecx & (1 << 4) != 0
+}
+
+fn rdpkru() -> u32 {
+    let pkru: u32;
+    // SAFETY: callers checked OSPKE; RDPKRU only reads the register.
+    unsafe { asm!("rdpkru", in("ecx") 0, out("eax") pkru, out("edx") _, options(nomem, nostack)) };
+    pkru
+}
+
+/// What the guest says it wrote: "pkru: wrote 0x..., read back 0x...".
+fn written_pkru(run: &InProcessRun) -> Option<u32> {
+    let rest = run
+        .console
+        .lines()
+        .find_map(|l| l.strip_prefix("pkru: wrote 0x"))?;
+    u32::from_str_radix(rest.split(',').next()?, 16).ok()
+}
+
+/// `guest-hostile-pkru`: the guest writes PKRU, which it may; the process that ran it must have
+/// its own PKRU back when the guest is done (Linux does not load PKRU on the way to user space:
+/// lg.ko must).
+pub fn pkru() -> anyhow::Result<()> {
+    kmod::ensure_loaded()?;
+    ensure!(
+        ospke(),
+        "CPUID.7.0:ECX has no OSPKE: protection keys are off, so PKRU cannot be checked (the test \
+         VM, QEMU -cpu max with CONFIG_X86_INTEL_MEMORY_PROTECTION_KEYS, should have them)"
+    );
+    let mut c = Checks::new();
+    c.ok(
+        "the launcher's PKRU",
+        super::in_child(|| {
+            let before = rdpkru();
+            let run = inprocess::run(MEM, GUEST, &[PKRU_ATTACK], PATIENCE)?;
+            let after = rdpkru();
+            let written = written_pkru(&run);
+            let mut c = Checks::new();
+            c.that(
+                matches!(run.stop, Stop::PowerOff(_)) && written.is_some(),
+                || {
+                    format!(
+                        "expected the guest to write PKRU and power off, it ended with {:?}; \
+                         console: {}",
+                        run.stop,
+                        run.shown_console()
+                    )
+                },
+            );
+            c.that(written != Some(before), || {
+                format!(
+                    "the guest wrote {before:#x}, this process's own PKRU: the check cannot fail"
+                )
+            });
+            c.that(after == before, || {
+                format!(
+                    "this process's PKRU was {before:#x} before it ran the guest and {after:#x} \
+                     after"
+                )
+            });
+            c.finish()
+        }),
+    );
+    c.ok("after the guest", hello_still_runs());
     c.finish()
 }

@@ -22,7 +22,7 @@ pub struct Scenario {
     pub run: fn() -> anyhow::Result<()>,
 }
 
-pub static SCENARIOS: [Scenario; 56] = [
+pub static SCENARIOS: [Scenario; 57] = [
     Scenario {
         name: "module-load",
         run: module::load,
@@ -162,6 +162,10 @@ pub static SCENARIOS: [Scenario; 56] = [
     Scenario {
         name: "guest-hostile-single-step",
         run: hazards::single_step,
+    },
+    Scenario {
+        name: "guest-hostile-pkru",
+        run: hazards::pkru,
     },
     Scenario {
         name: "guest-pins-released",
