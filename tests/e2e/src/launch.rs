@@ -52,7 +52,7 @@ impl Run {
 }
 
 /// Output on one line, and not too long to read.
-fn shorten(text: &str) -> String {
+pub fn shorten(text: &str) -> String {
     let joined = text.trim_end().replace('\n', " | ");
     match joined.char_indices().nth(400) {
         Some((cut, _)) => format!("{}...", &joined[..cut]),

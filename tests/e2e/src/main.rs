@@ -17,6 +17,7 @@
 mod bench;
 mod check;
 mod elf;
+mod inprocess;
 mod kmod;
 mod kmsg;
 mod launch;

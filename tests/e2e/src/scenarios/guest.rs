@@ -27,9 +27,9 @@ use crate::{kmod, procfs};
 use lg_module::layout;
 
 /// The ring-1 guest, as the initramfs holds it (tests/harness/build-initramfs.sh).
-const GUEST: &str = "/guests/ring1";
+pub(super) const GUEST: &str = "/guests/ring1";
 /// Guest RAM for every run: the guest itself needs less than a megabyte.
-const MEM: &str = "64m";
+pub(super) const MEM: &str = "64m";
 /// What `hello` prints: CS is GDT entry 10 with RPL 1 (lguest-abi's `GUEST_KERNEL_CS`), and the
 /// CPL is CS's low bits.
 const HELLO: &str = "hello from ring 1: cs=0x51 cpl=1";
@@ -37,17 +37,17 @@ const HELLO: &str = "hello from ring 1: cs=0x51 cpl=1";
 const DIED: &str = "lguest-launcher: guest died: ";
 /// A guest that does one thing and stops takes a moment even under TCG; one that hangs is
 /// killed after this and fails.
-const PATIENCE: Duration = Duration::from_secs(30);
+pub(super) const PATIENCE: Duration = Duration::from_secs(30);
 
 /// Runs the ring-1 guest with `words` on its command line.
-fn guest(words: &[&str], patience: Duration) -> anyhow::Result<Run> {
+pub(super) fn guest(words: &[&str], patience: Duration) -> anyhow::Result<Run> {
     let mut args = vec![MEM, GUEST];
     args.extend_from_slice(words);
     launch(&args, patience)
 }
 
 /// A fresh `hello` guest must run to its end: the host is still usable.
-fn hello_still_runs() -> anyhow::Result<()> {
+pub(super) fn hello_still_runs() -> anyhow::Result<()> {
     let run = guest(&["hello"], PATIENCE)?;
     ensure!(
         run.code == Some(0) && run.stdout.contains(HELLO),
@@ -87,7 +87,7 @@ pub fn hello() -> anyhow::Result<()> {
 
 /// Checks that `run`, the guest told to attack with `words`, got as far as the attack and was
 /// killed for it: exit 1, one stderr line saying so, no "survived".
-fn died(c: &mut Checks, words: &[&str], run: &Run) {
+pub(super) fn died(c: &mut Checks, words: &[&str], run: &Run) {
     let what = words.join(" ");
     let announced = format!("attack: {}", words[0]);
     c.that(run.stdout.lines().any(|l| l == announced), || {

@@ -13,6 +13,7 @@ use nix::unistd::{fork, pipe, ForkResult};
 mod abi;
 mod devices;
 mod guest;
+mod hazards;
 mod host_state;
 mod launcher;
 mod module;
@@ -24,7 +25,7 @@ pub struct Scenario {
     pub run: fn() -> anyhow::Result<()>,
 }
 
-pub static SCENARIOS: [Scenario; 58] = [
+pub static SCENARIOS: [Scenario; 61] = [
     Scenario {
         name: "module-load",
         run: module::load,
@@ -160,6 +161,18 @@ pub static SCENARIOS: [Scenario; 58] = [
     Scenario {
         name: "guest-hostile-switcher-pages",
         run: guest::switcher_pages,
+    },
+    Scenario {
+        name: "guest-hostile-ldt-call-gate",
+        run: hazards::ldt_call_gate,
+    },
+    Scenario {
+        name: "guest-hostile-single-step",
+        run: hazards::single_step,
+    },
+    Scenario {
+        name: "guest-hostile-pkru",
+        run: hazards::pkru,
     },
     Scenario {
         name: "guest-pins-released",

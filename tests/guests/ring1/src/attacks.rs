@@ -15,7 +15,9 @@
 //! - hypercalls with bad arguments: `hcall-wild-pointer`, `hcall-huge-len`, `hcall-wrap`,
 //!   `hcall-unknown`;
 //! - iretq frames a guest builds itself: `iretq-cs-rpl0`, `iretq-iopl3`, `iretq-noncanonical`;
-//! - a trap with the stack pointer somewhere unmapped: `bad-stack`.
+//! - a trap with the stack pointer somewhere unmapped: `bad-stack`;
+//! - the host's own state, which the Switcher must not leave to the guest or take back from it
+//!   wrong (src/hazards.rs): `ldt-call-gate`, `single-step`, `pkru`.
 
 use core::arch::{asm, global_asm};
 use core::fmt;
@@ -27,10 +29,10 @@ use lguest_abi::hcall::{CONSOLE_WRITE, NOP};
 use lguest_abi::PAGE_SIZE;
 
 use crate::hcall::{hcall, poweroff};
-use crate::{cs, number, println};
+use crate::{cs, hazards, number, println};
 
 /// What an attack knows: its name and argument, and the Switcher window the host reported.
-struct Ctx<'a> {
+pub(crate) struct Ctx<'a> {
     name: &'a str,
     arg: Option<&'a str>,
     data: &'a LguestData,
@@ -38,7 +40,7 @@ struct Ctx<'a> {
 
 impl Ctx<'_> {
     /// The attack did not kill us: report it and leave through the front door.
-    fn survived(&self, what: fmt::Arguments) -> ! {
+    pub(crate) fn survived(&self, what: fmt::Arguments) -> ! {
         println!("attack {}: survived ({what})", self.name);
         poweroff("survived")
     }
@@ -48,7 +50,7 @@ impl Ctx<'_> {
 type Attack = fn(&Ctx) -> !;
 
 /// Every attack, by the name the command line gives it.
-const ATTACKS: [(&str, Attack); 25] = [
+const ATTACKS: [(&str, Attack); 28] = [
     ("syscall", syscall),
     ("sysenter", sysenter),
     ("cli", cli),
@@ -74,6 +76,9 @@ const ATTACKS: [(&str, Attack); 25] = [
     ("iretq-iopl3", iretq_iopl3),
     ("iretq-noncanonical", iretq_noncanonical),
     ("bad-stack", bad_stack),
+    ("ldt-call-gate", hazards::ldt_call_gate),
+    ("single-step", hazards::single_step),
+    ("pkru", hazards::pkru),
 ];
 
 /// Runs the attack called `name`; panics (so the guest powers off saying "guest panic") if
@@ -222,7 +227,7 @@ const READ_PAGES: u64 = 64;
 /// (Documentation/arch/x86/x86_64/mm.rst): direct map of physical memory, vmalloc/ioremap,
 /// vmemmap (struct pages), kernel text and modules. A word in one of these ranges, in a page
 /// the guest can read, is a host address the Switcher leaked (a KASLR leak, at least).
-const HOST_RANGES: [(u64, u64); 4] = [
+pub(crate) const HOST_RANGES: [(u64, u64); 4] = [
     (0xffff_8880_0000_0000, 0xffff_c880_0000_0000),
     (0xffff_c900_0000_0000, 0xffff_e900_0000_0000),
     (0xffff_ea00_0000_0000, 0xffff_eb00_0000_0000),

@@ -11,9 +11,10 @@
 //! 2. `_start`, which makes a stack and calls Rust;
 //! 3. `kernel_main`: LGUEST_INIT first (src/hcall.rs), then the command line picks a scenario;
 //! 4. the friendly scenarios below (`hello`, `nop-loop`, `spin`) and the hostile ones in
-//!    attacks.rs (instructions and hypercalls), traps.rs (gates, page tables, device pages) and
-//!    virtqueue.rs (descriptors for the launcher's devices); every one ends with SHUTDOWN, with
-//!    the host killing the guest, or with the launcher refusing what it was asked.
+//!    attacks.rs (instructions and hypercalls), hazards.rs (the host's LDT, debug status and
+//!    protection keys), traps.rs (gates, page tables, device pages) and virtqueue.rs
+//!    (descriptors for the launcher's devices); every one ends with SHUTDOWN, with the host
+//!    killing the guest, or with the launcher refusing what it was asked.
 //!
 //! Output goes through CONSOLE_WRITE (src/console.rs), so `println!` works from step 3 on.
 #![no_std]
@@ -27,6 +28,7 @@ use lguest_abi::data::{SWITCHER_WINDOW_END, SWITCHER_WINDOW_START};
 
 mod attacks;
 mod console;
+mod hazards;
 mod hcall;
 mod traps;
 mod virtqueue;

@@ -41,9 +41,11 @@ pub struct TrapState {
 
 // One entry stub per vector this guest handles; each pushes a zero error code where the CPU
 // pushes none, then the vector, and joins `trap_common`. After the Rust handler, the general
-// registers come back and `trap_return` leaves the way the ABI says.
+// registers come back and `trap_return` leaves the way the ABI says. The stubs are global
+// symbols: code in another codegen unit (hazards.rs's, say) may point a gate at one.
 global_asm!(
     ".macro TRAP_ENTRY vector, has_error",
+    ".global trap_entry_\\vector",
     "trap_entry_\\vector:",
     ".if \\has_error == 0",
     "push 0",
@@ -100,7 +102,7 @@ extern "C" {
 
 /// How the handler finishes a fault: the length of the instruction to skip (the test sets it
 /// before it faults, as the fault's RIP points at the instruction).
-static SKIP: AtomicU64 = AtomicU64::new(0);
+pub(crate) static SKIP: AtomicU64 = AtomicU64::new(0);
 /// The last trap the handler saw, for the test to check: vector, error, CS, CR2, and the
 /// virtual flag while the handler ran.
 static SEEN: [AtomicU64; 5] = [const { AtomicU64::new(u64::MAX) }; 5];
@@ -165,8 +167,8 @@ fn set_irqs(on: bool) {
     };
 }
 
-/// Register the handlers and the no-interrupt window.
-fn install() {
+/// Register the no-interrupt window around the handlers' iretq.
+fn register_return_window() {
     // SAFETY: our lguest_data words; the host reads them before delivering anything.
     unsafe {
         ptr::write_volatile(
@@ -178,6 +180,11 @@ fn install() {
             ptr::addr_of!(noirq_iret_end) as u64,
         );
     }
+}
+
+/// Register the handlers and the no-interrupt window.
+fn install() {
+    register_return_window();
     let cs = GUEST_KERNEL_CS;
     load_idt_entry(0, gate(trap_entry_0 as *const () as u64, 0xe, 0, cs));
     // int3 and int $0x80 must be reachable with `int` from ring 1: DPL 3 gates.
@@ -192,7 +199,16 @@ fn install() {
     load_idt_entry(128, gate(trap_entry_128 as *const () as u64, 0xf, 3, cs));
 }
 
-fn seen() -> [u64; 5] {
+/// Register the page-fault handler alone, for an attack that must die of any other fault
+/// (hazards.rs): a #PF comes back to the attack, skipping SKIP bytes, with its CR2 in `seen`.
+pub(crate) fn install_page_fault_handler() {
+    register_return_window();
+    let handler = trap_entry_14 as *const () as u64;
+    load_idt_entry(14, gate(handler, 0xe, 0, GUEST_KERNEL_CS));
+}
+
+/// The last trap the handler saw: vector, error, CS, CR2, and the virtual flag.
+pub(crate) fn seen() -> [u64; 5] {
     SEEN.each_ref().map(|s| s.load(Ordering::SeqCst))
 }
 
@@ -325,13 +341,13 @@ pub fn bad_gate(name: &str) -> ! {
 /// (USER_REGION) open to ring 3. The kernel's own pages stay supervisor-only: with SMEP on, ring 1
 /// could not run code in a user page.
 #[repr(C, align(4096))]
-struct Table([u64; 512]);
+pub(crate) struct Table(pub(crate) [u64; 512]);
 static mut PML4: Table = Table([0; 512]);
 static mut PDPT: Table = Table([0; 512]);
 static mut PD: Table = Table([0; 512]);
 /// Page-table entry bits: present, writable, a 2 MiB page; and that page's size.
-const P: u64 = 1;
-const W: u64 = 2;
+pub(crate) const P: u64 = 1;
+pub(crate) const W: u64 = 2;
 const HUGE: u64 = 0x80;
 const HUGE_PAGE: u64 = 0x20_0000;
 const USER_REGION: u64 = 0x60_0000;
@@ -459,7 +475,7 @@ pub fn user() -> ! {
 /// # Safety
 ///
 /// Single CPU, and nothing may hold a reference into PD, PDPT or PML4.
-unsafe fn ram_identity_tables() -> (&'static mut [u64; 512], &'static mut [u64; 512]) {
+pub(crate) unsafe fn ram_identity_tables() -> (&'static mut [u64; 512], &'static mut [u64; 512]) {
     // SAFETY: by the function's contract, these are ours to write.
     unsafe {
         let pd = &mut (*ptr::addr_of_mut!(PD)).0;
@@ -474,7 +490,7 @@ unsafe fn ram_identity_tables() -> (&'static mut [u64; 512], &'static mut [u64; 
 }
 
 /// Loads the guest's own tables (NEW_PGTABLE).
-fn load_own_tables() {
+pub(crate) fn load_own_tables() {
     // SAFETY: the host only reads the table's address.
     unsafe { hcall(NEW_PGTABLE, [ptr::addr_of!(PML4) as u64, 0, 0, 0, 0]) };
 }
