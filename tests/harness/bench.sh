@@ -30,7 +30,7 @@ log=$CACHE/runs/bench-$(date +%Y%m%d-%H%M%S).log
 step "booting the floor probe in QEMU"
 # isa-debug-exit is how the probe ends QEMU; its status (1 when done) is not the verdict: the
 # figures are.
-timeout --foreground 120 qemu-system-x86_64 -accel tcg -cpu max -smp 2 -m 1G \
+slowed timeout --foreground 120 qemu-system-x86_64 -accel tcg -cpu max -smp 2 -m 1G \
     -nographic -no-reboot -device isa-debug-exit,iobase=0xf4,iosize=0x04 \
     -kernel "$probe" </dev/null >"$log" 2>&1 || true
 step "booting the teaching guest natively: its microbenchmarks"
