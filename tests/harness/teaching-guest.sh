@@ -85,6 +85,8 @@ devices_boot() {
         printf "%s\n" "$3" >&3; sleep 150' _ "$dir/console.in" "$dir/console.out" "$console_line" &
     local typist=$!
     step "booting the teaching guest natively on microvm with virtio devices: $cmdline"
+    # 120 s: the two boots took 1.3 s together on 2 shared cores, and 2.9 s with
+    # LGUEST_SLOWDOWN=3 (docs/building.md).
     slowed timeout --foreground 120 qemu-system-x86_64 \
         -M microvm,pic=on,pit=on,rtc=on,isa-serial=on,acpi=off,ioapic2=off \
         -accel tcg -cpu max -smp 2 -m 1G -nographic -no-reboot \
@@ -166,6 +168,8 @@ mkdir -p "$CACHE/runs"
 log=$CACHE/runs/teaching-guest-native-$mode-$(date +%Y%m%d-%H%M%S).log
 step "booting the teaching guest natively in QEMU${cmdline:+: $cmdline}"
 status=0
+# 120 s and a long run's seconds: the self-tests took 0.9 s on 2 shared cores, and 1.4 s with
+# LGUEST_SLOWDOWN=3 (docs/building.md).
 slowed timeout --foreground $((120 + seconds)) qemu-system-x86_64 -accel tcg -cpu max -smp 2 -m 1G \
     -nographic -no-reboot -device isa-debug-exit,iobase=0xf4,iosize=0x04 \
     -kernel "$elf" -append "$cmdline" </dev/null >"$log" 2>&1 || status=$?
