@@ -39,3 +39,69 @@ run_with_progress() {
         die "$label failed (full log: $log)"
     fi
 }
+
+# LGUEST_SLOWDOWN=N (a whole number; 1, the default, changes nothing): every QEMU runs as if on a
+# machine N times slower, so that anyone can check that no timeout is too tight for a slower
+# machine than theirs (docs/building.md). `slowed` gives QEMU a cgroup of its own whose CPU quota
+# is 1/N of a CPU. Under TCG each of -smp 2's vCPUs is a thread, but the second one idles most of
+# the time: over the suite QEMU keeps 0.9 CPUs busy (measured: 150 s of CPU in 164 s), so 1/N of
+# one CPU slows it about N times (with N=3 the slowest scenarios took 3.0 to 3.6 times as long).
+SLOWDOWN=${LGUEST_SLOWDOWN:-1}
+[[ $SLOWDOWN =~ ^[1-9][0-9]*$ ]] ||
+    die "LGUEST_SLOWDOWN wants a whole number (3: three times slower), not '$SLOWDOWN'"
+# The quota's period, in microseconds. Short, so that QEMU is held back in many short stops, as a
+# slow CPU would be, rather than stopped for two thirds of a second now and then.
+SLOW_PERIOD_US=10000
+
+# slowed CMD...: runs CMD (a QEMU, or `timeout` running one) as LGUEST_SLOWDOWN says, and returns
+# its status. With a slowdown CMD runs in a fresh cgroup, made here and removed once CMD is gone
+# (on Ctrl-C too); 125 if the cgroup cannot be made, as `timeout` says it could not run a command.
+slowed() {
+    if [ "$SLOWDOWN" = 1 ]; then
+        "$@"
+        return
+    fi
+    (
+        cgroup=$(slow_cgroup "$BASHPID") || exit 125
+        trap 'rmdir "$cgroup"' EXIT
+        trap 'exit 130' INT
+        trap 'exit 143' TERM
+        # A subshell moves itself into the cgroup and becomes CMD; this one stays out, to remove
+        # the cgroup, which cannot be done from inside.
+        (echo "$BASHPID" >"$cgroup/cgroup.procs" && exec "$@")
+    )
+}
+
+# slow_cgroup PID: makes a cgroup named after PID (the shell that will remove it) with
+# 1/LGUEST_SLOWDOWN of a CPU's quota, and prints its path; dies with the reason if it cannot. cgroup
+# v2 (cpu.max) if /sys/fs/cgroup is one, else v1's cpu controller (cpu.cfs_quota_us), as
+# systemd's hybrid layout mounts it.
+slow_cgroup() {
+    local quota=$((SLOW_PERIOD_US / SLOWDOWN)) root cgroup
+    # The kernel refuses a quota under a millisecond.
+    ((quota >= 1000)) ||
+        die "LGUEST_SLOWDOWN=$SLOWDOWN: at most $((SLOW_PERIOD_US / 1000)) (a quota of 1 ms)"
+    if [ "$(stat -fc %T /sys/fs/cgroup 2>/dev/null)" = cgroup2fs ]; then
+        root=/sys/fs/cgroup
+        grep -qw cpu "$root/cgroup.controllers" ||
+            die "LGUEST_SLOWDOWN: cgroup v2 at $root has no cpu controller (cgroup.controllers)"
+        grep -qw cpu "$root/cgroup.subtree_control" ||
+            echo +cpu 2>/dev/null >"$root/cgroup.subtree_control" ||
+            die "LGUEST_SLOWDOWN: cannot enable cpu in $root/cgroup.subtree_control (not root?)"
+        cgroup=$root/lguest-slow-$1
+        mkdir "$cgroup" 2>/dev/null || die "LGUEST_SLOWDOWN: cannot create $cgroup (not root?)"
+        echo "$quota $SLOW_PERIOD_US" 2>/dev/null >"$cgroup/cpu.max" ||
+            { rmdir "$cgroup"; die "LGUEST_SLOWDOWN: cannot write $cgroup/cpu.max"; }
+    elif [ -f /sys/fs/cgroup/cpu/cpu.cfs_quota_us ]; then
+        root=/sys/fs/cgroup/cpu
+        cgroup=$root/lguest-slow-$1
+        mkdir "$cgroup" 2>/dev/null || die "LGUEST_SLOWDOWN: cannot create $cgroup (not root?)"
+        { echo "$SLOW_PERIOD_US" >"$cgroup/cpu.cfs_period_us" &&
+            echo "$quota" >"$cgroup/cpu.cfs_quota_us"; } 2>/dev/null ||
+            { rmdir "$cgroup"; die "LGUEST_SLOWDOWN: cannot write the quota in $cgroup"; }
+    else
+        die "LGUEST_SLOWDOWN needs the cpu controller: cgroup v2 at /sys/fs/cgroup or v1 at" \
+            "/sys/fs/cgroup/cpu, and there is neither"
+    fi
+    echo "$cgroup"
+}

@@ -17,10 +17,11 @@
 # The words after --native are the guest's command line (QEMU's -append); under lg.ko the same
 # words follow the kernel on the launcher's command line (`lguest-launcher 64m teaching-guest
 # bench`). The native boot runs under the same QEMU settings as the test VM (run-vm.sh), so
-# that bench figures from the two worlds compare. The guest ends QEMU through isa-debug-exit:
-# status 1 when it succeeded, 3 when it failed or panicked; anything else (124: the timeout)
-# means it never got that far. The guest's own output goes to stdout; the exit status of this
-# script is 0 only if QEMU said "succeeded" and the mode's last line is there and good:
+# that bench figures from the two worlds compare, and is slowed down as LGUEST_SLOWDOWN says.
+# The guest ends QEMU through isa-debug-exit: status 1 when it succeeded, 3 when it failed or
+# panicked; anything else (124: the timeout) means it never got that far. The guest's own output
+# goes to stdout; the exit status of this script is 0 only if QEMU said "succeeded" and the
+# mode's last line is there and good:
 #   self-tests  `selftests: N passed, 0 failed`
 #   bench       `bench done`, after one `bench <name> <cycles>` line per microbenchmark
 #               (with --native-devices also `bench blk-read-mbps`, `blk-write-mbps` and
@@ -84,7 +85,9 @@ devices_boot() {
         printf "%s\n" "$3" >&3; sleep 150' _ "$dir/console.in" "$dir/console.out" "$console_line" &
     local typist=$!
     step "booting the teaching guest natively on microvm with virtio devices: $cmdline"
-    timeout --foreground 120 qemu-system-x86_64 \
+    # 120 s: the two boots took 1.3 s together on 2 shared cores, and 2.9 s with
+    # LGUEST_SLOWDOWN=3 (docs/building.md).
+    slowed timeout --foreground 120 qemu-system-x86_64 \
         -M microvm,pic=on,pit=on,rtc=on,isa-serial=on,acpi=off,ioapic2=off \
         -accel tcg -cpu max -smp 2 -m 1G -nographic -no-reboot \
         -device isa-debug-exit,iobase=0xf4,iosize=0x04 -kernel "$elf" -append "$cmdline" \
@@ -165,7 +168,9 @@ mkdir -p "$CACHE/runs"
 log=$CACHE/runs/teaching-guest-native-$mode-$(date +%Y%m%d-%H%M%S).log
 step "booting the teaching guest natively in QEMU${cmdline:+: $cmdline}"
 status=0
-timeout --foreground $((120 + seconds)) qemu-system-x86_64 -accel tcg -cpu max -smp 2 -m 1G \
+# 120 s and a long run's seconds: the self-tests took 0.9 s on 2 shared cores, and 1.4 s with
+# LGUEST_SLOWDOWN=3 (docs/building.md).
+slowed timeout --foreground $((120 + seconds)) qemu-system-x86_64 -accel tcg -cpu max -smp 2 -m 1G \
     -nographic -no-reboot -device isa-debug-exit,iobase=0xf4,iosize=0x04 \
     -kernel "$elf" -append "$cmdline" </dev/null >"$log" 2>&1 || status=$?
 # The guest's output, without the firmware's: it starts right after SeaBIOS's last words.

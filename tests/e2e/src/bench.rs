@@ -3,12 +3,15 @@
 //! Figures, in TSC cycles, measured inside the test VM: lguest-rs's null hypercall round trip
 //! as the ring-1 guest times it (its `nop-loop` scenario), a host null syscall for scale, and the
 //! teaching guest's microbenchmarks under lg.ko (its `bench` mode, with a virtio disk and network
-//! card, so its device figures in MB/s come too), to be set beside the same image's native
-//! figures. The floor they are set against comes from a boot of its own (tests/guests/floor).
+//! card, so its device figures in MB/s come too), and its `long-run` mode's counts of a 1 ms
+//! tick (how many ticks a guest loses is a speed figure: the tests only check that the ticks keep
+//! coming), to be set beside the same image's native figures. The floor they are set against
+//! comes from a boot of its own (tests/guests/floor).
 //! Output: `bench lguest nop-hypercall <cycles>`, `bench lguest mmio-read <cycles>` (a device
-//! register read, an exit to the launcher), `bench host null-syscall <cycles>` and
-//! `bench teaching-lguest <name> <figure>`; a figure that cannot be had is one
-//! `lguest-e2e bench: <why>` line on stderr and exit status 1.
+//! register read, an exit to the launcher), `bench host null-syscall <cycles>`,
+//! `bench teaching-lguest <name> <figure>` and `bench teaching-lguest long-run-<ticks|ms|lost>
+//! <count>`; a figure that cannot be had is one `lguest-e2e bench: <why>` line on stderr and exit
+//! status 1.
 
 use std::arch::x86_64::_rdtsc;
 use std::process::ExitCode;
@@ -31,14 +34,14 @@ const SYSCALLS: u64 = 20_000;
 const REPETITIONS: usize = 5;
 
 pub fn run() -> ExitCode {
-    let figures =
-        kmod::ensure_loaded().and_then(|()| Ok((hypercall()?, mmio_read()?, teaching_guest()?)));
+    let figures = kmod::ensure_loaded()
+        .and_then(|()| Ok((hypercall()?, mmio_read()?, teaching_guest()?, long_run()?)));
     match figures {
-        Ok((cycles, mmio, teaching)) => {
+        Ok((cycles, mmio, teaching, long_run)) => {
             println!("bench lguest nop-hypercall {cycles}");
             println!("bench lguest mmio-read {mmio}");
             println!("bench host null-syscall {}", null_syscall());
-            for line in teaching {
+            for line in teaching.iter().chain(&long_run) {
                 println!("bench teaching-lguest {line}");
             }
             ExitCode::SUCCESS
@@ -88,6 +91,54 @@ fn teaching_guest() -> anyhow::Result<Vec<String>> {
         .filter_map(|l| l.strip_prefix("bench "))
         .filter(|l| *l != "done")
         .map(str::to_owned)
+        .collect())
+}
+
+/// How long the teaching guest runs its 1 ms tick for; bench.sh runs it natively as long.
+const LONG_RUN_SECONDS: &str = "30";
+
+/// The teaching guest's `long-run` counts under lg.ko, as `long-run-ticks <T>`,
+/// `long-run-ms <M>` and `long-run-lost <L>` (bench.sh turns the native run's into the same).
+fn long_run() -> anyhow::Result<Vec<String>> {
+    let args = [
+        "64m",
+        "/guests/teaching-guest",
+        "long-run",
+        LONG_RUN_SECONDS,
+    ];
+    let run = launch(&args, Duration::from_secs(300))?;
+    let command = format!("{LAUNCHER} {}", args.join(" "));
+    ensure!(
+        run.code == Some(0),
+        "`{command}`: {}; stderr: {}",
+        run.status(),
+        run.shown()
+    );
+    // "long-run: T ticks in M ms, tasks ran A and B times, lost L"
+    let counts = run
+        .stdout
+        .lines()
+        .find_map(|l| {
+            let rest = l.strip_prefix("long-run: ")?;
+            let (ticks, rest) = rest.split_once(" ticks in ")?;
+            let (ms, rest) = rest.split_once(" ms, ")?;
+            let lost = rest.rsplit_once(", lost ")?.1;
+            let count = |s: &str| s.parse::<u64>().ok();
+            Some([
+                ("ticks", count(ticks)?),
+                ("ms", count(ms)?),
+                ("lost", count(lost)?),
+            ])
+        })
+        .with_context(|| {
+            format!(
+                "`{command}` printed no long-run line: {}",
+                run.shown_stdout()
+            )
+        })?;
+    Ok(counts
+        .iter()
+        .map(|(name, count)| format!("long-run-{name} {count}"))
         .collect())
 }
 

@@ -9,10 +9,11 @@
 //!
 //! Usage: `lguest-e2e <scenario>...`, `lguest-e2e all`, `lguest-e2e list` (or `lguest-e2e bench`,
 //! figures rather than tests: src/bench.rs). Each scenario
-//! prints exactly one verdict line, `e2e <name>: PASS` or `e2e <name>: FAIL: <why>` (a few print
-//! `e2e-figure` or `e2e-info` lines before it, for the benchmark and the reader: the harness
-//! ignores them), and the exit code is 0 iff all passed (2 for a usage error). Each scenario watches the kernel log while it runs
-//! (a WARN or oops fails it) and leaves lg.ko loaded, so the next starts from a known state.
+//! prints exactly one verdict line, `e2e <name>: PASS` or `e2e <name>: FAIL: <why>` (before it,
+//! `e2e-info <name>: took S s`, and from a few `e2e-figure` or more `e2e-info` lines, for the
+//! benchmark, the timeouts and the reader: the harness ignores them), and the exit code is 0 iff
+//! all passed (2 for a usage error). Each scenario watches the kernel log while it runs (a WARN
+//! or oops fails it) and leaves lg.ko loaded, so the next starts from a known state.
 
 mod bench;
 mod check;
@@ -30,6 +31,7 @@ mod scenarios;
 use std::panic::{self, AssertUnwindSafe};
 use std::process::ExitCode;
 use std::sync::Mutex;
+use std::time::Instant;
 
 use scenarios::{Scenario, SCENARIOS};
 
@@ -79,7 +81,14 @@ fn main() -> ExitCode {
 
     let mut all_passed = true;
     for s in chosen {
+        let start = Instant::now();
         let verdict = run(s);
+        // For sizing the timeouts (docs/building.md): how long each scenario takes.
+        println!(
+            "e2e-info {}: took {:.1} s",
+            s.name,
+            start.elapsed().as_secs_f64()
+        );
         all_passed &= verdict.is_ok();
         match verdict {
             Ok(()) => println!("e2e {}: PASS", s.name),

@@ -28,6 +28,8 @@ const TEACHING: &str = "/guests/teaching-guest";
 const CONSOLE_GPA: &str = "0x4000000";
 /// The entropy device's page when it is the only device besides the console.
 const RNG_GPA: &str = "0x4001000";
+/// How long one launcher run may take: the slowest, the teaching guest's block self-test, took
+/// 0.4 s on 2 shared cores and 1 s with LGUEST_SLOWDOWN=3 (docs/building.md).
 const PATIENCE: Duration = Duration::from_secs(60);
 const DIED: &str = "lguest-launcher: guest died: ";
 

@@ -22,7 +22,9 @@ const BZIMAGE: &str = "/boot/bzImage";
 const NO_NOTE: &str = "this kernel was not built to run under lguest";
 /// The ring-1 guest, for the runs that need a guest that does something (tests/guests/ring1).
 const RING1: &str = "/guests/ring1";
-/// No run here should take more than a moment; a launcher that hangs is killed and fails.
+/// No run here should take more than a moment; a launcher that hangs is killed and fails. The
+/// slowest, unpacking the host's bzImage, took 1.5 s on 2 shared cores and 6 s with
+/// LGUEST_SLOWDOWN=3 (docs/building.md): five times that.
 const PATIENCE: Duration = Duration::from_secs(30);
 
 /// `launcher-loads-bzimage`: the launcher unpacks a real bzImage and refuses it for the right
