@@ -15,7 +15,7 @@ use std::fmt;
 use std::io::Read;
 
 use anyhow::{bail, ensure, Context};
-use xz2::stream::{Action, Status, Stream};
+use liblzma::stream::{Action, Status, Stream};
 
 use crate::size::format_size;
 
@@ -130,9 +130,9 @@ fn too_big(limit: u64) -> String {
     format!("it unpacks to more than {}", format_size(limit))
 }
 
-/// Runs liblzma (xz or lzma-alone) over `payload` until its stream ends. xz2's `Read` adapters
-/// would go on feeding it the 4 bytes `make` appended, which liblzma rightly calls corrupt, so
-/// the stream is driven by hand and stopped at its end.
+/// Runs liblzma (xz or lzma-alone) over `payload` until its stream ends. The crate's `Read`
+/// adapters would go on feeding it the 4 bytes `make` appended, which liblzma rightly calls
+/// corrupt, so the stream is driven by hand and stopped at its end.
 fn unpack_lzma(payload: &[u8], mut stream: Stream, limit: u64) -> anyhow::Result<Vec<u8>> {
     const CHUNK: usize = 1 << 20;
     let mut out = Vec::new();
@@ -225,19 +225,20 @@ pub(crate) mod tests {
 
     pub(crate) fn xz(data: &[u8]) -> Vec<u8> {
         // The kernel's xz_wrap.sh asks for a CRC32 check.
-        let stream = xz2::stream::Stream::new_easy_encoder(6, xz2::stream::Check::Crc32).unwrap();
+        let stream =
+            liblzma::stream::Stream::new_easy_encoder(6, liblzma::stream::Check::Crc32).unwrap();
         let mut out = Vec::new();
-        xz2::read::XzEncoder::new_stream(data, stream)
+        liblzma::read::XzEncoder::new_stream(data, stream)
             .read_to_end(&mut out)
             .unwrap();
         with_size(out, data)
     }
 
     fn lzma(data: &[u8]) -> Vec<u8> {
-        let options = xz2::stream::LzmaOptions::new_preset(6).unwrap();
-        let stream = xz2::stream::Stream::new_lzma_encoder(&options).unwrap();
+        let options = liblzma::stream::LzmaOptions::new_preset(6).unwrap();
+        let stream = liblzma::stream::Stream::new_lzma_encoder(&options).unwrap();
         let mut out = Vec::new();
-        xz2::read::XzEncoder::new_stream(data, stream)
+        liblzma::read::XzEncoder::new_stream(data, stream)
             .read_to_end(&mut out)
             .unwrap();
         with_size(out, data)
