@@ -35,7 +35,7 @@ use lguest_launcher::virtio::{open_tap, Block, Console, DeviceManager, Net, Rng,
 #[derive(Parser)]
 #[command(name = "lguest-launcher", version)]
 struct Args {
-    /// Guest RAM: bytes, or a number with a k, m or g suffix (64m, 1g)
+    /// Guest RAM in MiB (64), or with a k, m, g or t suffix (65536k, 1g)
     #[arg(value_name = "MEM")]
     mem: String,
     /// The guest kernel: a bzImage or an ELF vmlinux built for lguest

@@ -33,9 +33,10 @@ pub fn loads_bzimage() -> anyhow::Result<()> {
     one_line_failure(&mut c, "64m bzImage", &["64m", BZIMAGE], NO_NOTE);
 
     // With -v, the log must show the payload was found and unpacked: the note is looked for in
-    // the unpacked ELF, so a refusal without that would prove nothing.
-    match launch::launch(&["-v", "64m", BZIMAGE], PATIENCE) {
-        Err(e) => c.ok("-v 64m bzImage", Err::<(), _>(e)),
+    // the unpacked ELF, so a refusal without that would prove nothing. MEM is a bare number
+    // here, which is MiB.
+    match launch::launch(&["-v", "64", BZIMAGE], PATIENCE) {
+        Err(e) => c.ok("-v 64 bzImage", Err::<(), _>(e)),
         Ok(run) => {
             c.that(run.code == Some(FAILURE), || {
                 format!("-v: expected exit {FAILURE}, got {:?}", run.code)
@@ -43,6 +44,9 @@ pub fn loads_bzimage() -> anyhow::Result<()> {
             let last = run.stderr.lines().last().unwrap_or_default();
             c.that(last.contains(NO_NOTE), || {
                 format!("-v: last line {last:?} lacks {NO_NOTE:?}")
+            });
+            c.that(run.stderr.contains("guest RAM: 64 MiB "), || {
+                format!("-v: MEM 64 is not 64 MiB; stderr: {}", run.shown())
             });
             c.that(run.stderr.to_lowercase().contains("xz"), || {
                 format!(
