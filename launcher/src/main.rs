@@ -5,10 +5,11 @@
 //! decides how the launcher ends: power off is exit 0, a restart starts the launcher afresh, and
 //! death is the host's reason on stderr and exit 1.
 
+use std::ffi::OsString;
 use std::fs::File;
 use std::os::fd::AsFd;
 use std::os::unix::process::CommandExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, ExitCode};
 use std::sync::Arc;
 
@@ -21,56 +22,28 @@ use log::{info, warn};
 use lguest_launcher::boot_params::{
     fixed_reserved, write_boot_params, Layout, BOOT_PARAMS_GPA, CMDLINE_GPA,
 };
+use lguest_launcher::cli::{self, Args, Request};
 use lguest_launcher::device::{LguestDevice, DEFAULT_PATH};
 use lguest_launcher::kernel::load_kernel;
 use lguest_launcher::memlock;
 use lguest_launcher::memory::{Bytes, GuestAddress, GuestRam};
 use lguest_launcher::pagetables::write_initial_page_tables;
 use lguest_launcher::run::{run_guest, Stop};
-use lguest_launcher::size::{format_size, parse_mem_size};
+use lguest_launcher::size::format_size;
 use lguest_launcher::terminal::RawTerminal;
 use lguest_launcher::virtio::{open_tap, Block, Console, DeviceManager, Net, Rng, VirtioDevice};
 
-/// Run a Linux-style kernel built for lguest as a guest, through /dev/lguest (lg.ko).
-#[derive(Parser)]
-#[command(name = "lguest-launcher", version)]
-struct Args {
-    /// Guest RAM in MiB (64), or with a k, m, g or t suffix (65536k, 1g)
-    #[arg(value_name = "MEM")]
-    mem: String,
-    /// The guest kernel: a bzImage or an ELF vmlinux built for lguest
-    #[arg(value_name = "KERNEL")]
-    kernel: PathBuf,
-    /// The kernel command line; its words are joined with spaces
-    #[arg(
-        value_name = "CMDLINE",
-        trailing_var_arg = true,
-        allow_hyphen_values = true
-    )]
-    cmdline: Vec<String>,
-    /// Load FILE as the guest's initial RAM disk
-    #[arg(long, value_name = "FILE")]
-    initrd: Option<PathBuf>,
-    /// Give the guest a virtio disk backed by FILE (`,ro`: read-only); may be repeated
-    #[arg(long, value_name = "FILE[,ro]")]
-    block: Vec<String>,
-    /// Give the guest a virtio network card on tap device NAME (`tap=NAME`)
-    #[arg(long, value_name = "tap=NAME")]
-    net: Option<String>,
-    /// Give the guest a virtio entropy source, fed from the host's getrandom
-    #[arg(long)]
-    rng: bool,
-    /// Say more: -v what was loaded and where, -vv debugging detail (RUST_LOG overrides)
-    #[arg(short, long, action = clap::ArgAction::Count)]
-    verbose: u8,
-    /// Print every exit from the guest on stderr, with its reason (an MMIO access: the
-    /// instruction and what the device answered)
-    #[arg(long)]
-    trace: bool,
-}
-
 fn main() -> ExitCode {
-    let args = Args::parse();
+    let argv: Vec<OsString> = std::env::args_os().collect();
+    // clap prints its own errors (and --help) and exits, with USAGE for an error.
+    let parsed = Args::try_parse_from(&argv).unwrap_or_else(|err| err.exit());
+    let args = match parsed.check(&argv) {
+        Ok(args) => args,
+        Err(err) => {
+            eprintln!("lguest-launcher: {err:#}");
+            return ExitCode::from(cli::USAGE);
+        }
+    };
     let level = match args.verbose {
         0 => "warn",
         1 => "info",
@@ -120,8 +93,8 @@ fn restart() -> ExitCode {
     ExitCode::FAILURE
 }
 
-fn launch(args: &Args) -> anyhow::Result<Stop> {
-    let ram_bytes = parse_mem_size(&args.mem)?;
+fn launch(args: &Request) -> anyhow::Result<Stop> {
+    let ram_bytes = args.ram_bytes;
     let image = read(&args.kernel, "kernel")?;
     let initrd = args
         .initrd
@@ -167,7 +140,7 @@ fn launch(args: &Args) -> anyhow::Result<Stop> {
     };
     let mut devices = DeviceManager::new(GuestAddress(ram_bytes), mem.clone(), irq_line, devices)?;
     // The guest finds its devices the way Linux's virtio_mmio driver does: on its command line.
-    let cmdline = [devices.kernel_cmdline(), args.cmdline.join(" ")]
+    let cmdline = [devices.kernel_cmdline(), args.kernel_words.join(" ")]
         .join(" ")
         .trim()
         .to_owned();
@@ -204,7 +177,7 @@ fn launch(args: &Args) -> anyhow::Result<Stop> {
 /// The devices the options ask for, in the order they get their pages and IRQs: the console
 /// (always: the guest's terminal is the launcher's), then disks, the network card, the entropy
 /// source.
-fn devices(args: &Args) -> anyhow::Result<Vec<Box<dyn VirtioDevice>>> {
+fn devices(args: &Request) -> anyhow::Result<Vec<Box<dyn VirtioDevice>>> {
     let stdin = std::io::stdin()
         .as_fd()
         .try_clone_to_owned()
@@ -213,7 +186,7 @@ fn devices(args: &Args) -> anyhow::Result<Vec<Box<dyn VirtioDevice>>> {
         Box::new(std::io::stdout()),
         Some(File::from(stdin)),
     ))];
-    for disk in &args.block {
+    for disk in &args.disks {
         let (path, read_only) = match disk.strip_suffix(",ro") {
             Some(path) => (path, true),
             None => (disk.as_str(), false),

@@ -17,8 +17,10 @@ use anyhow::{bail, Context};
 
 pub const LAUNCHER: &str = "/bin/lguest-launcher";
 /// The launcher's exit code for any failure, a guest's death included; a panic would exit with
-/// 101, a usage error with 2.
+/// 101.
 pub const FAILURE: i32 = 1;
+/// The launcher's exit code for a command line it refuses (clap's too).
+pub const USAGE: i32 = 2;
 
 /// What a finished launcher left behind.
 pub struct Run {

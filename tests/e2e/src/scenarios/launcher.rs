@@ -13,7 +13,7 @@ use std::time::Duration;
 use anyhow::{ensure, Context};
 
 use crate::check::Checks;
-use crate::launch::{self, FAILURE};
+use crate::launch::{self, FAILURE, USAGE};
 use crate::{elf, kmod};
 
 /// The host kernel's own bzImage (xz-compressed): a real kernel, but not one built for lguest.
@@ -30,7 +30,7 @@ const PATIENCE: Duration = Duration::from_secs(30);
 pub fn loads_bzimage() -> anyhow::Result<()> {
     kmod::ensure_loaded()?;
     let mut c = Checks::new();
-    one_line_failure(&mut c, "64m bzImage", &["64m", BZIMAGE], NO_NOTE);
+    one_line_failure(&mut c, "64m bzImage", &["64m", BZIMAGE], FAILURE, NO_NOTE);
 
     // With -v, the log must show the payload was found and unpacked: the note is looked for in
     // the unpacked ELF, so a refusal without that would prove nothing. MEM is a bare number
@@ -77,27 +77,40 @@ pub fn bad_input() -> anyhow::Result<()> {
         &mut c,
         "missing kernel",
         &["64m", "/nonexistent"],
+        FAILURE,
         "No such file",
     );
     one_line_failure(
         &mut c,
         "random bytes",
         &["64m", &random],
+        FAILURE,
         "not a Linux kernel",
     );
     one_line_failure(
         &mut c,
         "first 100 KiB of a bzImage",
         &["64m", &truncated],
+        FAILURE,
         "truncated bzImage",
     );
-    one_line_failure(&mut c, "zero memory", &["0", BZIMAGE], "memory");
+    one_line_failure(&mut c, "zero memory", &["0", BZIMAGE], USAGE, "memory");
+    // Typed after the kernel's first word, an option would be one more kernel word: the guest
+    // would get no disk, and no one would say why.
+    one_line_failure(
+        &mut c,
+        "an option among the kernel's words",
+        &["64m", &tiny, "root=/dev/vda", "--block", &random],
+        USAGE,
+        "'--block' after KERNEL would be a kernel word",
+    );
 
     kmod::ensure_unloaded()?;
     one_line_failure(
         &mut c,
         "lguest kernel without lg.ko",
         &["64m", &tiny],
+        FAILURE,
         "insmod lg.ko",
     );
     kmod::load()?;
@@ -107,22 +120,23 @@ pub fn bad_input() -> anyhow::Result<()> {
         &mut c,
         "lguest kernel with lg.ko",
         &["64m", &tiny],
+        FAILURE,
         "guest died: ",
     );
     c.finish()
 }
 
-/// The launcher, run with `args`, must exit with [`FAILURE`] and exactly one line on stderr
+/// The launcher, run with `args`, must exit with `code` and exactly one line on stderr
 /// containing `words`.
-fn one_line_failure(c: &mut Checks, what: &str, args: &[&str], words: &str) {
+fn one_line_failure(c: &mut Checks, what: &str, args: &[&str], code: i32, words: &str) {
     match launch::launch(args, PATIENCE) {
         Err(e) => c.ok(what, Err::<(), _>(e)),
         Ok(run) => {
             let lines = run.stderr.lines().count();
-            let holds = run.code == Some(FAILURE) && lines == 1 && run.stderr.contains(words);
+            let holds = run.code == Some(code) && lines == 1 && run.stderr.contains(words);
             c.that(holds, || {
                 format!(
-                    "{what}: expected exit {FAILURE} and one stderr line containing {words:?}, \
+                    "{what}: expected exit {code} and one stderr line containing {words:?}, \
                      got exit {:?} and {lines} lines: {}",
                     run.code,
                     run.shown()

@@ -1,0 +1,249 @@
+//! The command line: `lguest-launcher [OPTIONS] <MEM> <KERNEL> [CMDLINE]...`, as clap reads it
+//! and as the launcher checks it, before any file is opened or any memory mapped.
+//!
+//! The kernel's words come last and may look like anything, so clap takes every word after the
+//! first one following KERNEL as the kernel's: `--block d.img` typed there would silently be two
+//! more kernel words, and the guest would get no disk. [`Args::check`] refuses a kernel word
+//! that is one of the launcher's own options instead, unless a `--` comes before it. Every
+//! mistake in the command line is one line on stderr and exit code [`USAGE`] (clap's own
+//! errors exit with the same code, in clap's words).
+
+use std::ffi::OsString;
+use std::path::PathBuf;
+
+use anyhow::bail;
+use clap::{CommandFactory, Parser};
+
+use crate::size::parse_mem_size;
+
+/// The exit code for a command line the launcher refuses, clap's usage-error code.
+pub const USAGE: u8 = 2;
+
+/// What `--help` says after the options.
+const AFTER_HELP: &str = "\
+Options go before MEM. Every word after KERNEL is the kernel's, so one that is an option of the
+launcher's is refused rather than quietly handed to the kernel; after `--` it is handed on (a
+`--` right after KERNEL ends the launcher's options; a later one reaches the kernel too, which
+gives the words after it to init).";
+
+/// Run a Linux-style kernel built for lguest as a guest, through /dev/lguest (lg.ko).
+#[derive(Parser)]
+#[command(name = "lguest-launcher", version, after_help = AFTER_HELP)]
+pub struct Args {
+    /// Guest RAM in MiB (64), or with a k, m, g or t suffix (65536k, 1g)
+    #[arg(value_name = "MEM")]
+    mem: String,
+    /// The guest kernel: a bzImage or an ELF vmlinux built for lguest
+    #[arg(value_name = "KERNEL")]
+    kernel: PathBuf,
+    /// The kernel command line; its words are joined with spaces
+    #[arg(
+        value_name = "CMDLINE",
+        trailing_var_arg = true,
+        allow_hyphen_values = true
+    )]
+    cmdline: Vec<String>,
+    /// Load FILE as the guest's initial RAM disk
+    #[arg(long, value_name = "FILE")]
+    initrd: Option<PathBuf>,
+    /// Give the guest a virtio disk backed by FILE (`,ro`: read-only); may be repeated
+    #[arg(long, value_name = "FILE[,ro]")]
+    block: Vec<String>,
+    /// Give the guest a virtio network card on tap device NAME (`tap=NAME`)
+    #[arg(long, value_name = "tap=NAME")]
+    net: Option<String>,
+    /// Give the guest a virtio entropy source, fed from the host's getrandom
+    #[arg(long)]
+    rng: bool,
+    /// Say more: -v what was loaded and where, -vv debugging detail (RUST_LOG overrides)
+    #[arg(short, long, action = clap::ArgAction::Count)]
+    verbose: u8,
+    /// Print every exit from the guest on stderr, with its reason (an MMIO access: the
+    /// instruction and what the device answered)
+    #[arg(long)]
+    trace: bool,
+}
+
+/// What the command line asks for, checked.
+#[derive(Debug)]
+pub struct Request {
+    pub ram_bytes: u64,
+    pub kernel: PathBuf,
+    /// The words the user gave the kernel, in order.
+    pub kernel_words: Vec<String>,
+    pub initrd: Option<PathBuf>,
+    /// `--block` values, each `FILE` or `FILE,ro`.
+    pub disks: Vec<String>,
+    /// The `--net` value, `tap=NAME`.
+    pub net: Option<String>,
+    pub rng: bool,
+    pub verbose: u8,
+    pub trace: bool,
+}
+
+impl Args {
+    /// Checks what clap read from `argv` (the whole command line, program name first): the
+    /// memory size, and that no option of the launcher's hides among the kernel's words.
+    pub fn check(self, argv: &[OsString]) -> anyhow::Result<Request> {
+        let ram_bytes = parse_mem_size(&self.mem)?;
+        if let Some(word) = misplaced_option(argv, &self.cmdline) {
+            bail!(
+                "'{word}' after KERNEL would be a kernel word: put the launcher's options before \
+                 MEM (or a `--` before it, to give it to the kernel)"
+            );
+        }
+        Ok(Request {
+            ram_bytes,
+            kernel: self.kernel,
+            kernel_words: self.cmdline,
+            initrd: self.initrd,
+            disks: self.block,
+            net: self.net,
+            rng: self.rng,
+            verbose: self.verbose,
+            trace: self.trace,
+        })
+    }
+}
+
+/// The first of the kernel's `words` that is an option of the launcher's and is not after a
+/// `--`.
+///
+/// clap drops the first `--` it meets before the kernel's words begin (the user's "no more
+/// options"), and keeps a later one among them; so when `argv` holds more `--` than `words`,
+/// every word came after a dropped one.
+fn misplaced_option<'a>(argv: &[OsString], words: &'a [String]) -> Option<&'a str> {
+    let dashes = |count: usize, word: bool| count + usize::from(word);
+    let in_argv = argv.iter().skip(1).fold(0, |n, arg| dashes(n, arg == "--"));
+    let in_words = words.iter().fold(0, |n, word| dashes(n, word == "--"));
+    if in_argv > in_words {
+        return None;
+    }
+    let mut command = Args::command();
+    // Adds --help and --version, which are options of the launcher's too.
+    command.build();
+    words
+        .iter()
+        .take_while(|word| *word != "--")
+        .find(|word| is_option(&command, word))
+        .map(String::as_str)
+}
+
+/// Whether `word` names one of `command`'s options: `--long`, `--long=value`, or `-s` with
+/// anything after the letter (`-vv`).
+fn is_option(command: &clap::Command, word: &str) -> bool {
+    if let Some(long) = word.strip_prefix("--") {
+        let name = long.split_once('=').map_or(long, |(name, _)| name);
+        command
+            .get_arguments()
+            .any(|arg| arg.get_long() == Some(name))
+    } else if let Some(short) = word.strip_prefix('-').and_then(|rest| rest.chars().next()) {
+        command
+            .get_arguments()
+            .any(|arg| arg.get_short() == Some(short))
+    } else {
+        false
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn argv(line: &str) -> Vec<OsString> {
+        std::iter::once("lguest-launcher")
+            .chain(line.split_whitespace())
+            .map(OsString::from)
+            .collect()
+    }
+
+    fn parse(line: &str) -> Request {
+        let argv = argv(line);
+        Args::try_parse_from(&argv).unwrap().check(&argv).unwrap()
+    }
+
+    fn refusal(line: &str) -> String {
+        let argv = argv(line);
+        let error = Args::try_parse_from(&argv)
+            .unwrap()
+            .check(&argv)
+            .unwrap_err();
+        format!("{error:#}")
+    }
+
+    #[test]
+    fn options_before_mem_are_the_launchers() {
+        let request = parse("--block d.img -vv --rng 64 bzImage root=/dev/vda quiet");
+        assert_eq!(request.ram_bytes, 64 << 20);
+        assert_eq!(request.kernel, PathBuf::from("bzImage"));
+        assert_eq!(request.disks, ["d.img"]);
+        assert_eq!(request.verbose, 2);
+        assert!(request.rng);
+        assert_eq!(request.kernel_words, ["root=/dev/vda", "quiet"]);
+    }
+
+    #[test]
+    fn launcher_options_among_the_kernels_words_are_refused() {
+        for (line, word) in [
+            ("64m bzImage root=/dev/vda --block d.img", "--block"),
+            ("64m bzImage root=/dev/vda --block=d.img", "--block=d.img"),
+            ("64m bzImage quiet --net tap=tap0", "--net"),
+            ("64m bzImage quiet --initrd=i.img", "--initrd=i.img"),
+            ("64m bzImage quiet --rng", "--rng"),
+            ("64m bzImage quiet --trace", "--trace"),
+            ("64m bzImage quiet -v", "-v"),
+            ("64m bzImage quiet -vv", "-vv"),
+            ("64m bzImage quiet --verbose", "--verbose"),
+            ("64m bzImage quiet --help", "--help"),
+            ("64m bzImage quiet -V", "-V"),
+        ] {
+            let error = refusal(line);
+            assert!(
+                error.starts_with(&format!("'{word}' after KERNEL would be a kernel word")),
+                "{line}: {error}"
+            );
+            assert!(
+                error.contains("put the launcher's options before MEM"),
+                "{error}"
+            );
+        }
+    }
+
+    #[test]
+    fn words_that_are_not_launcher_options_reach_the_kernel() {
+        let words = ["-", "-x", "--bogus", "--blocks", "--", "init=/bin/sh"];
+        let request = parse(&format!("64m bzImage quiet {}", words.join(" ")));
+        assert_eq!(request.kernel_words[0], "quiet");
+        assert_eq!(request.kernel_words[1..], words);
+    }
+
+    #[test]
+    fn after_a_double_dash_anything_reaches_the_kernel() {
+        // Right after KERNEL, clap takes `--` as the end of the options and drops it.
+        let request = parse("64m bzImage -- --block d.img -v");
+        assert_eq!(request.kernel_words, ["--block", "d.img", "-v"]);
+        assert!(request.disks.is_empty());
+        // Later, it is one of the kernel's words, which hands what follows to init.
+        let request = parse("64m bzImage quiet -- --rng -v");
+        assert_eq!(request.kernel_words, ["quiet", "--", "--rng", "-v"]);
+        assert!(!request.rng);
+        // Before MEM it ends the options too, and the words after KERNEL are the kernel's.
+        let request = parse("--rng -- 64m bzImage --trace");
+        assert_eq!(request.kernel_words, ["--trace"]);
+        // A `--` after the option does not excuse it.
+        let error = refusal("64m bzImage quiet --rng --");
+        assert!(error.starts_with("'--rng' after KERNEL"), "{error}");
+    }
+
+    #[test]
+    fn a_bad_memory_size_is_refused_before_anything_else() {
+        let error = refusal("0 bzImage --block d.img");
+        assert_eq!(error, "invalid memory size '0': must be more than zero");
+    }
+
+    #[test]
+    fn help_says_where_options_go() {
+        let help = Args::command().render_long_help().to_string();
+        assert!(help.contains("Options go before MEM."), "{help}");
+    }
+}
