@@ -7,6 +7,9 @@
 //! that is one of the launcher's own options instead, unless a `--` comes before it. Every
 //! mistake in the command line is one line on stderr and exit code [`USAGE`] (clap's own
 //! errors exit with the same code, in clap's words).
+//!
+//! The exit codes are here too, with `--help`'s list of them: a script running a guest must be
+//! able to tell a guest that died from a launcher that could not start one.
 
 use std::ffi::OsString;
 use std::path::PathBuf;
@@ -16,15 +19,37 @@ use clap::{CommandFactory, Parser};
 
 use crate::size::parse_mem_size;
 
-/// The exit code for a command line the launcher refuses, clap's usage-error code.
+/// Exit code: the guest powered off.
+pub const POWERED_OFF: u8 = 0;
+/// Exit code: the launcher failed: a file, /dev/lguest, a device. Anything that is not the
+/// guest's doing nor the command line's.
+pub const LAUNCHER_ERROR: u8 = 1;
+/// Exit code: the command line is refused (clap's usage-error code, for its errors too).
 pub const USAGE: u8 = 2;
+/// Exit code: the guest died. The host killed it for breaking a rule, or it touched a device in
+/// a way the launcher cannot serve; either way, what went wrong is in the guest.
+pub const GUEST_DIED: u8 = 3;
 
-/// What `--help` says after the options.
+/// What `--help` says after the options. A unit test checks the exit codes against the
+/// constants above.
 const AFTER_HELP: &str = "\
 Options go before MEM. Every word after KERNEL is the kernel's, so one that is an option of the
 launcher's is refused rather than quietly handed to the kernel; after `--` it is handed on (a
 `--` right after KERNEL ends the launcher's options; a later one reaches the kernel too, which
-gives the words after it to init).";
+gives the words after it to init).
+
+Exit status:
+  0  the guest powered off
+  1  the launcher failed: a file, /dev/lguest (is lg.ko loaded?), a device
+  2  the command line is wrong
+  3  the guest died: lg.ko killed it for breaking a rule, or it touched a device in a way the
+     launcher cannot serve; the reason is on stderr
+
+Examples:
+  lguest-launcher 64 bzImage console=hvc0
+      64 MiB of RAM and the kernel's console on this terminal
+  lguest-launcher --block disk.img --rng 256m bzImage console=hvc0 root=/dev/vda
+      a disk, which the guest's kernel mounts as its root, and an entropy source";
 
 /// Run a Linux-style kernel built for lguest as a guest, through /dev/lguest (lg.ko).
 #[derive(Parser)]
@@ -242,8 +267,19 @@ mod tests {
     }
 
     #[test]
-    fn help_says_where_options_go() {
+    fn help_says_where_options_go_and_what_each_exit_code_means() {
         let help = Args::command().render_long_help().to_string();
         assert!(help.contains("Options go before MEM."), "{help}");
+        for (code, meaning) in [
+            (POWERED_OFF, "the guest powered off"),
+            (LAUNCHER_ERROR, "the launcher failed"),
+            (USAGE, "the command line is wrong"),
+            (GUEST_DIED, "the guest died"),
+        ] {
+            assert!(
+                help.contains(&format!("\n  {code}  {meaning}")),
+                "{code}: {help}"
+            );
+        }
     }
 }

@@ -1,9 +1,10 @@
 //! `lguest-launcher [OPTIONS] <MEM> <KERNEL> [CMDLINE]...`: the command a user types.
 //!
 //! This file walks the steps the library provides, in the order lib.rs tells them, logs what
-//! it did, and turns any failure into one line on stderr and exit code 1. How the guest ends
-//! decides how the launcher ends: power off is exit 0, a restart starts the launcher afresh, and
-//! death is the host's reason on stderr and exit 1.
+//! it did, and turns any failure into one line on stderr and an exit code (cli.rs lists them):
+//! 2 for a command line it refuses, 1 for everything else that fails. How the guest ends decides
+//! how the launcher ends: power off is exit 0, a restart starts the launcher afresh, and death is
+//! the reason on stderr and exit 3.
 
 use std::ffi::OsString;
 use std::fs::File;
@@ -59,7 +60,7 @@ fn main() -> ExitCode {
     match launch(&args) {
         Ok(Stop::PowerOff(message)) => {
             info!("the guest powered off: {message}");
-            ExitCode::SUCCESS
+            ExitCode::from(cli::POWERED_OFF)
         }
         Ok(Stop::Restart(message)) => {
             info!("the guest asked to restart: {message}");
@@ -67,12 +68,12 @@ fn main() -> ExitCode {
         }
         Ok(Stop::Died(reason)) => {
             eprintln!("lguest-launcher: guest died: {reason}");
-            ExitCode::FAILURE
+            ExitCode::from(cli::GUEST_DIED)
         }
         Err(err) => {
             // `{:#}` prints the whole chain of contexts on one line, joined with ": ".
             eprintln!("lguest-launcher: {err:#}");
-            ExitCode::FAILURE
+            ExitCode::from(cli::LAUNCHER_ERROR)
         }
     }
 }
@@ -90,7 +91,7 @@ fn restart() -> ExitCode {
     // exec returns only if it failed.
     let err = command.args(args).exec();
     eprintln!("lguest-launcher: cannot restart the guest: exec /proc/self/exe: {err}");
-    ExitCode::FAILURE
+    ExitCode::from(cli::LAUNCHER_ERROR)
 }
 
 fn launch(args: &Request) -> anyhow::Result<Stop> {

@@ -1,5 +1,6 @@
 //! The launcher as a user meets it: every mistake a user can make is one clear line on stderr
-//! and a failing exit code (design.md D8), never a panic or a screenful of log.
+//! and a failing exit code (design.md D8), never a panic or a screenful of log; the code says
+//! whose mistake it was (the command line's, the launcher's, the guest's).
 //!
 //! The mistakes are made with the host's own bzImage (a real kernel, which must be refused for
 //! its missing note) and with a tiny hand-made ELF that carries the note (elf.rs), which gets the
@@ -13,7 +14,7 @@ use std::time::Duration;
 use anyhow::{ensure, Context};
 
 use crate::check::Checks;
-use crate::launch::{self, FAILURE, USAGE};
+use crate::launch::{self, FAILURE, LAUNCHER_ERROR, USAGE};
 use crate::{elf, kmod};
 
 /// The host kernel's own bzImage (xz-compressed): a real kernel, but not one built for lguest.
@@ -30,7 +31,13 @@ const PATIENCE: Duration = Duration::from_secs(30);
 pub fn loads_bzimage() -> anyhow::Result<()> {
     kmod::ensure_loaded()?;
     let mut c = Checks::new();
-    one_line_failure(&mut c, "64m bzImage", &["64m", BZIMAGE], FAILURE, NO_NOTE);
+    one_line_failure(
+        &mut c,
+        "64m bzImage",
+        &["64m", BZIMAGE],
+        LAUNCHER_ERROR,
+        NO_NOTE,
+    );
 
     // With -v, the log must show the payload was found and unpacked: the note is looked for in
     // the unpacked ELF, so a refusal without that would prove nothing. MEM is a bare number
@@ -38,8 +45,8 @@ pub fn loads_bzimage() -> anyhow::Result<()> {
     match launch::launch(&["-v", "64", BZIMAGE], PATIENCE) {
         Err(e) => c.ok("-v 64 bzImage", Err::<(), _>(e)),
         Ok(run) => {
-            c.that(run.code == Some(FAILURE), || {
-                format!("-v: expected exit {FAILURE}, got {:?}", run.code)
+            c.that(run.code == Some(LAUNCHER_ERROR), || {
+                format!("-v: expected exit {LAUNCHER_ERROR}, got {:?}", run.code)
             });
             let last = run.stderr.lines().last().unwrap_or_default();
             c.that(last.contains(NO_NOTE), || {
@@ -77,24 +84,46 @@ pub fn bad_input() -> anyhow::Result<()> {
         &mut c,
         "missing kernel",
         &["64m", "/nonexistent"],
-        FAILURE,
+        LAUNCHER_ERROR,
         "No such file",
     );
     one_line_failure(
         &mut c,
         "random bytes",
         &["64m", &random],
-        FAILURE,
+        LAUNCHER_ERROR,
         "not a Linux kernel",
     );
     one_line_failure(
         &mut c,
         "first 100 KiB of a bzImage",
         &["64m", &truncated],
-        FAILURE,
+        LAUNCHER_ERROR,
         "truncated bzImage",
     );
     one_line_failure(&mut c, "zero memory", &["0", BZIMAGE], USAGE, "memory");
+    // clap's own usage errors take more lines, but the same code; --help is no error.
+    match launch::launch(&["64m"], PATIENCE) {
+        Err(e) => c.ok("no KERNEL", Err::<(), _>(e)),
+        Ok(run) => c.that(run.code == Some(USAGE), || {
+            format!("no KERNEL: expected exit {USAGE}, got {}", run.status())
+        }),
+    }
+    match launch::launch(&["--help"], PATIENCE) {
+        Err(e) => c.ok("--help", Err::<(), _>(e)),
+        Ok(run) => c.that(
+            run.code == Some(0)
+                && run.stdout.contains("Options go before MEM")
+                && run.stdout.contains("Exit status:"),
+            || {
+                format!(
+                    "--help: expected exit 0 and where options go and the exit codes, got {}: {}",
+                    run.status(),
+                    run.shown_stdout()
+                )
+            },
+        ),
+    }
     // Typed after the kernel's first word, an option would be one more kernel word: the guest
     // would get no disk, and no one would say why.
     one_line_failure(
@@ -110,7 +139,7 @@ pub fn bad_input() -> anyhow::Result<()> {
         &mut c,
         "lguest kernel without lg.ko",
         &["64m", &tiny],
-        FAILURE,
+        LAUNCHER_ERROR,
         "insmod lg.ko",
     );
     kmod::load()?;
