@@ -29,6 +29,9 @@ pub const USAGE: u8 = 2;
 /// Exit code: the guest died. The host killed it for breaking a rule, or it touched a device in
 /// a way the launcher cannot serve; either way, what went wrong is in the guest.
 pub const GUEST_DIED: u8 = 3;
+/// Exit code: the guest asked to restart, and `--no-reboot` said not to. Not 0: a kernel that
+/// panics with `panic=N` restarts, and a script must not take that for a clean power-off.
+pub const GUEST_REBOOTED: u8 = 4;
 
 /// What `--help` says after the options. A unit test checks the exit codes against the
 /// constants above.
@@ -44,6 +47,8 @@ Exit status:
   2  the command line is wrong
   3  the guest died: lg.ko killed it for breaking a rule, or it touched a device in a way the
      launcher cannot serve; the reason is on stderr
+  4  the guest rebooted, under --no-reboot (without it the launcher starts the guest afresh,
+     as a real machine would)
 
 Examples:
   lguest-launcher 64 bzImage console=hvc0
@@ -80,6 +85,9 @@ pub struct Args {
     /// Give the guest a virtio entropy source, fed from the host's getrandom
     #[arg(long)]
     rng: bool,
+    /// When the guest reboots, exit (code 4) instead of starting it afresh
+    #[arg(long)]
+    no_reboot: bool,
     /// Say more: -v what was loaded and where, -vv debugging detail (RUST_LOG overrides)
     #[arg(short, long, action = clap::ArgAction::Count)]
     verbose: u8,
@@ -102,6 +110,7 @@ pub struct Request {
     /// The `--net` value, `tap=NAME`.
     pub net: Option<String>,
     pub rng: bool,
+    pub no_reboot: bool,
     pub verbose: u8,
     pub trace: bool,
 }
@@ -125,6 +134,7 @@ impl Args {
             disks: self.block,
             net: self.net,
             rng: self.rng,
+            no_reboot: self.no_reboot,
             verbose: self.verbose,
             trace: self.trace,
         })
@@ -198,12 +208,13 @@ mod tests {
 
     #[test]
     fn options_before_mem_are_the_launchers() {
-        let request = parse("--block d.img -vv --rng 64 bzImage root=/dev/vda quiet");
+        let request = parse("--block d.img -vv --rng --no-reboot 64 bzImage root=/dev/vda quiet");
         assert_eq!(request.ram_bytes, 64 << 20);
         assert_eq!(request.kernel, PathBuf::from("bzImage"));
         assert_eq!(request.disks, ["d.img"]);
         assert_eq!(request.verbose, 2);
         assert!(request.rng);
+        assert!(request.no_reboot);
         assert_eq!(request.kernel_words, ["root=/dev/vda", "quiet"]);
     }
 
@@ -216,6 +227,7 @@ mod tests {
             ("64m bzImage quiet --initrd=i.img", "--initrd=i.img"),
             ("64m bzImage quiet --rng", "--rng"),
             ("64m bzImage quiet --trace", "--trace"),
+            ("64m bzImage quiet --no-reboot", "--no-reboot"),
             ("64m bzImage quiet -v", "-v"),
             ("64m bzImage quiet -vv", "-vv"),
             ("64m bzImage quiet --verbose", "--verbose"),
@@ -275,6 +287,7 @@ mod tests {
             (LAUNCHER_ERROR, "the launcher failed"),
             (USAGE, "the command line is wrong"),
             (GUEST_DIED, "the guest died"),
+            (GUEST_REBOOTED, "the guest rebooted, under --no-reboot"),
         ] {
             assert!(
                 help.contains(&format!("\n  {code}  {meaning}")),

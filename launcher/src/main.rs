@@ -3,8 +3,8 @@
 //! This file walks the steps the library provides, in the order lib.rs tells them, logs what
 //! it did, and turns any failure into one line on stderr and an exit code (cli.rs lists them):
 //! 2 for a command line it refuses, 1 for everything else that fails. How the guest ends decides
-//! how the launcher ends: power off is exit 0, a restart starts the launcher afresh, and death is
-//! the reason on stderr and exit 3.
+//! how the launcher ends: power off is exit 0, a restart starts the launcher afresh (or, with
+//! --no-reboot, exits 4), and death is the reason on stderr and exit 3.
 
 use std::ffi::OsString;
 use std::fs::File;
@@ -61,6 +61,10 @@ fn main() -> ExitCode {
         Ok(Stop::PowerOff(message)) => {
             info!("the guest powered off: {message}");
             ExitCode::from(cli::POWERED_OFF)
+        }
+        Ok(Stop::Restart(message)) if args.no_reboot => {
+            info!("the guest asked to restart, and --no-reboot says exit: {message}");
+            ExitCode::from(cli::GUEST_REBOOTED)
         }
         Ok(Stop::Restart(message)) => {
             info!("the guest asked to restart: {message}");
