@@ -10,14 +10,20 @@
 //!
 //! The exit codes are here too, with `--help`'s list of them: a script running a guest must be
 //! able to tell a guest that died from a launcher that could not start one.
+//!
+//! A restart runs the launcher afresh (main.rs), on [`Request::command_line`]: the request
+//! written out again, with what the launcher chose itself (a network card's random MAC), so the
+//! guest comes back with the same hardware.
 
 use std::ffi::OsString;
+use std::io;
 use std::path::PathBuf;
 
-use anyhow::bail;
+use anyhow::{bail, Context};
 use clap::{CommandFactory, Parser};
 
 use crate::size::parse_mem_size;
+use crate::virtio::Mac;
 
 /// Exit code: the guest powered off.
 pub const POWERED_OFF: u8 = 0;
@@ -53,8 +59,9 @@ Exit status:
 Examples:
   lguest-launcher 64 bzImage console=hvc0
       64 MiB of RAM and the kernel's console on this terminal
-  lguest-launcher --block disk.img --rng 256m bzImage console=hvc0 root=/dev/vda
-      a disk, which the guest's kernel mounts as its root, and an entropy source";
+  lguest-launcher --block disk.img --net tap=tap0 --rng 256m bzImage console=hvc0 root=/dev/vda
+      a disk, which the kernel mounts as its root, a network card on the tap tap0 (which must
+      exist: ip tuntap add tap0 mode tap) with a random MAC, and an entropy source";
 
 /// Run a Linux-style kernel built for lguest as a guest, through /dev/lguest (lg.ko).
 #[derive(Parser)]
@@ -79,9 +86,10 @@ pub struct Args {
     /// Give the guest a virtio disk backed by FILE (`,ro`: read-only); may be repeated
     #[arg(long, value_name = "FILE[,ro]")]
     block: Vec<String>,
-    /// Give the guest a virtio network card on tap device NAME (`tap=NAME`)
-    #[arg(long, value_name = "tap=NAME")]
-    net: Option<String>,
+    /// Give the guest a virtio network card on the existing tap device NAME, with address MAC
+    /// (random if not given); may be repeated
+    #[arg(long, value_name = "tap=NAME[,mac=MAC]")]
+    net: Vec<String>,
     /// Give the guest a virtio entropy source, fed from the host's getrandom
     #[arg(long)]
     rng: bool,
@@ -98,7 +106,7 @@ pub struct Args {
 }
 
 /// What the command line asks for, checked.
-#[derive(Debug)]
+#[derive(Debug, PartialEq, Eq)]
 pub struct Request {
     pub ram_bytes: u64,
     pub kernel: PathBuf,
@@ -107,19 +115,51 @@ pub struct Request {
     pub initrd: Option<PathBuf>,
     /// `--block` values, each `FILE` or `FILE,ro`.
     pub disks: Vec<String>,
-    /// The `--net` value, `tap=NAME`.
-    pub net: Option<String>,
+    pub nets: Vec<NetCard>,
     pub rng: bool,
     pub no_reboot: bool,
     pub verbose: u8,
     pub trace: bool,
 }
 
+/// A network card, as `--net` asks for it.
+#[derive(Debug, PartialEq, Eq)]
+pub struct NetCard {
+    /// The tap interface the card's frames go to and come from.
+    pub tap: String,
+    /// Its address, until [`Request::choose_macs`] chooses one.
+    pub mac: Option<Mac>,
+}
+
+impl NetCard {
+    /// Reads `tap=NAME[,mac=MAC]`.
+    fn parse(text: &str) -> anyhow::Result<NetCard> {
+        let (mut tap, mut mac) = (None, None);
+        for setting in text.split(',') {
+            match setting.split_once('=') {
+                Some(("tap", name)) if tap.is_none() && !name.is_empty() => tap = Some(name),
+                Some(("mac", address)) if mac.is_none() => {
+                    mac = Some(address.parse().map_err(anyhow::Error::msg)?);
+                }
+                _ => bail!("'{setting}' is not tap=NAME nor mac=MAC, each once"),
+            }
+        }
+        let tap = tap.context("a tap=NAME is needed")?.to_owned();
+        Ok(NetCard { tap, mac })
+    }
+}
+
 impl Args {
     /// Checks what clap read from `argv` (the whole command line, program name first): the
-    /// memory size, and that no option of the launcher's hides among the kernel's words.
+    /// memory size, the devices' settings, and that no option of the launcher's hides among the
+    /// kernel's words.
     pub fn check(self, argv: &[OsString]) -> anyhow::Result<Request> {
         let ram_bytes = parse_mem_size(&self.mem)?;
+        let nets = self
+            .net
+            .iter()
+            .map(|net| NetCard::parse(net).with_context(|| format!("--net {net}")))
+            .collect::<anyhow::Result<_>>()?;
         if let Some(word) = misplaced_option(argv, &self.cmdline) {
             bail!(
                 "'{word}' after KERNEL would be a kernel word: put the launcher's options before \
@@ -132,12 +172,65 @@ impl Args {
             kernel_words: self.cmdline,
             initrd: self.initrd,
             disks: self.block,
-            net: self.net,
+            nets,
             rng: self.rng,
             no_reboot: self.no_reboot,
             verbose: self.verbose,
             trace: self.trace,
         })
+    }
+}
+
+impl Request {
+    /// Gives every network card without an address a random one.
+    pub fn choose_macs(&mut self) -> io::Result<()> {
+        for card in self.nets.iter_mut().filter(|card| card.mac.is_none()) {
+            card.mac = Some(Mac::random()?);
+        }
+        Ok(())
+    }
+
+    /// A command line (without the program's name) that asks for this request again. Values
+    /// are joined to their options with `=`, and MEM, KERNEL and the kernel's words follow a
+    /// `--`, so none of them is read as an option, whatever it looks like.
+    pub fn command_line(&self) -> Vec<OsString> {
+        let mut args: Vec<OsString> = Vec::new();
+        let mut option = |name: &str, value: &std::ffi::OsStr| {
+            let mut arg = OsString::from(format!("--{name}="));
+            arg.push(value);
+            args.push(arg);
+        };
+        if let Some(initrd) = &self.initrd {
+            option("initrd", initrd.as_os_str());
+        }
+        for disk in &self.disks {
+            option("block", disk.as_ref());
+        }
+        for card in &self.nets {
+            let mac = card
+                .mac
+                .map(|mac| format!(",mac={mac}"))
+                .unwrap_or_default();
+            option("net", format!("tap={}{mac}", card.tap).as_ref());
+        }
+        let flags = [
+            (self.rng, "--rng"),
+            (self.no_reboot, "--no-reboot"),
+            (self.trace, "--trace"),
+        ];
+        for (_, flag) in flags.into_iter().filter(|(on, _)| *on) {
+            args.push(flag.into());
+        }
+        for _ in 0..self.verbose {
+            args.push("-v".into());
+        }
+        // After `--` clap takes every word as it is: the kernel's path and words too.
+        args.push("--".into());
+        // Every page is a whole number of KiB.
+        args.push(format!("{}k", self.ram_bytes >> 10).into());
+        args.push(self.kernel.clone().into());
+        args.extend(self.kernel_words.iter().map(OsString::from));
+        args
     }
 }
 
@@ -276,6 +369,94 @@ mod tests {
     fn a_bad_memory_size_is_refused_before_anything_else() {
         let error = refusal("0 bzImage --block d.img");
         assert_eq!(error, "invalid memory size '0': must be more than zero");
+    }
+
+    #[test]
+    fn net_cards_name_a_tap_and_maybe_a_mac() {
+        let request = parse(
+            "--net tap=tap0 --net=mac=52:54:00:12:34:56,tap=lg1 --net tap=tap2,mac=02:00:00:00:00:01 \
+             64m bzImage",
+        );
+        let card = |tap: &str, mac: Option<[u8; 6]>| NetCard {
+            tap: tap.into(),
+            mac: mac.map(Mac),
+        };
+        assert_eq!(
+            request.nets,
+            [
+                card("tap0", None),
+                card("lg1", Some([0x52, 0x54, 0, 0x12, 0x34, 0x56])),
+                card("tap2", Some([2, 0, 0, 0, 0, 1])),
+            ]
+        );
+    }
+
+    #[test]
+    fn bad_net_cards_are_refused() {
+        for (net, error) in [
+            (
+                "tap0",
+                "--net tap0: 'tap0' is not tap=NAME nor mac=MAC, each once",
+            ),
+            (
+                "tap=",
+                "--net tap=: 'tap=' is not tap=NAME nor mac=MAC, each once",
+            ),
+            (
+                "tap=a,tap=b",
+                "--net tap=a,tap=b: 'tap=b' is not tap=NAME nor mac=MAC, each once",
+            ),
+            (
+                "tap=a,model=e1000",
+                "'model=e1000' is not tap=NAME nor mac=MAC, each once",
+            ),
+            ("tap=a,", "'' is not tap=NAME nor mac=MAC, each once"),
+            (
+                "mac=52:54:00:12:34:56",
+                "--net mac=52:54:00:12:34:56: a tap=NAME is needed",
+            ),
+            (
+                "tap=a,mac=52:54:00:12:34",
+                "'52:54:00:12:34' is not a MAC address like",
+            ),
+            (
+                "tap=a,mac=ff:ff:ff:ff:ff:ff",
+                "is a multicast address, which no card may have",
+            ),
+        ] {
+            let refused = refusal(&format!("--net {net} 64m bzImage"));
+            assert!(refused.contains(error), "{net}: {refused}");
+        }
+    }
+
+    #[test]
+    fn only_cards_without_a_mac_get_a_random_one() {
+        let mut request = parse("--net tap=a --net tap=b,mac=02:00:00:00:00:01 64m bzImage");
+        request.choose_macs().unwrap();
+        let chosen = request.nets[0].mac.unwrap();
+        assert_eq!(chosen.0[0] & 0b11, 0b10, "{chosen}");
+        assert_eq!(request.nets[1].mac, Some(Mac([2, 0, 0, 0, 0, 1])));
+        request.choose_macs().unwrap();
+        assert_eq!(request.nets[0].mac, Some(chosen));
+    }
+
+    #[test]
+    fn a_request_written_out_again_asks_for_the_same() {
+        for line in [
+            "64 bzImage",
+            "-vv --trace --rng --no-reboot --initrd=-i.img --block=-d.img,ro --block e.img \
+             --net tap=a,mac=02:00:00:00:00:01 --net tap=b -- 1g -bzImage quiet",
+            "65536k bzImage -- --block d.img -v",
+            "64m bzImage quiet -- --rng -- init",
+        ] {
+            let mut request = parse(line);
+            request.choose_macs().unwrap();
+            let argv: Vec<OsString> = std::iter::once("lguest-launcher".into())
+                .chain(request.command_line())
+                .collect();
+            let again = Args::try_parse_from(&argv).unwrap().check(&argv).unwrap();
+            assert_eq!(again, request, "{line} became {argv:?}");
+        }
     }
 
     #[test]

@@ -14,7 +14,7 @@ use std::path::Path;
 use std::process::{Command, ExitCode};
 use std::sync::Arc;
 
-use anyhow::{bail, Context};
+use anyhow::Context;
 use clap::Parser;
 use lguest_abi::dev::Initialize;
 use lguest_abi::PAGE_SIZE;
@@ -38,7 +38,7 @@ fn main() -> ExitCode {
     let argv: Vec<OsString> = std::env::args_os().collect();
     // clap prints its own errors (and --help) and exits, with USAGE for an error.
     let parsed = Args::try_parse_from(&argv).unwrap_or_else(|err| err.exit());
-    let args = match parsed.check(&argv) {
+    let mut args = match parsed.check(&argv) {
         Ok(args) => args,
         Err(err) => {
             eprintln!("lguest-launcher: {err:#}");
@@ -57,7 +57,7 @@ fn main() -> ExitCode {
         level.to_owned()
     };
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(filter)).init();
-    match launch(&args) {
+    match launch(&mut args) {
         Ok(Stop::PowerOff(message)) => {
             info!("the guest powered off: {message}");
             ExitCode::from(cli::POWERED_OFF)
@@ -68,7 +68,7 @@ fn main() -> ExitCode {
         }
         Ok(Stop::Restart(message)) => {
             info!("the guest asked to restart: {message}");
-            restart()
+            restart(&args)
         }
         Ok(Stop::Died(reason)) => {
             eprintln!("lguest-launcher: guest died: {reason}");
@@ -82,23 +82,24 @@ fn main() -> ExitCode {
     }
 }
 
-/// Starts the launcher again with the same arguments, as lguest's launcher did on a restart:
-/// the simplest way to give the guest fresh memory and a fresh /dev/lguest file. Both go away
-/// at the exec (Rust opens files close-on-exec), so the old guest is gone before the new one
-/// is set up.
-fn restart() -> ExitCode {
-    let mut args = std::env::args_os();
+/// Starts the launcher again for the same request, as lguest's launcher did on a restart: the
+/// simplest way to give the guest fresh memory and a fresh /dev/lguest file. Both go away at
+/// the exec (Rust opens files close-on-exec), so the old guest is gone before the new one is
+/// set up. The request's own command line keeps the MACs chosen this time.
+fn restart(args: &Request) -> ExitCode {
     let mut command = Command::new("/proc/self/exe");
-    if let Some(arg0) = args.next() {
+    if let Some(arg0) = std::env::args_os().next() {
         command.arg0(arg0);
     }
     // exec returns only if it failed.
-    let err = command.args(args).exec();
+    let err = command.args(args.command_line()).exec();
     eprintln!("lguest-launcher: cannot restart the guest: exec /proc/self/exe: {err}");
     ExitCode::from(cli::LAUNCHER_ERROR)
 }
 
-fn launch(args: &Request) -> anyhow::Result<Stop> {
+fn launch(args: &mut Request) -> anyhow::Result<Stop> {
+    args.choose_macs()
+        .context("cannot choose a MAC address for a network card")?;
     let ram_bytes = args.ram_bytes;
     let image = read(&args.kernel, "kernel")?;
     let initrd = args
@@ -198,11 +199,10 @@ fn devices(args: &Request) -> anyhow::Result<Vec<Box<dyn VirtioDevice>>> {
         };
         devices.push(Box::new(Block::open(Path::new(path), read_only)?));
     }
-    if let Some(net) = &args.net {
-        let Some(tap) = net.strip_prefix("tap=").filter(|name| !name.is_empty()) else {
-            bail!("--net wants tap=NAME, not '{net}'");
-        };
-        devices.push(Box::new(Net::new(open_tap(tap)?)));
+    for card in &args.nets {
+        let mac = card.mac.context("a network card has no MAC address")?;
+        info!("network card {mac} on tap {}", card.tap);
+        devices.push(Box::new(Net::new(open_tap(&card.tap)?, mac)));
     }
     if args.rng {
         devices.push(Box::new(Rng));

@@ -23,6 +23,8 @@ const BZIMAGE: &str = "/boot/bzImage";
 const NO_NOTE: &str = "this kernel was not built to run under lguest";
 /// The ring-1 guest, for the runs that need a guest that does something (tests/guests/ring1).
 const RING1: &str = "/guests/ring1";
+/// A tap device no one created.
+const MISSING_TAP: &str = "lgnosuchtap";
 /// No run here should take more than a moment; a launcher that hangs is killed and fails.
 const PATIENCE: Duration = Duration::from_secs(30);
 
@@ -102,6 +104,26 @@ pub fn bad_input() -> anyhow::Result<()> {
         "truncated bzImage",
     );
     one_line_failure(&mut c, "zero memory", &["0", BZIMAGE], USAGE, "memory");
+    one_line_failure(
+        &mut c,
+        "--net without tap=",
+        &["--net", "lgtap0", "64m", &tiny],
+        USAGE,
+        "--net lgtap0: 'lgtap0' is not tap=NAME nor mac=MAC",
+    );
+    // TUNSETIFF would create a missing tap, which no one could reach and which would vanish
+    // with the launcher: the launcher must refuse instead, and leave no interface behind.
+    one_line_failure(
+        &mut c,
+        "a missing tap",
+        &["--net", &format!("tap={MISSING_TAP}"), "64m", &tiny],
+        LAUNCHER_ERROR,
+        &format!("there is no network interface {MISSING_TAP}"),
+    );
+    let created = PathBuf::from("/sys/class/net").join(MISSING_TAP);
+    c.that(!created.exists(), || {
+        format!("the launcher created {}", created.display())
+    });
     // clap's own usage errors take more lines, but the same code; --help is no error.
     match launch::launch(&["64m"], PATIENCE) {
         Err(e) => c.ok("no KERNEL", Err::<(), _>(e)),
