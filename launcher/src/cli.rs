@@ -113,13 +113,47 @@ pub struct Request {
     /// The words the user gave the kernel, in order.
     pub kernel_words: Vec<String>,
     pub initrd: Option<PathBuf>,
-    /// `--block` values, each `FILE` or `FILE,ro`.
-    pub disks: Vec<String>,
+    pub disks: Vec<Disk>,
     pub nets: Vec<NetCard>,
     pub rng: bool,
     pub no_reboot: bool,
     pub verbose: u8,
     pub trace: bool,
+}
+
+/// A disk, as `--block` asks for it.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Disk {
+    /// The image file (or block device) behind it.
+    pub path: PathBuf,
+    pub read_only: bool,
+}
+
+impl Disk {
+    /// Reads `FILE[,ro]`. A FILE whose name has a comma in it is still a FILE, as long as the
+    /// name does not end in `,ro`.
+    fn parse(text: &str) -> anyhow::Result<Disk> {
+        let (path, read_only) = match text.strip_suffix(",ro") {
+            Some(path) => (path, true),
+            None => (text, false),
+        };
+        if path.is_empty() {
+            bail!("--block wants FILE or FILE,ro, not '{text}'");
+        }
+        Ok(Disk {
+            path: path.into(),
+            read_only,
+        })
+    }
+
+    /// The `--block` value that asks for this disk.
+    fn option_value(&self) -> OsString {
+        let mut value = self.path.clone().into_os_string();
+        if self.read_only {
+            value.push(",ro");
+        }
+        value
+    }
 }
 
 /// A network card, as `--net` asks for it.
@@ -155,6 +189,11 @@ impl Args {
     /// kernel's words.
     pub fn check(self, argv: &[OsString]) -> anyhow::Result<Request> {
         let ram_bytes = parse_mem_size(&self.mem)?;
+        let disks = self
+            .block
+            .iter()
+            .map(|disk| Disk::parse(disk))
+            .collect::<anyhow::Result<_>>()?;
         let nets = self
             .net
             .iter()
@@ -171,7 +210,7 @@ impl Args {
             kernel: self.kernel,
             kernel_words: self.cmdline,
             initrd: self.initrd,
-            disks: self.block,
+            disks,
             nets,
             rng: self.rng,
             no_reboot: self.no_reboot,
@@ -204,7 +243,7 @@ impl Request {
             option("initrd", initrd.as_os_str());
         }
         for disk in &self.disks {
-            option("block", disk.as_ref());
+            option("block", &disk.option_value());
         }
         for card in &self.nets {
             let mac = card
@@ -304,7 +343,13 @@ mod tests {
         let request = parse("--block d.img -vv --rng --no-reboot 64 bzImage root=/dev/vda quiet");
         assert_eq!(request.ram_bytes, 64 << 20);
         assert_eq!(request.kernel, PathBuf::from("bzImage"));
-        assert_eq!(request.disks, ["d.img"]);
+        assert_eq!(
+            request.disks,
+            [Disk {
+                path: "d.img".into(),
+                read_only: false
+            }]
+        );
         assert_eq!(request.verbose, 2);
         assert!(request.rng);
         assert!(request.no_reboot);
@@ -369,6 +414,30 @@ mod tests {
     fn a_bad_memory_size_is_refused_before_anything_else() {
         let error = refusal("0 bzImage --block d.img");
         assert_eq!(error, "invalid memory size '0': must be more than zero");
+    }
+
+    #[test]
+    fn disks_are_a_file_maybe_read_only() {
+        let request = parse("--block a.img --block=b,c.img,ro --block /dev/vdb,ro,ro 64 bzImage");
+        let disk = |path: &str, read_only| Disk {
+            path: path.into(),
+            read_only,
+        };
+        assert_eq!(
+            request.disks,
+            [
+                disk("a.img", false),
+                disk("b,c.img", true),
+                disk("/dev/vdb,ro", true)
+            ]
+        );
+        for bad in [",ro", ""] {
+            let refused = refusal(&format!("--block={bad} 64 bzImage"));
+            assert_eq!(
+                refused,
+                format!("--block wants FILE or FILE,ro, not '{bad}'")
+            );
+        }
     }
 
     #[test]

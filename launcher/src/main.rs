@@ -193,11 +193,7 @@ fn devices(args: &Request) -> anyhow::Result<Vec<Box<dyn VirtioDevice>>> {
         Some(File::from(stdin)),
     ))];
     for disk in &args.disks {
-        let (path, read_only) = match disk.strip_suffix(",ro") {
-            Some(path) => (path, true),
-            None => (disk.as_str(), false),
-        };
-        devices.push(Box::new(Block::open(Path::new(path), read_only)?));
+        devices.push(Box::new(Block::open(&disk.path, disk.read_only)?));
     }
     for card in &args.nets {
         let mac = card.mac.context("a network card has no MAC address")?;

@@ -11,7 +11,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use anyhow::{ensure, Context};
+use anyhow::{bail, ensure, Context};
 
 use crate::check::Checks;
 use crate::launch::{self, FAILURE, LAUNCHER_ERROR, USAGE};
@@ -174,7 +174,73 @@ pub fn bad_input() -> anyhow::Result<()> {
         FAILURE,
         "guest died: ",
     );
+    disk_locks(&mut c, &dir)?;
     c.finish()
+}
+
+/// Two guests writing one disk image would wreck it: while one guest writes an image, a second
+/// launcher asking for it is refused, read-only or not; guests that only read it share it.
+fn disk_locks(c: &mut Checks, dir: &Scratch) -> anyhow::Result<()> {
+    let image = dir.file("disk.img", &vec![0; 1 << 20])?;
+    let read_only = format!("{image},ro");
+    let writer = wait_for_disk_lock(launch::spawn(&["--block", &image, "64m", RING1, "spin"])?)?;
+    for (what, disk, words) in [
+        ("a second writer", &image, "in use by another guest"),
+        ("a reader", &read_only, "in use: another guest writes it"),
+    ] {
+        one_line_failure(
+            c,
+            &format!("{what} of a disk image a guest writes"),
+            &["--block", disk, "64m", RING1, "hello"],
+            LAUNCHER_ERROR,
+            &format!("disk image {image} is {words}"),
+        );
+    }
+    drop(writer);
+
+    let reader = launch::spawn(&["--block", &read_only, "64m", RING1, "spin"])?;
+    let reader = wait_for_disk_lock(reader)?;
+    let run = launch::launch(&["--block", &read_only, "64m", RING1, "hello"], PATIENCE)?;
+    c.that(run.code == Some(0), || {
+        format!(
+            "a second reader of a disk image: expected exit 0, got {}: {}",
+            run.status(),
+            run.shown()
+        )
+    });
+    // Only now may the first reader go (dropping it kills it).
+    drop(reader);
+    Ok(())
+}
+
+/// Waits until the launcher `running` holds a lock on a file (its disk image, which it locks as
+/// it opens it, before the guest starts); returns the launcher, still running.
+fn wait_for_disk_lock(mut running: launch::Running) -> anyhow::Result<launch::Running> {
+    let pid = running.pid().to_string();
+    let start = std::time::Instant::now();
+    loop {
+        let locks = std::fs::read_to_string("/proc/locks").context("cannot read /proc/locks")?;
+        // `1: FLOCK  ADVISORY  WRITE 1234 00:1a:5678 0 EOF`: the fifth field is the holder.
+        if locks
+            .lines()
+            .any(|line| line.split_whitespace().nth(4) == Some(pid.as_str()))
+        {
+            return Ok(running);
+        }
+        if !running.alive()? {
+            let run = running.finish(PATIENCE)?;
+            bail!(
+                "the launcher holding the disk image ended ({}): {}",
+                run.status(),
+                run.shown()
+            );
+        }
+        ensure!(
+            start.elapsed() < PATIENCE,
+            "the launcher never locked its disk image"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }
 
 /// The launcher, run with `args`, must exit with `code` and exactly one line on stderr
