@@ -1,9 +1,9 @@
 //! The command line: `lguest-launcher [OPTIONS] <MEM> <KERNEL> [CMDLINE]...`, as clap reads it
 //! and as the launcher checks it, before any file is opened or any memory mapped.
 //!
-//! The kernel's words come last and may look like anything, so clap takes every word after the
-//! first one following KERNEL as the kernel's: `--block d.img` typed there would silently be two
-//! more kernel words, and the guest would get no disk. [`Args::check`] refuses a kernel word
+//! The kernel's words come last and may look like anything, so once a word after KERNEL is not
+//! an option, clap takes it and every word after it as the kernel's: `--block d.img` typed there
+//! would silently be two more kernel words, and the guest would get no disk. [`Args::check`] refuses a kernel word
 //! that is one of the launcher's own options instead, unless a `--` comes before it. Every
 //! mistake in the command line is one line on stderr and exit code [`USAGE`] (clap's own
 //! errors exit with the same code, in clap's words).
@@ -42,10 +42,10 @@ pub const GUEST_REBOOTED: u8 = 4;
 /// What `--help` says after the options. A unit test checks the exit codes against the
 /// constants above.
 const AFTER_HELP: &str = "\
-Options go before MEM. Every word after KERNEL is the kernel's, so one that is an option of the
-launcher's is refused rather than quietly handed to the kernel; after `--` it is handed on (a
-`--` right after KERNEL ends the launcher's options; a later one reaches the kernel too, which
-gives the words after it to init).
+Options go before MEM: the words after KERNEL are the kernel's, and one of them that is an
+option of the launcher's is refused rather than quietly handed to the kernel. After `--` any
+word is handed on (a `--` right after KERNEL is dropped; a later one reaches the kernel too,
+which gives the words after it to init).
 
 Exit status:
   0  the guest powered off
@@ -531,7 +531,7 @@ mod tests {
     #[test]
     fn help_says_where_options_go_and_what_each_exit_code_means() {
         let help = Args::command().render_long_help().to_string();
-        assert!(help.contains("Options go before MEM."), "{help}");
+        assert!(help.contains("Options go before MEM:"), "{help}");
         for (code, meaning) in [
             (POWERED_OFF, "the guest powered off"),
             (LAUNCHER_ERROR, "the launcher failed"),

@@ -181,7 +181,7 @@ fn launch(args: &mut Request) -> anyhow::Result<Stop> {
 }
 
 /// The devices the options ask for, in the order they get their pages and IRQs: the console
-/// (always: the guest's terminal is the launcher's), then disks, the network card, the entropy
+/// (always: the guest's terminal is the launcher's), then disks, network cards, the entropy
 /// source.
 fn devices(args: &Request) -> anyhow::Result<Vec<Box<dyn VirtioDevice>>> {
     let stdin = std::io::stdin()
