@@ -5,7 +5,8 @@
 //! space, and lg.ko runs the guest inside that memory when the launcher asks. The journey of a
 //! kernel image, one module per step:
 //!
-//! 1. [`size`]: `64m` becomes a byte count, refused early if lg.ko would refuse it later.
+//! 1. [`cli`]: the command line is read and checked before anything is opened; [`size`] turns
+//!    `64m` (or `64`: MiB) into a byte count, refused early if lg.ko would refuse it later.
 //! 2. [`memory`]: one anonymous mapping becomes guest RAM, guest-physical 0 at [`GuestRam::base`],
 //!    with a guard page on either side; everything below writes it through vm-memory's
 //!    bounds-checked accessors.
@@ -32,6 +33,7 @@
 //! [`GuestRam::base`]: memory::GuestRam::base
 
 pub mod boot_params;
+pub mod cli;
 pub mod device;
 pub mod kernel;
 pub mod memlock;

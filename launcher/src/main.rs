@@ -1,18 +1,20 @@
 //! `lguest-launcher [OPTIONS] <MEM> <KERNEL> [CMDLINE]...`: the command a user types.
 //!
 //! This file walks the steps the library provides, in the order lib.rs tells them, logs what
-//! it did, and turns any failure into one line on stderr and exit code 1. How the guest ends
-//! decides how the launcher ends: power off is exit 0, a restart starts the launcher afresh, and
-//! death is the host's reason on stderr and exit 1.
+//! it did, and turns any failure into one line on stderr and an exit code (cli.rs lists them):
+//! 2 for a command line it refuses, 1 for everything else that fails. How the guest ends decides
+//! how the launcher ends: power off is exit 0, a restart starts the launcher afresh (or, with
+//! --no-reboot, exits 4), and death is the reason on stderr and exit 3.
 
+use std::ffi::OsString;
 use std::fs::File;
 use std::os::fd::AsFd;
 use std::os::unix::process::CommandExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, ExitCode};
 use std::sync::Arc;
 
-use anyhow::{bail, Context};
+use anyhow::Context;
 use clap::Parser;
 use lguest_abi::dev::Initialize;
 use lguest_abi::PAGE_SIZE;
@@ -21,56 +23,28 @@ use log::{info, warn};
 use lguest_launcher::boot_params::{
     fixed_reserved, write_boot_params, Layout, BOOT_PARAMS_GPA, CMDLINE_GPA,
 };
+use lguest_launcher::cli::{self, Args, Request};
 use lguest_launcher::device::{LguestDevice, DEFAULT_PATH};
 use lguest_launcher::kernel::load_kernel;
 use lguest_launcher::memlock;
 use lguest_launcher::memory::{Bytes, GuestAddress, GuestRam};
 use lguest_launcher::pagetables::write_initial_page_tables;
 use lguest_launcher::run::{run_guest, Stop};
-use lguest_launcher::size::{format_size, parse_mem_size};
+use lguest_launcher::size::format_size;
 use lguest_launcher::terminal::RawTerminal;
 use lguest_launcher::virtio::{open_tap, Block, Console, DeviceManager, Net, Rng, VirtioDevice};
 
-/// Run a Linux-style kernel built for lguest as a guest, through /dev/lguest (lg.ko).
-#[derive(Parser)]
-#[command(name = "lguest-launcher", version)]
-struct Args {
-    /// Guest RAM: bytes, or a number with a k, m or g suffix (64m, 1g)
-    #[arg(value_name = "MEM")]
-    mem: String,
-    /// The guest kernel: a bzImage or an ELF vmlinux built for lguest
-    #[arg(value_name = "KERNEL")]
-    kernel: PathBuf,
-    /// The kernel command line; its words are joined with spaces
-    #[arg(
-        value_name = "CMDLINE",
-        trailing_var_arg = true,
-        allow_hyphen_values = true
-    )]
-    cmdline: Vec<String>,
-    /// Load FILE as the guest's initial RAM disk
-    #[arg(long, value_name = "FILE")]
-    initrd: Option<PathBuf>,
-    /// Give the guest a virtio disk backed by FILE (`,ro`: read-only); may be repeated
-    #[arg(long, value_name = "FILE[,ro]")]
-    block: Vec<String>,
-    /// Give the guest a virtio network card on tap device NAME (`tap=NAME`)
-    #[arg(long, value_name = "tap=NAME")]
-    net: Option<String>,
-    /// Give the guest a virtio entropy source, fed from the host's getrandom
-    #[arg(long)]
-    rng: bool,
-    /// Say more: -v what was loaded and where, -vv debugging detail (RUST_LOG overrides)
-    #[arg(short, long, action = clap::ArgAction::Count)]
-    verbose: u8,
-    /// Print every exit from the guest on stderr, with its reason (an MMIO access: the
-    /// instruction and what the device answered)
-    #[arg(long)]
-    trace: bool,
-}
-
 fn main() -> ExitCode {
-    let args = Args::parse();
+    let argv: Vec<OsString> = std::env::args_os().collect();
+    // clap prints its own errors (and --help) and exits, with USAGE for an error.
+    let parsed = Args::try_parse_from(&argv).unwrap_or_else(|err| err.exit());
+    let mut args = match parsed.check(&argv) {
+        Ok(args) => args,
+        Err(err) => {
+            eprintln!("lguest-launcher: {err:#}");
+            return ExitCode::from(cli::USAGE);
+        }
+    };
     let level = match args.verbose {
         0 => "warn",
         1 => "info",
@@ -83,45 +57,50 @@ fn main() -> ExitCode {
         level.to_owned()
     };
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(filter)).init();
-    match launch(&args) {
+    match launch(&mut args) {
         Ok(Stop::PowerOff(message)) => {
             info!("the guest powered off: {message}");
-            ExitCode::SUCCESS
+            ExitCode::from(cli::POWERED_OFF)
+        }
+        Ok(Stop::Restart(message)) if args.no_reboot => {
+            info!("the guest asked to restart, and --no-reboot says exit: {message}");
+            ExitCode::from(cli::GUEST_REBOOTED)
         }
         Ok(Stop::Restart(message)) => {
             info!("the guest asked to restart: {message}");
-            restart()
+            restart(&args)
         }
         Ok(Stop::Died(reason)) => {
             eprintln!("lguest-launcher: guest died: {reason}");
-            ExitCode::FAILURE
+            ExitCode::from(cli::GUEST_DIED)
         }
         Err(err) => {
             // `{:#}` prints the whole chain of contexts on one line, joined with ": ".
             eprintln!("lguest-launcher: {err:#}");
-            ExitCode::FAILURE
+            ExitCode::from(cli::LAUNCHER_ERROR)
         }
     }
 }
 
-/// Starts the launcher again with the same arguments, as lguest's launcher did on a restart:
-/// the simplest way to give the guest fresh memory and a fresh /dev/lguest file. Both go away
-/// at the exec (Rust opens files close-on-exec), so the old guest is gone before the new one
-/// is set up.
-fn restart() -> ExitCode {
-    let mut args = std::env::args_os();
+/// Starts the launcher again for the same request, as lguest's launcher did on a restart: the
+/// simplest way to give the guest fresh memory and a fresh /dev/lguest file. Both go away at
+/// the exec (Rust opens files close-on-exec), so the old guest is gone before the new one is
+/// set up. The request's own command line keeps the MACs chosen this time.
+fn restart(args: &Request) -> ExitCode {
     let mut command = Command::new("/proc/self/exe");
-    if let Some(arg0) = args.next() {
+    if let Some(arg0) = std::env::args_os().next() {
         command.arg0(arg0);
     }
     // exec returns only if it failed.
-    let err = command.args(args).exec();
+    let err = command.args(args.command_line()).exec();
     eprintln!("lguest-launcher: cannot restart the guest: exec /proc/self/exe: {err}");
-    ExitCode::FAILURE
+    ExitCode::from(cli::LAUNCHER_ERROR)
 }
 
-fn launch(args: &Args) -> anyhow::Result<Stop> {
-    let ram_bytes = parse_mem_size(&args.mem)?;
+fn launch(args: &mut Request) -> anyhow::Result<Stop> {
+    args.choose_macs()
+        .context("cannot choose a MAC address for a network card")?;
+    let ram_bytes = args.ram_bytes;
     let image = read(&args.kernel, "kernel")?;
     let initrd = args
         .initrd
@@ -167,7 +146,7 @@ fn launch(args: &Args) -> anyhow::Result<Stop> {
     };
     let mut devices = DeviceManager::new(GuestAddress(ram_bytes), mem.clone(), irq_line, devices)?;
     // The guest finds its devices the way Linux's virtio_mmio driver does: on its command line.
-    let cmdline = [devices.kernel_cmdline(), args.cmdline.join(" ")]
+    let cmdline = [devices.kernel_cmdline(), args.kernel_words.join(" ")]
         .join(" ")
         .trim()
         .to_owned();
@@ -202,9 +181,9 @@ fn launch(args: &Args) -> anyhow::Result<Stop> {
 }
 
 /// The devices the options ask for, in the order they get their pages and IRQs: the console
-/// (always: the guest's terminal is the launcher's), then disks, the network card, the entropy
+/// (always: the guest's terminal is the launcher's), then disks, network cards, the entropy
 /// source.
-fn devices(args: &Args) -> anyhow::Result<Vec<Box<dyn VirtioDevice>>> {
+fn devices(args: &Request) -> anyhow::Result<Vec<Box<dyn VirtioDevice>>> {
     let stdin = std::io::stdin()
         .as_fd()
         .try_clone_to_owned()
@@ -213,18 +192,13 @@ fn devices(args: &Args) -> anyhow::Result<Vec<Box<dyn VirtioDevice>>> {
         Box::new(std::io::stdout()),
         Some(File::from(stdin)),
     ))];
-    for disk in &args.block {
-        let (path, read_only) = match disk.strip_suffix(",ro") {
-            Some(path) => (path, true),
-            None => (disk.as_str(), false),
-        };
-        devices.push(Box::new(Block::open(Path::new(path), read_only)?));
+    for disk in &args.disks {
+        devices.push(Box::new(Block::open(&disk.path, disk.read_only)?));
     }
-    if let Some(net) = &args.net {
-        let Some(tap) = net.strip_prefix("tap=").filter(|name| !name.is_empty()) else {
-            bail!("--net wants tap=NAME, not '{net}'");
-        };
-        devices.push(Box::new(Net::new(open_tap(tap)?)));
+    for card in &args.nets {
+        let mac = card.mac.context("a network card has no MAC address")?;
+        info!("network card {mac} on tap {}", card.tap);
+        devices.push(Box::new(Net::new(open_tap(&card.tap)?, mac)));
     }
     if args.rng {
         devices.push(Box::new(Rng));

@@ -64,7 +64,8 @@ pub enum Stop {
     PowerOff(String),
     /// SHUTDOWN with "restart", and the guest's message.
     Restart(String),
-    /// The host killed the guest, for this reason.
+    /// The guest died, for this reason: the host killed it, or it touched a device in a way the
+    /// launcher cannot serve.
     Died(String),
 }
 
@@ -72,8 +73,10 @@ pub enum Stop {
 /// its device accesses to `devices`.
 ///
 /// An interrupted read (a signal the launcher handles) is simply made again; a launcher killed
-/// by a signal never gets here. A device access the launcher cannot emulate ends the loop with
-/// an error: the launcher then exits, and closing /dev/lguest ends the guest.
+/// by a signal never gets here. A device access the launcher cannot serve (an instruction it
+/// does not emulate, an address with no device register) ends the guest as the host's kill
+/// does, as [`Stop::Died`]: it is the guest's doing, and the guest cannot go on without an
+/// answer. Errors are the launcher's own failures: /dev/lguest or the console.
 pub fn run_guest(
     vcpu: &impl Vcpu,
     devices: &mut impl MmioBus,
@@ -108,7 +111,9 @@ pub fn run_guest(
             ExitKind::Mmio => {
                 let access = MmioAccess::from_bytes(record.data())
                     .ok_or_else(|| anyhow!("/dev/lguest returned a malformed MMIO exit"))?;
-                emulate(vcpu, devices, &access)?;
+                if let Some(reason) = emulate(vcpu, devices, &access)? {
+                    return Ok(Stop::Died(reason));
+                }
             }
             ExitKind::PowerOff => return Ok(Stop::PowerOff(text())),
             ExitKind::Restart => return Ok(Stop::Restart(text())),
@@ -118,13 +123,17 @@ pub fn run_guest(
 }
 
 /// Carry out one device access: decode the instruction, let the device answer, and set the
-/// registers the instruction would have changed.
+/// registers the instruction would have changed. Returns why the access cannot be served, if it
+/// cannot.
 fn emulate(
     vcpu: &impl Vcpu,
     devices: &mut impl MmioBus,
     access: &MmioAccess,
-) -> anyhow::Result<()> {
-    let emulation = mmio::decode(access)?;
+) -> anyhow::Result<Option<String>> {
+    let emulation = match mmio::decode(access) {
+        Ok(emulation) => emulation,
+        Err(unemulated) => return Ok(Some(unemulated.to_string())),
+    };
     let mut bytes = [0u8; 8];
     let answered = match emulation.access {
         DeviceAccess::Read { gpa, width } => devices.mmio_read(gpa, &mut bytes[..width]),
@@ -140,18 +149,18 @@ fn emulate(
         u64::from_le_bytes(bytes)
     );
     if !answered {
-        bail!(
+        return Ok(Some(format!(
             "the guest touched guest-physical {:#x} at rip {:#x}, where there is no device \
              register",
             access.gpa,
             access.regs.get(Reg::Rip)
-        );
+        )));
     }
     for (reg, value) in emulation.completion(access, u64::from_le_bytes(bytes)) {
         vcpu.set_reg(reg, value)
             .with_context(|| format!("SETREG {reg:?} after a device access"))?;
     }
-    Ok(())
+    Ok(None)
 }
 
 /// A guest's message as one line of text: what it wrote, up to a NUL, without a final newline.
@@ -294,23 +303,29 @@ mod tests {
     }
 
     #[test]
-    fn an_access_where_no_device_is_stops_the_launcher() {
-        let err = run(
+    fn an_access_the_launcher_cannot_serve_kills_the_guest() {
+        let stop = run(
             &host(vec![mmio(0x2000_0000, false, &[0x8b, 0x07], 0)]),
             &mut Vec::new(),
         )
-        .unwrap_err();
+        .unwrap();
         assert_eq!(
-            format!("{err:#}"),
-            "the guest touched guest-physical 0x20000000 at rip 0x200000, where there is no \
-             device register"
+            stop,
+            Stop::Died(
+                "the guest touched guest-physical 0x20000000 at rip 0x200000, where there is no \
+                 device register"
+                    .into()
+            )
         );
-        let err = run(
+        let stop = run(
             &host(vec![mmio(0x1000_0000, true, &[0x09, 0x07], 0)]),
             &mut Vec::new(),
         )
-        .unwrap_err();
-        assert!(format!("{err:#}").contains("'or [rdi],eax'"), "{err:#}");
+        .unwrap();
+        assert!(
+            matches!(&stop, Stop::Died(reason) if reason.contains("'or [rdi],eax'")),
+            "{stop:?}"
+        );
     }
 
     #[test]

@@ -1,5 +1,6 @@
-//! The MEM argument: how much RAM the guest gets, as a user types it (`64m`, `1g`, `65536k`,
-//! or plain bytes).
+//! The MEM argument: how much RAM the guest gets, as a user types it (`64`, `64m`, `1g`,
+//! `65536k`). A bare number is MiB, as in lguest's own launcher, QEMU's `-m` and Firecracker's
+//! `mem_size_mib`: nobody means 64 bytes.
 //!
 //! The very first step of the launcher's journey, before anything is mapped: this file only
 //! turns text into a byte count and refuses sizes the rest of the launcher (and lg.ko) would
@@ -9,9 +10,9 @@ use anyhow::{bail, Context};
 use lguest_abi::dev::MAX_GUEST_PAGES;
 use lguest_abi::PAGE_SIZE;
 
-/// Parses a guest memory size: a decimal number with an optional `k`, `m` or `g` suffix (any
-/// case, powers of 1024). The result is a non-zero multiple of the page size and at most
-/// [`MAX_GUEST_PAGES`] pages.
+/// Parses a guest memory size: a decimal number of MiB, or of KiB, MiB, GiB or TiB with a `k`,
+/// `m`, `g` or `t` suffix (any case). The result is a non-zero multiple of the page size and at
+/// most [`MAX_GUEST_PAGES`] pages.
 pub fn parse_mem_size(text: &str) -> anyhow::Result<u64> {
     parse(text).with_context(|| format!("invalid memory size '{text}'"))
 }
@@ -21,10 +22,11 @@ fn parse(text: &str) -> anyhow::Result<u64> {
         Some(b'k') => (&text[..text.len() - 1], 10),
         Some(b'm') => (&text[..text.len() - 1], 20),
         Some(b'g') => (&text[..text.len() - 1], 30),
-        _ => (text, 0),
+        Some(b't') => (&text[..text.len() - 1], 40),
+        _ => (text, 20),
     };
     if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
-        bail!("expected a number with an optional k, m or g suffix, like 64m");
+        bail!("expected MiB, or a number with a k, m, g or t suffix, like 64 or 1g");
     }
     let too_big = || {
         format!(
@@ -72,14 +74,24 @@ mod tests {
     }
 
     #[test]
+    fn a_bare_number_is_mib() {
+        assert_eq!(parse_mem_size("64").unwrap(), 64 << 20);
+        assert_eq!(parse_mem_size("1").unwrap(), 1 << 20);
+        assert_eq!(parse_mem_size("65536").unwrap(), 64 << 30);
+    }
+
+    #[test]
     fn suffixes_are_powers_of_1024_in_any_case() {
         assert_eq!(parse_mem_size("64m").unwrap(), 64 << 20);
         assert_eq!(parse_mem_size("64M").unwrap(), 64 << 20);
         assert_eq!(parse_mem_size("1g").unwrap(), 1 << 30);
         assert_eq!(parse_mem_size("65536k").unwrap(), 64 << 20);
         assert_eq!(parse_mem_size("8K").unwrap(), 8192);
-        assert_eq!(parse_mem_size("1048576").unwrap(), 1 << 20);
         assert_eq!(parse_mem_size("64g").unwrap(), MAX_GUEST_PAGES * PAGE_SIZE);
+        assert_eq!(
+            parse_mem_size("16T").unwrap_err().to_string(),
+            "invalid memory size '16T'"
+        );
     }
 
     #[test]
@@ -99,17 +111,26 @@ mod tests {
             err("0m"),
             "invalid memory size '0m': must be more than zero"
         );
-        for garbage in ["", "m", "abc", "64mb", "-1m", "1.5g", " 64m", "6 4m"] {
+        assert_eq!(
+            err("0t"),
+            "invalid memory size '0t': must be more than zero"
+        );
+        for garbage in [
+            "", "m", "abc", "64mb", "64b", "-1m", "1.5g", " 64m", "6 4m", "0x40",
+        ] {
             assert!(
-                err(garbage).ends_with("like 64m"),
+                err(garbage).ends_with("like 64 or 1g"),
                 "{garbage:?}: {}",
                 err(garbage)
             );
         }
-        assert!(err("1000").ends_with("multiple of the 4096-byte page size"));
         assert!(err("1k").ends_with("multiple of the 4096-byte page size"));
+        assert!(err("4098k").ends_with("multiple of the 4096-byte page size"));
         assert!(err("65g").ends_with("more than the 64 GiB one guest may have"));
+        assert!(err("65537").ends_with("more than the 64 GiB one guest may have"));
+        assert!(err("1t").ends_with("more than the 64 GiB one guest may have"));
         assert!(err("18446744073709551616").ends_with("64 GiB one guest may have"));
+        assert!(err("17592186044416").ends_with("64 GiB one guest may have"));
         assert!(err("17179869184g").ends_with("64 GiB one guest may have"));
     }
 }

@@ -14,8 +14,8 @@ use std::borrow::Cow;
 use std::fmt;
 use std::io::Read;
 
-use anyhow::{bail, ensure, Context};
-use xz2::stream::{Action, Status, Stream};
+use anyhow::{anyhow, bail, ensure, Context};
+use liblzma::stream::{Action, Status, Stream};
 
 use crate::size::format_size;
 
@@ -34,6 +34,7 @@ pub enum Compression {
     Lz4,
     Bzip2,
     Lzma,
+    Lzo,
 }
 
 impl fmt::Display for Compression {
@@ -46,6 +47,7 @@ impl fmt::Display for Compression {
             Compression::Lz4 => "lz4",
             Compression::Bzip2 => "bzip2",
             Compression::Lzma => "lzma",
+            Compression::Lzo => "lzo",
         })
     }
 }
@@ -59,6 +61,17 @@ const BZIP2_MAGIC: &[u8] = b"BZh";
 /// values the kernel's decompressor accepts) and a little-endian dictionary size whose low
 /// bytes are zero.
 const LZMA_MAGIC: &[u8] = &[0x5d, 0x00, 0x00];
+/// lzop's file magic, which `make` writes for CONFIG_KERNEL_LZO.
+const LZOP_MAGIC: &[u8] = &[0x89, b'L', b'Z', b'O', 0x00, 0x0d, 0x0a, 0x1a, 0x0a];
+/// lzop writes blocks of 256 KiB; the kernel's lib/decompress_unlzo.c refuses larger ones.
+const LZOP_MAX_BLOCK: usize = 256 << 10;
+/// The lzop header and block flags this file reads: which checksums follow, and whether the
+/// header has a filter word.
+const LZOP_ADLER32_D: u32 = 0x1;
+const LZOP_ADLER32_C: u32 = 0x2;
+const LZOP_FILTER: u32 = 0x800;
+const LZOP_CRC32_D: u32 = 0x100;
+const LZOP_CRC32_C: u32 = 0x200;
 /// The lz4 "legacy" frame format that `lz4 -l` writes and the kernel reads.
 const LZ4_LEGACY_MAGIC: u32 = 0x184c_2102;
 /// liblzma allocates the dictionary a stream's header asks for, up to 4 GiB; the kernel's own
@@ -75,7 +88,7 @@ pub fn unpack(payload: &[u8]) -> anyhow::Result<(Compression, Cow<'_, [u8]>)> {
 
 fn unpack_with_limit(payload: &[u8], limit: u64) -> anyhow::Result<(Compression, Cow<'_, [u8]>)> {
     let compression = detect(payload).context(
-        "unknown payload compression (expected gzip, xz, zstd, lz4, bzip2, lzma or an ELF)",
+        "unknown payload compression (expected gzip, xz, zstd, lz4, lzo, bzip2, lzma or an ELF)",
     )?;
     let unpacked = match compression {
         Compression::None => return Ok((compression, Cow::Borrowed(payload))),
@@ -92,6 +105,7 @@ fn unpack_with_limit(payload: &[u8], limit: u64) -> anyhow::Result<(Compression,
             .map_err(anyhow::Error::from)
             .and_then(|stream| unpack_lzma(payload, stream, limit)),
         Compression::Lz4 => unpack_lz4_legacy(payload, limit),
+        Compression::Lzo => unpack_lzop(payload, limit),
     }
     .with_context(|| format!("cannot unpack the {compression} payload"))?;
     Ok((compression, Cow::Owned(unpacked)))
@@ -113,6 +127,8 @@ fn detect(payload: &[u8]) -> Option<Compression> {
         Compression::Bzip2
     } else if is(LZMA_MAGIC) {
         Compression::Lzma
+    } else if is(LZOP_MAGIC) {
+        Compression::Lzo
     } else {
         return None;
     })
@@ -130,9 +146,9 @@ fn too_big(limit: u64) -> String {
     format!("it unpacks to more than {}", format_size(limit))
 }
 
-/// Runs liblzma (xz or lzma-alone) over `payload` until its stream ends. xz2's `Read` adapters
-/// would go on feeding it the 4 bytes `make` appended, which liblzma rightly calls corrupt, so
-/// the stream is driven by hand and stopped at its end.
+/// Runs liblzma (xz or lzma-alone) over `payload` until its stream ends. The crate's `Read`
+/// adapters would go on feeding it the 4 bytes `make` appended, which liblzma rightly calls
+/// corrupt, so the stream is driven by hand and stopped at its end.
 fn unpack_lzma(payload: &[u8], mut stream: Stream, limit: u64) -> anyhow::Result<Vec<u8>> {
     const CHUNK: usize = 1 << 20;
     let mut out = Vec::new();
@@ -191,6 +207,95 @@ fn unpack_lz4_legacy(payload: &[u8], limit: u64) -> anyhow::Result<Vec<u8>> {
     Ok(out)
 }
 
+/// Unpacks an lzop file, as the kernel's lib/decompress_unlzo.c does: a header (read only for
+/// its flags and to find its end), then blocks, each a big-endian uncompressed and compressed
+/// size, the checksums the flags ask for, and that many bytes of one LZO1X block (or the bytes
+/// themselves, when they did not compress). A block of size 0 ends the file; `make`'s size
+/// comes after it. Checksums are skipped, as the kernel skips them: a corrupt block still fails
+/// to decode, and the ELF behind it is checked on its own.
+fn unpack_lzop(payload: &[u8], limit: u64) -> anyhow::Result<Vec<u8>> {
+    let mut input = Input(&payload[LZOP_MAGIC.len()..]);
+    let version = input.u16()?;
+    input.skip(4)?; // the library version and the version needed to extract
+    input.skip(1)?; // the method: every LZO1X variant decodes alike
+    if version >= 0x0940 {
+        input.skip(1)?; // the level
+    }
+    let flags = input.u32()?;
+    if flags & LZOP_FILTER != 0 {
+        input.skip(4)?;
+    }
+    input.skip(8)?; // the file's mode and modification time
+    if version >= 0x0940 {
+        input.skip(4)?; // the modification time's high half
+    }
+    let name_len = input.u8()?;
+    input.skip(usize::from(name_len) + 4)?; // the file name and the header checksum
+
+    let checksums = |mask: u32| usize::from(flags & mask != 0);
+    let mut out = Vec::new();
+    loop {
+        let unpacked_len = input.u32()? as usize;
+        if unpacked_len == 0 {
+            return Ok(out);
+        }
+        ensure!(
+            unpacked_len <= LZOP_MAX_BLOCK,
+            "an lzo block of {unpacked_len} bytes is larger than lzop writes"
+        );
+        let packed_len = input.u32()? as usize;
+        ensure!(
+            packed_len > 0 && packed_len <= unpacked_len,
+            "an lzo block is packed to {packed_len} bytes of {unpacked_len}"
+        );
+        let stored = packed_len == unpacked_len;
+        let mut sums = checksums(LZOP_ADLER32_D) + checksums(LZOP_CRC32_D);
+        if !stored {
+            sums += checksums(LZOP_ADLER32_C) + checksums(LZOP_CRC32_C);
+        }
+        input.skip(4 * sums)?;
+        ensure!((out.len() + unpacked_len) as u64 <= limit, too_big(limit));
+        let offset = payload.len() - input.0.len();
+        let block = input.take(packed_len)?;
+        let start = out.len();
+        out.resize(start + unpacked_len, 0);
+        if stored {
+            out[start..].copy_from_slice(block);
+        } else {
+            lzo1x::decompress(block, &mut out[start..])
+                .map_err(|_| anyhow!("corrupt lzo block at payload offset {offset:#x}"))?;
+        }
+    }
+}
+
+/// The rest of an lzop file, read from the front.
+struct Input<'a>(&'a [u8]);
+
+impl<'a> Input<'a> {
+    fn take(&mut self, len: usize) -> anyhow::Result<&'a [u8]> {
+        ensure!(len <= self.0.len(), "the lzo payload is cut short");
+        let (taken, rest) = self.0.split_at(len);
+        self.0 = rest;
+        Ok(taken)
+    }
+
+    fn skip(&mut self, len: usize) -> anyhow::Result<()> {
+        self.take(len).map(drop)
+    }
+
+    fn u8(&mut self) -> anyhow::Result<u8> {
+        Ok(self.take(1)?[0])
+    }
+
+    fn u16(&mut self) -> anyhow::Result<u16> {
+        Ok(u16::from_be_bytes(self.take(2)?.try_into()?))
+    }
+
+    fn u32(&mut self) -> anyhow::Result<u32> {
+        Ok(u32::from_be_bytes(self.take(4)?.try_into()?))
+    }
+}
+
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
@@ -225,19 +330,20 @@ pub(crate) mod tests {
 
     pub(crate) fn xz(data: &[u8]) -> Vec<u8> {
         // The kernel's xz_wrap.sh asks for a CRC32 check.
-        let stream = xz2::stream::Stream::new_easy_encoder(6, xz2::stream::Check::Crc32).unwrap();
+        let stream =
+            liblzma::stream::Stream::new_easy_encoder(6, liblzma::stream::Check::Crc32).unwrap();
         let mut out = Vec::new();
-        xz2::read::XzEncoder::new_stream(data, stream)
+        liblzma::read::XzEncoder::new_stream(data, stream)
             .read_to_end(&mut out)
             .unwrap();
         with_size(out, data)
     }
 
     fn lzma(data: &[u8]) -> Vec<u8> {
-        let options = xz2::stream::LzmaOptions::new_preset(6).unwrap();
-        let stream = xz2::stream::Stream::new_lzma_encoder(&options).unwrap();
+        let options = liblzma::stream::LzmaOptions::new_preset(6).unwrap();
+        let stream = liblzma::stream::Stream::new_lzma_encoder(&options).unwrap();
         let mut out = Vec::new();
-        xz2::read::XzEncoder::new_stream(data, stream)
+        liblzma::read::XzEncoder::new_stream(data, stream)
             .read_to_end(&mut out)
             .unwrap();
         with_size(out, data)
@@ -252,6 +358,32 @@ pub(crate) mod tests {
         bzip2::read::BzEncoder::new(data, bzip2::Compression::best())
             .read_to_end(&mut out)
             .unwrap();
+        with_size(out, data)
+    }
+
+    /// An lzop file as `lzop -9` writes it (version 1.04 headers, a name, an Adler-32 of each
+    /// block's data), with `chunk`-byte blocks; a block that does not compress is stored.
+    fn lzop(data: &[u8], chunk: usize) -> Vec<u8> {
+        let mut out = LZOP_MAGIC.to_vec();
+        out.extend_from_slice(&[0x10, 0x40, 0x20, 0xa0, 0x09, 0x40, 3, 9]);
+        out.extend_from_slice(&(0x0300_0000 | LZOP_ADLER32_D).to_be_bytes());
+        out.extend_from_slice(&[0; 12]); // mode, mtime
+        out.push(7);
+        out.extend_from_slice(b"vmlinux");
+        out.extend_from_slice(&[0; 4]); // header checksum
+        for part in data.chunks(chunk) {
+            let packed = lzo1x::compress(part, lzo1x::CompressLevel::new(12));
+            let block = if packed.len() < part.len() {
+                &packed[..]
+            } else {
+                part
+            };
+            out.extend_from_slice(&(part.len() as u32).to_be_bytes());
+            out.extend_from_slice(&(block.len() as u32).to_be_bytes());
+            out.extend_from_slice(&[0; 4]); // data checksum
+            out.extend_from_slice(block);
+        }
+        out.extend_from_slice(&[0; 4]);
         with_size(out, data)
     }
 
@@ -279,6 +411,7 @@ pub(crate) mod tests {
             (Compression::Zstd, zstd(&elf)),
             (Compression::Bzip2, bzip2(&elf)),
             (Compression::Lz4, lz4_legacy(&elf, 64 * 1024)),
+            (Compression::Lzo, lzop(&elf, LZOP_MAX_BLOCK)),
         ];
         for (expected, packed) in cases {
             assert!(packed.len() < elf.len(), "{expected} did not compress");
@@ -308,6 +441,20 @@ pub(crate) mod tests {
         let mut lz4 = lz4_legacy(&fake_elf(10_000), 4096);
         lz4.truncate(lz4.len() - 10);
         assert!(format!("{:#}", unpack(&lz4).unwrap_err()).contains("past the end"));
+
+        let mut lzo = lzop(&fake_elf(10_000), 4096);
+        lzo.truncate(lzo.len() - 100);
+        let err = format!("{:#}", unpack(&lzo).unwrap_err());
+        assert!(err.ends_with("the lzo payload is cut short"), "{err}");
+        // The first block's packed bytes begin after a 45-byte header and 12 bytes of sizes
+        // and checksum.
+        let mut lzo = lzop(&fake_elf(10_000), 4096);
+        lzo[57..57 + 64].fill(0xff);
+        let err = format!("{:#}", unpack(&lzo).unwrap_err());
+        assert!(
+            err.ends_with("corrupt lzo block at payload offset 0x39"),
+            "{err}"
+        );
     }
 
     #[test]
@@ -320,6 +467,7 @@ pub(crate) mod tests {
             zstd(&zeros),
             bzip2(&zeros),
             lz4_legacy(&zeros, 4096),
+            lzop(&zeros, 4096),
         ] {
             let err = format!("{:#}", unpack_with_limit(&bomb, 99_999).unwrap_err());
             assert!(

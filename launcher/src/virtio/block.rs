@@ -6,11 +6,16 @@
 //! answers with the status byte.
 //!
 //! What it may touch: the image file, only inside `0..capacity * 512`, and never for writing if
-//! the disk is read-only; the guest's buffers of that request. Every check (the chain's shape,
+//! the disk is read-only; the guest's buffers of that request.
+//!
+//! Two guests writing one image would each cache what the other overwrites, and wreck its
+//! file system: so a disk holds a lock on its image while it is open (flock, as QEMU does):
+//! exclusive to write, shared to only read. Any number of guests may read an image no one
+//! writes. Every check (the chain's shape,
 //! the sectors' range, every buffer inside guest memory) is made before the file is touched, so
 //! a refused request changes nothing.
 
-use std::fs::{File, OpenOptions};
+use std::fs::{File, OpenOptions, TryLockError};
 use std::io::{Seek, SeekFrom};
 use std::path::Path;
 
@@ -40,13 +45,37 @@ pub struct Block {
 }
 
 impl Block {
-    /// Opens the disk image at `path`, for reading only if `read_only`.
+    /// Opens the disk image at `path`, for reading only if `read_only`, and locks it: refused
+    /// if another disk (of any guest) writes it, or if this one is to write it and another
+    /// reads it.
     pub fn open(path: &Path, read_only: bool) -> anyhow::Result<Block> {
         let disk = OpenOptions::new()
             .read(true)
             .write(!read_only)
             .open(path)
             .with_context(|| format!("cannot open disk image {}", path.display()))?;
+        let locked = if read_only {
+            disk.try_lock_shared()
+        } else {
+            disk.try_lock()
+        };
+        match locked {
+            Ok(()) => {}
+            Err(TryLockError::WouldBlock) if read_only => bail!(
+                "disk image {} is in use: another guest writes it",
+                path.display()
+            ),
+            Err(TryLockError::WouldBlock) => bail!(
+                "disk image {} is in use by another guest (with ,ro, guests share an image none \
+                 writes)",
+                path.display()
+            ),
+            // Some file systems cannot lock; the image is still the user's to share wisely.
+            Err(TryLockError::Error(error)) => warn!(
+                "cannot lock disk image {}, so nothing stops another guest writing it: {error}",
+                path.display()
+            ),
+        }
         // Seeking to the end measures a block device as well as a file (whose metadata would
         // say 0 for a device); requests use positioned reads and writes, so the offset stays.
         let len = (&disk)
@@ -310,10 +339,35 @@ mod tests {
         let features = driver.device_features();
         assert_ne!(features & 1 << VIRTIO_BLK_F_RO, 0);
         assert_ne!(features & 1 << VIRTIO_BLK_F_FLUSH, 0);
+        drop(driver);
         let writable =
             TestDriver::new(Box::new(Block::open(&disk.0, false).unwrap())).device_features();
         assert_eq!(writable & 1 << VIRTIO_BLK_F_RO, 0);
         assert!(Block::open(Path::new("/nonexistent/disk.img"), true).is_err());
+    }
+
+    #[test]
+    fn one_writer_or_many_readers() {
+        let disk = TempDisk::new(&disk_image());
+        let error = |read_only| format!("{:#}", Block::open(&disk.0, read_only).err().unwrap());
+        let writer = Block::open(&disk.0, false).unwrap();
+        let name = disk.0.display();
+        assert_eq!(
+            error(false),
+            format!(
+                "disk image {name} is in use by another guest (with ,ro, guests share an image \
+                 none writes)"
+            )
+        );
+        assert_eq!(
+            error(true),
+            format!("disk image {name} is in use: another guest writes it")
+        );
+        drop(writer);
+        let readers = [true, true].map(|ro| Block::open(&disk.0, ro).unwrap());
+        assert!(error(false).contains("is in use"));
+        drop(readers);
+        Block::open(&disk.0, false).unwrap();
     }
 
     #[test]

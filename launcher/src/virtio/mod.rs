@@ -41,7 +41,7 @@ pub use console::Console;
 pub use input::spawn_input_thread;
 pub use manager::{DeviceManager, NoDevice};
 pub use mmio::MmioTransport;
-pub use net::{open_tap, Net};
+pub use net::{open_tap, Mac, Net};
 pub use rng::Rng;
 
 /// How many buffers each queue holds at most (QueueNumMax). 256 is what most devices offer: a

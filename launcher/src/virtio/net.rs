@@ -9,11 +9,14 @@
 //!
 //! What it may touch: the tap and the guest's buffers.
 
+use std::ffi::CString;
+use std::fmt;
 use std::fs::{File, OpenOptions};
 use std::io::{self, Read, Write};
 use std::mem::{offset_of, size_of};
 use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::fs::OpenOptionsExt;
+use std::str::FromStr;
 
 use log::warn;
 use virtio_bindings::virtio_ids::VIRTIO_ID_NET;
@@ -24,6 +27,7 @@ use virtio_bindings::virtio_net::{
 use virtio_queue::{Queue, QueueOwnedT, QueueT};
 use vm_memory::GuestMemoryMmap;
 
+use super::rng::fill_random;
 use super::{Chain, InputState, VirtioDevice, RECEIVE_QUEUE};
 
 const TRANSMIT_QUEUE: u16 = 1;
@@ -31,8 +35,64 @@ const TRANSMIT_QUEUE: u16 = 1;
 const VNET_HDR_LEN: usize = size_of::<virtio_net_hdr_v1>();
 /// The largest frame handled: a header and 64 KiB, more than any frame without offloads.
 const MAX_FRAME: usize = VNET_HDR_LEN + 64 * 1024;
-/// The guest's MAC address: 52:54:00 is the locally administered prefix QEMU made familiar.
-pub const MAC: [u8; 6] = [0x52, 0x54, 0x00, 0x12, 0x34, 0x56];
+
+/// A network card's MAC address, written as `52:54:00:12:34:56`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Mac(pub [u8; 6]);
+
+/// In the first byte: set for a group (multicast) address, which no card may have.
+const MAC_GROUP: u8 = 0b01;
+/// In the first byte: set for a locally administered address, one no vendor assigned.
+const MAC_LOCAL: u8 = 0b10;
+
+impl Mac {
+    /// A random locally administered unicast address: no vendor's card has it, and two guests
+    /// on one bridge do not collide (one fixed address for every guest would).
+    pub fn random() -> io::Result<Mac> {
+        let mut bytes = [0; 6];
+        fill_random(&mut bytes)?;
+        bytes[0] = (bytes[0] & !MAC_GROUP) | MAC_LOCAL;
+        Ok(Mac(bytes))
+    }
+}
+
+impl FromStr for Mac {
+    type Err = String;
+
+    /// Six two-digit hex numbers joined by colons; a card's, so not a group address nor zero.
+    fn from_str(text: &str) -> Result<Mac, String> {
+        let mut bytes = [0; 6];
+        let mut parts = text.split(':');
+        for byte in &mut bytes {
+            *byte = parts
+                .next()
+                .filter(|part| part.len() == 2 && part.bytes().all(|b| b.is_ascii_hexdigit()))
+                .and_then(|part| u8::from_str_radix(part, 16).ok())
+                .ok_or_else(|| format!("'{text}' is not a MAC address like 52:54:00:12:34:56"))?;
+        }
+        if parts.next().is_some() {
+            return Err(format!(
+                "'{text}' is not a MAC address like 52:54:00:12:34:56"
+            ));
+        }
+        if bytes[0] & MAC_GROUP != 0 {
+            return Err(format!(
+                "{text} is a multicast address, which no card may have"
+            ));
+        }
+        if bytes == [0; 6] {
+            return Err(format!("{text} is no card's address"));
+        }
+        Ok(Mac(bytes))
+    }
+}
+
+impl fmt::Display for Mac {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let [a, b, c, d, e, g] = self.0;
+        write!(f, "{a:02x}:{b:02x}:{c:02x}:{d:02x}:{e:02x}:{g:02x}")
+    }
+}
 
 /// The virtio network device, backed by a tap.
 pub struct Net {
@@ -43,12 +103,13 @@ pub struct Net {
 }
 
 impl Net {
-    /// A network device on `tap`, which must be non-blocking ([`open_tap`] makes it so) and
-    /// must give and take one frame, with its 12-byte virtio-net header, per read and write.
-    pub fn new(tap: File) -> Net {
+    /// A network device with address `mac` on `tap`, which must be non-blocking ([`open_tap`]
+    /// makes it so) and must give and take one frame, with its 12-byte virtio-net header, per
+    /// read and write.
+    pub fn new(tap: File, mac: Mac) -> Net {
         let mut config = vec![0; size_of::<virtio_net_config>()];
-        let mac = offset_of!(virtio_net_config, mac);
-        config[mac..mac + 6].copy_from_slice(&MAC);
+        let at = offset_of!(virtio_net_config, mac);
+        config[at..at + 6].copy_from_slice(&mac.0);
         let status = offset_of!(virtio_net_config, status);
         config[status..status + 2].copy_from_slice(&(VIRTIO_NET_S_LINK_UP as u16).to_le_bytes());
         Net {
@@ -172,14 +233,34 @@ impl VirtioDevice for Net {
 
 /// Opens the existing tap interface `name` (created beforehand, e.g. with `ip tuntap add`),
 /// non-blocking, with 12-byte virtio-net headers on its frames.
+///
+/// TUNSETIFF would create a missing tap rather than fail, and that tap would vanish with the
+/// launcher, attached to no bridge: a guest on a network no one can reach, and no word why. So
+/// the interface must exist first, as the kernel knows it in the launcher's network namespace
+/// (if_nametoindex asks it through a socket; /sys/class/net shows the namespace sysfs was
+/// mounted in, which may be another).
 pub fn open_tap(name: &str) -> io::Result<File> {
     let failed = |step: &str, error: io::Error| {
         io::Error::new(error.kind(), format!("cannot {step} tap {name}: {error}"))
     };
-    if name.is_empty() || name.len() >= libc::IFNAMSIZ || name.contains('\0') {
+    let c_name = CString::new(name)
+        .ok()
+        .filter(|_| !name.is_empty() && name.len() < libc::IFNAMSIZ)
+        .ok_or_else(|| {
+            io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("{name:?} is not a network interface name"),
+            )
+        })?;
+    // SAFETY: `c_name` is a NUL-terminated string that lives across the call, which only reads
+    // it.
+    if unsafe { libc::if_nametoindex(c_name.as_ptr()) } == 0 {
         return Err(io::Error::new(
-            io::ErrorKind::InvalidInput,
-            format!("{name:?} is not a network interface name"),
+            io::ErrorKind::NotFound,
+            format!(
+                "there is no network interface {name}: create the tap first (ip tuntap add \
+                 {name} mode tap)"
+            ),
         ));
     }
     let tap = OpenOptions::new()
@@ -227,9 +308,11 @@ mod tests {
         let (network, tap) = UnixDatagram::pair().unwrap();
         tap.set_nonblocking(true).unwrap();
         network.set_nonblocking(true).unwrap();
-        let device = Net::new(File::from(OwnedFd::from(tap)));
+        let device = Net::new(File::from(OwnedFd::from(tap)), MAC);
         (TestDriver::start(Box::new(device)), network)
     }
+
+    const MAC: Mac = Mac([0x52, 0x54, 0x00, 0x12, 0x34, 0x56]);
 
     fn frame(payload: &[u8]) -> Vec<u8> {
         [&[0; VNET_HDR_LEN][..], payload].concat()
@@ -304,10 +387,61 @@ mod tests {
 
     #[test]
     fn bad_tap_names_are_refused() {
-        let error = open_tap("a-name-far-too-long").unwrap_err();
-        assert!(
-            error.to_string().contains("not a network interface name"),
-            "{error}"
+        for name in ["a-name-far-too-long", "", "nul\0"] {
+            let error = open_tap(name).unwrap_err();
+            assert!(
+                error.to_string().contains("not a network interface name"),
+                "{error}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_missing_tap_is_not_created() {
+        let error = open_tap("lgnosuchtap9").unwrap_err();
+        assert_eq!(error.kind(), io::ErrorKind::NotFound);
+        assert_eq!(
+            error.to_string(),
+            "there is no network interface lgnosuchtap9: create the tap first (ip tuntap add \
+             lgnosuchtap9 mode tap)"
         );
+    }
+
+    #[test]
+    fn macs_are_written_and_read_as_people_do() {
+        let mac: Mac = "52:54:00:AB:cd:0f".parse().unwrap();
+        assert_eq!(mac, Mac([0x52, 0x54, 0x00, 0xab, 0xcd, 0x0f]));
+        assert_eq!(mac.to_string(), "52:54:00:ab:cd:0f");
+        for bad in [
+            "",
+            "52:54:00:12:34",
+            "52:54:00:12:34:56:78",
+            "52-54-00-12-34-56",
+            "52:54:00:12:34:5",
+            "52:54:00:12:34:+5",
+            "52:54:00:12:34:5g",
+            "525400123456",
+        ] {
+            let error = bad.parse::<Mac>().unwrap_err();
+            assert!(
+                error.ends_with("like 52:54:00:12:34:56"),
+                "{bad:?}: {error}"
+            );
+        }
+        assert_eq!(
+            "01:00:5e:00:00:01".parse::<Mac>().unwrap_err(),
+            "01:00:5e:00:00:01 is a multicast address, which no card may have"
+        );
+        assert!("00:00:00:00:00:00".parse::<Mac>().is_err());
+    }
+
+    #[test]
+    fn random_macs_are_local_unicast_and_differ() {
+        let macs: Vec<Mac> = (0..8).map(|_| Mac::random().unwrap()).collect();
+        for mac in &macs {
+            assert_eq!(mac.0[0] & (MAC_GROUP | MAC_LOCAL), MAC_LOCAL, "{mac}");
+            assert_eq!(mac.to_string().parse::<Mac>(), Ok(*mac));
+        }
+        assert!(macs.windows(2).any(|pair| pair[0] != pair[1]), "{macs:?}");
     }
 }

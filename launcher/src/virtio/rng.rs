@@ -62,7 +62,7 @@ impl VirtioDevice for Rng {
 }
 
 /// Fills `buffer` from the kernel's random number generator.
-fn fill_random(buffer: &mut [u8]) -> io::Result<()> {
+pub(crate) fn fill_random(buffer: &mut [u8]) -> io::Result<()> {
     let mut filled = 0;
     while filled < buffer.len() {
         let rest = &mut buffer[filled..];

@@ -16,9 +16,14 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 
 pub const LAUNCHER: &str = "/bin/lguest-launcher";
-/// The launcher's exit code for any failure, a guest's death included; a panic would exit with
-/// 101, a usage error with 2.
-pub const FAILURE: i32 = 1;
+/// The launcher's exit code for a guest that died: the host killed it, or the launcher stopped
+/// it for a device access it cannot serve. The name is from when every failure exited alike;
+/// the scenarios that use it all mean the guest's death. A panic would exit with 101.
+pub const FAILURE: i32 = 3;
+/// The launcher's exit code for its own failures: a file, /dev/lguest, a device.
+pub const LAUNCHER_ERROR: i32 = 1;
+/// The launcher's exit code for a command line it refuses (clap's too).
+pub const USAGE: i32 = 2;
 
 /// What a finished launcher left behind.
 pub struct Run {

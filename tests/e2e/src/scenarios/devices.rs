@@ -77,8 +77,8 @@ pub fn mmio() -> anyhow::Result<()> {
 }
 
 /// `launcher-mmio-refused`: running code from a device page kills the guest (the host's
-/// rule), and an instruction the launcher does not emulate on device memory stops the launcher
-/// with that instruction's text (the launcher's rule). One stderr line each, exit 1.
+/// rule), and an instruction the launcher does not emulate on device memory stops the guest
+/// with that instruction's text (the launcher's rule). One stderr line each, the guest's death.
 pub fn mmio_refused() -> anyhow::Result<()> {
     kmod::ensure_loaded()?;
     let mut c = Checks::new();

@@ -1,5 +1,6 @@
 //! The launcher as a user meets it: every mistake a user can make is one clear line on stderr
-//! and a failing exit code (design.md D8), never a panic or a screenful of log.
+//! and a failing exit code (design.md D8), never a panic or a screenful of log; the code says
+//! whose mistake it was (the command line's, the launcher's, the guest's).
 //!
 //! The mistakes are made with the host's own bzImage (a real kernel, which must be refused for
 //! its missing note) and with a tiny hand-made ELF that carries the note (elf.rs), which gets the
@@ -10,10 +11,10 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use anyhow::{ensure, Context};
+use anyhow::{bail, ensure, Context};
 
 use crate::check::Checks;
-use crate::launch::{self, FAILURE};
+use crate::launch::{self, FAILURE, LAUNCHER_ERROR, USAGE};
 use crate::{elf, kmod};
 
 /// The host kernel's own bzImage (xz-compressed): a real kernel, but not one built for lguest.
@@ -22,6 +23,8 @@ const BZIMAGE: &str = "/boot/bzImage";
 const NO_NOTE: &str = "this kernel was not built to run under lguest";
 /// The ring-1 guest, for the runs that need a guest that does something (tests/guests/ring1).
 const RING1: &str = "/guests/ring1";
+/// A tap device no one created.
+const MISSING_TAP: &str = "lgnosuchtap";
 /// No run here should take more than a moment; a launcher that hangs is killed and fails. The
 /// slowest, unpacking the host's bzImage, took 1.5 s on 2 shared cores and 6 s with
 /// LGUEST_SLOWDOWN=3 (docs/building.md): five times that.
@@ -32,19 +35,29 @@ const PATIENCE: Duration = Duration::from_secs(30);
 pub fn loads_bzimage() -> anyhow::Result<()> {
     kmod::ensure_loaded()?;
     let mut c = Checks::new();
-    one_line_failure(&mut c, "64m bzImage", &["64m", BZIMAGE], NO_NOTE);
+    one_line_failure(
+        &mut c,
+        "64m bzImage",
+        &["64m", BZIMAGE],
+        LAUNCHER_ERROR,
+        NO_NOTE,
+    );
 
     // With -v, the log must show the payload was found and unpacked: the note is looked for in
-    // the unpacked ELF, so a refusal without that would prove nothing.
-    match launch::launch(&["-v", "64m", BZIMAGE], PATIENCE) {
-        Err(e) => c.ok("-v 64m bzImage", Err::<(), _>(e)),
+    // the unpacked ELF, so a refusal without that would prove nothing. MEM is a bare number
+    // here, which is MiB.
+    match launch::launch(&["-v", "64", BZIMAGE], PATIENCE) {
+        Err(e) => c.ok("-v 64 bzImage", Err::<(), _>(e)),
         Ok(run) => {
-            c.that(run.code == Some(FAILURE), || {
-                format!("-v: expected exit {FAILURE}, got {:?}", run.code)
+            c.that(run.code == Some(LAUNCHER_ERROR), || {
+                format!("-v: expected exit {LAUNCHER_ERROR}, got {:?}", run.code)
             });
             let last = run.stderr.lines().last().unwrap_or_default();
             c.that(last.contains(NO_NOTE), || {
                 format!("-v: last line {last:?} lacks {NO_NOTE:?}")
+            });
+            c.that(run.stderr.contains("guest RAM: 64 MiB "), || {
+                format!("-v: MEM 64 is not 64 MiB; stderr: {}", run.shown())
             });
             c.that(run.stderr.to_lowercase().contains("xz"), || {
                 format!(
@@ -75,27 +88,82 @@ pub fn bad_input() -> anyhow::Result<()> {
         &mut c,
         "missing kernel",
         &["64m", "/nonexistent"],
+        LAUNCHER_ERROR,
         "No such file",
     );
     one_line_failure(
         &mut c,
         "random bytes",
         &["64m", &random],
+        LAUNCHER_ERROR,
         "not a Linux kernel",
     );
     one_line_failure(
         &mut c,
         "first 100 KiB of a bzImage",
         &["64m", &truncated],
+        LAUNCHER_ERROR,
         "truncated bzImage",
     );
-    one_line_failure(&mut c, "zero memory", &["0", BZIMAGE], "memory");
+    one_line_failure(&mut c, "zero memory", &["0", BZIMAGE], USAGE, "memory");
+    one_line_failure(
+        &mut c,
+        "--net without tap=",
+        &["--net", "lgtap0", "64m", &tiny],
+        USAGE,
+        "--net lgtap0: 'lgtap0' is not tap=NAME nor mac=MAC",
+    );
+    // TUNSETIFF would create a missing tap, which no one could reach and which would vanish
+    // with the launcher: the launcher must refuse instead, and leave no interface behind.
+    one_line_failure(
+        &mut c,
+        "a missing tap",
+        &["--net", &format!("tap={MISSING_TAP}"), "64m", &tiny],
+        LAUNCHER_ERROR,
+        &format!("there is no network interface {MISSING_TAP}"),
+    );
+    let created = PathBuf::from("/sys/class/net").join(MISSING_TAP);
+    c.that(!created.exists(), || {
+        format!("the launcher created {}", created.display())
+    });
+    // clap's own usage errors take more lines, but the same code; --help is no error.
+    match launch::launch(&["64m"], PATIENCE) {
+        Err(e) => c.ok("no KERNEL", Err::<(), _>(e)),
+        Ok(run) => c.that(run.code == Some(USAGE), || {
+            format!("no KERNEL: expected exit {USAGE}, got {}", run.status())
+        }),
+    }
+    match launch::launch(&["--help"], PATIENCE) {
+        Err(e) => c.ok("--help", Err::<(), _>(e)),
+        Ok(run) => c.that(
+            run.code == Some(0)
+                && run.stdout.contains("Options go before MEM")
+                && run.stdout.contains("Exit status:"),
+            || {
+                format!(
+                    "--help: expected exit 0 and where options go and the exit codes, got {}: {}",
+                    run.status(),
+                    run.shown_stdout()
+                )
+            },
+        ),
+    }
+    // Typed after the kernel's first word, an option would be one more kernel word: the guest
+    // would get no disk, and no one would say why.
+    one_line_failure(
+        &mut c,
+        "an option among the kernel's words",
+        &["64m", &tiny, "root=/dev/vda", "--block", &random],
+        USAGE,
+        "'--block' after KERNEL would be a kernel word",
+    );
 
     kmod::ensure_unloaded()?;
     one_line_failure(
         &mut c,
         "lguest kernel without lg.ko",
         &["64m", &tiny],
+        LAUNCHER_ERROR,
         "insmod lg.ko",
     );
     kmod::load()?;
@@ -105,22 +173,89 @@ pub fn bad_input() -> anyhow::Result<()> {
         &mut c,
         "lguest kernel with lg.ko",
         &["64m", &tiny],
+        FAILURE,
         "guest died: ",
     );
+    disk_locks(&mut c, &dir)?;
     c.finish()
 }
 
-/// The launcher, run with `args`, must exit with [`FAILURE`] and exactly one line on stderr
+/// Two guests writing one disk image would wreck it: while one guest writes an image, a second
+/// launcher asking for it is refused, read-only or not; guests that only read it share it.
+fn disk_locks(c: &mut Checks, dir: &Scratch) -> anyhow::Result<()> {
+    let image = dir.file("disk.img", &vec![0; 1 << 20])?;
+    let read_only = format!("{image},ro");
+    let writer = wait_for_disk_lock(launch::spawn(&["--block", &image, "64m", RING1, "spin"])?)?;
+    for (what, disk, words) in [
+        ("a second writer", &image, "in use by another guest"),
+        ("a reader", &read_only, "in use: another guest writes it"),
+    ] {
+        one_line_failure(
+            c,
+            &format!("{what} of a disk image a guest writes"),
+            &["--block", disk, "64m", RING1, "hello"],
+            LAUNCHER_ERROR,
+            &format!("disk image {image} is {words}"),
+        );
+    }
+    drop(writer);
+
+    let reader = launch::spawn(&["--block", &read_only, "64m", RING1, "spin"])?;
+    let reader = wait_for_disk_lock(reader)?;
+    let run = launch::launch(&["--block", &read_only, "64m", RING1, "hello"], PATIENCE)?;
+    c.that(run.code == Some(0), || {
+        format!(
+            "a second reader of a disk image: expected exit 0, got {}: {}",
+            run.status(),
+            run.shown()
+        )
+    });
+    // Only now may the first reader go (dropping it kills it).
+    drop(reader);
+    Ok(())
+}
+
+/// Waits until the launcher `running` holds a lock on a file (its disk image, which it locks as
+/// it opens it, before the guest starts); returns the launcher, still running.
+fn wait_for_disk_lock(mut running: launch::Running) -> anyhow::Result<launch::Running> {
+    let pid = running.pid().to_string();
+    let start = std::time::Instant::now();
+    loop {
+        let locks = std::fs::read_to_string("/proc/locks").context("cannot read /proc/locks")?;
+        // `1: FLOCK  ADVISORY  WRITE 1234 00:1a:5678 0 EOF`: the fifth field is the holder.
+        if locks
+            .lines()
+            .any(|line| line.split_whitespace().nth(4) == Some(pid.as_str()))
+        {
+            return Ok(running);
+        }
+        if !running.alive()? {
+            let run = running.finish(PATIENCE)?;
+            bail!(
+                "the launcher holding the disk image ended ({}): {}",
+                run.status(),
+                run.shown()
+            );
+        }
+        ensure!(
+            start.elapsed() < PATIENCE,
+            "the launcher never locked its disk image"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// The launcher, run with `args`, must exit with `code` and exactly one line on stderr
 /// containing `words`.
-fn one_line_failure(c: &mut Checks, what: &str, args: &[&str], words: &str) {
+fn one_line_failure(c: &mut Checks, what: &str, args: &[&str], code: i32, words: &str) {
     match launch::launch(args, PATIENCE) {
         Err(e) => c.ok(what, Err::<(), _>(e)),
         Ok(run) => {
             let lines = run.stderr.lines().count();
-            let holds = run.code == Some(FAILURE) && lines == 1 && run.stderr.contains(words);
+            let holds = run.code == Some(code) && lines == 1 && run.stderr.contains(words);
             c.that(holds, || {
                 format!(
-                    "{what}: expected exit {FAILURE} and one stderr line containing {words:?}, \
+                    "{what}: expected exit {code} and one stderr line containing {words:?}, \
                      got exit {:?} and {lines} lines: {}",
                     run.code,
                     run.shown()
