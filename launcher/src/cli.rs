@@ -3,10 +3,10 @@
 //!
 //! The kernel's words come last and may look like anything, so once a word after KERNEL is not
 //! an option, clap takes it and every word after it as the kernel's: `--block d.img` typed there
-//! would silently be two more kernel words, and the guest would get no disk. [`Args::check`] refuses a kernel word
-//! that is one of the launcher's own options instead, unless a `--` comes before it. Every
-//! mistake in the command line is one line on stderr and exit code [`USAGE`] (clap's own
-//! errors exit with the same code, in clap's words).
+//! would silently be two more kernel words, and the guest would get no disk. [`Args::check`]
+//! refuses a kernel word that is one of the launcher's own options instead, unless a `--` comes
+//! before it. Every mistake in the command line is one line on stderr and exit code [`USAGE`]
+//! (clap's own errors exit with the same code, in clap's words).
 //!
 //! The exit codes are here too, with `--help`'s list of them: a script running a guest must be
 //! able to tell a guest that died from a launcher that could not start one.
