@@ -274,7 +274,7 @@ impl ShadowTables {
     fn forget_mappings(&mut self, index: usize) {
         let root = &mut self.roots[index];
         // Kept until the walk below is done: the entries lead into these pages.
-        let tables = core::mem::replace(&mut root.tables, KVec::new());
+        let tables = core::mem::take(&mut root.tables);
         // SAFETY: The root page is this root's own, in the direct map; nothing else uses it
         // while we hold `&mut self`.
         let entries = unsafe { &mut *(root.root.addr() as *mut [u64; 512]) };

@@ -209,8 +209,8 @@ impl Switcher {
         }
         // SAFETY: lg_switcher_layout and lg_switcher_offsets are constant tables in switcher.S.
         let (layout_words, offsets, text) = unsafe {
-            let start = lg_bindings::lg_switcher_start.as_ptr() as *const u8;
-            let end = lg_bindings::lg_switcher_end.as_ptr() as *const u8;
+            let start = lg_bindings::lg_switcher_start.as_ptr();
+            let end = lg_bindings::lg_switcher_end.as_ptr();
             let text = core::slice::from_raw_parts(start, end.offset_from(start) as usize);
             (
                 &lg_bindings::lg_switcher_layout,

@@ -159,7 +159,7 @@ impl MmioAccess {
     pub const WIRE_BYTES: usize = 3 * 8 + 16 + Reg::COUNT * 8;
 
     /// The exit record that carries this access.
-    pub fn to_record(&self) -> ExitRecord {
+    pub fn to_record(self) -> ExitRecord {
         let mut bytes = [0u8; Self::WIRE_BYTES];
         bytes[0..8].copy_from_slice(&self.gpa.to_le_bytes());
         bytes[8..16].copy_from_slice(&u64::from(self.write).to_le_bytes());

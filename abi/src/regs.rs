@@ -69,7 +69,7 @@ impl Reg {
 
     /// The register at byte offset `offset`, if there is one (offsets are multiples of 8).
     pub fn from_offset(offset: u64) -> Option<Reg> {
-        if !offset.is_multiple_of(8) {
+        if offset % 8 != 0 {
             return None;
         }
         Reg::ALL.get(usize::try_from(offset / 8).ok()?).copied()

@@ -217,7 +217,7 @@ const _: () = {
     assert!(REGS_SWITCHER_FAULT + 8 <= REGS_FRAME);
     assert!(REGS_FRAME + FRAME_WORDS * 8 == PAGE);
     assert!(FrameWord::Ss as u64 == FRAME_WORDS - 1);
-    assert!(REGS_FRAME.is_multiple_of(16));
+    assert!(REGS_FRAME % 16 == 0);
     assert!(STATE_GDT + crate::abi::boot::GUEST_GDT_ENTRIES as u64 * 8 <= STATE_TSS);
     assert!(STATE_TSS + 104 <= STATE_GDTR);
     assert!(STATE_IDTR + 16 <= PAGE);

@@ -236,7 +236,7 @@ impl<O> Session<O> {
 /// The launcher is trusted no more than the guest: these checks are what stands between a
 /// bogus INITIALIZE and the host walking, mapping and pinning memory that is not guest RAM.
 fn check_initialize(config: &Initialize, user: &impl UserMemory) -> Result<(), Refusal> {
-    let page_aligned = |x: u64| x.is_multiple_of(PAGE_SIZE);
+    let page_aligned = |x: u64| x % PAGE_SIZE == 0;
     if config.pfn_limit == 0
         || !page_aligned(config.base)
         || !page_aligned(config.cr3)

@@ -16,8 +16,13 @@ set -euo pipefail
 #  clang libclang-dev     bindgen's libclang, used by the kernel and by lg.ko's own bindings
 #  bc flex bison libelf-dev libssl-dev   the kernel build itself
 #  cpio busybox-static    the initramfs: a static shell and its tools
+#  rust-web-clippy shellcheck   the lints of `./lguest-dev check`: clippy of the kernel's Rust,
+#                         for lg.ko under Kbuild's CLIPPY=1, and the harness scripts' (Debian
+#                         marks rust-web-clippy as conflicting with Debian's rustup package,
+#                         not with a rustup installed by rustup.rs)
 PACKAGES=(qemu-system-x86 linux-source-6.12 rustc-web rust-web-src cargo-web clang libclang-dev
-          bc flex bison libelf-dev libssl-dev cpio busybox-static xz-utils rsync)
+          bc flex bison libelf-dev libssl-dev cpio busybox-static xz-utils rsync rust-web-clippy
+          shellcheck)
 
 need_apt=0
 for p in "${PACKAGES[@]}"; do
@@ -52,5 +57,13 @@ if ! rustup target list --installed 2>/dev/null | grep -q x86_64-unknown-none; t
     step "adding the x86_64-unknown-none target (for guests)"
     rustup target add x86_64-unknown-none >/dev/null
 fi
+
+# `./lguest-dev check` formats and lints every crate with rustup's toolchain.
+for component in clippy rustfmt; do
+    if ! rustup component list --installed 2>/dev/null | grep -q "^$component"; then
+        step "adding rustup's $component"
+        rustup component add "$component" >/dev/null
+    fi
+done
 
 ok "set-up complete"

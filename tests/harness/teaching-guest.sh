@@ -94,7 +94,7 @@ devices_boot() {
         -device virtio-rng-device \
         -drive if=none,id=disk,format=raw,file="$dir/disk.img" \
         -device virtio-blk-device,drive=disk \
-        -chardev file,id=console,path="$dir/console.out",input-path="$dir/console.in" \
+        -chardev "file,id=console,path=$dir/console.out,input-path=$dir/console.in" \
         -device virtio-serial-device -device virtconsole,chardev=console \
         -netdev user,id=net -device virtio-net-device,netdev=net \
         </dev/null >"$log" 2>&1 || status=$?
