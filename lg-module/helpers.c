@@ -40,6 +40,7 @@ void lg_cond_resched(void) { cond_resched(); }
 void lg_fpu_begin(void) { kernel_fpu_begin(); }
 void lg_fpu_end(void) { kernel_fpu_end(); }
 void lg_load_fs_gs(unsigned short fs, unsigned short gs) { loadsegment(fs, fs); load_gs_index(gs); }
+void lg_load_kernel_ss(void) { loadsegment(ss, __KERNEL_DS); }
 bool lg_host_has_pti(void) { return boot_cpu_has(X86_FEATURE_PTI); }
 unsigned int lg_tsc_khz(void) { return tsc_khz; }
 void lg_prepare_to_sleep(void) { set_current_state(TASK_INTERRUPTIBLE); }

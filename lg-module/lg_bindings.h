@@ -18,6 +18,7 @@ void lg_cond_resched(void);
 void lg_fpu_begin(void);
 void lg_fpu_end(void);
 void lg_load_fs_gs(unsigned short fs, unsigned short gs);
+void lg_load_kernel_ss(void);
 bool lg_host_has_pti(void);
 unsigned int lg_tsc_khz(void);
 void lg_prepare_to_sleep(void);

@@ -92,6 +92,24 @@ pub(crate) fn run(
     switcher: &Switcher,
     irqs: &Interrupts,
 ) -> Result<ExitRecord> {
+    let result = run_until_needed(guest, switcher, irqs);
+    // Every trap from the guest left a null SS, as any interrupt from a lower ring does, and
+    // Linux copes with that in kernel context; but on AMD CPUs a SYSRET back to the launcher
+    // with SS null returns with an unusable SS (Linux's X86_BUG_SYSRET_SS_ATTRS, which it fixes
+    // only when it switches tasks). So the kernel's SS comes back once, on the way out of read():
+    // under TCG a load of SS costs about a tenth of a round trip (guest-many-switches' figure,
+    // median of three: 117k cycles with a load per exit, 105k without), too much for every exit.
+    // SAFETY: loads __KERNEL_DS, the selector Linux itself runs with, into SS.
+    unsafe { lg_bindings::lg_load_kernel_ss() };
+    result
+}
+
+/// `run`'s loop: trips into the guest until one ends in something for the launcher.
+fn run_until_needed(
+    guest: &mut Guest<Owner>,
+    switcher: &Switcher,
+    irqs: &Interrupts,
+) -> Result<ExitRecord> {
     loop {
         if let Some(ended) = guest.ended {
             return Ok(ended);

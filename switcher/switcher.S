@@ -21,7 +21,7 @@
  * and SS at TSS.RSP0, the top of the regs page; the stub adds an error code and the vector;
  * the common exit pushes the general registers, so the whole frame now lies in the regs page.
  * Then: back to the host CR3 (from the MSR), host GS base first (a host NMI handler may run
- * from here on), host IDT, host GDT and TSS, kernel SS, host stack, host flags, return. The
+ * from here on), host IDT, host GDT and TSS, host stack, host flags, return. The
  * host's LDT, if it has one, is lg.ko's to reload (lg-module/run.rs).
  *
  * The order of both paths is chosen so that, whatever instant an NMI arrives, the IDT, GDT
@@ -29,7 +29,6 @@
  */
 #include <linux/linkage.h>
 #include <asm/msr-index.h>
-#include <asm/segment.h>
 
 #define PAGE			4096
 #define TEXT_PAGES		2
@@ -276,12 +275,6 @@ common_exit:
 	movw	$TSS_SELECTOR, %ax
 	ltr	%ax
 	lgdt	HOST_GDTR(%rbp)
-	/*
-	 * The trap from ring 1 left a null SS, which Linux never expects in kernel context (and
-	 * with which an AMD CPU's SYSRET would return with an unusable SS): the kernel's own.
-	 */
-	movl	$__KERNEL_DS, %eax
-	movl	%eax, %ss
 	movw	HOST_DS(%rbp), %ax
 	movw	%ax, %ds
 	movw	HOST_ES(%rbp), %ax
