@@ -15,7 +15,7 @@
 //! SS, RSP, RFLAGS, CS, RIP (and the error code for vectors 8, 10-14 and 17) on the guest
 //! kernel's stack (the current one if the guest was in its kernel, the SET_STACK one if it was
 //! in user mode), 16-byte aligned, and jumps to the handler at ring 1. Two differences, both so
-//! that a Linux guest needs few changes (reference/linux-guest.md):
+//! that a Linux guest needs few changes (docs/design.md, D11):
 //! - the pushed CS and SS show RPL 0 when the trap came from the guest kernel (Linux's
 //!   `user_mode()` is `cs & 3`); the guest's return path sets RPL 1 again before its `iretq`;
 //! - the pushed RFLAGS.IF is the virtual flag, and an interrupt gate clears the virtual flag.

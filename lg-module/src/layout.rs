@@ -32,7 +32,7 @@
 //!
 //! A guest's page tables map the text, the IDT and only the block of the CPU it runs on, so
 //! one guest can never see another CPU's pages. The host page holds the host's stack pointer
-//! and descriptor tables; it is never mapped for a guest (design.md D3: lguest kept them in a
+//! and descriptor tables; it is never mapped for a guest (docs/design.md, D3: lguest kept them in a
 //! page the guest could read, a KASLR leak).
 //!
 //! `switcher/switcher.S` uses the same numbers; lg.ko compares them with these at load time

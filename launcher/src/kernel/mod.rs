@@ -1,7 +1,8 @@
 //! From a kernel file to a kernel in guest memory.
 //!
 //! The launcher accepts what a kernel build leaves behind: arch/x86/boot/bzImage or the ELF
-//! vmlinux at the top of the tree (design.md D5). Both end as an ELF loaded by physical address:
+//! vmlinux at the top of the tree (docs/design.md, D5). Both end as an ELF loaded by physical
+//! address:
 //!
 //! ```text
 //!   bzImage --bzimage.rs--> payload --payload.rs--> vmlinux (ELF) --elf.rs--> guest memory

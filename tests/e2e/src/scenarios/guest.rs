@@ -7,7 +7,7 @@
 //!
 //! - a friendly guest (`hello`, `nop-loop`, `spin`) powers off: exit 0, and its line on stdout;
 //! - a hostile guest announces its attack (`attack: <name>`) and must be killed by the host:
-//!   exit 1 and exactly one stderr line, `lguest-launcher: guest died: <reason>`. A guest that
+//!   exit 3 and exactly one stderr line, `lguest-launcher: guest died: <reason>`. A guest that
 //!   survives says `attack <name>: survived (...)` and powers off, which fails the scenario;
 //! - after every hostile guest a fresh `hello` guest must still run: a host that survived in
 //!   name only fails there. (The runner checks the kernel log for oopses and warnings, too.)
@@ -87,7 +87,7 @@ pub fn hello() -> anyhow::Result<()> {
 }
 
 /// Checks that `run`, the guest told to attack with `words`, got as far as the attack and was
-/// killed for it: exit 1, one stderr line saying so, no "survived".
+/// killed for it: exit 3, one stderr line saying so, no "survived".
 pub(super) fn died(c: &mut Checks, words: &[&str], run: &Run) {
     let what = words.join(" ");
     let announced = format!("attack: {}", words[0]);

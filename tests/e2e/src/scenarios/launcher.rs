@@ -1,5 +1,5 @@
 //! The launcher as a user meets it: every mistake a user can make is one clear line on stderr
-//! and a failing exit code (design.md D8), never a panic or a screenful of log; the code says
+//! and a failing exit code (docs/design.md, D8), never a panic or a screenful of log; the code says
 //! whose mistake it was (the command line's, the launcher's, the guest's).
 //!
 //! The mistakes are made with the host's own bzImage (a real kernel, which must be refused for

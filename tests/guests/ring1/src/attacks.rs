@@ -1,10 +1,10 @@
 //! The hostile guest: one attack per run, chosen by the command line.
 //!
-//! Each attack is something a ring-1 kernel can try and a correct host must stop (design.md D2,
-//! reference/x86-ring1-hazards.md). The guest announces it (`attack: <name>`), does it once, and
-//! if it is still alive afterwards says so (`attack <name>: survived (<what happened>)`) and
-//! powers off. So the launcher's exit status tells the tests everything: 1 with "guest died:
-//! <reason>" is the host doing its job; 0 with "survived" is a hole.
+//! Each attack is something a ring-1 kernel can try and a correct host must stop
+//! (docs/design.md, D2; docs/hazards.md). The guest announces it (`attack: <name>`), does it
+//! once, and if it is still alive afterwards says so (`attack <name>: survived (<what
+//! happened>)`) and powers off. So the launcher's exit status tells the tests everything: 3 with
+//! "guest died: <reason>" is the host doing its job; 0 with "survived" is a hole.
 //!
 //! The attacks, in the order of the hazards they probe:
 //! - instructions that belong to ring 0: `syscall`, `sysenter`, `cli`, `hlt`, `mov-cr3`, `lgdt`,
