@@ -20,7 +20,7 @@ use std::time::Duration;
 use anyhow::{ensure, Context};
 
 use crate::kmod;
-use crate::launch::{launch, LAUNCHER};
+use crate::launch::{launch, Run, LAUNCHER};
 
 /// The guest, its memory and its scenario: tests/guests/ring1, as the initramfs holds it.
 const GUEST_ARGS: [&str; 4] = ["64m", "/guests/ring1", "nop-loop", HYPERCALLS];
@@ -106,14 +106,7 @@ fn long_run() -> anyhow::Result<Vec<String>> {
         "long-run",
         LONG_RUN_SECONDS,
     ];
-    let run = launch(&args, Duration::from_secs(300))?;
-    let command = format!("{LAUNCHER} {}", args.join(" "));
-    ensure!(
-        run.code == Some(0),
-        "`{command}`: {}; stderr: {}",
-        run.status(),
-        run.shown()
-    );
+    let (run, command) = powered_off(&args)?;
     // "long-run: T ticks in M ms, tasks ran A and B times, lost L"
     let counts = run
         .stdout
@@ -155,14 +148,7 @@ fn mmio_read() -> anyhow::Result<u64> {
 
 /// The figure the ring-1 guest run with `args` prints as `<prefix><cycles> cycles each`.
 fn ring1_figure(args: &[&str], prefix: &str) -> anyhow::Result<u64> {
-    let run = launch(args, Duration::from_secs(300))?;
-    let command = format!("{LAUNCHER} {}", args.join(" "));
-    ensure!(
-        run.code == Some(0),
-        "`{command}`: {}; stderr: {}",
-        run.status(),
-        run.shown()
-    );
+    let (run, command) = powered_off(args)?;
     run.stdout
         .lines()
         .find_map(|l| {
@@ -189,4 +175,18 @@ fn null_syscall() -> u64 {
     }
     timings.sort_unstable();
     timings[REPETITIONS / 2]
+}
+
+/// Runs the launcher with `args` to its end, which must be a power-off: the run, and the command
+/// line as an error names it.
+fn powered_off(args: &[&str]) -> anyhow::Result<(Run, String)> {
+    let run = launch(args, Duration::from_secs(300))?;
+    let command = format!("{LAUNCHER} {}", args.join(" "));
+    ensure!(
+        run.code == Some(0),
+        "`{command}`: {}; stderr: {}",
+        run.status(),
+        run.shown()
+    );
+    Ok((run, command))
 }
