@@ -37,7 +37,7 @@ impl Snapshot {
         // Fold every CPU's pending counter deltas into the global counters MemFree reads.
         fs::write("/proc/sys/vm/stat_refresh", "1").context("cannot refresh vm stats")?;
         let slabs = procfs::slab_active_objects(&procfs::read("/proc/slabinfo")?)?;
-        let mem_free = procfs::meminfo_kib(&procfs::read("/proc/meminfo")?, "MemFree")?;
+        let mem_free = procfs::kib_field(&procfs::read("/proc/meminfo")?, "MemFree")?;
         let pcp = procfs::pcp_pages(&procfs::read("/proc/zoneinfo")?)?;
         Ok(Snapshot {
             slabs,

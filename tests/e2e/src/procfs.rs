@@ -84,9 +84,10 @@ pub fn slab_active_objects(slabinfo: &str) -> anyhow::Result<BTreeMap<String, u6
     Ok(caches)
 }
 
-/// A field of /proc/meminfo text in KiB, e.g. `meminfo_kib(text, "MemFree")`.
-pub fn meminfo_kib(meminfo: &str, key: &str) -> anyhow::Result<u64> {
-    for line in meminfo.lines() {
+/// A `Key: N kB` field in KiB, of /proc/meminfo or /proc/PID/status text, e.g.
+/// `kib_field(text, "MemFree")`.
+pub fn kib_field(text: &str, key: &str) -> anyhow::Result<u64> {
+    for line in text.lines() {
         let Some((k, rest)) = line.split_once(':') else {
             continue;
         };
@@ -94,10 +95,10 @@ pub fn meminfo_kib(meminfo: &str, key: &str) -> anyhow::Result<u64> {
             let value = rest.trim().trim_end_matches(" kB");
             return value
                 .parse()
-                .with_context(|| format!("bad /proc/meminfo line {line:?}"));
+                .with_context(|| format!("bad {key} line {line:?}"));
         }
     }
-    bail!("/proc/meminfo has no {key}")
+    bail!("no {key} field")
 }
 
 /// Free pages parked on the per-CPU lists, from /proc/zoneinfo text: the `count:` of every
@@ -189,12 +190,14 @@ mod tests {
     }
 
     #[test]
-    fn meminfo_fields_are_read_in_kib() {
+    fn kib_fields_are_read_from_meminfo_and_status() {
         let text =
             "MemTotal:        2013956 kB\nMemFree:         1893512 kB\nHugePages_Total:       0\n";
-        assert_eq!(meminfo_kib(text, "MemFree").unwrap(), 1_893_512);
-        assert_eq!(meminfo_kib(text, "HugePages_Total").unwrap(), 0);
-        assert!(meminfo_kib(text, "MemAvailable").is_err());
+        assert_eq!(kib_field(text, "MemFree").unwrap(), 1_893_512);
+        assert_eq!(kib_field(text, "HugePages_Total").unwrap(), 0);
+        assert!(kib_field(text, "MemAvailable").is_err());
+        let status = "Name:\tlguest-launcher\nVmLck:\t    1024 kB\nVmPin:\t       0 kB\n";
+        assert_eq!(kib_field(status, "VmLck").unwrap(), 1024);
     }
 
     #[test]

@@ -26,10 +26,7 @@ const PATIENCE: Duration = Duration::from_secs(60);
 /// The launcher's locked memory now, in KiB, if it is still there to ask.
 fn locked_kib(pid: i32) -> Option<u64> {
     let status = procfs::read(&format!("/proc/{pid}/status")).ok()?;
-    status
-        .lines()
-        .find_map(|line| line.strip_prefix("VmLck:"))
-        .and_then(|value| value.trim().trim_end_matches("kB").trim().parse().ok())
+    procfs::kib_field(&status, "VmLck").ok()
 }
 
 /// The ring-1 guest saying hello, launched from a child process that may lock at most
