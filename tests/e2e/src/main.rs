@@ -25,6 +25,7 @@ mod launch;
 mod leak;
 mod lguest;
 mod netns;
+mod pinned;
 mod procfs;
 mod scenarios;
 

@@ -21,14 +21,13 @@ use std::sync::atomic::{AtomicI32, Ordering};
 use anyhow::{ensure, Context};
 use lguest_launcher::run::Stop;
 use nix::errno::Errno;
-use nix::sched::{sched_getaffinity, sched_getcpu, sched_setaffinity, CpuSet};
 use nix::sys::signal::{sigaction, SaFlags, SigAction, SigHandler, SigSet, Signal};
-use nix::unistd::Pid;
 
 use super::guest::{died, guest, hello_still_runs, GUEST, MEM, PATIENCE};
 use crate::check::Checks;
 use crate::inprocess::{self, InProcessRun};
 use crate::kmod;
+use crate::pinned::Pinned;
 
 // ---- The LDT ----------------------------------------------------------------------------------
 
@@ -153,32 +152,6 @@ fn int1_si_code() -> anyhow::Result<i32> {
     let code = SIGTRAP_CODE.load(Ordering::SeqCst);
     ensure!(code != 0, "int1 raised no SIGTRAP");
     Ok(code)
-}
-
-/// This thread pinned to the CPU it is on, until dropped; what it spawns meanwhile (a launcher)
-/// is pinned there too.
-struct Pinned {
-    cpu: usize,
-    before: CpuSet,
-}
-
-impl Pinned {
-    fn here() -> anyhow::Result<Pinned> {
-        let me = Pid::from_raw(0);
-        let before = sched_getaffinity(me).context("sched_getaffinity")?;
-        let cpu = sched_getcpu().context("sched_getcpu")?;
-        let mut only = CpuSet::new();
-        only.set(cpu)?;
-        sched_setaffinity(me, &only).context("sched_setaffinity")?;
-        Ok(Pinned { cpu, before })
-    }
-}
-
-impl Drop for Pinned {
-    fn drop(&mut self) {
-        // Best effort: the CPUs allowed before are still there.
-        let _ = sched_setaffinity(Pid::from_raw(0), &self.before);
-    }
 }
 
 /// `guest-hostile-single-step`: a guest single-steps (and dies of its #DB) on this process's

@@ -22,7 +22,6 @@ use std::os::unix::fs::FileExt;
 use std::time::{Duration, Instant};
 
 use anyhow::{ensure, Context};
-use nix::sched::{sched_getaffinity, sched_setaffinity, CpuSet};
 use nix::sys::ptrace;
 use nix::sys::signal::{kill, Signal};
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
@@ -31,14 +30,13 @@ use nix::unistd::{execv, fork, ForkResult, Pid};
 use crate::check::Checks;
 use crate::kmod;
 use crate::launch;
+use crate::pinned::Pinned;
 
 const MSR_TSC_AUX: u64 = 0xc000_0103;
 /// The Switcher's "an NMI or a machine check arrived inside me" bits (lg-module/src/layout.rs).
 const PENDING: u64 = lg_module::layout::AUX_NMI_PENDING | lg_module::layout::AUX_MC_PENDING;
 /// The ring-1 guest, as the initramfs holds it.
 const GUEST: &str = "/guests/ring1";
-/// The CPU the scenario and its launcher are bound to.
-const CPU: usize = 0;
 /// Generous for a guest that says hello, even on a slow machine under TCG.
 const PATIENCE: Duration = Duration::from_secs(60);
 
@@ -76,25 +74,15 @@ impl Msr {
 /// TSC_AUX afterwards is Linux's value, the stale bits gone.
 pub fn stale_tsc_aux() -> anyhow::Result<()> {
     kmod::ensure_loaded()?;
-    let before = sched_getaffinity(Pid::from_raw(0)).context("sched_getaffinity")?;
-    let mut here = CpuSet::new();
-    here.set(CPU).context("CpuSet::set")?;
-    sched_setaffinity(Pid::from_raw(0), &here).context("sched_setaffinity")?;
-    let outcome = run_with_stale_bit();
-    sched_setaffinity(Pid::from_raw(0), &before).context("restoring the CPU affinity")?;
-    outcome
-}
-
-/// The body of [`stale_tsc_aux`], on `CPU`; TSC_AUX is Linux's value again when it returns.
-fn run_with_stale_bit() -> anyhow::Result<()> {
-    let msr = Msr::open(CPU)?;
+    let pinned = Pinned::here()?;
+    let msr = Msr::open(pinned.cpu)?;
     let linux = msr.read(MSR_TSC_AUX)?;
     ensure!(
         linux & PENDING == 0,
         "TSC_AUX is {linux:#x} before the test: a pending bit is already set"
     );
     msr.write(MSR_TSC_AUX, linux | PENDING)?;
-    // The launcher inherits this task's CPU affinity: its guest runs on `CPU` too.
+    // The launcher inherits this task's CPU affinity: its guest runs on the pinned CPU too.
     let run = launch::launch(&["64m", GUEST, "hello"], PATIENCE);
     let after = msr.read(MSR_TSC_AUX);
     msr.write(MSR_TSC_AUX, linux)?;
