@@ -82,24 +82,24 @@ pub fn identifiers(word: &str) -> impl Iterator<Item = &str> {
 
 /// `run_once`, `x86_64`, `__x`: lower case, with an underscore between two parts.
 fn is_snake(token: &str) -> bool {
-    let inner = token.trim_start_matches('_');
-    inner.contains('_')
-        && !inner.ends_with('_')
-        && inner.starts_with(|c: char| c.is_ascii_lowercase())
-        && inner
-            .chars()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+    is_underscored(token, |c| c.is_ascii_lowercase())
 }
 
 /// `IRQ_ENABLED`, `__KERNEL_CS`: upper case, with an underscore between two parts.
 fn is_screaming(token: &str) -> bool {
+    is_underscored(token, |c| c.is_ascii_uppercase())
+}
+
+/// Letters all in one case (`in_case`), digits and underscores, starting with a letter after any
+/// leading underscores, with an underscore between two parts.
+fn is_underscored(token: &str, in_case: fn(char) -> bool) -> bool {
     let inner = token.trim_start_matches('_');
     inner.contains('_')
         && !inner.ends_with('_')
-        && inner.starts_with(|c: char| c.is_ascii_uppercase())
+        && inner.starts_with(in_case)
         && inner
             .chars()
-            .all(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || c == '_')
+            .all(|c| in_case(c) || c.is_ascii_digit() || c == '_')
 }
 
 /// `ShadowTables`, `MmioAccess`: a capital, lower case, and at least one more capital.
