@@ -1,20 +1,23 @@
 #!/usr/bin/env bash
 # Assemble the VM's initramfs: busybox, our init, lg.ko, the launcher, the scenario runner, the
-# guests (BIN_DIR/guests/* as /guests/*) and the host's own bzImage, a kernel the launcher must
-# refuse. Usage: build-initramfs.sh LG_KO BIN_DIR BZIMAGE OUT
+# guests (BIN_DIR/guests/* as /guests/*), the Linux guest (LINUX_DIR/bzImage and its own
+# initramfs, as /guests/linux/) and the host's own bzImage, a kernel the launcher must refuse.
+# Usage: build-initramfs.sh LG_KO BIN_DIR BZIMAGE LINUX_DIR OUT
 # An uncompressed cpio: the host kernel unpacks it faster than it would gunzip it under TCG.
 set -euo pipefail
 . "$(dirname "$0")/common.sh"
-[ $# = 4 ] || die "usage: build-initramfs.sh LG_KO BIN_DIR BZIMAGE OUT"
-lg_ko=$1 bin=$2 bzimage=$3 out=$4
+[ $# = 5 ] || die "usage: build-initramfs.sh LG_KO BIN_DIR BZIMAGE LINUX_DIR OUT"
+lg_ko=$1 bin=$2 bzimage=$3 linux=$4 out=$5
 
 root=$(mktemp -d)
 trap 'rm -rf "$root"' EXIT
-mkdir -p "$root"/{bin,lib/modules,boot,guests,proc,sys,dev,tmp}
+mkdir -p "$root"/{bin,lib/modules,boot,guests/linux,proc,sys,dev,tmp}
 cp /bin/busybox "$root/bin/busybox"
 cp "$REPO/tests/harness/initramfs/init" "$root/init"
 cp "$lg_ko" "$root/lib/modules/lg.ko"
 cp "$bin/lguest-launcher" "$bin/lguest-e2e" "$root/bin/"
 cp "$bin"/guests/* "$root/guests/"
+cp "$linux/bzImage" "$root/guests/linux/bzImage"
+"$REPO/tests/harness/build-linux-rootfs.sh" "$root/guests/linux/initramfs.cpio.gz"
 cp "$bzimage" "$root/boot/bzImage"
 (cd "$root" && find . -print0 | cpio --null -o -H newc --quiet) >"$out"

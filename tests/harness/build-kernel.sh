@@ -16,7 +16,7 @@ FRAGMENT=$REPO/tests/harness/host-kernel.config
 # The fragment's options, not its comments: rewording a reason must not cost a rebuild.
 key=$( {
     dpkg-query -W -f='${Version}' linux-source-6.12
-    grep -v -e '^#' -e '^$' "$FRAGMENT"
+    config_options "$FRAGMENT"
     gcc --version | head -n1
     /usr/bin/rustc --version
     "$BINDGEN" --version
@@ -48,32 +48,7 @@ mv "$KDIR"/linux-source-6.12 "$SRC"
 
 MAKE=(make -C "$SRC" "${KERNEL_RUST_VARS[@]}" BINDGEN="$BINDGEN")
 
-step "configuring: tinyconfig + $(basename "$FRAGMENT")"
-"${MAKE[@]}" -s tinyconfig >/dev/null
-args=()
-while read -r line; do
-    case "$line" in
-        ''|'#'*) ;;
-        +*) args+=(--enable "${line#+}") ;;
-        -*) args+=(--disable "${line#-}") ;;
-        *=*) args+=(--set-val "${line%%=*}" "${line#*=}") ;;
-    esac
-done <"$FRAGMENT"
-"$SRC"/scripts/config --file "$SRC/.config" "${args[@]}"
-"${MAKE[@]}" -s olddefconfig >/dev/null
-
-# olddefconfig silently drops what a dependency forbids: check every choice survived.
-while read -r line; do
-    case "$line" in
-        ''|'#'*) ;;
-        +*) grep -qx "CONFIG_${line#+}=y" "$SRC/.config" \
-                || die "CONFIG_${line#+}=y did not survive olddefconfig (a missing dependency?)" ;;
-        -*) ! grep -q "^CONFIG_${line#-}=" "$SRC/.config" \
-                || die "CONFIG_${line#-} is still set after olddefconfig" ;;
-        *=*) grep -qx "CONFIG_$line" "$SRC/.config" \
-                || die "CONFIG_$line did not survive olddefconfig" ;;
-    esac
-done <"$FRAGMENT"
+configure_kernel "$SRC" "$FRAGMENT" "${MAKE[@]}"
 
 "${MAKE[@]}" rustavailable >/dev/null || die "the kernel does not accept this Rust toolchain: see 'make rustavailable' in $SRC"
 

@@ -105,3 +105,42 @@ slow_cgroup() {
     fi
     echo "$cgroup"
 }
+
+# configure_kernel SRC FRAGMENT MAKE...: `make tinyconfig` in SRC, then FRAGMENT's choices (one
+# per line: `+NAME` enables, `-NAME` disables, `NAME=value` sets; `#` starts a comment), then
+# `make olddefconfig`, which silently drops what a dependency forbids: so every choice is checked
+# afterwards, and one that did not survive is an error naming it. MAKE is the make command line
+# for SRC. The host kernel and the Linux guest are both configured this way.
+configure_kernel() {
+    local src=$1 fragment=$2; shift 2
+    step "configuring: tinyconfig + $(basename "$fragment")"
+    "$@" -s tinyconfig >/dev/null
+    local args=() line
+    while read -r line; do
+        case "$line" in
+            ''|'#'*) ;;
+            +*) args+=(--enable "${line#+}") ;;
+            -*) args+=(--disable "${line#-}") ;;
+            *=*) args+=(--set-val "${line%%=*}" "${line#*=}") ;;
+        esac
+    done <"$fragment"
+    "$src"/scripts/config --file "$src/.config" "${args[@]}"
+    "$@" -s olddefconfig >/dev/null
+    while read -r line; do
+        case "$line" in
+            ''|'#'*) ;;
+            +*) grep -qx "CONFIG_${line#+}=y" "$src/.config" \
+                    || die "CONFIG_${line#+}=y did not survive olddefconfig (a missing dependency?)" ;;
+            -*) ! grep -q "^CONFIG_${line#-}=" "$src/.config" \
+                    || die "CONFIG_${line#-} is still set after olddefconfig" ;;
+            *=*) grep -qx "CONFIG_$line" "$src/.config" \
+                    || die "CONFIG_$line did not survive olddefconfig" ;;
+        esac
+    done <"$fragment"
+}
+
+# config_options FRAGMENT: the fragment's choices without its comments, for a cache key:
+# rewording a reason must not cost a rebuild.
+config_options() {
+    grep -v -e '^#' -e '^$' "$1"
+}

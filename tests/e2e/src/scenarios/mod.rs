@@ -16,6 +16,7 @@ mod guest;
 mod hazards;
 mod host_state;
 mod launcher;
+mod linux;
 mod module;
 mod resources;
 mod session;
@@ -25,7 +26,7 @@ pub struct Scenario {
     pub run: fn() -> anyhow::Result<()>,
 }
 
-pub static SCENARIOS: [Scenario; 61] = [
+pub static SCENARIOS: [Scenario; 62] = [
     Scenario {
         name: "module-load",
         run: module::load,
@@ -225,6 +226,10 @@ pub static SCENARIOS: [Scenario; 61] = [
     Scenario {
         name: "teaching-guest-lguest",
         run: guest::teaching_guest,
+    },
+    Scenario {
+        name: "linux-boots",
+        run: linux::boots,
     },
     Scenario {
         name: "hostile-idt-gdt",

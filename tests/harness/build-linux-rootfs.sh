@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# Assemble the Linux guest's initramfs: Debian's static busybox and the guest's init
+# (tests/harness/linux-guest/init), as a gzipped cpio the guest kernel unpacks (RD_GZIP).
+# Usage: build-linux-rootfs.sh OUT
+set -euo pipefail
+. "$(dirname "$0")/common.sh"
+[ $# = 1 ] || die "usage: build-linux-rootfs.sh OUT"
+out=$1
+
+root=$(mktemp -d)
+trap 'rm -rf "$root"' EXIT
+mkdir -p "$root"/{bin,proc,sys,dev,tmp,root}
+cp /bin/busybox "$root/bin/busybox"
+cp "$REPO/tests/harness/linux-guest/init" "$root/init"
+(cd "$root" && find . -print0 | cpio --null -o -H newc --quiet) | gzip -9 >"$out"
