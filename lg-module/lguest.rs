@@ -47,6 +47,9 @@ mod death;
 #[allow(unreachable_pub)]
 #[path = "src/descriptors.rs"]
 mod descriptors;
+#[allow(unreachable_pub)]
+#[path = "src/emulate.rs"]
+mod emulate;
 mod fpu;
 #[allow(unreachable_pub)]
 #[path = "src/hypercall.rs"]

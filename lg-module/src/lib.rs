@@ -20,6 +20,7 @@ pub use lguest_abi as abi;
 
 pub mod death;
 pub mod descriptors;
+pub mod emulate;
 pub mod hypercall;
 pub mod interrupts;
 pub mod layout;
