@@ -652,6 +652,7 @@ fn deliver_page_fault(
 ///
 /// An `int n` the guest's IDT allows arrives as #GP (the real IDT lets the guest through only
 /// the hypercall gate): it becomes vector n, resuming after the instruction, as the CPU would.
+/// So do the few privileged instructions the host emulates for the guest kernel (src/emulate.rs).
 fn exception(guest: &mut Guest<Owner>, vector: u64, error: u64) -> Result<(), Death> {
     let rip = guest.regs.get(Reg::Rip);
     let cpl = guest.regs.get(Reg::Cs) & 3;
@@ -672,6 +673,16 @@ fn exception(guest: &mut Guest<Owner>, vector: u64, error: u64) -> Result<(), De
                 guest.regs.set(Reg::Rip, rip + length);
                 return deliver(guest, n, None, &gate);
             }
+        }
+        // A privileged instruction a Linux kernel runs without a hook (abi::privileged).
+        let host = emulate::HostCpu {
+            // SAFETY: reading CR4 has no side effects. The bits the guest is shown are the same
+            // on every CPU, so which one this runs on does not matter.
+            cr4: unsafe { lg_bindings::lg_read_cr4() } as u64,
+            xcr0: guest.owner.fpu.xcr0(),
+        };
+        if emulate::emulate(insn, error, &mut guest.regs, host)? {
+            return Ok(());
         }
     }
     // `syscall` from guest user mode is #UD (the host keeps EFER.SCE off while a guest runs):
