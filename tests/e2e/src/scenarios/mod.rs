@@ -16,6 +16,7 @@ mod guest;
 mod hazards;
 mod host_state;
 mod launcher;
+mod linux;
 mod module;
 mod resources;
 mod session;
@@ -25,7 +26,7 @@ pub struct Scenario {
     pub run: fn() -> anyhow::Result<()>,
 }
 
-pub static SCENARIOS: [Scenario; 61] = [
+pub static SCENARIOS: [Scenario; 66] = [
     Scenario {
         name: "module-load",
         run: module::load,
@@ -87,6 +88,10 @@ pub static SCENARIOS: [Scenario; 61] = [
         run: || guest::hostile("mov-cr3"),
     },
     Scenario {
+        name: "guest-hostile-mov-to-cr4",
+        run: || guest::hostile("mov-to-cr4"),
+    },
+    Scenario {
         name: "guest-hostile-lgdt",
         run: || guest::hostile("lgdt"),
     },
@@ -95,12 +100,12 @@ pub static SCENARIOS: [Scenario; 61] = [
         run: || guest::hostile("wrmsr"),
     },
     Scenario {
-        name: "guest-hostile-in",
-        run: || guest::hostile("in"),
+        name: "guest-hostile-ins",
+        run: || guest::hostile("ins"),
     },
     Scenario {
-        name: "guest-hostile-out",
-        run: || guest::hostile("out"),
+        name: "guest-hostile-outs",
+        run: || guest::hostile("outs"),
     },
     Scenario {
         name: "guest-hostile-swapgs",
@@ -221,6 +226,22 @@ pub static SCENARIOS: [Scenario; 61] = [
     Scenario {
         name: "guest-long-run",
         run: guest::long_run,
+    },
+    Scenario {
+        name: "guest-cr4",
+        run: linux::cr4,
+    },
+    Scenario {
+        name: "guest-xsetbv",
+        run: linux::xsetbv,
+    },
+    Scenario {
+        name: "guest-hostile-xsetbv",
+        run: linux::hostile_xsetbv,
+    },
+    Scenario {
+        name: "guest-ports",
+        run: linux::ports,
     },
     Scenario {
         name: "teaching-guest-lguest",

@@ -1,0 +1,127 @@
+//! What a Linux guest needs of the host beyond hypercalls: the privileged instructions Linux
+//! executes without a paravirt hook, which lg.ko emulates (lguest-abi's `privileged` module).
+//! The guest's side is tests/guests/ring1/src/linux.rs.
+//!
+//! - `guest-cr4`: `mov %cr4` at ring 1 gives the virtual CR4, which this process works out from
+//!   what Linux tells user space (CPUID's OSXSAVE, AT_HWCAP2's FSGSBASE);
+//! - `guest-xsetbv`: `xsetbv` of the host's XCR0, and of x87|SSE alone, is accepted, and XCR0
+//!   stays the host's (this process reads it with `xgetbv` too);
+//! - `guest-hostile-xsetbv`: XCR1, XCR0 without SSE, and a feature the host has not enabled,
+//!   each kills the guest;
+//! - `guest-ports`: `in` reads all ones at its width and `out` is ignored, in every form but
+//!   the string ones (`guest-hostile-ins` and `-outs` die of those).
+
+use std::arch::asm;
+
+use lguest_abi::privileged::{CR4_FSGSBASE, CR4_OSFXSR, CR4_OSXMMEXCPT, CR4_OSXSAVE, CR4_PAE};
+
+use super::guest::{died, guest, hello_still_runs, runs_to, PATIENCE};
+use crate::check::Checks;
+use crate::kmod;
+use crate::launch::Run;
+
+/// The hexadecimal number that follows `prefix` on a line of the guest's console.
+fn hex_after(run: &Run, prefix: &str) -> Option<u64> {
+    let rest = run.stdout.lines().find_map(|l| l.strip_prefix(prefix))?;
+    let digits = rest.strip_prefix("0x")?;
+    let end = digits
+        .find(|c: char| !c.is_ascii_hexdigit())
+        .unwrap_or(digits.len());
+    u64::from_str_radix(&digits[..end], 16).ok()
+}
+
+/// CPUID.1:ECX.OSXSAVE: whether the host kernel turned XSAVE on (CR4.OSXSAVE).
+fn osxsave() -> bool {
+    std::arch::x86_64::__cpuid(1).ecx & (1 << 27) != 0
+}
+
+/// AT_HWCAP2's FSGSBASE bit: Linux sets it when it turned CR4.FSGSBASE on.
+fn fsgsbase() -> bool {
+    const HWCAP2_FSGSBASE: u64 = 1 << 1;
+    // SAFETY: getauxval only reads the auxiliary vector.
+    let hwcap2 = unsafe { libc::getauxval(libc::AT_HWCAP2) };
+    hwcap2 & HWCAP2_FSGSBASE != 0
+}
+
+/// `guest-cr4`: the guest reads CR4 into two registers; it must see the bits the ABI lets
+/// through, as this host has them.
+pub fn cr4() -> anyhow::Result<()> {
+    kmod::ensure_loaded()?;
+    let run = guest(&["cr4"], PATIENCE)?;
+    let expected = CR4_PAE
+        | CR4_OSFXSR
+        | CR4_OSXMMEXCPT
+        | if osxsave() { CR4_OSXSAVE } else { 0 }
+        | if fsgsbase() { CR4_FSGSBASE } else { 0 };
+    let got = hex_after(&run, "cr4: ");
+    println!("e2e-info guest-cr4: the guest read {got:x?}, expected {expected:#x}");
+    let mut c = Checks::new();
+    c.that(run.code == Some(0) && got == Some(expected), || {
+        format!(
+            "expected exit 0 and cr4 {expected:#x}, got {} and {got:x?}; stdout: {}; stderr: {}",
+            run.status(),
+            run.shown_stdout(),
+            run.shown()
+        )
+    });
+    c.finish()
+}
+
+/// This process's XCR0, which is the host's (0 without XSAVE).
+fn xcr0() -> u64 {
+    if !osxsave() {
+        return 0;
+    }
+    let (low, high): (u32, u32);
+    // SAFETY: OSXSAVE is on, so xgetbv of XCR0 is defined at any ring; it only reads.
+    unsafe { asm!("xgetbv", in("ecx") 0, out("eax") low, out("edx") high, options(nomem)) };
+    u64::from(high) << 32 | u64::from(low)
+}
+
+/// `guest-xsetbv`: values the host accepts, and XCR0 unchanged after them.
+pub fn xsetbv() -> anyhow::Result<()> {
+    kmod::ensure_loaded()?;
+    let run = guest(&["xsetbv"], PATIENCE)?;
+    let host = xcr0();
+    let seen = hex_after(&run, "xsetbv: ").zip(
+        run.stdout
+            .lines()
+            .find_map(|l| l.split_once("XCR0 still 0x"))
+            .and_then(|(_, hex)| u64::from_str_radix(hex, 16).ok()),
+    );
+    println!("e2e-info guest-xsetbv: this host's XCR0 is {host:#x}");
+    let mut c = Checks::new();
+    c.that(run.code == Some(0) && seen == Some((host, host)), || {
+        format!(
+            "expected exit 0, and the guest to set and keep this host's XCR0 {host:#x}; got {} \
+             and {seen:x?}; stdout: {}; stderr: {}",
+            run.status(),
+            run.shown_stdout(),
+            run.shown()
+        )
+    });
+    c.finish()
+}
+
+/// `guest-hostile-xsetbv`: each value the host must refuse kills the guest with xsetbv's reason.
+pub fn hostile_xsetbv() -> anyhow::Result<()> {
+    kmod::ensure_loaded()?;
+    let mut c = Checks::new();
+    for attack in ["xsetbv-xcr1", "xsetbv-no-sse", "xsetbv-beyond-host"] {
+        let run = guest(&[attack], PATIENCE)?;
+        died(&mut c, &[attack], &run);
+        c.that(run.stderr.contains("xsetbv of "), || {
+            format!("{attack}: expected xsetbv's reason, got: {}", run.shown())
+        });
+    }
+    c.ok("after the attacks", hello_still_runs());
+    c.finish()
+}
+
+/// `guest-ports`: the legacy probes of Linux's drivers find nothing, and cost the guest nothing.
+pub fn ports() -> anyhow::Result<()> {
+    runs_to(
+        &["ports"],
+        "ports: in read 0xff, 0xffff and 0xffffffff, keeping the rest of rax; out ignored",
+    )
+}

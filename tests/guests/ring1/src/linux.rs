@@ -1,0 +1,142 @@
+//! What a Linux kernel at ring 1 does without a paravirt hook, and the host must carry out.
+//!
+//! Linux reads CR4, sets XCR0 and probes legacy ports with the real instructions, each a #GP at
+//! ring 1 that the host emulates (lguest-abi's `privileged` module). The scenarios run them as
+//! Linux would and check what comes back; the `xsetbv-*` attacks give values the host must
+//! refuse, each killing the guest. (`mov-to-cr4`, `ins` and `outs`, which stay forbidden, are in
+//! attacks.rs with the other ring-0 instructions.)
+//!
+//! Scenarios: `cr4`, `xsetbv`, `ports`; attacks `xsetbv-xcr1`, `xsetbv-no-sse`,
+//! `xsetbv-beyond-host`.
+
+use core::arch::asm;
+use core::arch::x86_64::__cpuid;
+
+use lguest_abi::privileged::{
+    CR4_OSFXSR, CR4_OSXMMEXCPT, CR4_OSXSAVE, CR4_PAE, VIRTUAL_CR4_MASK, XCR0_SSE, XCR0_X87,
+};
+
+use crate::hcall::poweroff;
+use crate::println;
+
+/// CPUID.1:ECX.OSXSAVE: CR4.OSXSAVE as the CPU shows it to every ring.
+fn cpuid_osxsave() -> bool {
+    __cpuid(1).ecx & (1 << 27) != 0
+}
+
+/// `cr4`: `mov %cr4` into RAX and into R13 (a REX prefix), as Linux's `__read_cr4`. Both must
+/// give the same value, with what long mode always has, nothing outside the ABI's mask, and
+/// OSXSAVE as CPUID tells it; the test compares the printed value with the host's.
+pub fn cr4() -> ! {
+    let (rax, r13): (u64, u64);
+    // SAFETY: reads CR4 (emulated by the host) into two registers; nothing else changes.
+    unsafe { asm!("mov rax, cr4", "mov r13, cr4", out("rax") rax, out("r13") r13) };
+    let always = CR4_PAE | CR4_OSFXSR | CR4_OSXMMEXCPT;
+    let osxsave = rax & CR4_OSXSAVE != 0;
+    if rax != r13 || rax & always != always || rax & !VIRTUAL_CR4_MASK != 0 {
+        panic!("cr4: rax {rax:#x}, r13 {r13:#x} (mask {VIRTUAL_CR4_MASK:#x})");
+    }
+    if osxsave != cpuid_osxsave() {
+        panic!("cr4: {rax:#x} says OSXSAVE {osxsave}, CPUID says the opposite");
+    }
+    println!("cr4: {rax:#x} in rax and r13");
+    poweroff("cr4 done")
+}
+
+fn xgetbv() -> u64 {
+    let (low, high): (u32, u32);
+    // SAFETY: xgetbv of XCR0 only reads it; callers checked OSXSAVE.
+    unsafe { asm!("xgetbv", in("ecx") 0, out("eax") low, out("edx") high, options(nomem)) };
+    u64::from(high) << 32 | u64::from(low)
+}
+
+/// `xsetbv` of `value` to XCR `index`.
+fn xsetbv(index: u32, value: u64) {
+    // SAFETY: the host emulates it (or kills us); it changes no memory.
+    unsafe {
+        asm!("xsetbv", in("ecx") index, in("eax") value as u32, in("edx") (value >> 32) as u32,
+             options(nomem))
+    };
+}
+
+/// XCR0 as the host has it, after a check that XSAVE is on at all.
+fn host_xcr0() -> u64 {
+    if !cpuid_osxsave() {
+        panic!("xsetbv: the host has XSAVE off (the test VM, QEMU -cpu max, has it on)");
+    }
+    xgetbv()
+}
+
+/// `xsetbv`: Linux's FPU set-up writes XCR0 with the features it wants: the host's own value
+/// and x87|SSE alone are accepted and skipped, and XCR0 stays the host's.
+pub fn xsetbv_accepted() -> ! {
+    let host = host_xcr0();
+    xsetbv(0, host);
+    xsetbv(0, XCR0_X87 | XCR0_SSE);
+    let after = xgetbv();
+    if after != host {
+        panic!("xsetbv: XCR0 was {host:#x} and is {after:#x}");
+    }
+    println!("xsetbv: {host:#x} and 0x3 accepted, XCR0 still {after:#x}");
+    poweroff("xsetbv done")
+}
+
+/// `xsetbv-*`: values the host must refuse, each killing the guest.
+/// - `xsetbv-xcr1`: ECX = 1 (only XCR0 is there to set);
+/// - `xsetbv-no-sse`: x87 alone;
+/// - `xsetbv-beyond-host`: the host's XCR0 and the lowest feature it has not enabled.
+pub fn xsetbv_refused(name: &str) -> ! {
+    let host = host_xcr0();
+    let (index, value) = match name {
+        "xsetbv-xcr1" => (1, XCR0_X87 | XCR0_SSE),
+        "xsetbv-no-sse" => (0, XCR0_X87),
+        "xsetbv-beyond-host" => (0, host | 1 << (!host).trailing_zeros()),
+        _ => panic!("unknown scenario {name:?}"),
+    };
+    println!("attack: {name}");
+    xsetbv(index, value);
+    println!("attack {name}: survived (xsetbv of {value:#x} to XCR{index})");
+    poweroff("bad xsetbv taken")
+}
+
+/// What RAX holds before each `in`, so that what the host leaves of it shows.
+const BEFORE: u64 = 0x1122_3344_5566_7788;
+
+/// `ports`: every form of `in` and `out` Linux's legacy drivers use, on the ports they probe
+/// (PIT 0x40, the speaker's 0x61, RTC 0x71, the delay port 0x80, COM1 0x3f8): `in` reads all
+/// ones at its width (AL and AX keep the rest of RAX, EAX zero-extends), `out` does nothing.
+pub fn ports() -> ! {
+    let mut got = [BEFORE; 5];
+    // SAFETY: port I/O, emulated by the host; each touches only RAX (and reads DX).
+    unsafe {
+        asm!("in al, dx", in("dx") 0x61u16, inout("rax") got[0]);
+        asm!("in al, 0x71", inout("rax") got[1]);
+        asm!("in ax, dx", in("dx") 0x3f8u16, inout("rax") got[2]);
+        asm!("in eax, dx", in("dx") 0x3f8u16, inout("rax") got[3]);
+        asm!("in eax, 0x40", inout("rax") got[4]);
+    }
+    let expected = [
+        BEFORE | 0xff,
+        BEFORE | 0xff,
+        BEFORE | 0xffff,
+        0xffff_ffff,
+        0xffff_ffff,
+    ];
+    if got != expected {
+        panic!("ports: in gave {got:#x?}, expected {expected:#x?}");
+    }
+    let mut rax = BEFORE;
+    // SAFETY: as above; out changes no register.
+    unsafe {
+        asm!("out dx, al", in("dx") 0x3f8u16, inout("rax") rax);
+        asm!("out 0x80, al", inout("rax") rax);
+        asm!("out dx, ax", in("dx") 0x43u16, inout("rax") rax);
+        asm!("out dx, eax", in("dx") 0x43u16, inout("rax") rax);
+        asm!("out 0x43, eax", inout("rax") rax);
+    }
+    if rax != BEFORE {
+        panic!("ports: out changed rax to {rax:#x}");
+    }
+    println!("ports: in read 0xff, 0xffff and 0xffffffff, keeping the rest of rax; out ignored");
+    poweroff("ports done")
+}
