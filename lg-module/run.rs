@@ -24,7 +24,7 @@ use crate::abi::hcall::{self, CONSOLE_WRITE_MAX, FIRST_IRQ_VECTOR, SHUTDOWN_MESS
 use crate::abi::regs::{Reg, Regs};
 use crate::abi::PAGE_SIZE;
 use crate::chardev::{lg_bindings, Interrupts, Owner};
-use crate::cpu::{self, CR4_PGE, CR4_PKE, EFER_SCE};
+use crate::cpu::{self, CR4_PGE, CR4_PKE, CR4_SMAP, EFER_SCE};
 use crate::death;
 use crate::death::Death;
 use crate::descriptors;
@@ -274,7 +274,11 @@ fn run_once(guest: &mut Guest<Owner>, switcher: &Switcher) -> Result<TrapInfo, D
     host(HOST_DS, ds as u64);
     host(HOST_ES, es as u64);
     host(HOST_CR4, cr4);
-    host(HOST_GUEST_CR4, cr4 & !CR4_PGE);
+    // No PGE, so the CR4 write flushes the host's global TLB entries (hazard 3); no SMAP, so
+    // the guest kernel reaches its user pages. The Switcher writes the host's CR4 back before
+    // any host code runs, and the guest could set AC with popf anyway: SMAP fences ring 1 off
+    // from nothing.
+    host(HOST_GUEST_CR4, cr4 & !(CR4_PGE | CR4_SMAP));
     host(HOST_GUEST_CR3, guest.owner.shadow.root_phys());
     host(HOST_GUEST_FS_BASE, guest.fs_base);
     host(HOST_GUEST_GS_BASE, guest.gs_base);

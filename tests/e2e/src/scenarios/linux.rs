@@ -9,9 +9,15 @@
 //! - `guest-hostile-xsetbv`: XCR1, XCR0 without SSE, and a feature the host has not enabled,
 //!   each kills the guest;
 //! - `guest-ports`: `in` reads all ones at its width and `out` is ignored, in every form but
-//!   the string ones (`guest-hostile-ins` and `-outs` die of those).
+//!   the string ones (`guest-hostile-ins` and `-outs` die of those);
+//! - `guest-user-page`: the guest kernel writes and reads a user page with AC clear, which SMAP
+//!   would refuse: the host turns SMAP off for the trip;
+//! - `guest-hostile-smep`: it runs code in a user page, which SMEP refuses: the host leaves
+//!   SMEP on, and the guest dies of the fault.
 
 use std::arch::asm;
+
+use anyhow::{ensure, Context};
 
 use lguest_abi::privileged::{CR4_FSGSBASE, CR4_OSFXSR, CR4_OSXMMEXCPT, CR4_OSXSAVE, CR4_PAE};
 
@@ -124,4 +130,46 @@ pub fn ports() -> anyhow::Result<()> {
         &["ports"],
         "ports: in read 0xff, 0xffff and 0xffffffff, keeping the rest of rax; out ignored",
     )
+}
+
+/// Whether this host's kernel has CPU feature `flag` on (a word of /proc/cpuinfo's flags line).
+fn cpu_flag(flag: &str) -> anyhow::Result<bool> {
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").context("reading /proc/cpuinfo")?;
+    let flags = cpuinfo
+        .lines()
+        .find_map(|l| l.strip_prefix("flags"))
+        .context("no flags line in /proc/cpuinfo")?;
+    Ok(flags.split_whitespace().any(|word| word == flag))
+}
+
+/// `guest-user-page`: with SMAP on in the host, the guest kernel still reaches a user page.
+pub fn user_page() -> anyhow::Result<()> {
+    ensure!(
+        cpu_flag("smap")?,
+        "this host has no SMAP, so the test shows nothing (the test VM, QEMU -cpu max, has it)"
+    );
+    runs_to(
+        &["user-page"],
+        "user-page: ring 1 wrote and read a user page with AC clear",
+    )
+}
+
+/// `guest-hostile-smep`: the guest kernel runs code in a user page, and dies of SMEP's fault.
+pub fn hostile_smep() -> anyhow::Result<()> {
+    kmod::ensure_loaded()?;
+    ensure!(
+        cpu_flag("smep")?,
+        "this host has no SMEP, so the test shows nothing (the test VM, QEMU -cpu max, has it)"
+    );
+    let run = guest(&["smep"], PATIENCE)?;
+    let mut c = Checks::new();
+    died(&mut c, &["smep"], &run);
+    c.that(run.stderr.contains("SMEP"), || {
+        format!(
+            "expected SMEP's page fault to kill the guest, got: {}",
+            run.shown()
+        )
+    });
+    c.ok("after the attack", hello_still_runs());
+    c.finish()
 }

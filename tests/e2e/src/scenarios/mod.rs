@@ -26,7 +26,7 @@ pub struct Scenario {
     pub run: fn() -> anyhow::Result<()>,
 }
 
-pub static SCENARIOS: [Scenario; 66] = [
+pub static SCENARIOS: [Scenario; 68] = [
     Scenario {
         name: "module-load",
         run: module::load,
@@ -242,6 +242,14 @@ pub static SCENARIOS: [Scenario; 66] = [
     Scenario {
         name: "guest-ports",
         run: linux::ports,
+    },
+    Scenario {
+        name: "guest-user-page",
+        run: linux::user_page,
+    },
+    Scenario {
+        name: "guest-hostile-smep",
+        run: linux::hostile_smep,
     },
     Scenario {
         name: "teaching-guest-lguest",

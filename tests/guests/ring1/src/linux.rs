@@ -4,13 +4,16 @@
 //! ring 1 that the host emulates (lguest-abi's `privileged` module). The scenarios run them as
 //! Linux would and check what comes back; the `xsetbv-*` attacks give values the host must
 //! refuse, each killing the guest. (`mov-to-cr4`, `ins` and `outs`, which stay forbidden, are in
-//! attacks.rs with the other ring-0 instructions.)
+//! attacks.rs with the other ring-0 instructions.) And Linux's kernel reads and writes user
+//! pages (copy_to_user) without `stac`, which ring 1 cannot execute: the host runs it with SMAP
+//! off, but SMEP on.
 //!
-//! Scenarios: `cr4`, `xsetbv`, `ports`; attacks `xsetbv-xcr1`, `xsetbv-no-sse`,
-//! `xsetbv-beyond-host`.
+//! Scenarios: `cr4`, `xsetbv`, `ports`, `user-page`; attacks `xsetbv-xcr1`, `xsetbv-no-sse`,
+//! `xsetbv-beyond-host`, `smep`.
 
 use core::arch::asm;
 use core::arch::x86_64::__cpuid;
+use core::ptr;
 
 use lguest_abi::privileged::{
     CR4_OSFXSR, CR4_OSXMMEXCPT, CR4_OSXSAVE, CR4_PAE, VIRTUAL_CR4_MASK, XCR0_SSE, XCR0_X87,
@@ -18,6 +21,7 @@ use lguest_abi::privileged::{
 
 use crate::hcall::poweroff;
 use crate::println;
+use crate::traps::{load_own_tables, ram_identity_tables, HUGE, HUGE_PAGE, P, U, W};
 
 /// CPUID.1:ECX.OSXSAVE: CR4.OSXSAVE as the CPU shows it to every ring.
 fn cpuid_osxsave() -> bool {
@@ -139,4 +143,65 @@ pub fn ports() -> ! {
     }
     println!("ports: in read 0xff, 0xffff and 0xffffffff, keeping the rest of rax; out ignored");
     poweroff("ports done")
+}
+
+/// Where `user-page` and `smep` map a 2 MiB user page, and the RAM behind it (unused by this
+/// guest, whose image and stacks lie in the first few MiB).
+const USER_PAGE_VA: u64 = 48 * HUGE_PAGE;
+const USER_PAGE_GPA: u64 = 24 * HUGE_PAGE;
+/// RFLAGS.AC, which would let ring 1 past SMAP.
+const RFLAGS_AC: u64 = 1 << 18;
+
+/// Switches to the guest's own tables with a user page at USER_PAGE_VA, and AC clear.
+fn map_user_page() {
+    // SAFETY: single CPU; the tables are ours (ram_identity_tables).
+    let (pd, _) = unsafe { ram_identity_tables() };
+    pd[(USER_PAGE_VA / HUGE_PAGE) as usize] = USER_PAGE_GPA | P | W | HUGE | U;
+    load_own_tables();
+    let flags: u64;
+    // SAFETY: clears AC in RFLAGS (popf may at ring 1) and reads the flags back.
+    unsafe {
+        asm!("pushfq", "and qword ptr [rsp], {mask}", "popfq", "pushfq", "pop {flags}",
+             mask = in(reg) !RFLAGS_AC, flags = out(reg) flags)
+    };
+    if flags & RFLAGS_AC != 0 {
+        panic!("user-page: AC is still set");
+    }
+}
+
+/// `user-page`: the kernel writes and reads a user page from ring 1 with AC clear, as Linux's
+/// copy_to_user and copy_from_user do without `stac`. With SMAP on, the write would fault.
+pub fn user_page() -> ! {
+    map_user_page();
+    const PATTERN: u64 = 0x5ca1_ab1e_0ddb_a115;
+    // SAFETY: USER_PAGE_VA is our user mapping of USER_PAGE_GPA, unused RAM, also reachable
+    // through the identity map.
+    let (read, behind) = unsafe {
+        ptr::write_volatile(USER_PAGE_VA as *mut u64, PATTERN);
+        (
+            ptr::read_volatile(USER_PAGE_VA as *const u64),
+            ptr::read_volatile(USER_PAGE_GPA as *const u64),
+        )
+    };
+    if read != PATTERN || behind != PATTERN {
+        panic!("user-page: wrote {PATTERN:#x}, read {read:#x} and {behind:#x} behind it");
+    }
+    println!("user-page: ring 1 wrote and read a user page with AC clear");
+    poweroff("user-page done")
+}
+
+/// `smep`: the kernel calls code in a user page, which SMEP forbids at ring 1 as at ring 0:
+/// the host keeps SMEP on, and the guest, with no #PF handler, must die of the fault.
+pub fn smep() -> ! {
+    println!("attack: smep");
+    map_user_page();
+    // SAFETY: writes a `ret` through the identity map; then the attack: running it through
+    // the user mapping. Were it allowed, the call would simply return.
+    unsafe {
+        ptr::write_volatile(USER_PAGE_GPA as *mut u8, 0xc3);
+        let code: extern "C" fn() = core::mem::transmute(USER_PAGE_VA as *const ());
+        code();
+    }
+    println!("attack smep: survived (ring 1 ran code in a user page)");
+    poweroff("smep taken")
 }

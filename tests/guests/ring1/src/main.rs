@@ -123,6 +123,8 @@ extern "C" fn kernel_main(boot_params: u64) -> ! {
         "xsetbv" => linux::xsetbv_accepted(),
         name if name.starts_with("xsetbv-") => linux::xsetbv_refused(name),
         "ports" => linux::ports(),
+        "user-page" => linux::user_page(),
+        "smep" => linux::smep(),
         name if name.starts_with("gdt-") => traps::bad_descriptor(name),
         name => attacks::run(name, arg, &data),
     }
