@@ -532,11 +532,11 @@ fn carry_out(
         }
         // Pending interrupts are delivered before every trip in: this one just makes the trip.
         Hypercall::SendInterrupts => Ok(None),
-        Hypercall::NewPgtable { cr3 } => {
+        Hypercall::NewPgtable { cr3, flush } => {
             guest
                 .owner
                 .shadow
-                .switch_to(cr3)
+                .switch_to(cr3, flush)
                 .map_err(|_| death!("out of memory for shadow page tables"))?;
             guest.cr3 = cr3;
             Ok(None)

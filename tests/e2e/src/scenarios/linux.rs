@@ -13,7 +13,10 @@
 //! - `guest-user-page`: the guest kernel writes and reads a user page with AC clear, which SMAP
 //!   would refuse: the host turns SMAP off for the trip;
 //! - `guest-hostile-smep`: it runs code in a user page, which SMEP refuses: the host leaves
-//!   SMEP on, and the guest dies of the fault.
+//!   SMEP on, and the guest dies of the fault;
+//! - `guest-pgtable-flush`: NEW_PGTABLE without NEW_PGTABLE_FLUSH keeps the host's shadow of
+//!   the tables, stale entries and all, and with it drops the shadow; a flag the ABI does not
+//!   define kills the guest.
 
 use std::arch::asm;
 
@@ -171,5 +174,22 @@ pub fn hostile_smep() -> anyhow::Result<()> {
         )
     });
     c.ok("after the attack", hello_still_runs());
+    c.finish()
+}
+
+/// `guest-pgtable-flush`: what NEW_PGTABLE keeps and what NEW_PGTABLE_FLUSH drops, and a bad
+/// flag.
+pub fn pgtable_flush() -> anyhow::Result<()> {
+    runs_to(
+        &["pgtable-flush"],
+        "pgtable-flush: without FLUSH the old page (0x1111111111111111), with FLUSH the new one \
+         (0x2222222222222222), also for the loaded tables (0x1111111111111111)",
+    )?;
+    let run = guest(&["pgtable-bad-flag"], PATIENCE)?;
+    let mut c = Checks::new();
+    died(&mut c, &["pgtable-bad-flag"], &run);
+    c.that(run.stderr.contains("NEW_PGTABLE with flags 0x2"), || {
+        format!("expected NEW_PGTABLE's reason, got: {}", run.shown())
+    });
     c.finish()
 }

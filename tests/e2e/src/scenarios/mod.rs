@@ -26,7 +26,7 @@ pub struct Scenario {
     pub run: fn() -> anyhow::Result<()>,
 }
 
-pub static SCENARIOS: [Scenario; 68] = [
+pub static SCENARIOS: [Scenario; 69] = [
     Scenario {
         name: "module-load",
         run: module::load,
@@ -250,6 +250,10 @@ pub static SCENARIOS: [Scenario; 68] = [
     Scenario {
         name: "guest-hostile-smep",
         run: linux::hostile_smep,
+    },
+    Scenario {
+        name: "guest-pgtable-flush",
+        run: linux::pgtable_flush,
     },
     Scenario {
         name: "teaching-guest-lguest",

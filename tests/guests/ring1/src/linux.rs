@@ -6,22 +6,24 @@
 //! refuse, each killing the guest. (`mov-to-cr4`, `ins` and `outs`, which stay forbidden, are in
 //! attacks.rs with the other ring-0 instructions.) And Linux's kernel reads and writes user
 //! pages (copy_to_user) without `stac`, which ring 1 cannot execute: the host runs it with SMAP
-//! off, but SMEP on.
+//! off, but SMEP on. And its CR3 writes flush, unless it says they need not: NEW_PGTABLE's
+//! NEW_PGTABLE_FLUSH.
 //!
-//! Scenarios: `cr4`, `xsetbv`, `ports`, `user-page`; attacks `xsetbv-xcr1`, `xsetbv-no-sse`,
-//! `xsetbv-beyond-host`, `smep`.
+//! Scenarios: `cr4`, `xsetbv`, `ports`, `user-page`, `pgtable-flush`; attacks `xsetbv-xcr1`,
+//! `xsetbv-no-sse`, `xsetbv-beyond-host`, `smep`, `pgtable-bad-flag`.
 
 use core::arch::asm;
 use core::arch::x86_64::__cpuid;
 use core::ptr;
 
+use lguest_abi::hcall::{NEW_PGTABLE, NEW_PGTABLE_FLUSH};
 use lguest_abi::privileged::{
     CR4_OSFXSR, CR4_OSXMMEXCPT, CR4_OSXSAVE, CR4_PAE, VIRTUAL_CR4_MASK, XCR0_SSE, XCR0_X87,
 };
 
-use crate::hcall::poweroff;
+use crate::hcall::{hcall, poweroff};
 use crate::println;
-use crate::traps::{load_own_tables, ram_identity_tables, HUGE, HUGE_PAGE, P, U, W};
+use crate::traps::{load_own_tables, ram_identity_tables, Table, HUGE, HUGE_PAGE, P, U, W};
 
 /// CPUID.1:ECX.OSXSAVE: CR4.OSXSAVE as the CPU shows it to every ring.
 fn cpuid_osxsave() -> bool {
@@ -204,4 +206,94 @@ pub fn smep() -> ! {
     }
     println!("attack smep: survived (ring 1 ran code in a user page)");
     poweroff("smep taken")
+}
+
+/// A second address space for `pgtable-flush`: the first's identity map in PML4 slot 0, and one
+/// 4 KiB page of its own at [`SECOND_VA`], through tables of its own.
+static mut SECOND_PML4: Table = Table([0; 512]);
+static mut SECOND_PDPT: Table = Table([0; 512]);
+static mut SECOND_PD: Table = Table([0; 512]);
+static mut SECOND_PT: Table = Table([0; 512]);
+/// PML4 slot 1: mapped in the second address space only.
+const SECOND_VA: u64 = 1 << 39;
+/// Two pages of RAM this guest does not otherwise use, with a marker each.
+const PAGE_ONE: u64 = 50 << 20;
+const PAGE_TWO: u64 = PAGE_ONE + 4096;
+const MARK_ONE: u64 = 0x1111_1111_1111_1111;
+const MARK_TWO: u64 = 0x2222_2222_2222_2222;
+
+/// NEW_PGTABLE to the tables at `root` with `flags` in RCX.
+fn new_pgtable(root: u64, flags: u64) {
+    // SAFETY: the host only reads the tables at `root`; every table here maps this code and
+    // stack as the launcher's tables did.
+    unsafe { hcall(NEW_PGTABLE, [root, flags, 0, 0, 0]) };
+}
+
+/// Builds the second address space, its page mapped to PAGE_ONE; loads the first. Returns the
+/// second's root and its page's entry.
+fn two_address_spaces() -> (u64, *mut u64) {
+    // SAFETY: single CPU; every table is ours, and RAM is identity-mapped (PAGE_ONE and PAGE_TWO
+    // included).
+    unsafe {
+        ptr::write_volatile(PAGE_ONE as *mut u64, MARK_ONE);
+        ptr::write_volatile(PAGE_TWO as *mut u64, MARK_TWO);
+        let (_, pml4) = ram_identity_tables();
+        let second = &mut (*ptr::addr_of_mut!(SECOND_PML4)).0;
+        second[0] = pml4[0];
+        second[1] = ptr::addr_of!(SECOND_PDPT) as u64 | P | W;
+        (*ptr::addr_of_mut!(SECOND_PDPT)).0[0] = ptr::addr_of!(SECOND_PD) as u64 | P | W;
+        (*ptr::addr_of_mut!(SECOND_PD)).0[0] = ptr::addr_of!(SECOND_PT) as u64 | P | W;
+        let entry = ptr::addr_of_mut!(SECOND_PT.0[0]);
+        ptr::write_volatile(entry, PAGE_ONE | P | W);
+        load_own_tables();
+        (ptr::addr_of!(SECOND_PML4) as u64, entry)
+    }
+}
+
+fn read_second_va() -> u64 {
+    // SAFETY: called with the second address space loaded, where SECOND_VA is mapped.
+    unsafe { ptr::read_volatile(SECOND_VA as *const u64) }
+}
+
+/// `pgtable-flush`: the host keeps a shadow per page table, and NEW_PGTABLE_FLUSH drops it. The
+/// guest maps a page in a second address space and reads it there; back in the first, it points
+/// that page's entry at another page without a word to the host. Switching back without FLUSH
+/// still reaches the old page (the shadow the host kept: what a guest that does not flush gets);
+/// with FLUSH, the new one; and FLUSH to the tables already loaded drops their shadow too.
+pub fn pgtable_flush() -> ! {
+    let (second, entry) = two_address_spaces();
+    new_pgtable(second, 0);
+    let first = read_second_va();
+    load_own_tables();
+    // SAFETY: our own page table's entry, not in use while the first address space is loaded.
+    unsafe { ptr::write_volatile(entry, PAGE_TWO | P | W) };
+    new_pgtable(second, 0);
+    let kept = read_second_va();
+    load_own_tables();
+    new_pgtable(second, NEW_PGTABLE_FLUSH);
+    let flushed = read_second_va();
+    // SAFETY: as above; the host is told below, by a flush of the loaded tables.
+    unsafe { ptr::write_volatile(entry, PAGE_ONE | P | W) };
+    new_pgtable(second, NEW_PGTABLE_FLUSH);
+    let again = read_second_va();
+    if [first, kept, flushed, again] != [MARK_ONE, MARK_ONE, MARK_TWO, MARK_ONE] {
+        panic!(
+            "pgtable-flush: read {first:#x}, then {kept:#x} without FLUSH, {flushed:#x} with it, \
+             {again:#x} with it on the loaded tables"
+        );
+    }
+    println!(
+        "pgtable-flush: without FLUSH the old page ({kept:#x}), with FLUSH the new one \
+         ({flushed:#x}), also for the loaded tables ({again:#x})"
+    );
+    poweroff("pgtable-flush done")
+}
+
+/// `pgtable-bad-flag`: NEW_PGTABLE with a flag the ABI does not define, which kills the guest.
+pub fn pgtable_bad_flag() -> ! {
+    println!("attack: pgtable-bad-flag");
+    let (second, _) = two_address_spaces();
+    new_pgtable(second, 2);
+    println!("attack pgtable-bad-flag: survived (NEW_PGTABLE took flags 0x2)");
+    poweroff("bad flag taken")
 }

@@ -125,6 +125,8 @@ extern "C" fn kernel_main(boot_params: u64) -> ! {
         "ports" => linux::ports(),
         "user-page" => linux::user_page(),
         "smep" => linux::smep(),
+        "pgtable-flush" => linux::pgtable_flush(),
+        "pgtable-bad-flag" => linux::pgtable_bad_flag(),
         name if name.starts_with("gdt-") => traps::bad_descriptor(name),
         name => attacks::run(name, arg, &data),
     }

@@ -456,6 +456,7 @@ pub fn user() -> ! {
         (*ptr::addr_of_mut!(PML4)).0[0] = ptr::addr_of!(PDPT) as u64 | P | W | U;
         let stack_top = ptr::addr_of!(USER_TRAP_STACK) as u64 + 16384;
         hcall(SET_STACK, [stack_top, 0, 0, 0, 0]);
+        // RCX 0: no NEW_PGTABLE_FLUSH (the host has no shadow of these tables yet anyway).
         hcall(NEW_PGTABLE, [ptr::addr_of!(PML4) as u64, 0, 0, 0, 0]);
         ptr::write_volatile(data_word(offset::SYSCALL_VEC), 0x80);
         enter_user();
@@ -494,7 +495,8 @@ pub(crate) unsafe fn ram_identity_tables() -> (&'static mut [u64; 512], &'static
     }
 }
 
-/// Loads the guest's own tables (NEW_PGTABLE).
+/// Loads the guest's own tables (NEW_PGTABLE, RCX 0: the host may keep a shadow it has of them;
+/// the callers tell it of what they change, or mean to test what it kept).
 pub(crate) fn load_own_tables() {
     // SAFETY: the host only reads the table's address.
     unsafe { hcall(NEW_PGTABLE, [ptr::addr_of!(PML4) as u64, 0, 0, 0, 0]) };
