@@ -52,6 +52,9 @@ mod descriptors;
 mod emulate;
 mod fpu;
 #[allow(unreachable_pub)]
+#[path = "src/host_cpu.rs"]
+mod host_cpu;
+#[allow(unreachable_pub)]
 #[path = "src/hypercall.rs"]
 mod hypercall;
 #[allow(unreachable_pub)]
