@@ -63,7 +63,7 @@ pub fn cr4() -> anyhow::Result<()> {
         | if osxsave() { CR4_OSXSAVE } else { 0 }
         | if fsgsbase() { CR4_FSGSBASE } else { 0 };
     let got = hex_after(&run, "cr4: ");
-    println!("e2e-info guest-cr4: the guest read {got:x?}, expected {expected:#x}");
+    println!("e2e-info guest-cr4: the guest read {got:#x?}, expected {expected:#x}");
     let mut c = Checks::new();
     c.that(run.code == Some(0) && got == Some(expected), || {
         format!(
