@@ -484,10 +484,13 @@ fn carry_out(
             // Only the host's fields: a guest may have set its own before registering the page.
             // SAFETY: reads a kernel variable set once the TSC is calibrated.
             let tsc_khz = unsafe { lg_bindings::lg_tsc_khz() } as u64;
+            // SAFETY: reads the real-time clock, which any context may.
+            let wallclock_ns = unsafe { lg_bindings::lg_ktime_get_real_ns() };
             let host_fields = [
                 (offset::SWITCHER_WINDOW_START, SWITCHER_WINDOW_START),
                 (offset::SWITCHER_WINDOW_END, SWITCHER_WINDOW_END),
                 (offset::TSC_KHZ, tsc_khz),
+                (offset::WALLCLOCK_NS, wallclock_ns),
             ];
             for (field, value) in host_fields {
                 mem.write(data_gpa + field, &value.to_le_bytes())

@@ -16,7 +16,8 @@
 //!   SMEP on, and the guest dies of the fault;
 //! - `guest-pgtable-flush`: NEW_PGTABLE without NEW_PGTABLE_FLUSH keeps the host's shadow of
 //!   the tables, stale entries and all, and with it drops the shadow; a flag the ABI does not
-//!   define kills the guest.
+//!   define kills the guest;
+//! - `guest-wallclock`: lguest_data's `wallclock_ns` is this machine's date.
 
 use std::arch::asm;
 
@@ -191,5 +192,42 @@ pub fn pgtable_flush() -> anyhow::Result<()> {
     c.that(run.stderr.contains("NEW_PGTABLE with flags 0x2"), || {
         format!("expected NEW_PGTABLE's reason, got: {}", run.shown())
     });
+    c.finish()
+}
+
+/// How far the guest's wall clock may be from this process's: the guest is started and read
+/// within seconds, so minutes mean a wrong clock or a wrong unit.
+const WALLCLOCK_SLACK_NS: u128 = 180 * 1_000_000_000;
+
+/// `guest-wallclock`: the time the host wrote at LGUEST_INIT is the VM's own date, give or take
+/// [`WALLCLOCK_SLACK_NS`].
+pub fn wallclock() -> anyhow::Result<()> {
+    kmod::ensure_loaded()?;
+    let run = guest(&["wallclock"], PATIENCE)?;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .context("the VM's clock is before 1970")?
+        .as_nanos();
+    let guest_ns = run
+        .stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("wallclock: "))
+        .and_then(|rest| rest.split(' ').next())
+        .and_then(|ns| ns.parse::<u128>().ok());
+    println!("e2e-info guest-wallclock: the guest read {guest_ns:?} ns, this process {now} ns");
+    let mut c = Checks::new();
+    c.that(
+        run.code == Some(0) && guest_ns.is_some_and(|ns| ns.abs_diff(now) < WALLCLOCK_SLACK_NS),
+        || {
+            format!(
+                "expected exit 0 and a wall clock within {} s of {now} ns, got {} and {guest_ns:?}; \
+                 stdout: {}; stderr: {}",
+                WALLCLOCK_SLACK_NS / 1_000_000_000,
+                run.status(),
+                run.shown_stdout(),
+                run.shown()
+            )
+        },
+    );
     c.finish()
 }

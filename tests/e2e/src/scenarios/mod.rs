@@ -26,7 +26,7 @@ pub struct Scenario {
     pub run: fn() -> anyhow::Result<()>,
 }
 
-pub static SCENARIOS: [Scenario; 69] = [
+pub static SCENARIOS: [Scenario; 70] = [
     Scenario {
         name: "module-load",
         run: module::load,
@@ -254,6 +254,10 @@ pub static SCENARIOS: [Scenario; 69] = [
     Scenario {
         name: "guest-pgtable-flush",
         run: linux::pgtable_flush,
+    },
+    Scenario {
+        name: "guest-wallclock",
+        run: linux::wallclock,
     },
     Scenario {
         name: "teaching-guest-lguest",

@@ -7,15 +7,16 @@
 //! attacks.rs with the other ring-0 instructions.) And Linux's kernel reads and writes user
 //! pages (copy_to_user) without `stac`, which ring 1 cannot execute: the host runs it with SMAP
 //! off, but SMEP on. And its CR3 writes flush, unless it says they need not: NEW_PGTABLE's
-//! NEW_PGTABLE_FLUSH.
+//! NEW_PGTABLE_FLUSH. And it wants to know the date: lguest_data's `wallclock_ns`.
 //!
-//! Scenarios: `cr4`, `xsetbv`, `ports`, `user-page`, `pgtable-flush`; attacks `xsetbv-xcr1`,
-//! `xsetbv-no-sse`, `xsetbv-beyond-host`, `smep`, `pgtable-bad-flag`.
+//! Scenarios: `cr4`, `xsetbv`, `ports`, `user-page`, `pgtable-flush`, `wallclock`; attacks
+//! `xsetbv-xcr1`, `xsetbv-no-sse`, `xsetbv-beyond-host`, `smep`, `pgtable-bad-flag`.
 
 use core::arch::asm;
 use core::arch::x86_64::__cpuid;
 use core::ptr;
 
+use lguest_abi::data::LguestData;
 use lguest_abi::hcall::{NEW_PGTABLE, NEW_PGTABLE_FLUSH};
 use lguest_abi::privileged::{
     CR4_OSFXSR, CR4_OSXMMEXCPT, CR4_OSXSAVE, CR4_PAE, VIRTUAL_CR4_MASK, XCR0_SSE, XCR0_X87,
@@ -296,4 +297,18 @@ pub fn pgtable_bad_flag() -> ! {
     new_pgtable(second, 2);
     println!("attack pgtable-bad-flag: survived (NEW_PGTABLE took flags 0x2)");
     poweroff("bad flag taken")
+}
+
+/// `wallclock`: the time the host wrote at LGUEST_INIT, which the test compares with the date
+/// of the machine it runs on.
+pub fn wallclock(data: &LguestData) -> ! {
+    let ns = data.wallclock_ns;
+    if ns == 0 {
+        panic!("wallclock: the host left lguest_data.wallclock_ns at 0");
+    }
+    println!(
+        "wallclock: {ns} ns since the epoch ({} s)",
+        ns / 1_000_000_000
+    );
+    poweroff("wallclock done")
 }

@@ -127,6 +127,7 @@ extern "C" fn kernel_main(boot_params: u64) -> ! {
         "smep" => linux::smep(),
         "pgtable-flush" => linux::pgtable_flush(),
         "pgtable-bad-flag" => linux::pgtable_bad_flag(),
+        "wallclock" => linux::wallclock(&data),
         name if name.starts_with("gdt-") => traps::bad_descriptor(name),
         name => attacks::run(name, arg, &data),
     }
