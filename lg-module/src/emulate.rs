@@ -42,7 +42,7 @@ pub struct HostCpu {
 
 /// A privileged instruction the host emulates.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Privileged {
+enum Privileged {
     /// `mov %cr4, %reg`, `reg` in ModRM order (0 RAX, 1 RCX, ... 15 R15).
     ReadCr4 {
         reg: u8,
@@ -77,7 +77,7 @@ const MODRM_REGS: [Reg; 16] = [
 
 /// The privileged instruction `bytes` start with, and its length, if it is one the host
 /// emulates (the table in the ABI's `privileged` module).
-pub fn decode(bytes: &[u8]) -> Option<(Privileged, u64)> {
+fn decode(bytes: &[u8]) -> Option<(Privileged, u64)> {
     match bytes {
         [0x0f, 0x01, 0xd1, ..] => Some((Privileged::Xsetbv, 3)),
         [0x0f, 0x20, modrm, ..] => read_cr4(0, *modrm).map(|insn| (insn, 3)),
