@@ -21,10 +21,11 @@ pub(crate) const MSR_XFD_ERR: u32 = 0x1c5;
 /// instead of a jump into the host's entry code with the guest's stack (hazard 1).
 pub(crate) const EFER_SCE: u64 = 1 << 0;
 pub(crate) const CR4_PGE: u64 = 1 << 7;
-pub(crate) const CR4_LA57: u64 = 1 << 12;
+/// CR4.SMAP: supervisor accesses to user pages fault. Off while a guest runs: a guest kernel
+/// at ring 1 is "supervisor" and must reach its own user pages (copy_to_user), and it has no
+/// `stac`/`clac` (#UD at ring 1) to open the way.
+pub(crate) const CR4_SMAP: u64 = 1 << 21;
 pub(crate) const CR4_PKE: u64 = 1 << 22;
-pub(crate) const CR4_CET: u64 = 1 << 23;
-pub(crate) const CR4_FRED: u64 = 1 << 32;
 
 /// Read a model-specific register.
 ///

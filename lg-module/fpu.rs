@@ -48,6 +48,12 @@ impl GuestFpu {
         Ok(GuestFpu { area, xsave_mask })
     }
 
+    /// The features the guest's registers are kept with: the host's XCR0, which stays loaded
+    /// while the guest runs (0 on a CPU without XSAVE).
+    pub(crate) fn xcr0(&self) -> u64 {
+        self.xsave_mask.unwrap_or(0)
+    }
+
     fn aligned_offset(area: &KVec<u8>) -> usize {
         area.as_ptr().align_offset(ALIGN)
     }

@@ -13,6 +13,7 @@
 #include <linux/mutex.h>
 #include <linux/sched.h>
 #include <linux/irqflags.h>
+#include <linux/timekeeping.h>
 #include <asm/debugreg.h>
 #include <asm/desc.h>
 #include <asm/fpu/api.h>
@@ -43,6 +44,7 @@ void lg_load_fs_gs(unsigned short fs, unsigned short gs) { loadsegment(fs, fs); 
 void lg_load_kernel_ss(void) { loadsegment(ss, __KERNEL_DS); }
 bool lg_host_has_pti(void) { return boot_cpu_has(X86_FEATURE_PTI); }
 unsigned int lg_tsc_khz(void) { return tsc_khz; }
+u64 lg_ktime_get_real_ns(void) { return ktime_get_real_ns(); }
 void lg_prepare_to_sleep(void) { set_current_state(TASK_INTERRUPTIBLE); }
 void lg_finish_sleep(void) { __set_current_state(TASK_RUNNING); }
 unsigned long lg_idt_base(void) { struct desc_ptr idt; store_idt(&idt); return idt.address; }

@@ -21,6 +21,7 @@ void lg_load_fs_gs(unsigned short fs, unsigned short gs);
 void lg_load_kernel_ss(void);
 bool lg_host_has_pti(void);
 unsigned int lg_tsc_khz(void);
+u64 lg_ktime_get_real_ns(void);
 void lg_prepare_to_sleep(void);
 void lg_finish_sleep(void);
 unsigned long lg_idt_base(void);

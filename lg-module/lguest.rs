@@ -47,7 +47,13 @@ mod death;
 #[allow(unreachable_pub)]
 #[path = "src/descriptors.rs"]
 mod descriptors;
+#[allow(unreachable_pub)]
+#[path = "src/emulate.rs"]
+mod emulate;
 mod fpu;
+#[allow(unreachable_pub)]
+#[path = "src/host_cpu.rs"]
+mod host_cpu;
 #[allow(unreachable_pub)]
 #[path = "src/hypercall.rs"]
 mod hypercall;

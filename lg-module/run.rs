@@ -24,10 +24,11 @@ use crate::abi::hcall::{self, CONSOLE_WRITE_MAX, FIRST_IRQ_VECTOR, SHUTDOWN_MESS
 use crate::abi::regs::{Reg, Regs};
 use crate::abi::PAGE_SIZE;
 use crate::chardev::{lg_bindings, Interrupts, Owner};
-use crate::cpu::{self, CR4_PGE, CR4_PKE, EFER_SCE};
+use crate::cpu::{self, CR4_PGE, CR4_PKE, CR4_SMAP, EFER_SCE};
 use crate::death;
 use crate::death::Death;
 use crate::descriptors;
+use crate::emulate;
 use crate::hypercall::{self, Hypercall};
 use crate::interrupts::{self, GuestGate};
 use crate::layout::*;
@@ -273,7 +274,11 @@ fn run_once(guest: &mut Guest<Owner>, switcher: &Switcher) -> Result<TrapInfo, D
     host(HOST_DS, ds as u64);
     host(HOST_ES, es as u64);
     host(HOST_CR4, cr4);
-    host(HOST_GUEST_CR4, cr4 & !CR4_PGE);
+    // No PGE, so the CR4 write flushes the host's global TLB entries (hazard 3); no SMAP, so
+    // the guest kernel reaches its user pages. The Switcher writes the host's CR4 back before
+    // any host code runs, and the guest could set AC with popf anyway: SMAP fences ring 1 off
+    // from nothing.
+    host(HOST_GUEST_CR4, cr4 & !(CR4_PGE | CR4_SMAP));
     host(HOST_GUEST_CR3, guest.owner.shadow.root_phys());
     host(HOST_GUEST_FS_BASE, guest.fs_base);
     host(HOST_GUEST_GS_BASE, guest.gs_base);
@@ -479,10 +484,13 @@ fn carry_out(
             // Only the host's fields: a guest may have set its own before registering the page.
             // SAFETY: reads a kernel variable set once the TSC is calibrated.
             let tsc_khz = unsafe { lg_bindings::lg_tsc_khz() } as u64;
+            // SAFETY: reads the real-time clock, which any context may.
+            let wallclock_ns = unsafe { lg_bindings::lg_ktime_get_real_ns() };
             let host_fields = [
                 (offset::SWITCHER_WINDOW_START, SWITCHER_WINDOW_START),
                 (offset::SWITCHER_WINDOW_END, SWITCHER_WINDOW_END),
                 (offset::TSC_KHZ, tsc_khz),
+                (offset::WALLCLOCK_NS, wallclock_ns),
             ];
             for (field, value) in host_fields {
                 mem.write(data_gpa + field, &value.to_le_bytes())
@@ -527,11 +535,11 @@ fn carry_out(
         }
         // Pending interrupts are delivered before every trip in: this one just makes the trip.
         Hypercall::SendInterrupts => Ok(None),
-        Hypercall::NewPgtable { cr3 } => {
+        Hypercall::NewPgtable { cr3, flush } => {
             guest
                 .owner
                 .shadow
-                .switch_to(cr3)
+                .switch_to(cr3, flush)
                 .map_err(|_| death!("out of memory for shadow page tables"))?;
             guest.cr3 = cr3;
             Ok(None)
@@ -621,14 +629,7 @@ fn page_fault(
 /// registers the launcher needs to emulate it. The guest stays at the instruction until the
 /// launcher moves its RIP.
 fn mmio_exit(guest: &Guest<Owner>, gpa: u64, write: bool) -> ExitRecord {
-    let rip = guest.regs.get(Reg::Rip);
-    let mut insn = [0u8; MMIO_INSN_MAX];
-    // As many bytes as are there: an instruction near the end of a mapped page may be shorter
-    // than 15 bytes, and the bytes past the mapping then stay zero.
-    let insn_len = (1..=MMIO_INSN_MAX)
-        .rev()
-        .find(|&len| read_virtual(guest, rip, &mut insn[..len]).is_ok())
-        .unwrap_or(0);
+    let (insn, insn_len) = fetch_instruction(guest, guest.regs.get(Reg::Rip));
     MmioAccess {
         gpa,
         write,
@@ -658,10 +659,13 @@ fn deliver_page_fault(
 ///
 /// An `int n` the guest's IDT allows arrives as #GP (the real IDT lets the guest through only
 /// the hypercall gate): it becomes vector n, resuming after the instruction, as the CPU would.
+/// So do the few privileged instructions the host emulates for the guest kernel (src/emulate.rs).
 fn exception(guest: &mut Guest<Owner>, vector: u64, error: u64) -> Result<(), Death> {
     let rip = guest.regs.get(Reg::Rip);
+    let cpl = guest.regs.get(Reg::Cs) & 3;
     if vector == traps::GENERAL_PROTECTION {
-        let cpl = guest.regs.get(Reg::Cs) & 3;
+        let (insn, len) = fetch_instruction(guest, rip);
+        let insn = &insn[..len];
         let soft = interrupts::software_interrupt(
             error,
             cpl,
@@ -671,21 +675,30 @@ fn exception(guest: &mut Guest<Owner>, vector: u64, error: u64) -> Result<(), De
                 .and_then(Option::as_ref),
         );
         if let Some(n) = soft {
-            let length = int_instruction_length(guest, rip, n);
+            let length = emulate::int_length(insn, n);
             if let (Some(length), Some(gate)) = (length, guest.idt[n as usize]) {
                 guest.regs.set(Reg::Rip, rip + length);
                 return deliver(guest, n, None, &gate);
             }
         }
+        // A privileged instruction a Linux kernel runs without a hook (abi::privileged).
+        let host = emulate::HostCpu {
+            // SAFETY: reading CR4 has no side effects. The bits the guest is shown are the same
+            // on every CPU, so which one this runs on does not matter.
+            cr4: unsafe { lg_bindings::lg_read_cr4() } as u64,
+            xcr0: guest.owner.fpu.xcr0(),
+        };
+        if emulate::emulate(insn, error, &mut guest.regs, host)? {
+            return Ok(());
+        }
     }
     // `syscall` from guest user mode is #UD (the host keeps EFER.SCE off while a guest runs):
     // delivered as the guest's syscall vector, with RCX and R11 as SYSCALL would set them.
-    if vector == traps::INVALID_OPCODE && guest.regs.get(Reg::Cs) & 3 == 3 {
+    if vector == traps::INVALID_OPCODE && cpl == 3 {
         let syscall_vec = get_data(guest, offset::SYSCALL_VEC)?;
-        let mut bytes = [0u8; 2];
-        let is_syscall = read_virtual(guest, rip, &mut bytes).is_ok() && bytes == [0x0f, 0x05];
+        let (insn, len) = fetch_instruction(guest, rip);
         let gate = guest.idt.get(syscall_vec as usize).copied().flatten();
-        if let (true, Some(gate)) = (is_syscall && syscall_vec != 0, gate) {
+        if let (true, Some(gate)) = (emulate::is_syscall(&insn[..len]) && syscall_vec != 0, gate) {
             guest.regs.set(Reg::Rip, rip + 2);
             guest.regs.set(Reg::Rcx, rip + 2);
             guest.regs.set(Reg::R11, guest.regs.get(Reg::Rflags));
@@ -704,15 +717,21 @@ fn exception(guest: &mut Guest<Owner>, vector: u64, error: u64) -> Result<(), De
     deliver(guest, vector, error, &gate)
 }
 
-/// The length of the `int n` instruction at guest-virtual `rip`, if that is what is there.
-fn int_instruction_length(guest: &Guest<Owner>, rip: u64, n: u64) -> Option<u64> {
-    let mut bytes = [0u8; 2];
-    read_virtual(guest, rip, &mut bytes).ok()?;
-    match bytes {
-        [0xcd, v] if v as u64 == n => Some(2),
-        [0xcc, _] if n == 3 => Some(1),
-        _ => None,
+/// The instruction at guest-virtual `rip`, read through the guest's page tables: up to
+/// MMIO_INSN_MAX bytes, fewer where the next page is not mapped (none if RIP's page is not),
+/// and how many. Each byte is read once: guest memory is the launcher's too, and may change
+/// between two reads, so whatever the host decides must be decided on one copy.
+fn fetch_instruction(guest: &Guest<Owner>, rip: u64) -> ([u8; MMIO_INSN_MAX], usize) {
+    let mut insn = [0u8; MMIO_INSN_MAX];
+    let in_page = ((0x1000 - (rip & 0xfff)) as usize).min(MMIO_INSN_MAX);
+    if read_virtual(guest, rip, &mut insn[..in_page]).is_err() {
+        return (insn, 0);
     }
+    let next = rip.wrapping_add(in_page as u64);
+    if in_page == MMIO_INSN_MAX || read_virtual(guest, next, &mut insn[in_page..]).is_err() {
+        return (insn, in_page);
+    }
+    (insn, MMIO_INSN_MAX)
 }
 
 /// The IRQ the guest could take next: pending, not masked, with a handler. An IRQ the guest has

@@ -213,15 +213,19 @@ impl ShadowTables {
                 charged: 0,
             },
         };
-        tables.switch_to(guest_cr3)?;
+        tables.switch_to(guest_cr3, false)?;
         Ok(tables)
     }
 
-    /// Use the shadow of the guest's page tables at `guest_cr3`: a cached one, or a new, empty
-    /// one in place of the least recently used (whose mappings are let go first).
-    pub(crate) fn switch_to(&mut self, guest_cr3: u64) -> Result {
+    /// Use the shadow of the guest's page tables at `guest_cr3`: a cached one (emptied first if
+    /// `flush`: the guest wants its tables as they are now), or a new, empty one in place of the
+    /// least recently used (whose mappings are let go first).
+    pub(crate) fn switch_to(&mut self, guest_cr3: u64, flush: bool) -> Result {
         self.switches += 1;
         if let Some(at) = self.roots.iter().position(|r| r.guest_cr3 == guest_cr3) {
+            if flush {
+                self.forget_mappings(at);
+            }
             self.current = at;
             self.roots[at].last_used = self.switches;
             return Ok(());

@@ -14,8 +14,8 @@
 use crate::abi::data::SWITCHER_WINDOW_START;
 use crate::abi::paging::{PTE_ACCESSED, PTE_DIRTY, PTE_NO_EXEC, PTE_PRESENT, PTE_WRITE};
 use crate::chardev::lg_bindings;
-use crate::cpu::{CR4_CET, CR4_FRED, CR4_LA57};
 use crate::descriptors;
+use crate::host_cpu;
 use crate::layout::*;
 use core::sync::atomic::{AtomicU64, Ordering};
 use kernel::{bindings, new_mutex, prelude::*, sync::Mutex};
@@ -140,28 +140,14 @@ unsafe impl Send for Switcher {}
 unsafe impl Sync for Switcher {}
 
 impl Switcher {
-    /// Allocate and fill the window. Refuses hosts lg.ko cannot protect itself on.
+    /// Allocate and fill the window. Refuses hosts lg.ko cannot protect itself on, or whose
+    /// CPU lacks what guests need (src/host_cpu.rs).
     pub(crate) fn new() -> Result<Pin<KBox<Switcher>>> {
         // SAFETY: reading CR4 has no side effects.
         let cr4 = unsafe { lg_bindings::lg_read_cr4() } as u64;
-        for (bit, what) in [
-            (
-                CR4_LA57,
-                "5-level paging (the Switcher window is PGD slot 256 of 4-level paging)",
-            ),
-            (
-                CR4_CET,
-                "CET (supervisor shadow stacks would bind ring 1 too)",
-            ),
-            (
-                CR4_FRED,
-                "FRED (the Switcher delivers traps through the IDT)",
-            ),
-        ] {
-            if cr4 & bit != 0 {
-                pr_err!("cannot run guests on a host with {} enabled\n", what);
-                return Err(not_supported());
-            }
+        if let Some(why) = host_cpu::cr4_refusal(cr4) {
+            pr_err!("cannot run guests on a host {}\n", why);
+            return Err(not_supported());
         }
         // SAFETY: each reads a CPU feature or platform attribute fixed at boot.
         let (pti, encrypted, lam) = unsafe {

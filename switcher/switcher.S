@@ -14,7 +14,7 @@
  *   save the host's callee-saved registers and flags; park the host stack pointer in the host
  *   page and the host CR3 in MSR_KERNEL_GS_BASE (readable only at CPL 0: a ring-1 guest can
  *   neither rdmsr nor swapgs); load the guest's GDT and TSS, no LDT at all, the guest's IDT;
- *   the guest's FS and GS bases; the guest's CR3 and a CR4 without PGE; pop the guest's
+ *   the guest's FS and GS bases; the guest's CR3 and a CR4 without PGE or SMAP; pop the guest's
  *   registers; iretq to ring 1.
  *
  * The way out, through any of 256 stubs: the CPU has pushed the guest's RIP, CS, RFLAGS, RSP
@@ -172,7 +172,9 @@ switch_to_guest:
 
 	/*
 	 * The guest's address space. CR4 without PGE flushes the host's global TLB entries,
-	 * which would otherwise survive the CR3 switch and let ring 1 read host memory.
+	 * which would otherwise survive the CR3 switch and let ring 1 read host memory; without
+	 * SMAP, the guest kernel may reach its own user pages. The exit path puts the host's CR4
+	 * back right after its CR3, before any host code runs.
 	 */
 	movq	HOST_GUEST_CR4(%rbp), %rax
 	movq	HOST_GUEST_CR3(%rbp), %rbx

@@ -58,6 +58,11 @@ pub struct LguestData {
     /// like a synchronous one.
     pub hcall_status: [u8; ASYNC_HCALLS],
     pub hcalls: [AsyncHcall; ASYNC_HCALLS],
+    /// *host*: the wall-clock time at LGUEST_INIT, CLOCK_REALTIME in nanoseconds since the
+    /// Unix epoch, written once: a guest takes it as the time at boot and keeps time from there
+    /// with the TSC (`tsc_khz`), as Linux does with a `read_persistent_clock64`. Appended after
+    /// the ring, so every older offset stays where it was.
+    pub wallclock_ns: u64,
 }
 
 /// One queued hypercall: the number and the five argument registers' values.
@@ -87,6 +92,7 @@ impl Default for LguestData {
                 nr: 0,
                 args: [0; 5],
             }; ASYNC_HCALLS],
+            wallclock_ns: 0,
         }
     }
 }
@@ -117,11 +123,12 @@ pub mod offset {
     pub const SYSCALL_VEC: u64 = 72;
     pub const HCALL_STATUS: u64 = 80;
     pub const HCALLS: u64 = 144;
+    pub const WALLCLOCK_NS: u64 = HCALLS + super::ASYNC_HCALLS as u64 * 48;
 }
 
 impl LguestData {
-    /// Its size in guest memory.
-    pub const SIZE: usize = 144 + ASYNC_HCALLS * 48;
+    /// Its size in guest memory: 3224 bytes, within the one page the guest registers.
+    pub const SIZE: usize = offset::WALLCLOCK_NS as usize + 8;
 }
 
 #[cfg(test)]
@@ -169,6 +176,11 @@ mod tests {
             offset::HCALL_STATUS
         );
         assert_eq!(at(offset_of!(LguestData, hcalls)), offset::HCALLS);
+        assert_eq!(
+            at(offset_of!(LguestData, wallclock_ns)),
+            offset::WALLCLOCK_NS
+        );
+        assert_eq!(offset::WALLCLOCK_NS, 3216);
         assert_eq!(core::mem::size_of::<AsyncHcall>(), 48);
         const _: () = assert!(LguestData::SIZE <= 4096, "one page");
     }

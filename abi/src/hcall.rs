@@ -46,11 +46,18 @@ pub const LGUEST_INIT: u64 = 1;
 /// [`SHUTDOWN_MESSAGE_MAX`] bytes are read), RCX = [`SHUTDOWN_POWEROFF`] or [`SHUTDOWN_RESTART`].
 pub const SHUTDOWN: u64 = 2;
 /// Switch page tables (the guest's `mov %cr3`): RBX = guest-physical address of the new PML4
-/// (page-aligned, in RAM). The host keeps the shadows of the last few page tables by that
-/// address, so switching back to a recent one costs nothing; a guest that frees a page table and
-/// later uses its frame for another must flush (FLUSH_TLB) the old one's mappings first, or the
-/// new one inherits its shadow.
+/// (page-aligned, in RAM), RCX = flags: 0 or [`NEW_PGTABLE_FLUSH`]; any other bit kills the
+/// guest. The host keeps the shadows of the last few page tables by that address, so switching
+/// back to a recent one with RCX = 0 costs nothing, and keeps whatever the shadow held, even
+/// where the guest has since rewritten its tables without telling the host (SET_PTE,
+/// FLUSH_TLB). A guest that frees a page table and later uses its frame for another must flush
+/// the old one's mappings first (FLUSH_TLB, or NEW_PGTABLE_FLUSH when it switches to the new
+/// one), or the new one inherits its shadow.
 pub const NEW_PGTABLE: u64 = 4;
+/// NEW_PGTABLE's RCX: the guest flushed, as a Linux CR3 write without CR3_NOFLUSH does. The host
+/// drops whatever shadow it keeps of the new tables before it switches, so the shadow is rebuilt
+/// from the guest's tables as they are now.
+pub const NEW_PGTABLE_FLUSH: u64 = 1 << 0;
 /// Forget cached translations (the guest's TLB flush): RBX = 0 for the current page tables,
 /// 1 for all of them. Needed after changing anything above the last level of a page table.
 pub const FLUSH_TLB: u64 = 5;

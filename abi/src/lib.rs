@@ -21,6 +21,7 @@ pub mod dev;
 pub mod exit;
 pub mod hcall;
 pub mod paging;
+pub mod privileged;
 pub mod regs;
 
 /// Guests run on 4 KiB pages; every size and address in this ABI that names a page uses it.

@@ -14,10 +14,11 @@
 //! **Address spaces.** Each user task gets a PML4 of its own ([`AddressSpace`]) whose slot 0
 //! points at the kernel's PDPT, shared, so the kernel is mapped the same way in every address
 //! space, and whose slot 1, from [`USER_START`], holds the task's pages: the only ones with the
-//! user bit, at every level of the walk. That split is also what SMEP and SMAP want (both are on
-//! under lguest, where the guest runs with the host's CR4): ring 3 cannot touch the kernel's
-//! pages, and the kernel neither runs nor reads user pages through their user mapping. It fills
-//! them through the identity map instead, before they are mapped.
+//! user bit, at every level of the walk. That split is also what SMEP and SMAP want (SMEP is on
+//! under lguest, where the guest runs with the host's CR4 less PGE and SMAP; SMAP natively, on
+//! a CPU that has it): ring 3 cannot touch the kernel's pages, and the kernel neither runs nor
+//! reads user pages through their user mapping. It fills them through the identity map instead,
+//! before they are mapped.
 //!
 //! **Which tables are loaded.** Switching page tables goes through [`switch_to`], which makes the
 //! mmu op `write_cr3` and remembers the root, for the fault handler below: the paravirt-ops

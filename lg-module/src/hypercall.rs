@@ -6,7 +6,9 @@
 //! touches a byte. A call that fails a check kills the guest: a guest that passes wild pointers
 //! is broken or hostile, and either way must not run on.
 
-use crate::abi::hcall::{self, CONSOLE_WRITE_MAX, SHUTDOWN_POWEROFF, SHUTDOWN_RESTART};
+use crate::abi::hcall::{
+    self, CONSOLE_WRITE_MAX, NEW_PGTABLE_FLUSH, SHUTDOWN_POWEROFF, SHUTDOWN_RESTART,
+};
 use crate::abi::regs::{Reg, Regs};
 use crate::abi::PAGE_SIZE;
 use crate::death;
@@ -48,9 +50,11 @@ pub enum Hypercall {
         nanoseconds: u64,
     },
     SendInterrupts,
-    /// Switch to the page tables at guest-physical `cr3`.
+    /// Switch to the page tables at guest-physical `cr3`, dropping any shadow of them first
+    /// if `flush`.
     NewPgtable {
         cr3: u64,
+        flush: bool,
     },
     /// Forget the shadow of the current page tables, or of all of them.
     FlushTlb {
@@ -160,7 +164,15 @@ pub fn decode(regs: &Regs, initialized: bool, ram_bytes: u64) -> Result<Hypercal
             if a1 % PAGE_SIZE != 0 || !in_ram(a1, PAGE_SIZE, ram_bytes) {
                 return Err(death!("NEW_PGTABLE with page tables at {a1:#x}"));
             }
-            Hypercall::NewPgtable { cr3: a1 }
+            if a2 & !NEW_PGTABLE_FLUSH != 0 {
+                return Err(death!(
+                    "NEW_PGTABLE with flags {a2:#x} (only NEW_PGTABLE_FLUSH, 1)"
+                ));
+            }
+            Hypercall::NewPgtable {
+                cr3: a1,
+                flush: a2 == NEW_PGTABLE_FLUSH,
+            }
         }
         hcall::FLUSH_TLB => match a1 {
             0 | 1 => Hypercall::FlushTlb { all: a1 == 1 },
@@ -267,8 +279,26 @@ mod tests {
         let new = call(hcall::NEW_PGTABLE, 0x10_0000, 0);
         assert_eq!(
             decode(&new, true, RAM),
-            Ok(Hypercall::NewPgtable { cr3: 0x10_0000 })
+            Ok(Hypercall::NewPgtable {
+                cr3: 0x10_0000,
+                flush: false
+            })
         );
+        let flushed = call(hcall::NEW_PGTABLE, 0x10_0000, NEW_PGTABLE_FLUSH);
+        assert_eq!(
+            decode(&flushed, true, RAM),
+            Ok(Hypercall::NewPgtable {
+                cr3: 0x10_0000,
+                flush: true
+            })
+        );
+        for flags in [2, 3, 1 << 63] {
+            let bad = call(hcall::NEW_PGTABLE, 0x10_0000, flags);
+            assert!(
+                reason(decode(&bad, true, RAM)).contains("flags"),
+                "{flags:#x}"
+            );
+        }
         assert!(decode(&call(hcall::NEW_PGTABLE, 0x10_0008, 0), true, RAM).is_err());
         assert!(decode(&call(hcall::NEW_PGTABLE, RAM, 0), true, RAM).is_err());
         assert_eq!(

@@ -20,6 +20,8 @@ pub use lguest_abi as abi;
 
 pub mod death;
 pub mod descriptors;
+pub mod emulate;
+pub mod host_cpu;
 pub mod hypercall;
 pub mod interrupts;
 pub mod layout;

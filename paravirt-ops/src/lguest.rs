@@ -356,6 +356,8 @@ fn read_cr2() -> u64 {
 ///
 /// See [`MmuOps::write_cr3`]. `root` is taken as guest-physical (see the crate docs).
 unsafe fn write_cr3(root: u64) {
+    // RCX 0, not NEW_PGTABLE_FLUSH: the host may keep its shadow of these tables. This kernel
+    // tells it of every change it makes (SET_PTE, FLUSH_TLB), so a kept shadow is never stale.
     // SAFETY: the host only reads the tables at `root`, which the caller vouches for.
     unsafe { hcall(NEW_PGTABLE, [root, 0, 0, 0, 0]) };
 }

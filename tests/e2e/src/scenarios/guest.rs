@@ -151,7 +151,7 @@ pub fn hostile(attack: &str) -> anyhow::Result<()> {
 }
 
 /// A guest scenario that must end with exit 0 and print a line starting `expected`.
-fn runs_to(words: &[&str], expected: &str) -> anyhow::Result<()> {
+pub(super) fn runs_to(words: &[&str], expected: &str) -> anyhow::Result<()> {
     kmod::ensure_loaded()?;
     let run = guest(words, PATIENCE)?;
     let mut c = Checks::new();

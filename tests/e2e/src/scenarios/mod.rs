@@ -18,6 +18,7 @@ mod host_state;
 mod launcher;
 mod linux;
 mod module;
+mod privileged;
 mod resources;
 mod session;
 
@@ -26,7 +27,7 @@ pub struct Scenario {
     pub run: fn() -> anyhow::Result<()>,
 }
 
-pub static SCENARIOS: [Scenario; 62] = [
+pub static SCENARIOS: [Scenario; 71] = [
     Scenario {
         name: "module-load",
         run: module::load,
@@ -88,6 +89,10 @@ pub static SCENARIOS: [Scenario; 62] = [
         run: || guest::hostile("mov-cr3"),
     },
     Scenario {
+        name: "guest-hostile-mov-to-cr4",
+        run: || guest::hostile("mov-to-cr4"),
+    },
+    Scenario {
         name: "guest-hostile-lgdt",
         run: || guest::hostile("lgdt"),
     },
@@ -96,12 +101,12 @@ pub static SCENARIOS: [Scenario; 62] = [
         run: || guest::hostile("wrmsr"),
     },
     Scenario {
-        name: "guest-hostile-in",
-        run: || guest::hostile("in"),
+        name: "guest-hostile-ins",
+        run: || guest::hostile("ins"),
     },
     Scenario {
-        name: "guest-hostile-out",
-        run: || guest::hostile("out"),
+        name: "guest-hostile-outs",
+        run: || guest::hostile("outs"),
     },
     Scenario {
         name: "guest-hostile-swapgs",
@@ -222,6 +227,38 @@ pub static SCENARIOS: [Scenario; 62] = [
     Scenario {
         name: "guest-long-run",
         run: guest::long_run,
+    },
+    Scenario {
+        name: "guest-cr4",
+        run: privileged::cr4,
+    },
+    Scenario {
+        name: "guest-xsetbv",
+        run: privileged::xsetbv,
+    },
+    Scenario {
+        name: "guest-hostile-xsetbv",
+        run: privileged::hostile_xsetbv,
+    },
+    Scenario {
+        name: "guest-ports",
+        run: privileged::ports,
+    },
+    Scenario {
+        name: "guest-user-page",
+        run: privileged::user_page,
+    },
+    Scenario {
+        name: "guest-hostile-smep",
+        run: privileged::hostile_smep,
+    },
+    Scenario {
+        name: "guest-pgtable-flush",
+        run: privileged::pgtable_flush,
+    },
+    Scenario {
+        name: "guest-wallclock",
+        run: privileged::wallclock,
     },
     Scenario {
         name: "teaching-guest-lguest",

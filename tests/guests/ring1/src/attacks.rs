@@ -7,8 +7,9 @@
 //! "guest died: <reason>" is the host doing its job; 0 with "survived" is a hole.
 //!
 //! The attacks, in the order of the hazards they probe:
-//! - instructions that belong to ring 0: `syscall`, `sysenter`, `cli`, `hlt`, `mov-cr3`, `lgdt`,
-//!   `wrmsr`, `in`, `out`, `swapgs`;
+//! - instructions that belong to ring 0: `syscall`, `sysenter`, `cli`, `hlt`, `mov-cr3`,
+//!   `mov-to-cr4`, `lgdt`, `wrmsr`, `ins`, `outs`, `swapgs` (the host emulates a read of CR4 and
+//!   plain `in` and `out` for a Linux guest, src/linux.rs, but nothing more);
 //! - the Switcher window: `write-switcher-page K` (alias `write-switcher-text` for K = 0),
 //!   `read-switcher-host` and `read-switcher-page K`;
 //! - interrupt vectors: `int N`, for any N in 0..=255, and the one-byte `int3` and `icebp`;
@@ -50,16 +51,17 @@ impl Ctx<'_> {
 type Attack = fn(&Ctx) -> !;
 
 /// Every attack, by the name the command line gives it.
-const ATTACKS: [(&str, Attack); 28] = [
+const ATTACKS: [(&str, Attack); 29] = [
     ("syscall", syscall),
     ("sysenter", sysenter),
     ("cli", cli),
     ("hlt", hlt),
     ("mov-cr3", mov_cr3),
+    ("mov-to-cr4", mov_to_cr4),
     ("lgdt", lgdt),
     ("wrmsr", wrmsr),
-    ("in", port_in),
-    ("out", port_out),
+    ("ins", port_ins),
+    ("outs", port_outs),
     ("swapgs", swapgs),
     ("write-switcher-page", write_switcher_page),
     ("write-switcher-text", |c| write_page(c, 0)),
@@ -169,20 +171,39 @@ fn wrmsr(c: &Ctx) -> ! {
     c.survived(format_args!("wrmsr set LSTAR to {target:#x}"))
 }
 
+/// CR4.SMEP: supervisor mode may not run code in user pages.
+const CR4_SMEP: u64 = 1 << 20;
+
+fn mov_to_cr4(c: &Ctx) -> ! {
+    let cr4: u64;
+    // SAFETY: reading CR4 is emulated by the host (src/linux.rs); writing it is the attack:
+    // without SMEP, ring 1 could run code in pages its user mode wrote.
+    unsafe {
+        asm!("mov {0}, cr4", "and {0}, {1}", "mov cr4, {0}", out(reg) cr4, in(reg) !CR4_SMEP)
+    };
+    c.survived(format_args!("cr4 loaded with {cr4:#x}"))
+}
+
 /// COM1, the host's serial console.
 const COM1: u16 = 0x3f8;
 
-fn port_in(c: &Ctx) -> ! {
-    let value: u8;
-    // SAFETY: the attack: reading a host device (COM1's line status register).
-    unsafe { asm!("in al, dx", in("dx") COM1 + 5, out("al") value) };
-    c.survived(format_args!("in from port {:#x} read {value:#x}", COM1 + 5))
+fn port_ins(c: &Ctx) -> ! {
+    let mut buf = [0u8; 1];
+    // SAFETY: the attack: a string read from a host device (COM1's line status register) into
+    // `buf`, which is ours. The host emulates `in`, never its string form.
+    unsafe { asm!("insb", in("dx") COM1 + 5, inout("rdi") buf.as_mut_ptr() => _) };
+    c.survived(format_args!(
+        "insb from port {:#x} read {:#x}",
+        COM1 + 5,
+        buf[0]
+    ))
 }
 
-fn port_out(c: &Ctx) -> ! {
-    // SAFETY: the attack: writing to a host device (a '!' on the host's serial console).
-    unsafe { asm!("out dx, al", in("dx") COM1, in("al") b'!') };
-    c.survived(format_args!("out to port {COM1:#x} went through"))
+fn port_outs(c: &Ctx) -> ! {
+    let bang = [b'!'];
+    // SAFETY: the attack: a string write to a host device (a '!' on the host's serial console).
+    unsafe { asm!("outsb", in("dx") COM1, inout("rsi") bang.as_ptr() => _) };
+    c.survived(format_args!("outsb to port {COM1:#x} went through"))
 }
 
 fn swapgs(c: &Ctx) -> ! {

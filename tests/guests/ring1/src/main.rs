@@ -14,7 +14,8 @@
 //!    attacks.rs (instructions and hypercalls), hazards.rs (the host's LDT, debug status and
 //!    protection keys), traps.rs (gates, page tables, device pages) and virtqueue.rs
 //!    (descriptors for the launcher's devices); every one ends with SHUTDOWN, with the host
-//!    killing the guest, or with the launcher refusing what it was asked.
+//!    killing the guest, or with the launcher refusing what it was asked. linux.rs has what a
+//!    Linux guest needs of the host beyond hypercalls (privileged instructions it emulates).
 //!
 //! Output goes through CONSOLE_WRITE (src/console.rs), so `println!` works from step 3 on.
 #![no_std]
@@ -30,6 +31,7 @@ mod attacks;
 mod console;
 mod hazards;
 mod hcall;
+mod linux;
 mod traps;
 mod virtqueue;
 
@@ -117,6 +119,15 @@ extern "C" fn kernel_main(boot_params: u64) -> ! {
         "pin-churn" => traps::pin_churn(number(arg, 4000)),
         name if name.starts_with("virtqueue-") => virtqueue::attack(name, number(arg, 0)),
         "gdt-tls" => traps::tls(),
+        "cr4" => linux::cr4(),
+        "xsetbv" => linux::xsetbv_accepted(),
+        name if name.starts_with("xsetbv-") => linux::xsetbv_refused(name),
+        "ports" => linux::ports(),
+        "user-page" => linux::user_page(),
+        "smep" => linux::smep(),
+        "pgtable-flush" => linux::pgtable_flush(),
+        "pgtable-bad-flag" => linux::pgtable_bad_flag(),
+        "wallclock" => linux::wallclock(&data),
         name if name.starts_with("gdt-") => traps::bad_descriptor(name),
         name => attacks::run(name, arg, &data),
     }

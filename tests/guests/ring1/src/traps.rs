@@ -351,8 +351,9 @@ static mut PD: Table = Table([0; 512]);
 /// Page-table entry bits: present, writable, a 2 MiB page; and that page's size.
 pub(crate) const P: u64 = 1;
 pub(crate) const W: u64 = 2;
-const HUGE: u64 = 0x80;
-const HUGE_PAGE: u64 = 0x20_0000;
+pub(crate) const U: u64 = 4;
+pub(crate) const HUGE: u64 = 0x80;
+pub(crate) const HUGE_PAGE: u64 = 0x20_0000;
 const USER_REGION: u64 = 0x60_0000;
 const USER_STACK_TOP: u64 = 0x70_0000;
 
@@ -447,7 +448,6 @@ pub fn user() -> ! {
     unsafe {
         let len = ptr::addr_of!(user_program_end) as usize - ptr::addr_of!(user_program) as usize;
         ptr::copy_nonoverlapping(ptr::addr_of!(user_program), USER_REGION as *mut u8, len);
-        const U: u64 = 4;
         for (i, entry) in (*ptr::addr_of_mut!(PD)).0.iter_mut().take(32).enumerate() {
             let at = i as u64 * HUGE_PAGE;
             *entry = at | P | W | HUGE | if at == USER_REGION { U } else { 0 };
@@ -456,6 +456,7 @@ pub fn user() -> ! {
         (*ptr::addr_of_mut!(PML4)).0[0] = ptr::addr_of!(PDPT) as u64 | P | W | U;
         let stack_top = ptr::addr_of!(USER_TRAP_STACK) as u64 + 16384;
         hcall(SET_STACK, [stack_top, 0, 0, 0, 0]);
+        // RCX 0: no NEW_PGTABLE_FLUSH (the host has no shadow of these tables yet anyway).
         hcall(NEW_PGTABLE, [ptr::addr_of!(PML4) as u64, 0, 0, 0, 0]);
         ptr::write_volatile(data_word(offset::SYSCALL_VEC), 0x80);
         enter_user();
@@ -473,7 +474,9 @@ pub fn user() -> ! {
 /// Fills the guest's own tables (PML4 -> PDPT -> PD) with the first 64 MiB of RAM
 /// identity-mapped in 2 MiB pages, as the launcher's tables map it, so that switching to them
 /// keeps this code and its stack mapped. Returns the PD and the PML4, for the caller to add
-/// its own entries before it loads them (NEW_PGTABLE).
+/// its own entries before it loads them (NEW_PGTABLE). The PML4 and PDPT entries allow ring 3
+/// (x86 takes the most restrictive permission along the walk), so a PD entry with the user bit
+/// is a user page; the identity map's are not.
 ///
 /// # Safety
 ///
@@ -485,14 +488,15 @@ pub(crate) unsafe fn ram_identity_tables() -> (&'static mut [u64; 512], &'static
         for (i, entry) in pd.iter_mut().take(32).enumerate() {
             *entry = (i as u64 * HUGE_PAGE) | P | W | HUGE;
         }
-        (*ptr::addr_of_mut!(PDPT)).0[0] = ptr::addr_of!(PD) as u64 | P | W;
+        (*ptr::addr_of_mut!(PDPT)).0[0] = ptr::addr_of!(PD) as u64 | P | W | U;
         let pml4 = &mut (*ptr::addr_of_mut!(PML4)).0;
-        pml4[0] = ptr::addr_of!(PDPT) as u64 | P | W;
+        pml4[0] = ptr::addr_of!(PDPT) as u64 | P | W | U;
         (pd, pml4)
     }
 }
 
-/// Loads the guest's own tables (NEW_PGTABLE).
+/// Loads the guest's own tables (NEW_PGTABLE, RCX 0: the host may keep a shadow it has of them;
+/// the callers tell it of what they change, or mean to test what it kept).
 pub(crate) fn load_own_tables() {
     // SAFETY: the host only reads the table's address.
     unsafe { hcall(NEW_PGTABLE, [ptr::addr_of!(PML4) as u64, 0, 0, 0, 0]) };
