@@ -28,7 +28,8 @@
 //!    [`terminal`] puts a terminal on stdin in raw mode for the console, and always back.
 //! 8. [`run`]: the loop around those reads: early console output printed, device accesses
 //!    decoded ([`mmio`]) and handed to the devices, and the guest's end (power off, restart,
-//!    death with the host's reason) handed back to main.rs.
+//!    death with the host's reason) handed back to main.rs. A guest breaking the devices' rules
+//!    gets a warning, a few of each kind ([`ratelimit`]).
 //!
 //! [`GuestRam::base`]: memory::GuestRam::base
 
@@ -40,6 +41,7 @@ pub mod memlock;
 pub mod memory;
 pub mod mmio;
 pub mod pagetables;
+pub mod ratelimit;
 pub mod run;
 pub mod size;
 pub mod terminal;

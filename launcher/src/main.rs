@@ -140,7 +140,7 @@ fn launch(args: &mut Request) -> anyhow::Result<Stop> {
         let dev = Arc::clone(&dev);
         Arc::new(move |irq: u32| {
             if let Err(err) = dev.raise_irq(irq) {
-                warn!("cannot raise IRQ {irq} in the guest: {err}");
+                lguest_launcher::guest_warn!("cannot raise IRQ {irq} in the guest: {err}");
             }
         })
     };
