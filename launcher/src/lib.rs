@@ -26,7 +26,9 @@
 //! 7. [`virtio`]: the devices (console, disks, network, entropy) get one page each above RAM,
 //!    named on the guest's command line; their input threads raise IRQs through `/dev/lguest`.
 //!    [`terminal`] puts a terminal on stdin in raw mode for the console, and always back.
-//! 8. [`run`]: the loop around those reads: early console output printed, device accesses
+//! 8. [`confine`]: with everything open, the launcher gives up what it no longer needs: its root
+//!    directory (`--chroot`) and root itself (`--user`).
+//! 9. [`run`]: the loop around those reads: early console output printed, device accesses
 //!    decoded ([`mmio`]) and handed to the devices, and the guest's end (power off, restart,
 //!    death with the host's reason) handed back to main.rs. A guest breaking the devices' rules
 //!    gets a warning, a few of each kind ([`ratelimit`]).
@@ -35,6 +37,7 @@
 
 pub mod boot_params;
 pub mod cli;
+pub mod confine;
 pub mod device;
 pub mod kernel;
 pub mod memlock;
