@@ -60,9 +60,11 @@ Exit status:
      starts the guest afresh, as a real machine would)
 
 Confinement: once the guest is set up and its devices open, the launcher needs no privilege.
---chroot and --user take away its files and its root. A confined launcher cannot start a
-rebooted guest afresh (that means opening /dev/lguest and the guest's files again): it exits 4
-instead.
+--chroot and --user take away its files and its root; the seccomp filter, on unless
+--no-seccomp, limits it to the system calls its run loop and devices make, and a call outside
+it ends the launcher with a line naming the call (the launcher dies of SIGSYS). A confined
+launcher cannot start a rebooted guest afresh (that means opening /dev/lguest and the guest's
+files again): it exits 4 instead; only --no-seccomp without --user and --chroot restarts.
 
 Examples:
   lguest-launcher 64 bzImage console=hvc0
@@ -120,6 +122,9 @@ pub struct Args {
     /// Once the guest is set up, make DIR the launcher's root directory (before --user)
     #[arg(long, value_name = "DIR")]
     chroot: Option<PathBuf>,
+    /// Run without the seccomp filter (for debugging the launcher: see Confinement below)
+    #[arg(long)]
+    no_seccomp: bool,
 }
 
 /// What the command line asks for, checked.
@@ -139,6 +144,8 @@ pub struct Request {
     /// `--user`'s USER[:GID], looked up later (confine.rs), since that reads the user database.
     pub user: Option<String>,
     pub chroot: Option<PathBuf>,
+    /// Whether to install the seccomp filter: not `--no-seccomp`.
+    pub seccomp: bool,
 }
 
 /// A disk, as `--block` asks for it.
@@ -238,14 +245,16 @@ impl Args {
             trace: self.trace,
             user: self.user,
             chroot: self.chroot,
+            seccomp: !self.no_seccomp,
         })
     }
 }
 
 impl Request {
-    /// Whether the launcher gives anything up once the guest is set up: a root, or a user.
+    /// Whether the launcher gives anything up once the guest is set up: a root, a user, or
+    /// the system calls the seccomp filter refuses.
     pub fn confined(&self) -> bool {
-        self.user.is_some() || self.chroot.is_some()
+        self.seccomp || self.user.is_some() || self.chroot.is_some()
     }
 
     /// Gives every network card without an address a random one.
@@ -289,6 +298,7 @@ impl Request {
             (self.rng, "--rng"),
             (self.no_reboot, "--no-reboot"),
             (self.trace, "--trace"),
+            (!self.seccomp, "--no-seccomp"),
         ];
         for (_, flag) in flags.into_iter().filter(|(on, _)| *on) {
             args.push(flag.into());
@@ -390,13 +400,16 @@ mod tests {
     }
 
     #[test]
-    fn a_user_or_a_root_confines_the_launcher() {
-        assert!(!parse("64m bzImage").confined());
-        let request = parse("--user 65534:65534 --chroot /var/empty 64m bzImage");
-        assert!(request.confined());
+    fn confinement_is_on_unless_the_filter_is_off_and_nothing_else_asked() {
+        let request = parse("64m bzImage");
+        assert!(request.seccomp && request.confined());
+        assert_eq!((request.user, request.chroot), (None, None));
+        assert!(!parse("--no-seccomp 64m bzImage").confined());
+        let request = parse("--no-seccomp --user 65534:65534 --chroot /var/empty 64m bzImage");
+        assert!(!request.seccomp && request.confined());
         assert_eq!(request.user.as_deref(), Some("65534:65534"));
         assert_eq!(request.chroot, Some(PathBuf::from("/var/empty")));
-        assert!(parse("--chroot / 64m bzImage").confined());
+        assert!(parse("--no-seccomp --chroot / 64m bzImage").confined());
     }
 
     #[test]
@@ -418,6 +431,7 @@ mod tests {
                 "64m bzImage quiet --chroot=/var/empty",
                 "--chroot=/var/empty",
             ),
+            ("64m bzImage quiet --no-seccomp", "--no-seccomp"),
             ("64m bzImage quiet -V", "-V"),
         ] {
             let error = refusal(line);
@@ -563,7 +577,7 @@ mod tests {
             "64 bzImage",
             "-vv --trace --rng --no-reboot --initrd=-i.img --block=-d.img,ro --block e.img \
              --net tap=a,mac=02:00:00:00:00:01 --net tap=b -- 1g -bzImage quiet",
-            "--user=-nobody:65534 --chroot=-jail 64m bzImage",
+            "--user=-nobody:65534 --chroot=-jail --no-seccomp 64m bzImage",
             "65536k bzImage -- --block d.img -v",
             "64m bzImage quiet -- --rng -- init",
         ] {

@@ -6,8 +6,8 @@
 //! how the launcher ends: power off is exit 0, a restart starts the launcher afresh (or, with
 //! --no-reboot or confined, exits 4), and death is the reason on stderr and exit 3.
 //!
-//! Between setting the guest up and running it, the launcher confines itself (confine.rs): a
-//! new root, and a user without privilege.
+//! Between setting the guest up and running it, the launcher confines itself (confine.rs,
+//! seccomp.rs): a new root, a user without privilege, and the seccomp filter.
 
 use std::ffi::OsString;
 use std::fs::File;
@@ -34,6 +34,7 @@ use lguest_launcher::memlock;
 use lguest_launcher::memory::{Bytes, GuestAddress, GuestRam};
 use lguest_launcher::pagetables::write_initial_page_tables;
 use lguest_launcher::run::{run_guest, Stop};
+use lguest_launcher::seccomp;
 use lguest_launcher::size::format_size;
 use lguest_launcher::terminal::RawTerminal;
 use lguest_launcher::virtio::{open_tap, Block, Console, DeviceManager, Net, Rng, VirtioDevice};
@@ -213,6 +214,10 @@ fn launch(args: &mut Request, user: Option<&Credentials>) -> anyhow::Result<Stop
     devices
         .start_input_threads()
         .context("cannot start the devices' input threads")?;
+    if args.seccomp {
+        seccomp::install(&seccomp::filter()?)?;
+        info!("seccomp filter installed");
+    }
     run_guest(&*dev, &mut devices, &mut std::io::stdout())
 }
 
