@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Assemble the VM's initramfs: busybox, our init, lg.ko, the launcher, the scenario runner, the
-# guests (BIN_DIR/guests/* as /guests/*) and the host's own bzImage, a kernel the launcher must
-# refuse. Usage: build-initramfs.sh LG_KO BIN_DIR BZIMAGE OUT
+# guests (BIN_DIR/guests/* as /guests/*), the host's own bzImage, a kernel the launcher must
+# refuse, and a user database. Usage: build-initramfs.sh LG_KO BIN_DIR BZIMAGE OUT
 # An uncompressed cpio: the host kernel unpacks it faster than it would gunzip it under TCG.
 set -euo pipefail
 . "$(dirname "$0")/common.sh"
@@ -17,4 +17,11 @@ cp "$lg_ko" "$root/lib/modules/lg.ko"
 cp "$bin/lguest-launcher" "$bin/lguest-e2e" "$root/bin/"
 cp "$bin"/guests/* "$root/guests/"
 cp "$bzimage" "$root/boot/bzImage"
+# A user database, for the launcher's --user (launcher-confined): root, and nobody in its own
+# group, numbered as Debian numbers them. nsswitch.conf keeps the static launcher's C library to
+# these files, with no module to load.
+mkdir -p "$root/etc"
+printf 'root:x:0:0:root:/:/bin/sh\nnobody:x:65534:65534:nobody:/nonexistent:/bin/false\n' >"$root/etc/passwd"
+printf 'root:x:0:\nnogroup:x:65534:\n' >"$root/etc/group"
+printf 'passwd: files\ngroup: files\n' >"$root/etc/nsswitch.conf"
 (cd "$root" && find . -print0 | cpio --null -o -H newc --quiet) >"$out"
