@@ -6,7 +6,8 @@
 //!
 //! - `launcher-confined`: the teaching guest's device self-tests (entropy, a disk, console
 //!   input), run by a launcher that became nobody in an empty root directory, with the filter
-//!   on; and a UID the user database does not know, with its group given.
+//!   on and its locked-memory limit raised to guest RAM; and a UID the user database does not
+//!   know, with its group given.
 //! - `launcher-seccomp`: the filter is on by default, in every thread, and off with
 //!   `--no-seccomp`; and a call it forbids, made from the console's input thread as a guest that
 //!   took that thread over would make it, ends the launcher by SIGSYS with one line. The call is
@@ -78,6 +79,17 @@ pub fn confined() -> anyhow::Result<()> {
             format!("the confined launcher's {key} is {got:?}, not {want:?}")
         });
     }
+    // nobody cannot lock memory past its RLIMIT_MEMLOCK (the VM's is 8 MiB), so the launcher
+    // raised it to guest RAM while it was root (memlock.rs).
+    let limits = procfs::read(&format!("/proc/{}/limits", running.pid()))?;
+    let memlock = limits
+        .lines()
+        .find_map(|line| line.strip_prefix("Max locked memory"))
+        .map(|values| values.split_whitespace().take(2).collect::<Vec<_>>());
+    let ram = (64u64 << 20).to_string();
+    c.that(memlock == Some(vec![ram.as_str(); 2]), || {
+        format!("the confined launcher's RLIMIT_MEMLOCK is {memlock:?}, not guest RAM ({ram})")
+    });
     let root = fs::read_link(format!("/proc/{}/root", running.pid()));
     c.that(
         root.as_ref()
