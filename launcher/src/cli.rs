@@ -13,7 +13,9 @@
 //!
 //! A restart runs the launcher afresh (main.rs), on [`Request::command_line`]: the request
 //! written out again, with what the launcher chose itself (a network card's random MAC), so the
-//! guest comes back with the same hardware.
+//! guest comes back with the same hardware. A confined launcher ([`Request::confined`]) cannot
+//! do that: the new launcher would have to open /dev/lguest and the guest's files, which is
+//! what confinement took away (confine.rs).
 
 use std::ffi::OsString;
 use std::io;
@@ -35,8 +37,9 @@ pub const USAGE: u8 = 2;
 /// Exit code: the guest died. The host killed it for breaking a rule, or it touched a device in
 /// a way the launcher cannot serve; either way, what went wrong is in the guest.
 pub const GUEST_DIED: u8 = 3;
-/// Exit code: the guest asked to restart, and `--no-reboot` said not to. Not 0: a kernel that
-/// panics with `panic=N` restarts, and a script must not take that for a clean power-off.
+/// Exit code: the guest asked to restart, and `--no-reboot` said not to, or the launcher was
+/// confined and could not. Not 0: a kernel that panics with `panic=N` restarts, and a script
+/// must not take that for a clean power-off.
 pub const GUEST_REBOOTED: u8 = 4;
 
 /// What `--help` says after the options. A unit test checks the exit codes against the
@@ -53,15 +56,24 @@ Exit status:
   2  the command line is wrong
   3  the guest died: lg.ko killed it for breaking a rule, or it touched a device in a way the
      launcher cannot serve; the reason is on stderr
-  4  the guest rebooted, under --no-reboot (without it the launcher starts the guest afresh,
-     as a real machine would)
+  4  the guest rebooted, under --no-reboot or in a confined launcher (otherwise the launcher
+     starts the guest afresh, as a real machine would)
+
+Confinement: once the guest is set up and its devices open, the launcher needs no privilege.
+--chroot and --user take away its files and its root; the seccomp filter, on unless
+--no-seccomp, limits it to the system calls its run loop and devices make, and a call outside
+it ends the launcher with a line naming the call (the launcher dies of SIGSYS). A confined
+launcher cannot start a rebooted guest afresh (that means opening /dev/lguest and the guest's
+files again): it exits 4 instead; only --no-seccomp without --user and --chroot restarts.
 
 Examples:
   lguest-launcher 64 bzImage console=hvc0
       64 MiB of RAM and the kernel's console on this terminal
   lguest-launcher --block disk.img --net tap=tap0 --rng 256m bzImage console=hvc0 root=/dev/vda
       a disk, which the kernel mounts as its root, a network card on the tap tap0 (which must
-      exist: ip tuntap add tap0 mode tap) with a random MAC, and an entropy source";
+      exist: ip tuntap add tap0 mode tap) with a random MAC, and an entropy source
+  lguest-launcher --user nobody --chroot /var/empty --block disk.img 64 bzImage console=hvc0
+      a disk, and the launcher running as nobody in an empty root directory once it is open";
 
 /// Run a Linux-style kernel built for lguest as a guest, through /dev/lguest (lg.ko).
 #[derive(Parser)]
@@ -103,6 +115,16 @@ pub struct Args {
     /// instruction and what the device answered)
     #[arg(long)]
     trace: bool,
+    /// Once the guest is set up, run as USER (a name, or a numeric UID) in USER's groups, or in
+    /// group GID alone if given (a UID the user database lacks needs it); needs root
+    #[arg(long, value_name = "USER[:GID]")]
+    user: Option<String>,
+    /// Once the guest is set up, make DIR the launcher's root directory (before --user)
+    #[arg(long, value_name = "DIR")]
+    chroot: Option<PathBuf>,
+    /// Run without the seccomp filter (for debugging the launcher: see Confinement below)
+    #[arg(long)]
+    no_seccomp: bool,
 }
 
 /// What the command line asks for, checked.
@@ -119,6 +141,11 @@ pub struct Request {
     pub no_reboot: bool,
     pub verbose: u8,
     pub trace: bool,
+    /// `--user`'s USER[:GID], looked up later (confine.rs), since that reads the user database.
+    pub user: Option<String>,
+    pub chroot: Option<PathBuf>,
+    /// Whether to install the seccomp filter: not `--no-seccomp`.
+    pub seccomp: bool,
 }
 
 /// A disk, as `--block` asks for it.
@@ -216,11 +243,20 @@ impl Args {
             no_reboot: self.no_reboot,
             verbose: self.verbose,
             trace: self.trace,
+            user: self.user,
+            chroot: self.chroot,
+            seccomp: !self.no_seccomp,
         })
     }
 }
 
 impl Request {
+    /// Whether the launcher gives anything up once the guest is set up: a root, a user, or
+    /// the system calls the seccomp filter refuses.
+    pub fn confined(&self) -> bool {
+        self.seccomp || self.user.is_some() || self.chroot.is_some()
+    }
+
     /// Gives every network card without an address a random one.
     pub fn choose_macs(&mut self) -> io::Result<()> {
         for card in self.nets.iter_mut().filter(|card| card.mac.is_none()) {
@@ -245,6 +281,12 @@ impl Request {
         for disk in &self.disks {
             option("block", &disk.option_value());
         }
+        if let Some(user) = &self.user {
+            option("user", user.as_ref());
+        }
+        if let Some(dir) = &self.chroot {
+            option("chroot", dir.as_os_str());
+        }
         for card in &self.nets {
             let mac = card
                 .mac
@@ -256,6 +298,7 @@ impl Request {
             (self.rng, "--rng"),
             (self.no_reboot, "--no-reboot"),
             (self.trace, "--trace"),
+            (!self.seccomp, "--no-seccomp"),
         ];
         for (_, flag) in flags.into_iter().filter(|(on, _)| *on) {
             args.push(flag.into());
@@ -357,6 +400,19 @@ mod tests {
     }
 
     #[test]
+    fn confinement_is_on_unless_the_filter_is_off_and_nothing_else_asked() {
+        let request = parse("64m bzImage");
+        assert!(request.seccomp && request.confined());
+        assert_eq!((request.user, request.chroot), (None, None));
+        assert!(!parse("--no-seccomp 64m bzImage").confined());
+        let request = parse("--no-seccomp --user 65534:65534 --chroot /var/empty 64m bzImage");
+        assert!(!request.seccomp && request.confined());
+        assert_eq!(request.user.as_deref(), Some("65534:65534"));
+        assert_eq!(request.chroot, Some(PathBuf::from("/var/empty")));
+        assert!(parse("--no-seccomp --chroot / 64m bzImage").confined());
+    }
+
+    #[test]
     fn launcher_options_among_the_kernels_words_are_refused() {
         for (line, word) in [
             ("64m bzImage root=/dev/vda --block d.img", "--block"),
@@ -370,6 +426,12 @@ mod tests {
             ("64m bzImage quiet -vv", "-vv"),
             ("64m bzImage quiet --verbose", "--verbose"),
             ("64m bzImage quiet --help", "--help"),
+            ("64m bzImage quiet --user nobody", "--user"),
+            (
+                "64m bzImage quiet --chroot=/var/empty",
+                "--chroot=/var/empty",
+            ),
+            ("64m bzImage quiet --no-seccomp", "--no-seccomp"),
             ("64m bzImage quiet -V", "-V"),
         ] {
             let error = refusal(line);
@@ -515,6 +577,7 @@ mod tests {
             "64 bzImage",
             "-vv --trace --rng --no-reboot --initrd=-i.img --block=-d.img,ro --block e.img \
              --net tap=a,mac=02:00:00:00:00:01 --net tap=b -- 1g -bzImage quiet",
+            "--user=-nobody:65534 --chroot=-jail --no-seccomp 64m bzImage",
             "65536k bzImage -- --block d.img -v",
             "64m bzImage quiet -- --rng -- init",
         ] {
@@ -537,7 +600,10 @@ mod tests {
             (LAUNCHER_ERROR, "the launcher failed"),
             (USAGE, "the command line is wrong"),
             (GUEST_DIED, "the guest died"),
-            (GUEST_REBOOTED, "the guest rebooted, under --no-reboot"),
+            (
+                GUEST_REBOOTED,
+                "the guest rebooted, under --no-reboot or in a confined launcher",
+            ),
         ] {
             assert!(
                 help.contains(&format!("\n  {code}  {meaning}")),

@@ -26,21 +26,28 @@
 //! 7. [`virtio`]: the devices (console, disks, network, entropy) get one page each above RAM,
 //!    named on the guest's command line; their input threads raise IRQs through `/dev/lguest`.
 //!    [`terminal`] puts a terminal on stdin in raw mode for the console, and always back.
-//! 8. [`run`]: the loop around those reads: early console output printed, device accesses
+//! 8. [`confine`] and [`seccomp`]: with everything open, the launcher gives up what it no longer
+//!    needs: its root directory (`--chroot`), root itself (`--user`), and every system call but
+//!    the few the run loop and the devices make (a seccomp filter, unless `--no-seccomp`).
+//! 9. [`run`]: the loop around those reads: early console output printed, device accesses
 //!    decoded ([`mmio`]) and handed to the devices, and the guest's end (power off, restart,
-//!    death with the host's reason) handed back to main.rs.
+//!    death with the host's reason) handed back to main.rs. A guest breaking the devices' rules
+//!    gets a warning, a few of each kind ([`ratelimit`]).
 //!
 //! [`GuestRam::base`]: memory::GuestRam::base
 
 pub mod boot_params;
 pub mod cli;
+pub mod confine;
 pub mod device;
 pub mod kernel;
 pub mod memlock;
 pub mod memory;
 pub mod mmio;
 pub mod pagetables;
+pub mod ratelimit;
 pub mod run;
+pub mod seccomp;
 pub mod size;
 pub mod terminal;
 pub mod virtio;

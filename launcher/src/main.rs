@@ -4,7 +4,10 @@
 //! it did, and turns any failure into one line on stderr and an exit code (cli.rs lists them):
 //! 2 for a command line it refuses, 1 for everything else that fails. How the guest ends decides
 //! how the launcher ends: power off is exit 0, a restart starts the launcher afresh (or, with
-//! --no-reboot, exits 4), and death is the reason on stderr and exit 3.
+//! --no-reboot or confined, exits 4), and death is the reason on stderr and exit 3.
+//!
+//! Between setting the guest up and running it, the launcher confines itself (confine.rs,
+//! seccomp.rs): a new root, a user without privilege, and the seccomp filter.
 
 use std::ffi::OsString;
 use std::fs::File;
@@ -24,12 +27,14 @@ use lguest_launcher::boot_params::{
     fixed_reserved, write_boot_params, Layout, BOOT_PARAMS_GPA, CMDLINE_GPA,
 };
 use lguest_launcher::cli::{self, Args, Request};
+use lguest_launcher::confine::{self, Credentials};
 use lguest_launcher::device::{LguestDevice, DEFAULT_PATH};
 use lguest_launcher::kernel::load_kernel;
 use lguest_launcher::memlock;
 use lguest_launcher::memory::{Bytes, GuestAddress, GuestRam};
 use lguest_launcher::pagetables::write_initial_page_tables;
 use lguest_launcher::run::{run_guest, Stop};
+use lguest_launcher::seccomp;
 use lguest_launcher::size::format_size;
 use lguest_launcher::terminal::RawTerminal;
 use lguest_launcher::virtio::{open_tap, Block, Console, DeviceManager, Net, Rng, VirtioDevice};
@@ -40,6 +45,15 @@ fn main() -> ExitCode {
     let parsed = Args::try_parse_from(&argv).unwrap_or_else(|err| err.exit());
     let mut args = match parsed.check(&argv) {
         Ok(args) => args,
+        Err(err) => {
+            eprintln!("lguest-launcher: {err:#}");
+            return ExitCode::from(cli::USAGE);
+        }
+    };
+    // Looked up now, while the user database is still at hand: an unknown user is a mistake in
+    // the command line, found before anything is set up.
+    let user = match args.user.as_deref().map(Credentials::resolve).transpose() {
+        Ok(user) => user,
         Err(err) => {
             eprintln!("lguest-launcher: {err:#}");
             return ExitCode::from(cli::USAGE);
@@ -57,13 +71,21 @@ fn main() -> ExitCode {
         level.to_owned()
     };
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(filter)).init();
-    match launch(&mut args) {
+    match launch(&mut args, user.as_ref()) {
         Ok(Stop::PowerOff(message)) => {
             info!("the guest powered off: {message}");
             ExitCode::from(cli::POWERED_OFF)
         }
         Ok(Stop::Restart(message)) if args.no_reboot => {
             info!("the guest asked to restart, and --no-reboot says exit: {message}");
+            ExitCode::from(cli::GUEST_REBOOTED)
+        }
+        Ok(Stop::Restart(message)) if args.confined() => {
+            info!("the guest asked to restart: {message}");
+            eprintln!(
+                "lguest-launcher: the guest rebooted, and a confined launcher cannot start it \
+                 afresh (--help says why)"
+            );
             ExitCode::from(cli::GUEST_REBOOTED)
         }
         Ok(Stop::Restart(message)) => {
@@ -97,7 +119,9 @@ fn restart(args: &Request) -> ExitCode {
     ExitCode::from(cli::LAUNCHER_ERROR)
 }
 
-fn launch(args: &mut Request) -> anyhow::Result<Stop> {
+/// Sets the guest up as `args` asks, confines the launcher (as `user`, if given), and runs the
+/// guest to its end.
+fn launch(args: &mut Request, user: Option<&Credentials>) -> anyhow::Result<Stop> {
     args.choose_macs()
         .context("cannot choose a MAC address for a network card")?;
     let ram_bytes = args.ram_bytes;
@@ -132,7 +156,8 @@ fn launch(args: &mut Request) -> anyhow::Result<Stop> {
     }
     let tables = write_initial_page_tables(mem, layout.page_tables, ram_bytes, kernel.virt_offset)?;
 
-    if let Some(warning) = memlock::prepare(ram_bytes)? {
+    let dropping_root = user.is_some_and(|user| !user.uid.is_root());
+    if let Some(warning) = memlock::prepare(ram_bytes, dropping_root)? {
         warn!("{warning}");
     }
     let dev = Arc::new(LguestDevice::open(DEFAULT_PATH)?);
@@ -140,7 +165,7 @@ fn launch(args: &mut Request) -> anyhow::Result<Stop> {
         let dev = Arc::clone(&dev);
         Arc::new(move |irq: u32| {
             if let Err(err) = dev.raise_irq(irq) {
-                warn!("cannot raise IRQ {irq} in the guest: {err}");
+                lguest_launcher::guest_warn!("cannot raise IRQ {irq} in the guest: {err}");
             }
         })
     };
@@ -174,9 +199,25 @@ fn launch(args: &mut Request) -> anyhow::Result<Stop> {
     })
     .with_context(|| format!("{DEFAULT_PATH} refused INITIALIZE"))?;
     let _terminal = RawTerminal::enter().context("cannot put the terminal in raw mode")?;
+    // Everything is open: what follows only runs the guest, and needs no privilege.
+    if let Some(dir) = &args.chroot {
+        confine::enter_root(dir)?;
+        info!("root directory: {}", dir.display());
+    }
+    if let Some(user) = user {
+        confine::drop_to(user)?;
+        info!(
+            "running as uid {} gid {}, groups {:?}",
+            user.uid, user.gid, user.groups
+        );
+    }
     devices
         .start_input_threads()
         .context("cannot start the devices' input threads")?;
+    if args.seccomp {
+        seccomp::install(&seccomp::filter()?)?;
+        info!("seccomp filter installed");
+    }
     run_guest(&*dev, &mut devices, &mut std::io::stdout())
 }
 

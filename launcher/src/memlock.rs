@@ -6,6 +6,10 @@
 //! the limit dies, with lg.ko's reason. So before INITIALIZE the launcher raises its own soft
 //! limit as far as the hard limit allows, and warns when that still leaves less room than the
 //! guest has RAM: the guest would run until it had touched that much, then die.
+//!
+//! A launcher that drops root for `--user` (confine.rs) loses CAP_IPC_LOCK with it, after the
+//! limit is set and before the guest pins anything. While it is still root it may raise its
+//! own hard limit, so it makes that cover guest RAM.
 
 use anyhow::Context;
 use nix::sys::resource::{getrlimit, setrlimit, Resource};
@@ -17,14 +21,23 @@ pub fn shortfall(limit_bytes: u64, ram_bytes: u64, can_lock_freely: bool) -> Opt
 }
 
 /// Raise the soft RLIMIT_MEMLOCK to the hard one, and say what it leaves short of `ram_bytes`
-/// (see [`shortfall`]), as a warning for the user.
-pub fn prepare(ram_bytes: u64) -> anyhow::Result<Option<String>> {
+/// (see [`shortfall`]), as a warning for the user. A launcher `dropping_root` first tries to
+/// raise both to `ram_bytes`, which root may.
+pub fn prepare(ram_bytes: u64, dropping_root: bool) -> anyhow::Result<Option<String>> {
     let (soft, hard) = getrlimit(Resource::RLIMIT_MEMLOCK).context("getrlimit(RLIMIT_MEMLOCK)")?;
-    if soft < hard {
-        setrlimit(Resource::RLIMIT_MEMLOCK, hard, hard)
-            .context("cannot raise RLIMIT_MEMLOCK to its hard limit")?;
-    }
-    let short = shortfall(hard, ram_bytes, has_cap_ipc_lock());
+    let hard = if dropping_root
+        && hard < ram_bytes
+        && setrlimit(Resource::RLIMIT_MEMLOCK, ram_bytes, ram_bytes).is_ok()
+    {
+        ram_bytes
+    } else {
+        if soft < hard {
+            setrlimit(Resource::RLIMIT_MEMLOCK, hard, hard)
+                .context("cannot raise RLIMIT_MEMLOCK to its hard limit")?;
+        }
+        hard
+    };
+    let short = shortfall(hard, ram_bytes, !dropping_root && has_cap_ipc_lock());
     Ok(short.map(|short| {
         format!(
             "RLIMIT_MEMLOCK allows {} KiB of locked memory, {} KiB less than guest RAM: the \

@@ -46,7 +46,10 @@ impl RawTerminal {
         for sig in ENDING_SIGNALS {
             let action = SigAction::new(
                 SigHandler::Handler(restore_and_die),
-                SaFlags::SA_RESETHAND,
+                // SA_NODEFER: the signal is not blocked while the handler runs, so the raise
+                // that ends the handler ends the launcher there and then; the handler never
+                // returns, and the seccomp filter need not allow returning from one.
+                SaFlags::SA_RESETHAND | SaFlags::SA_NODEFER,
                 SigSet::empty(),
             );
             // SAFETY: restore_and_die only calls async-signal-safe functions (tcsetattr and
@@ -70,13 +73,20 @@ impl Drop for RawTerminal {
 }
 
 /// On a signal that ends the launcher: put the terminal back, then end as the signal says (the
-/// handler was installed with SA_RESETHAND, so the raised signal takes its default action).
+/// handler was installed with SA_RESETHAND and SA_NODEFER, so the raised signal takes its
+/// default action at once).
 extern "C" fn restore_and_die(sig: libc::c_int) {
-    if let Some(saved) = SAVED.get() {
-        // SAFETY: tcsetattr is async-signal-safe and reads the settings saved before this
-        // handler was installed.
-        unsafe { libc::tcsetattr(libc::STDIN_FILENO, libc::TCSANOW, saved) };
-    }
+    restore_from_handler();
     // SAFETY: raise is async-signal-safe.
     unsafe { libc::raise(sig) };
+}
+
+/// Puts the terminal back as [`RawTerminal::enter`] found it, if it changed it; safe to call
+/// from a signal handler (this file's, and seccomp.rs's for a refused system call).
+pub(crate) fn restore_from_handler() {
+    if let Some(saved) = SAVED.get() {
+        // SAFETY: tcsetattr is async-signal-safe and reads the settings saved before any
+        // handler that calls this was installed.
+        unsafe { libc::tcsetattr(libc::STDIN_FILENO, libc::TCSANOW, saved) };
+    }
 }

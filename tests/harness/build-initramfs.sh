@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Assemble the VM's initramfs: busybox, our init, lg.ko, the launcher, the scenario runner, the
 # guests (BIN_DIR/guests/* as /guests/*), the Linux guest (LINUX_DIR/bzImage and its own
-# initramfs, as /guests/linux/) and the host's own bzImage, a kernel the launcher must refuse.
-# Usage: build-initramfs.sh LG_KO BIN_DIR BZIMAGE LINUX_DIR OUT
+# initramfs, as /guests/linux/), the host's own bzImage, a kernel the launcher must refuse, and a
+# user database. Usage: build-initramfs.sh LG_KO BIN_DIR BZIMAGE LINUX_DIR OUT
 # An uncompressed cpio: the host kernel unpacks it faster than it would gunzip it under TCG.
 set -euo pipefail
 . "$(dirname "$0")/common.sh"
@@ -20,4 +20,11 @@ cp "$bin"/guests/* "$root/guests/"
 cp "$linux/bzImage" "$root/guests/linux/bzImage"
 "$REPO/tests/harness/build-linux-rootfs.sh" "$root/guests/linux/initramfs.cpio.gz"
 cp "$bzimage" "$root/boot/bzImage"
+# A user database, for the launcher's --user (launcher-confined): root, and nobody in its own
+# group, numbered as Debian numbers them. nsswitch.conf keeps the static launcher's C library to
+# these files, with no module to load.
+mkdir -p "$root/etc"
+printf 'root:x:0:0:root:/:/bin/sh\nnobody:x:65534:65534:nobody:/nonexistent:/bin/false\n' >"$root/etc/passwd"
+printf 'root:x:0:\nnogroup:x:65534:\n' >"$root/etc/group"
+printf 'passwd: files\ngroup: files\n' >"$root/etc/nsswitch.conf"
 (cd "$root" && find . -print0 | cpio --null -o -H newc --quiet) >"$out"

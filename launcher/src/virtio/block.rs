@@ -122,15 +122,15 @@ impl Block {
         let Some(status_address) =
             status_address.filter(|_| status.is_write_only() && status.len() > 0)
         else {
-            warn!("virtio-blk: request without a device-writable status byte");
+            crate::guest_warn!("virtio-blk: request without a device-writable status byte");
             return 0;
         };
         let (status_code, data_written) = self.execute(request, mem).unwrap_or_else(|refusal| {
-            warn!("virtio-blk: request failed: {refusal:#}");
+            crate::guest_warn!("virtio-blk: request failed: {refusal:#}");
             (VIRTIO_BLK_S_IOERR, 0)
         });
         if mem.write_obj(status_code as u8, status_address).is_err() {
-            warn!("virtio-blk: the status byte lies outside guest memory");
+            crate::guest_warn!("virtio-blk: the status byte lies outside guest memory");
             return 0;
         }
         data_written + 1

@@ -59,11 +59,15 @@ impl Console {
                         .write_all(&bytes)
                         .and_then(|()| self.output.flush())
                     {
-                        warn!("virtio-console: cannot write the guest's output: {error}");
+                        crate::guest_warn!(
+                            "virtio-console: cannot write the guest's output: {error}"
+                        );
                     }
                 }
                 None => {
-                    warn!("virtio-console: an output buffer is too large or outside guest memory")
+                    crate::guest_warn!(
+                        "virtio-console: an output buffer is too large or outside guest memory"
+                    )
                 }
             }
             0
@@ -86,7 +90,7 @@ impl Console {
             let written = chain
                 .scatter_writable(mem, self.pending_input.make_contiguous())
                 .unwrap_or_else(|| {
-                    warn!("virtio-console: an input buffer lies outside guest memory");
+                    crate::guest_warn!("virtio-console: an input buffer lies outside guest memory");
                     0
                 });
             self.pending_input.drain(..written);

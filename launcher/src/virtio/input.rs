@@ -14,7 +14,7 @@
 
 use std::io;
 use std::os::fd::{AsRawFd, RawFd};
-use std::sync::{Arc, Mutex};
+use std::sync::{mpsc, Arc, Mutex};
 use std::thread::{self, JoinHandle};
 
 use log::error;
@@ -33,9 +33,19 @@ pub fn spawn_input_thread(
             None => return Ok(None),
         }
     };
+    // The thread says when it runs its own code, and this waits for that: by then the C library
+    // and Rust have done everything they do to start a thread (its stack, its name, its signal
+    // stack), so the seccomp filter installed next need not allow any of it (seccomp.rs).
+    let (started, running) = mpsc::sync_channel(0);
     let thread = thread::Builder::new()
         .name(format!("virtio-{device_type}-input"))
-        .spawn(move || wait_for_input(&transport, input_fd, &kick))?;
+        .spawn(move || {
+            // The receiver waits below until it has this; it cannot be gone.
+            let _ = started.send(());
+            wait_for_input(&transport, input_fd, &kick)
+        })?;
+    // Fails only if the thread ended without a word, which its first statement rules out.
+    let _ = running.recv();
     Ok(Some(thread))
 }
 

@@ -16,7 +16,7 @@ use std::io;
 use std::os::fd::RawFd;
 use std::sync::Arc;
 
-use log::{debug, warn};
+use log::debug;
 use virtio_bindings::virtio_config::{
     VIRTIO_CONFIG_S_DRIVER_OK, VIRTIO_CONFIG_S_FEATURES_OK, VIRTIO_CONFIG_S_NEEDS_RESET,
     VIRTIO_F_VERSION_1,
@@ -125,7 +125,9 @@ impl MmioTransport {
             // Configuration space never changes under the driver, so its generation never moves.
             VIRTIO_MMIO_CONFIG_GENERATION => 0,
             _ => {
-                warn!("virtio-mmio: read of unknown or write-only register {offset:#x}");
+                crate::guest_warn!(
+                    "virtio-mmio: read of unknown or write-only register {offset:#x}"
+                );
                 0
             }
         };
@@ -139,7 +141,7 @@ impl MmioTransport {
             .and_then(|start| config.get(start..start.checked_add(data.len())?));
         match bytes {
             Some(bytes) => data.copy_from_slice(bytes),
-            None => warn!(
+            None => crate::guest_warn!(
                 "virtio-mmio: read of {} bytes at {offset:#x} is past the {}-byte config space",
                 data.len(),
                 config.len()
@@ -189,7 +191,7 @@ impl MmioTransport {
             }),
             // There are no shared memory regions to select.
             VIRTIO_MMIO_SHM_SEL => {}
-            _ => warn!(
+            _ => crate::guest_warn!(
                 "virtio-mmio: write of {value:#x} to unknown or read-only register {offset:#x}"
             ),
         }
@@ -201,7 +203,9 @@ impl MmioTransport {
 
     fn write_driver_features(&mut self, value: u32) {
         if self.status & VIRTIO_CONFIG_S_FEATURES_OK != 0 {
-            warn!("virtio-mmio: the driver changed its features after FEATURES_OK; ignored");
+            crate::guest_warn!(
+                "virtio-mmio: the driver changed its features after FEATURES_OK; ignored"
+            );
             return;
         }
         match self.driver_features_select {
@@ -222,15 +226,19 @@ impl MmioTransport {
     ) {
         let select = self.queue_select;
         let Some(queue) = self.queues.get_mut(select as usize) else {
-            warn!("virtio-mmio: {register} written for queue {select}, which does not exist");
+            crate::guest_warn!(
+                "virtio-mmio: {register} written for queue {select}, which does not exist"
+            );
             return;
         };
         if queue.ready() {
-            warn!("virtio-mmio: {register} written while queue {select} is ready; ignored");
+            crate::guest_warn!(
+                "virtio-mmio: {register} written while queue {select} is ready; ignored"
+            );
             return;
         }
         if let Err(error) = apply(queue) {
-            warn!("virtio-mmio: bad {register} for queue {select}: {error}");
+            crate::guest_warn!("virtio-mmio: bad {register} for queue {select}: {error}");
             self.mark_needs_reset();
         }
     }
@@ -238,7 +246,9 @@ impl MmioTransport {
     fn write_queue_ready(&mut self, value: u32) {
         let select = self.queue_select;
         let Some(queue) = self.queues.get_mut(select as usize) else {
-            warn!("virtio-mmio: QueueReady written for queue {select}, which does not exist");
+            crate::guest_warn!(
+                "virtio-mmio: QueueReady written for queue {select}, which does not exist"
+            );
             return;
         };
         queue.set_ready(value == 1);
@@ -246,7 +256,7 @@ impl MmioTransport {
         // virtio-queue is bounds-checked again, but a queue that cannot work is refused now.
         if value == 1 && !queue.is_valid(&self.mem) {
             queue.set_ready(false);
-            warn!("virtio-mmio: queue {select} has rings outside guest memory");
+            crate::guest_warn!("virtio-mmio: queue {select} has rings outside guest memory");
             self.mark_needs_reset();
         }
     }
@@ -262,12 +272,14 @@ impl MmioTransport {
         let driver_bits = self.status & !VIRTIO_CONFIG_S_NEEDS_RESET;
         let mut value = value & !VIRTIO_CONFIG_S_NEEDS_RESET;
         if value & driver_bits != driver_bits {
-            warn!("virtio-mmio: status {value:#x} clears bits of {driver_bits:#x}; ignored");
+            crate::guest_warn!(
+                "virtio-mmio: status {value:#x} clears bits of {driver_bits:#x}; ignored"
+            );
             return;
         }
         let added = value & !driver_bits;
         if added & VIRTIO_CONFIG_S_FEATURES_OK != 0 && !self.features_acceptable() {
-            warn!(
+            crate::guest_warn!(
                 "virtio-mmio: refusing driver features {:#x}: the device offers {:#x} and \
                  requires VIRTIO_F_VERSION_1",
                 self.driver_features,
@@ -276,7 +288,7 @@ impl MmioTransport {
             value &= !VIRTIO_CONFIG_S_FEATURES_OK;
         }
         if added & VIRTIO_CONFIG_S_DRIVER_OK != 0 && value & VIRTIO_CONFIG_S_FEATURES_OK == 0 {
-            warn!("virtio-mmio: DRIVER_OK without FEATURES_OK; refused");
+            crate::guest_warn!("virtio-mmio: DRIVER_OK without FEATURES_OK; refused");
             value &= !VIRTIO_CONFIG_S_DRIVER_OK;
         }
         self.status = value | self.status & VIRTIO_CONFIG_S_NEEDS_RESET;
@@ -339,7 +351,7 @@ impl MmioTransport {
             return;
         }
         let Some(queue) = self.queues.get_mut(index as usize) else {
-            warn!("virtio-mmio: notify of queue {index}, which does not exist");
+            crate::guest_warn!("virtio-mmio: notify of queue {index}, which does not exist");
             return;
         };
         if !queue.ready() {
@@ -366,7 +378,7 @@ impl MmioTransport {
         }
         result
             .map_err(|error| {
-                warn!("virtio-mmio: queue {index} is broken: {error}");
+                crate::guest_warn!("virtio-mmio: queue {index} is broken: {error}");
                 self.mark_needs_reset();
             })
             .ok()
@@ -413,7 +425,7 @@ impl MmioTransport {
         self.input_waiting = false;
         if let Some(kick) = &self.receive_kick {
             if let Err(error) = kick.write(1) {
-                warn!("virtio-mmio: cannot wake the input thread: {error}");
+                crate::guest_warn!("virtio-mmio: cannot wake the input thread: {error}");
             }
         }
     }
@@ -423,7 +435,9 @@ impl MmioTransport {
 /// every register below the config space is exactly 32 bits wide (section 4.2.2.2).
 fn register_offset(offset: u64, len: usize) -> Option<u32> {
     if len != 4 || !offset.is_multiple_of(4) {
-        warn!("virtio-mmio: {len}-byte access at {offset:#x}; registers are 32-bit; ignored");
+        crate::guest_warn!(
+            "virtio-mmio: {len}-byte access at {offset:#x}; registers are 32-bit; ignored"
+        );
         return None;
     }
     u32::try_from(offset).ok()

@@ -72,7 +72,7 @@ pub trait VirtioDevice: Send {
     /// The driver wrote `data` to configuration space at `offset`. None of the devices here has a
     /// writable field, so by default the write is ignored.
     fn write_config(&mut self, offset: u64, data: &[u8]) {
-        log::warn!(
+        crate::guest_warn!(
             "virtio: the guest wrote {} bytes to read-only config space at {offset:#x}; ignored",
             data.len()
         );

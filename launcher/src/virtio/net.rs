@@ -18,7 +18,6 @@ use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::fs::OpenOptionsExt;
 use std::str::FromStr;
 
-use log::warn;
 use virtio_bindings::virtio_ids::VIRTIO_ID_NET;
 use virtio_bindings::virtio_net::{
     virtio_net_config, virtio_net_hdr_v1, VIRTIO_NET_F_MAC, VIRTIO_NET_F_STATUS,
@@ -129,10 +128,10 @@ impl Net {
             match chain.gather_readable(mem, MAX_FRAME) {
                 Some(frame) if frame.len() > VNET_HDR_LEN => {
                     if let Err(error) = self.tap.write(&frame) {
-                        warn!("virtio-net: a frame from the guest was lost: {error}");
+                        crate::guest_warn!("virtio-net: a frame from the guest was lost: {error}");
                     }
                 }
-                _ => warn!(
+                _ => crate::guest_warn!(
                     "virtio-net: a transmit chain is too short, too long or outside guest memory"
                 ),
             }
@@ -160,14 +159,14 @@ impl Net {
                             InputState::Drained
                         }
                         _ => {
-                            warn!("virtio-net: cannot read from the tap: {error}");
+                            crate::guest_warn!("virtio-net: cannot read from the tap: {error}");
                             InputState::Closed
                         }
                     });
                 }
             };
             let written = if len < VNET_HDR_LEN || len as u64 > chain.writable_len() {
-                warn!(
+                crate::guest_warn!(
                     "virtio-net: dropped a {len}-byte frame that does not fit the guest's buffer"
                 );
                 0
@@ -178,7 +177,9 @@ impl Net {
                 chain
                     .scatter_writable(mem, &self.frame[..len])
                     .unwrap_or_else(|| {
-                        warn!("virtio-net: a receive buffer lies outside guest memory");
+                        crate::guest_warn!(
+                            "virtio-net: a receive buffer lies outside guest memory"
+                        );
                         0
                     })
             };

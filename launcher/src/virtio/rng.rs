@@ -6,7 +6,6 @@
 
 use std::io;
 
-use log::warn;
 use virtio_bindings::virtio_ids::VIRTIO_ID_RNG;
 use virtio_queue::Queue;
 use vm_memory::GuestMemoryMmap;
@@ -48,11 +47,11 @@ impl VirtioDevice for Rng {
             let mut random = vec![0; len];
             let written = match fill_random(&mut random) {
                 Ok(()) => chain.scatter_writable(mem, &random).unwrap_or_else(|| {
-                    warn!("virtio-rng: a buffer lies outside guest memory");
+                    crate::guest_warn!("virtio-rng: a buffer lies outside guest memory");
                     0
                 }),
                 Err(error) => {
-                    warn!("virtio-rng: getrandom failed: {error}");
+                    crate::guest_warn!("virtio-rng: getrandom failed: {error}");
                     0
                 }
             };

@@ -9,7 +9,7 @@
 
 use std::io::Read;
 use std::os::unix::process::ExitStatusExt;
-use std::process::{Child, ChildStderr, ChildStdout, Command, Stdio};
+use std::process::{Child, ChildStderr, ChildStdin, ChildStdout, Command, Stdio};
 use std::thread::{self, sleep, JoinHandle};
 use std::time::{Duration, Instant};
 
@@ -90,6 +90,19 @@ pub fn spawn_with_input(args: &[&str], input: Option<&[u8]>) -> anyhow::Result<R
     spawn_on(args, stdin, input)
 }
 
+/// Starts the launcher as [`spawn`] does, with a pipe on its stdin that stays open until the
+/// returned end is dropped: until then the guest's console sees no end of input, and its input
+/// thread lives.
+pub fn spawn_with_open_stdin(args: &[&str]) -> anyhow::Result<(Running, ChildStdin)> {
+    let mut running = spawn_on(args, Stdio::piped(), None)?;
+    let stdin = running
+        .child
+        .as_mut()
+        .and_then(|child| child.stdin.take())
+        .context("the launcher's stdin is not a pipe")?;
+    Ok((running, stdin))
+}
+
 /// Starts the launcher as [`spawn`] does, with `terminal` (a pseudo-terminal's other end) as
 /// its stdin, as a user at a terminal would.
 pub fn spawn_on_terminal(args: &[&str], terminal: std::fs::File) -> anyhow::Result<Running> {
@@ -106,8 +119,13 @@ fn spawn_on(args: &[&str], stdin: Stdio, input: Option<&[u8]>) -> anyhow::Result
         .stderr(Stdio::piped())
         .spawn()
         .with_context(|| format!("cannot run {LAUNCHER}"))?;
-    if let (Some(bytes), Some(mut stdin)) = (input, child.stdin.take()) {
+    // The pipe is closed after `input`, and left to the caller without it.
+    if let Some(bytes) = input {
         use std::io::Write;
+        let mut stdin = child
+            .stdin
+            .take()
+            .context("the launcher's stdin is not a pipe")?;
         stdin
             .write_all(bytes)
             .context("cannot write the launcher's stdin")?;

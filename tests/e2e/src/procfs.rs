@@ -84,21 +84,25 @@ pub fn slab_active_objects(slabinfo: &str) -> anyhow::Result<BTreeMap<String, u6
     Ok(caches)
 }
 
+/// A `Key: value` field of /proc/meminfo or /proc/PID/status text, without the spaces and tabs
+/// around the value, e.g. `field(status, "Uid")` is `"0\t0\t0\t0"`.
+pub fn field<'a>(text: &'a str, key: &str) -> Option<&'a str> {
+    text.lines().find_map(|line| {
+        let (k, value) = line.split_once(':')?;
+        (k == key).then(|| value.trim())
+    })
+}
+
 /// A `Key: N kB` field in KiB, of /proc/meminfo or /proc/PID/status text, e.g.
 /// `kib_field(text, "MemFree")`.
 pub fn kib_field(text: &str, key: &str) -> anyhow::Result<u64> {
-    for line in text.lines() {
-        let Some((k, rest)) = line.split_once(':') else {
-            continue;
-        };
-        if k == key {
-            let value = rest.trim().trim_end_matches(" kB");
-            return value
-                .parse()
-                .with_context(|| format!("bad {key} line {line:?}"));
-        }
-    }
-    bail!("no {key} field")
+    let Some(value) = field(text, key) else {
+        bail!("no {key} field")
+    };
+    value
+        .trim_end_matches(" kB")
+        .parse()
+        .with_context(|| format!("bad {key} field {value:?}"))
 }
 
 /// Free pages parked on the per-CPU lists, from /proc/zoneinfo text: the `count:` of every
@@ -198,6 +202,17 @@ mod tests {
         assert!(kib_field(text, "MemAvailable").is_err());
         let status = "Name:\tlguest-launcher\nVmLck:\t    1024 kB\nVmPin:\t       0 kB\n";
         assert_eq!(kib_field(status, "VmLck").unwrap(), 1024);
+    }
+
+    #[test]
+    fn status_fields_are_found_by_exact_name() {
+        let status = "Uid:\t65534\t65534\t65534\t65534\nGroups:\t65534 \nSeccomp:\t2\n\
+                      Seccomp_filters:\t1\n";
+        assert_eq!(field(status, "Uid"), Some("65534\t65534\t65534\t65534"));
+        assert_eq!(field(status, "Groups"), Some("65534"));
+        assert_eq!(field(status, "Seccomp"), Some("2"));
+        assert_eq!(field(status, "Seccomp_filters"), Some("1"));
+        assert_eq!(field(status, "Gid"), None);
     }
 
     #[test]

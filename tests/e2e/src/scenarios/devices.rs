@@ -34,7 +34,7 @@ const PATIENCE: Duration = Duration::from_secs(60);
 const DIED: &str = "lguest-launcher: guest died: ";
 
 /// The launcher's exit code and both outputs, for a FAIL line.
-fn shown(run: &Run) -> String {
+pub(super) fn shown(run: &Run) -> String {
     format!(
         "{}; stdout: {}; stderr: {}",
         run.status(),
@@ -157,7 +157,7 @@ fn teaching(options: &[&str], words: &[&str], input: Option<&[u8]>) -> anyhow::R
 }
 
 /// Checks that `run` passed the device self-tests `names` and ended well.
-fn passed(c: &mut Checks, run: &Run, names: &[&str]) {
+pub(super) fn passed(c: &mut Checks, run: &Run, names: &[&str]) {
     for name in names {
         let line = format!("selftest {name}: PASS");
         c.that(run.stdout.lines().any(|l| l == line), || {

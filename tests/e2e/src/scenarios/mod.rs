@@ -1,7 +1,7 @@
 //! The scenarios, in the order `lguest-e2e all` runs them: the module comes and goes first and
 //! last; in between, the ABI is tested request by request, then the launcher as a user runs it,
-//! then guests run: friendly, hostile, many switches, two at once, with devices, and one stopped
-//! by Ctrl-C.
+//! then guests run: friendly, hostile, many switches, two at once, with devices, under a
+//! confined launcher, and one stopped by Ctrl-C.
 
 use std::fs::File;
 use std::io::{Read, Write};
@@ -11,6 +11,7 @@ use nix::sys::wait::{waitpid, WaitStatus};
 use nix::unistd::{fork, pipe, ForkResult};
 
 mod abi;
+mod confined;
 mod devices;
 mod guest;
 mod hazards;
@@ -27,7 +28,7 @@ pub struct Scenario {
     pub run: fn() -> anyhow::Result<()>,
 }
 
-pub static SCENARIOS: [Scenario; 71] = [
+pub static SCENARIOS: [Scenario; 73] = [
     Scenario {
         name: "module-load",
         run: module::load,
@@ -303,6 +304,14 @@ pub static SCENARIOS: [Scenario; 71] = [
     Scenario {
         name: "devices-net-ping",
         run: devices::net_ping,
+    },
+    Scenario {
+        name: "launcher-confined",
+        run: confined::confined,
+    },
+    Scenario {
+        name: "launcher-seccomp",
+        run: confined::seccomp,
     },
     Scenario {
         name: "guest-ctrl-c",
