@@ -29,7 +29,7 @@ use crate::death;
 use crate::death::Death;
 use crate::descriptors;
 use crate::emulate;
-use crate::hypercall::{self, Hypercall};
+use crate::hypercall::{self, Hypercall, Shutdown};
 use crate::interrupts::{self, GuestGate};
 use crate::layout::*;
 use crate::pagewalk::{self, GuestPhysRead};
@@ -499,21 +499,24 @@ fn carry_out(
             guest.lguest_data = Some(data_gpa);
             Ok(None)
         }
-        Hypercall::Shutdown {
-            message_gpa,
-            restart,
-        } => {
+        Hypercall::Shutdown { message_gpa, how } => {
             let mut message = [0u8; SHUTDOWN_MESSAGE_MAX];
             let len = (mem.ram_bytes - message_gpa).min(SHUTDOWN_MESSAGE_MAX as u64) as usize;
             mem.read(message_gpa, &mut message[..len])
                 .map_err(|_| unreadable("SHUTDOWN"))?;
             let text = message[..len].split(|&b| b == 0).next().unwrap_or(&[]);
-            let kind = if restart {
-                ExitKind::Restart
-            } else {
-                ExitKind::PowerOff
+            let record = match how {
+                Shutdown::PowerOff => ExitRecord::new(ExitKind::PowerOff, text),
+                Shutdown::Restart => ExitRecord::new(ExitKind::Restart, text),
+                // A crash ends the guest as a death does, in the guest's own words.
+                Shutdown::Crash => {
+                    let mut reason = [0u8; SHUTDOWN_MESSAGE_MAX + 16];
+                    let prefix = b"it crashed: ";
+                    reason[..prefix.len()].copy_from_slice(prefix);
+                    reason[prefix.len()..prefix.len() + text.len()].copy_from_slice(text);
+                    ExitRecord::new(ExitKind::Died, &reason[..prefix.len() + text.len()])
+                }
             };
-            let record = ExitRecord::new(kind, text);
             guest.end(record);
             Ok(Some(record))
         }

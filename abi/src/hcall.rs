@@ -43,7 +43,8 @@ pub const fn idt_gate(handler: u64, selector: u64, kind: u64, dpl: u64) -> [u64;
 /// (page-aligned, inside RAM). Must be the first hypercall; the host fills in the fields it owns.
 pub const LGUEST_INIT: u64 = 1;
 /// Stop the guest: RBX = guest-physical address of a NUL-terminated message (at most
-/// [`SHUTDOWN_MESSAGE_MAX`] bytes are read), RCX = [`SHUTDOWN_POWEROFF`] or [`SHUTDOWN_RESTART`].
+/// [`SHUTDOWN_MESSAGE_MAX`] bytes are read), RCX = [`SHUTDOWN_POWEROFF`], [`SHUTDOWN_RESTART`]
+/// or [`SHUTDOWN_CRASH`].
 pub const SHUTDOWN: u64 = 2;
 /// Switch page tables (the guest's `mov %cr3`): RBX = guest-physical address of the new PML4
 /// (page-aligned, in RAM), RCX = flags: 0 or [`NEW_PGTABLE_FLUSH`]; any other bit kills the
@@ -107,6 +108,9 @@ pub const IRQS: u32 = 64;
 pub const SHUTDOWN_POWEROFF: u64 = 0;
 /// SHUTDOWN's RCX: restart; the launcher starts the guest afresh.
 pub const SHUTDOWN_RESTART: u64 = 1;
+/// SHUTDOWN's RCX: the guest crashed (a Linux guest's kernel panic); its message says why. The
+/// launcher reports it as it reports a guest the host killed, with that message.
+pub const SHUTDOWN_CRASH: u64 = 2;
 
 /// The longest SHUTDOWN message the host reads, NUL included.
 pub const SHUTDOWN_MESSAGE_MAX: usize = 128;

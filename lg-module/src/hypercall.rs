@@ -7,7 +7,7 @@
 //! is broken or hostile, and either way must not run on.
 
 use crate::abi::hcall::{
-    self, CONSOLE_WRITE_MAX, NEW_PGTABLE_FLUSH, SHUTDOWN_POWEROFF, SHUTDOWN_RESTART,
+    self, CONSOLE_WRITE_MAX, NEW_PGTABLE_FLUSH, SHUTDOWN_CRASH, SHUTDOWN_POWEROFF, SHUTDOWN_RESTART,
 };
 use crate::abi::regs::{Reg, Regs};
 use crate::abi::PAGE_SIZE;
@@ -17,6 +17,15 @@ use crate::descriptors::tls_descriptor;
 use crate::interrupts::GuestGate;
 use crate::traps::is_canonical;
 
+/// How a guest stops (SHUTDOWN's RCX).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Shutdown {
+    PowerOff,
+    Restart,
+    /// The guest crashed: its message says why.
+    Crash,
+}
+
 /// One decoded hypercall.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub enum Hypercall {
@@ -24,10 +33,10 @@ pub enum Hypercall {
     LguestInit {
         data_gpa: u64,
     },
-    /// Stop: the message's guest-physical address and whether to restart.
+    /// Stop: the message's guest-physical address and how.
     Shutdown {
         message_gpa: u64,
-        restart: bool,
+        how: Shutdown,
     },
     Halt,
     /// Print `len` bytes at guest-physical `gpa`.
@@ -112,9 +121,10 @@ pub fn decode(regs: &Regs, initialized: bool, ram_bytes: u64) -> Result<Hypercal
             Hypercall::LguestInit { data_gpa: a1 }
         }
         hcall::SHUTDOWN => {
-            let restart = match a2 {
-                SHUTDOWN_POWEROFF => false,
-                SHUTDOWN_RESTART => true,
+            let how = match a2 {
+                SHUTDOWN_POWEROFF => Shutdown::PowerOff,
+                SHUTDOWN_RESTART => Shutdown::Restart,
+                SHUTDOWN_CRASH => Shutdown::Crash,
                 other => return Err(death!("SHUTDOWN with an unknown kind {other}")),
             };
             if a1 >= ram_bytes {
@@ -122,7 +132,7 @@ pub fn decode(regs: &Regs, initialized: bool, ram_bytes: u64) -> Result<Hypercal
             }
             Hypercall::Shutdown {
                 message_gpa: a1,
-                restart,
+                how,
             }
         }
         hcall::HALT => Hypercall::Halt,
@@ -328,7 +338,15 @@ mod tests {
             decode(&off, true, RAM),
             Ok(Hypercall::Shutdown {
                 message_gpa: 0x100,
-                restart: false
+                how: Shutdown::PowerOff
+            })
+        );
+        let crash = call(hcall::SHUTDOWN, 0x200, SHUTDOWN_CRASH);
+        assert_eq!(
+            decode(&crash, true, RAM),
+            Ok(Hypercall::Shutdown {
+                message_gpa: 0x200,
+                how: Shutdown::Crash
             })
         );
         assert!(reason(decode(&call(hcall::SHUTDOWN, 0x100, 7), true, RAM)).contains("kind 7"));

@@ -10,6 +10,7 @@
 use std::io::Read;
 use std::os::unix::process::ExitStatusExt;
 use std::process::{Child, ChildStderr, ChildStdin, ChildStdout, Command, Stdio};
+use std::sync::{Arc, Mutex};
 use std::thread::{self, sleep, JoinHandle};
 use std::time::{Duration, Instant};
 
@@ -65,6 +66,12 @@ pub fn shorten(text: &str) -> String {
     }
 }
 
+/// The last `chars` characters of `text` (where it stopped is what a hang needs shown).
+fn tail(text: &str, chars: usize) -> &str {
+    let start = text.char_indices().rev().nth(chars).map_or(0, |(at, _)| at);
+    &text[start..]
+}
+
 /// A launcher that is still running. Dropping it kills the launcher, so an early return from a
 /// scenario leaves no guest spinning behind it.
 pub struct Running {
@@ -72,6 +79,8 @@ pub struct Running {
     args: String,
     stdout: Option<JoinHandle<String>>,
     stderr: Option<JoinHandle<String>>,
+    /// What stdout has said so far, for [`Running::wait_for`].
+    seen: Arc<Mutex<String>>,
 }
 
 /// Starts the launcher with `args`, with a clean log setting and its output captured.
@@ -132,20 +141,32 @@ fn spawn_on(args: &[&str], stdin: Stdio, input: Option<&[u8]>) -> anyhow::Result
     }
     let stdout: Option<ChildStdout> = child.stdout.take();
     let stderr: Option<ChildStderr> = child.stderr.take();
+    let seen = Arc::new(Mutex::new(String::new()));
     Ok(Running {
         child: Some(child),
         args: args.join(" "),
-        stdout: stdout.map(drain),
-        stderr: stderr.map(drain),
+        stdout: stdout.map(|pipe| drain(pipe, Some(seen.clone()))),
+        stderr: stderr.map(|pipe| drain(pipe, None)),
+        seen,
     })
 }
 
-/// Reads a pipe to its end on a thread of its own.
-fn drain(mut pipe: impl Read + Send + 'static) -> JoinHandle<String> {
+/// Reads a pipe to its end on a thread of its own, and shows what it read so far in `seen`.
+fn drain(
+    mut pipe: impl Read + Send + 'static,
+    seen: Option<Arc<Mutex<String>>>,
+) -> JoinHandle<String> {
     thread::spawn(move || {
         let mut bytes = Vec::new();
-        // A read error leaves what came before it, which is all there is to show.
-        let _ = pipe.read_to_end(&mut bytes);
+        let mut chunk = [0u8; 4096];
+        // A read error ends the output: what came before it is all there is to show.
+        while let Ok(n @ 1..) = pipe.read(&mut chunk) {
+            bytes.extend_from_slice(&chunk[..n]);
+            if let Some(seen) = &seen {
+                let mut seen = seen.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+                seen.push_str(&String::from_utf8_lossy(&chunk[..n]));
+            }
+        }
         String::from_utf8_lossy(&bytes).into_owned()
     })
 }
@@ -163,6 +184,31 @@ impl Running {
         }
     }
 
+    /// Waits until stdout has said `text` `times` times (a guest's console line, say), for at
+    /// most `patience`; fails if the launcher ends or the time runs out first.
+    pub fn wait_for(&mut self, text: &str, times: usize, patience: Duration) -> anyhow::Result<()> {
+        let start = Instant::now();
+        loop {
+            let said = {
+                let seen = self
+                    .seen
+                    .lock()
+                    .unwrap_or_else(|poisoned| poisoned.into_inner());
+                seen.matches(text).count()
+            };
+            if said >= times {
+                return Ok(());
+            }
+            if !self.alive()? {
+                bail!("the launcher ended before its output said {text:?} {times} times");
+            }
+            if start.elapsed() > patience {
+                bail!("its output did not say {text:?} {times} times within {patience:?}");
+            }
+            sleep(Duration::from_millis(50));
+        }
+    }
+
     /// Waits for the launcher to end; after `patience` it is killed and the run fails.
     pub fn finish(mut self, patience: Duration) -> anyhow::Result<Run> {
         let mut child = self.child.take().context("finished twice")?;
@@ -176,9 +222,9 @@ impl Running {
                 child.wait()?;
                 let stdout = self.collect_stdout();
                 bail!(
-                    "`{LAUNCHER} {}` still ran after {patience:?}; its output: {}",
+                    "`{LAUNCHER} {}` still ran after {patience:?}; its output ended: {}",
                     self.args,
-                    shorten(&stdout)
+                    shorten(tail(&stdout, 400))
                 );
             }
             sleep(Duration::from_millis(10));

@@ -28,7 +28,7 @@ pub struct Scenario {
     pub run: fn() -> anyhow::Result<()>,
 }
 
-pub static SCENARIOS: [Scenario; 73] = [
+pub static SCENARIOS: [Scenario; 76] = [
     Scenario {
         name: "module-load",
         run: module::load,
@@ -268,6 +268,18 @@ pub static SCENARIOS: [Scenario; 73] = [
     Scenario {
         name: "linux-boots",
         run: linux::boots,
+    },
+    Scenario {
+        name: "linux-shell",
+        run: linux::shell_runs_commands,
+    },
+    Scenario {
+        name: "linux-reboot",
+        run: linux::reboot_restarts,
+    },
+    Scenario {
+        name: "linux-panic",
+        run: linux::panic_ends_the_launcher,
     },
     Scenario {
         name: "hostile-idt-gdt",
