@@ -19,7 +19,7 @@ fn header_lines() -> Vec<String> {
     let mut lines = None;
     for entry in std::fs::read_dir(&dir).expect("guest-patches/ is readable") {
         let path = entry.expect("a directory entry").path();
-        if path.extension().is_none_or(|e| e != "patch") {
+        if path.extension() != Some("patch".as_ref()) {
             continue;
         }
         let text = std::fs::read_to_string(&path).expect("a patch is text");
@@ -100,7 +100,10 @@ fn every_define_matches_the_rust_constant() {
     let found = defines(&header_lines());
     for (name, value) in &found {
         match expected.get(name.as_str()) {
-            Some(want) => assert_eq!(value, want, "{HEADER}: {name} is {value:#x}, lguest-abi says {want:#x}"),
+            Some(want) => assert_eq!(
+                value, want,
+                "{HEADER}: {name} is {value:#x}, lguest-abi says {want:#x}"
+            ),
             None => panic!("{HEADER} defines {name}, which this test does not check"),
         }
     }
@@ -180,5 +183,9 @@ fn lguest_data_has_the_rust_layout() {
     }
     let expected: Vec<(&str, u64)> = expected.to_vec();
     assert_eq!(laid_out, expected, "struct lguest_data in {HEADER}");
-    assert_eq!(at, data::LguestData::SIZE as u64, "sizeof(struct lguest_data)");
+    assert_eq!(
+        at,
+        data::LguestData::SIZE as u64,
+        "sizeof(struct lguest_data)"
+    );
 }

@@ -34,7 +34,11 @@ pub fn boots() -> anyhow::Result<()> {
     let mut c = Checks::new();
     let said = |what: &str| run.stdout.contains(what);
     c.that(run.code == Some(0), || {
-        format!("expected a power-off (exit 0), got {}: {}", run.status(), run.shown())
+        format!(
+            "expected a power-off (exit 0), got {}: {}",
+            run.status(),
+            run.shown()
+        )
     });
     c.that(said("Linux version 6.12"), || {
         format!("no banner on the console: {}", run.shown_stdout())
@@ -43,7 +47,10 @@ pub fn boots() -> anyhow::Result<()> {
         format!("no e820 map on the console: {}", run.shown_stdout())
     });
     c.that(said("Booting paravirtualized kernel on lguest"), || {
-        format!("the kernel did not name the lguest platform: {}", run.shown_stdout())
+        format!(
+            "the kernel did not name the lguest platform: {}",
+            run.shown_stdout()
+        )
     });
     c.that(said(INIT_RUNNING), || {
         format!("init never ran: {}", run.shown_stdout())
