@@ -40,8 +40,6 @@ const NOT_OURS: &[&str] = &[
     "native_load_tr_desc",
     "ptep_get_and_clear",
     "ptep_set_wrprotect",
-    // Linux: a kernel option tinyconfig leaves off, so tests/harness/host-kernel.config need not.
-    "CONFIG_CPU_MITIGATIONS",
     // lguest, the original: its launcher's request for an interrupt.
     "LHREQ_IRQ",
     // The virtio 1.x specification's names for virtio-mmio registers (section 4.2.2).
