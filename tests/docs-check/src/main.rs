@@ -41,6 +41,20 @@ const NOT_OURS: &[&str] = &[
     "native_load_tr_desc",
     "ptep_get_and_clear",
     "ptep_set_wrprotect",
+    "ptep_test_and_clear_young",
+    // Linux: the boot, entry and paging code the Linux guest meets outside guest-patches/.
+    "ALT_NOT_XEN",
+    "arch_cpu_finalize_init",
+    "common_interrupt",
+    "do_syscall_64",
+    "idtentry_body",
+    "late_time_init",
+    "load_cr3",
+    "phys_pmd_init",
+    "swapper_pg_dir",
+    "trap_init",
+    "update_task_stack",
+    "xen_error_entry",
     // lguest, the original: its launcher's request for an interrupt.
     "LHREQ_IRQ",
     // The virtio 1.x specification's names for virtio-mmio registers (section 4.2.2).
