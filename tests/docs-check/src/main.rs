@@ -4,7 +4,8 @@
 //! function or a moved file leaves a reader hunting for what is no longer there. This program
 //! reads docs/*.md and README.md and checks, for what they name in backticks or links:
 //! - paths exist in the tree: from the top (`lg-module/src/session.rs`), from a directory in it
-//!   (`src/interrupts.rs`), or, for a link, from the document;
+//!   (`src/interrupts.rs`), or, for a link, from the document; or they are Linux files the guest
+//!   patch series creates or changes (`arch/x86/lguest/boot.c`), named but never linked;
 //! - a file named alone (`chardev.rs`) exists somewhere in the tree;
 //! - identifiers shaped like ours (`run_once`, `IRQ_ENABLED`, `ShadowTables`) occur in a source
 //!   file, as a grep would find them, unless they are Linux's or the CPU's (`NOT_OURS` below);
@@ -40,8 +41,20 @@ const NOT_OURS: &[&str] = &[
     "native_load_tr_desc",
     "ptep_get_and_clear",
     "ptep_set_wrprotect",
-    // Linux: a kernel option tinyconfig leaves off, so tests/harness/host-kernel.config need not.
-    "CONFIG_CPU_MITIGATIONS",
+    "ptep_test_and_clear_young",
+    // Linux: the boot, entry and paging code the Linux guest meets outside guest-patches/.
+    "ALT_NOT_XEN",
+    "arch_cpu_finalize_init",
+    "common_interrupt",
+    "do_syscall_64",
+    "idtentry_body",
+    "late_time_init",
+    "load_cr3",
+    "phys_pmd_init",
+    "swapper_pg_dir",
+    "trap_init",
+    "update_task_stack",
+    "xen_error_entry",
     // lguest, the original: its launcher's request for an interrupt.
     "LHREQ_IRQ",
     // The virtio 1.x specification's names for virtio-mmio registers (section 4.2.2).
@@ -80,6 +93,10 @@ const GUEST_SOURCES: &str = "guest/src/";
 /// This program's own directory, whose lists must not count as sources.
 const SELF: &str = "tests/docs-check";
 
+/// The Linux guest's patch series: the Linux files its patches create or change are paths the
+/// book may name (their identifiers count already, since the patches are sources).
+const PATCHES: &str = "guest-patches/";
+
 fn main() -> ExitCode {
     let root = match std::env::args_os().nth(1) {
         Some(root) => PathBuf::from(root),
@@ -106,7 +123,8 @@ fn main() -> ExitCode {
 
 /// Checks every document under `root`; returns the findings.
 fn run(root: &Path) -> std::io::Result<Vec<String>> {
-    let tree = Tree::walk(root)?;
+    let mut tree = Tree::walk(root)?;
+    tree.add_patched(root)?;
     let mut docs: Vec<&String> = tree.files.iter().filter(|f| is_doc(f.as_str())).collect();
     docs.sort();
     let mut words = HashSet::new();
@@ -188,6 +206,9 @@ fn scenarios(root: &Path, tree: &Tree) -> std::io::Result<HashSet<String>> {
 struct Tree {
     files: HashSet<String>,
     dirs: HashSet<String>,
+    /// The files the guest patches create or change, and their directories: paths in the Linux
+    /// tree the series applies to, not in this one, so a word may name them and a link may not.
+    patched: HashSet<String>,
 }
 
 impl Tree {
@@ -195,6 +216,7 @@ impl Tree {
         let mut tree = Tree {
             files: HashSet::new(),
             dirs: HashSet::new(),
+            patched: HashSet::new(),
         };
         let mut pending = vec![String::new()];
         while let Some(dir) = pending.pop() {
@@ -220,20 +242,51 @@ impl Tree {
         Ok(tree)
     }
 
+    /// Adds what the patches in `PATCHES` create or change, with their directories.
+    fn add_patched(&mut self, root: &Path) -> std::io::Result<()> {
+        for patch in self.files.iter().filter(|f| is_patch(f)) {
+            let text = fs::read_to_string(root.join(patch))?;
+            for file in patched_files(&text) {
+                let mut path = file;
+                self.patched.insert(path.to_string());
+                while let Some((dir, _)) = path.rsplit_once('/') {
+                    self.patched.insert(dir.to_string());
+                    path = dir;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// `path` in this tree, as a link may point at it.
     fn has(&self, path: &str) -> bool {
         self.files.contains(path) || self.dirs.contains(path)
     }
 
-    /// `path` from the top, or from some directory in the tree (`src/traps.rs`).
+    /// `path` from the top, or from some directory in the tree (`src/traps.rs`), or in the
+    /// Linux tree the patches change (`arch/x86/lguest/head.S`, `lguest/irq.c`).
     fn has_under_some_dir(&self, path: &str) -> bool {
         let suffix = format!("/{path}");
         self.has(path)
+            || self.patched.contains(path)
             || self
                 .files
                 .iter()
                 .chain(&self.dirs)
+                .chain(&self.patched)
                 .any(|p| p.ends_with(&suffix))
     }
+}
+
+/// A patch of the Linux guest's series.
+fn is_patch(file: &str) -> bool {
+    file.starts_with(PATCHES) && file.ends_with(".patch")
+}
+
+/// The files a patch leaves behind: the `+++ b/PATH` line of each file it creates or changes
+/// (one it deletes has `+++ /dev/null`).
+fn patched_files(patch: &str) -> impl Iterator<Item = &str> {
+    patch.lines().filter_map(|line| line.strip_prefix("+++ b/"))
 }
 
 /// One document's checks.
@@ -453,6 +506,38 @@ mod tests {
         assert_eq!(unfinished("is not yet there"), Some("not yet"));
         assert_eq!(unfinished("(TODO) later"), Some("TODO"));
         assert_eq!(unfinished("not mapped yet; no call answers yet"), None);
+    }
+
+    #[test]
+    fn patched_linux_files() {
+        let patch = "--- a/arch/x86/Kconfig\n+++ b/arch/x86/Kconfig\n@@ -1 +1,2 @@\n+x\n\
+                     --- /dev/null\n+++ b/arch/x86/lguest/boot.c\n@@ -0,0 +1 @@\n+// boot\n\
+                     --- a/arch/x86/gone.c\n+++ /dev/null\n";
+        let files: Vec<&str> = patched_files(patch).collect();
+        assert_eq!(files, ["arch/x86/Kconfig", "arch/x86/lguest/boot.c"]);
+        assert!(is_patch("guest-patches/0003-x86-lguest-boot.patch"));
+        assert!(!is_patch("guest-patches/guest.config"));
+
+        let tree = Tree {
+            files: HashSet::from(["README.md".to_string()]),
+            dirs: HashSet::new(),
+            patched: [
+                "arch",
+                "arch/x86",
+                "arch/x86/lguest",
+                "arch/x86/lguest/boot.c",
+            ]
+            .map(String::from)
+            .into(),
+        };
+        assert!(tree.has_under_some_dir("arch/x86/lguest/boot.c"));
+        assert!(tree.has_under_some_dir("lguest/boot.c"));
+        assert!(tree.has_under_some_dir("arch/x86/lguest"));
+        assert!(!tree.has_under_some_dir("arch/x86/lguest/head.S"));
+        assert!(
+            !tree.has("arch/x86/lguest/boot.c"),
+            "no link can point into Linux"
+        );
     }
 
     #[test]

@@ -22,6 +22,7 @@ const SCENARIO_PREFIXES: &[&str] = &[
     "hostile-",
     "module-",
     "teaching-guest-",
+    "linux-",
 ];
 
 /// What one whitespace-separated word of code is.
@@ -129,6 +130,11 @@ mod tests {
         assert_eq!(classify("(chardev.rs)"), Word::FileName("chardev.rs"));
         assert_eq!(classify("lguest_data.cr2"), Word::Other("lguest_data.cr2"));
         assert_eq!(classify("guest-#UD"), Word::Scenario("guest-#UD"));
+        assert_eq!(classify("linux-boots"), Word::Scenario("linux-boots"));
+        assert_eq!(
+            classify("linux-source-6.12"),
+            Word::Other("linux-source-6.12")
+        );
         assert_eq!(
             classify("guest-hostile-cli,"),
             Word::Scenario("guest-hostile-cli")
