@@ -41,6 +41,9 @@ pub const GUEST_DIED: u8 = 3;
 /// confined and could not. Not 0: a kernel that panics with `panic=N` restarts, and a script
 /// must not take that for a clean power-off.
 pub const GUEST_REBOOTED: u8 = 4;
+/// Exit code: the user typed the escape key (Ctrl-A x) on the launcher's terminal. Not 0: the
+/// guest did not power off, it was stopped where it was (terminal.rs).
+pub const QUIT: u8 = 5;
 
 /// What `--help` says after the options. A unit test checks the exit codes against the
 /// constants above.
@@ -58,6 +61,12 @@ Exit status:
      launcher cannot serve; the reason is on stderr
   4  the guest rebooted, under --no-reboot or in a confined launcher (otherwise the launcher
      starts the guest afresh, as a real machine would)
+  5  the user quit: Ctrl-A x typed on the launcher's terminal
+
+The console: a terminal on stdin is raw while the guest runs, so every key reaches the guest,
+Ctrl-C and Ctrl-Z included. The escape key is Ctrl-A, as in QEMU's -serial mon:stdio: Ctrl-A x
+quits the launcher (exit 5, the terminal put back), Ctrl-A Ctrl-A sends the guest one Ctrl-A,
+and Ctrl-A then any other key sends both. Input from a pipe or a file reaches the guest as it is.
 
 Confinement: once the guest is set up and its devices open, the launcher needs no privilege.
 --chroot and --user take away its files and its root; the seccomp filter, on unless
@@ -604,6 +613,7 @@ mod tests {
                 GUEST_REBOOTED,
                 "the guest rebooted, under --no-reboot or in a confined launcher",
             ),
+            (QUIT, "the user quit: Ctrl-A x"),
         ] {
             assert!(
                 help.contains(&format!("\n  {code}  {meaning}")),

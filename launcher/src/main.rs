@@ -4,13 +4,15 @@
 //! it did, and turns any failure into one line on stderr and an exit code (cli.rs lists them):
 //! 2 for a command line it refuses, 1 for everything else that fails. How the guest ends decides
 //! how the launcher ends: power off is exit 0, a restart starts the launcher afresh (or, with
-//! --no-reboot or confined, exits 4), and death is the reason on stderr and exit 3.
+//! --no-reboot or confined, exits 4), and death is the reason on stderr and exit 3. The user can
+//! end it too, with Ctrl-A x on its terminal: exit 5 (terminal.rs).
 //!
 //! Between setting the guest up and running it, the launcher confines itself (confine.rs,
 //! seccomp.rs): a new root, a user without privilege, and the seccomp filter.
 
 use std::ffi::OsString;
 use std::fs::File;
+use std::io::IsTerminal;
 use std::os::fd::AsFd;
 use std::os::unix::process::CommandExt;
 use std::path::Path;
@@ -229,10 +231,13 @@ fn devices(args: &Request) -> anyhow::Result<Vec<Box<dyn VirtioDevice>>> {
         .as_fd()
         .try_clone_to_owned()
         .context("cannot duplicate stdin for the console")?;
-    let mut devices: Vec<Box<dyn VirtioDevice>> = vec![Box::new(Console::new(
-        Box::new(std::io::stdout()),
-        Some(File::from(stdin)),
-    ))];
+    let mut console = Console::new(Box::new(std::io::stdout()), Some(File::from(stdin)));
+    // A person types on a terminal, and needs a key that is not the guest's to quit with; a pipe
+    // or a file is handed on as it is (terminal.rs).
+    if std::io::stdin().is_terminal() {
+        console = console.with_escape_key();
+    }
+    let mut devices: Vec<Box<dyn VirtioDevice>> = vec![Box::new(console)];
     for disk in &args.disks {
         devices.push(Box::new(Block::open(&disk.path, disk.read_only)?));
     }

@@ -4,7 +4,9 @@
 //! One port, two queues: the guest's output arrives in transmitq buffers and goes to the output
 //! (stdout); input read from the host (stdin, by the console's input thread) goes into the
 //! buffers the guest left in receiveq. Input that finds no buffer waits here until the guest adds
-//! some. What it may touch: its output, its input, the guest's buffers.
+//! some. Input typed on a terminal goes through the escape key first (terminal.rs's
+//! [`Escape`]): Ctrl-A x is not for the guest but ends the launcher. What it may touch: its
+//! output, its input, the guest's buffers.
 
 use std::collections::VecDeque;
 use std::fs::File;
@@ -17,12 +19,16 @@ use virtio_queue::{Queue, QueueT};
 use vm_memory::GuestMemoryMmap;
 
 use super::{Chain, InputState, VirtioDevice, RECEIVE_QUEUE};
+use crate::terminal::{Escape, Typed};
 
 const TRANSMIT_QUEUE: u16 = 1;
 /// The most output one buffer may carry: Linux's hvc driver sends at most a page at a time.
 const MAX_OUTPUT_PER_BUFFER: usize = 64 * 1024;
 /// How much input is read from the host at a time; it waits here until the guest takes it.
 const INPUT_CHUNK: usize = 4096;
+/// The most typed input (a terminal's, read whether or not the guest takes it) held for the
+/// guest: a page of typing, or a paste.
+const MAX_HELD_INPUT: usize = 64 * 1024;
 /// `struct virtio_console_config` (cols, rows, max_nr_ports, emerg_wr): none of the features
 /// that give its fields a meaning is offered, so it reads as zeros.
 const CONFIG: [u8; 12] = [0; 12];
@@ -31,6 +37,8 @@ const CONFIG: [u8; 12] = [0; 12];
 pub struct Console {
     output: Box<dyn Write + Send>,
     input: Option<File>,
+    /// The escape key, when the input is a terminal; `None` passes every byte on.
+    escape: Option<Escape>,
     pending_input: VecDeque<u8>,
 }
 
@@ -41,7 +49,16 @@ impl Console {
         Console {
             output,
             input,
+            escape: None,
             pending_input: VecDeque::new(),
+        }
+    }
+
+    /// Watches the input for the escape key: for a terminal, where a person types.
+    pub fn with_escape_key(self) -> Console {
+        Console {
+            escape: Some(Escape::default()),
+            ..self
         }
     }
 
@@ -72,6 +89,36 @@ impl Console {
             }
             0
         })
+    }
+
+    /// One read of the input into the pending input, through the escape key if it is watched:
+    /// `Drained`, or `Quit` for the escape key, or `Closed` at the input's end. Typed input the
+    /// guest does not take piles up to [`MAX_HELD_INPUT`]; more is dropped, as a serial port
+    /// drops what overruns its FIFO.
+    fn read_input(&mut self) -> InputState {
+        let Some(input) = &mut self.input else {
+            return InputState::Closed;
+        };
+        let mut bytes = [0; INPUT_CHUNK];
+        let len = match input.read(&mut bytes) {
+            Ok(0) => return InputState::Closed,
+            Ok(len) => len,
+            Err(error) if error.kind() == io::ErrorKind::Interrupted => return InputState::Drained,
+            Err(error) => {
+                warn!("virtio-console: cannot read input: {error}");
+                return InputState::Closed;
+            }
+        };
+        match &mut self.escape {
+            Some(escape) => {
+                if escape.filter(&bytes[..len], &mut self.pending_input) == Typed::Quit {
+                    return InputState::Quit;
+                }
+                self.pending_input.truncate(MAX_HELD_INPUT);
+            }
+            None => self.pending_input.extend(&bytes[..len]),
+        }
+        InputState::Drained
     }
 
     /// Moves pending input into receiveq buffers, as far as there are buffers.
@@ -139,31 +186,31 @@ impl VirtioDevice for Console {
         receive_queue: &mut Queue,
         mem: &GuestMemoryMmap,
     ) -> Result<InputState, virtio_queue::Error> {
-        // Read more only once what was read before is delivered: the host's input then waits in
-        // its own buffer (the terminal, the pipe) rather than piling up here.
         self.deliver_pending(receive_queue, mem)?;
-        if !self.pending_input.is_empty() {
+        // Without the escape key, read more only once what was read before is delivered: the
+        // host's input then waits in its own buffer (the pipe, the file) rather than piling up
+        // here. A terminal is always read, or the escape key would go unseen while the guest
+        // takes no input.
+        if self.escape.is_none() && !self.pending_input.is_empty() {
             return Ok(InputState::GuestFull);
         }
-        let Some(input) = &mut self.input else {
-            return Ok(InputState::Closed);
-        };
-        let mut bytes = [0; INPUT_CHUNK];
-        match input.read(&mut bytes) {
-            Ok(0) => return Ok(InputState::Closed),
-            Ok(len) => self.pending_input.extend(&bytes[..len]),
-            Err(error) if error.kind() == io::ErrorKind::Interrupted => {}
-            Err(error) => {
-                warn!("virtio-console: cannot read input: {error}");
-                return Ok(InputState::Closed);
-            }
+        let state = self.read_input();
+        if state != InputState::Drained {
+            return Ok(state);
         }
         self.deliver_pending(receive_queue, mem)?;
-        Ok(if self.pending_input.is_empty() {
+        Ok(if self.pending_input.is_empty() || self.escape.is_some() {
             InputState::Drained
         } else {
             InputState::GuestFull
         })
+    }
+
+    fn read_ahead(&mut self) -> InputState {
+        match self.escape {
+            Some(_) => self.read_input(),
+            None => InputState::GuestFull,
+        }
     }
 
     fn reset(&mut self) {
@@ -241,6 +288,42 @@ mod tests {
         assert_eq!(driver.read_bytes(more, 2), b"l\n");
         drop(input);
         assert_eq!(driver.transport().receive_input(), InputState::Closed);
+    }
+
+    #[test]
+    fn the_escape_key_is_watched_only_when_asked() {
+        for (escape, typed, state, delivered) in [
+            (false, &b"a\x01xb"[..], InputState::Drained, &b"a\x01xb"[..]),
+            (true, b"a\x01\x01\x03", InputState::Drained, b"a\x01\x03"),
+            (true, b"a\x01xb", InputState::Quit, b""),
+        ] {
+            let (console, _output, mut input) = console();
+            let console = if escape {
+                console.with_escape_key()
+            } else {
+                console
+            };
+            let mut driver = TestDriver::start(Box::new(console));
+            let buffer = driver.alloc(16);
+            driver.add_chain(0, &[(buffer, 16, true)]);
+            input.write_all(typed).unwrap();
+            assert_eq!(driver.transport().receive_input(), state, "{typed:?}");
+            assert_eq!(
+                driver.read_bytes(buffer, delivered.len()),
+                delivered,
+                "{typed:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_terminal_is_read_before_the_driver_is_ready() {
+        let (console, _output, mut input) = console();
+        let driver = TestDriver::new(Box::new(console.with_escape_key()));
+        input.write_all(b"ab").unwrap();
+        assert_eq!(driver.transport().receive_input(), InputState::Drained);
+        input.write_all(b"\x01x").unwrap();
+        assert_eq!(driver.transport().receive_input(), InputState::Quit);
     }
 
     #[test]

@@ -10,7 +10,8 @@
 //! would report the same waiting input again at once and the thread would spin. The transport
 //! writes an eventfd (the "kick") when the guest adds receive buffers, and the thread watches
 //! the input again. A thread ends when its input does (end of file on stdin); otherwise it lives
-//! as long as the process, which exits when the guest stops.
+//! as long as the process, which exits when the guest stops, or when the console's thread reads
+//! the escape key that quits (terminal.rs).
 
 use std::io;
 use std::os::fd::{AsRawFd, RawFd};
@@ -87,6 +88,7 @@ fn wait_for_input(transport: &Mutex<MmioTransport>, input_fd: RawFd, kick: &Even
                 InputState::Drained => {}
                 InputState::GuestFull => guest_full = true,
                 InputState::Closed => return,
+                InputState::Quit => crate::terminal::quit(),
             }
         }
     }

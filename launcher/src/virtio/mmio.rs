@@ -415,7 +415,7 @@ impl MmioTransport {
                 self.after_processing(index, used_before, result)
                     .unwrap_or(InputState::GuestFull)
             }
-            _ => InputState::GuestFull,
+            _ => self.device.read_ahead(),
         };
         self.input_waiting = state == InputState::GuestFull;
         state

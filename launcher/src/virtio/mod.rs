@@ -104,6 +104,14 @@ pub trait VirtioDevice: Send {
         Ok(InputState::Closed)
     }
 
+    /// The input fd is readable, but the guest's driver is not running or has no receive queue:
+    /// read it now if what comes must be seen at once (the console's escape key), or leave it
+    /// waiting (`GuestFull`, which stops the input thread watching until the guest is ready).
+    /// Must not block.
+    fn read_ahead(&mut self) -> InputState {
+        InputState::GuestFull
+    }
+
     /// The driver reset the device: forget anything kept for it. The transport resets the
     /// queues and registers itself.
     fn reset(&mut self) {}
@@ -119,6 +127,9 @@ pub enum InputState {
     GuestFull,
     /// The input is gone for good (end of file, an error).
     Closed,
+    /// The user typed the escape key that quits (the console's, on a terminal): the input
+    /// thread ends the launcher.
+    Quit,
 }
 
 /// How a device interrupts the guest. The launcher implements it by writing an IRQ request to

@@ -25,6 +25,8 @@ pub const FAILURE: i32 = 3;
 pub const LAUNCHER_ERROR: i32 = 1;
 /// The launcher's exit code for a command line it refuses (clap's too).
 pub const USAGE: i32 = 2;
+/// The launcher's exit code when the user typed Ctrl-A x on its terminal.
+pub const QUIT: i32 = 5;
 
 /// What a finished launcher left behind.
 pub struct Run {

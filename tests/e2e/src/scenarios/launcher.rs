@@ -14,7 +14,7 @@ use std::time::Duration;
 use anyhow::{bail, ensure, Context};
 
 use crate::check::Checks;
-use crate::launch::{self, FAILURE, LAUNCHER_ERROR, USAGE};
+use crate::launch::{self, FAILURE, LAUNCHER_ERROR, QUIT, USAGE};
 use crate::{elf, kmod};
 
 /// The host kernel's own bzImage (xz-compressed): a real kernel, but not one built for lguest.
@@ -23,6 +23,10 @@ const BZIMAGE: &str = "/boot/bzImage";
 const NO_NOTE: &str = "this kernel was not built to run under lguest";
 /// The ring-1 guest, for the runs that need a guest that does something (tests/guests/ring1).
 const RING1: &str = "/guests/ring1";
+/// The teaching guest, whose console self-test echoes a line typed on the console.
+const TEACHING: &str = "/guests/teaching-guest";
+/// What the teaching guest says when it waits for that line.
+const PROMPT: &str = "console-echo: type a line";
 /// A tap device no one created.
 const MISSING_TAP: &str = "lgnosuchtap";
 /// No run here should take more than a moment; a launcher that hangs is killed and fails. The
@@ -346,10 +350,12 @@ fn canonical(terminal: &std::fs::File) -> anyhow::Result<bool> {
 
 /// `launcher-terminal`: with a terminal on stdin, the launcher puts it in raw mode for the
 /// guest's console while the guest runs, and gives it back as it was on every way out: the
-/// guest powering off, and the launcher killed by a signal.
+/// guest powering off, the launcher killed by a signal, and the escape key Ctrl-A x. Keys that
+/// would be signals (Ctrl-C, Ctrl-Z) reach the guest as bytes, and so does Ctrl-A doubled; from
+/// a pipe, Ctrl-A x is two bytes like any others.
 pub fn terminal() -> anyhow::Result<()> {
     kmod::ensure_loaded()?;
-    let (_controller, terminal) = pseudo_terminal()?;
+    let (controller, terminal) = pseudo_terminal()?;
     ensure!(
         canonical(&terminal)?,
         "a fresh pseudo-terminal is not canonical"
@@ -392,5 +398,95 @@ pub fn terminal() -> anyhow::Result<()> {
     c.that(canonical(&terminal)?, || {
         "the terminal was left in raw mode after SIGTERM".to_owned()
     });
+
+    typed_keys_reach_the_guest(&mut c, &controller, &terminal)?;
+    ctrl_a_x_quits(&mut c, &controller, &terminal)?;
+
+    let run = launch::spawn_with_input(&["64m", TEACHING, "devices", "echo"], Some(b"a\x01xb\n"))?
+        .finish(PATIENCE)?;
+    c.that(
+        run.code == Some(0) && run.stdout.contains("echo: a\x01xb\n"),
+        || {
+            format!(
+                "from a pipe, Ctrl-A x should reach the guest as it is: {}, stdout: {}",
+                run.status(),
+                run.shown_stdout()
+            )
+        },
+    );
     c.finish()
+}
+
+/// Types Ctrl-C, Ctrl-Z, Ctrl-A Ctrl-A and Ctrl-A then a letter into the teaching guest's
+/// console test on the terminal: the guest reads them all, as the bytes the escape key makes of
+/// them, and powers off as usual.
+fn typed_keys_reach_the_guest(
+    c: &mut Checks,
+    controller: &std::fs::File,
+    terminal: &std::fs::File,
+) -> anyhow::Result<()> {
+    use std::io::Write;
+    let mut echo =
+        launch::spawn_on_terminal(&["64m", TEACHING, "devices", "echo"], terminal.try_clone()?)?;
+    echo.wait_for(PROMPT, 1, PATIENCE)?;
+    // Enter on a raw terminal is a carriage return, which ends the guest's line too.
+    (&*controller)
+        .write_all(b"c\x03z\x1a\x01\x01a\x01b\r")
+        .context("typing on the terminal")?;
+    let run = echo.finish(PATIENCE)?;
+    c.that(
+        run.code == Some(0) && run.stdout.contains(r#"read "c\u{3}z\u{1a}\u{1}a\u{1}b""#),
+        || {
+            format!(
+                "Ctrl-C, Ctrl-Z and Ctrl-A should reach the guest as bytes: {}, stdout: {}",
+                run.status(),
+                run.shown_stdout()
+            )
+        },
+    );
+    c.that(canonical(terminal)?, || {
+        "the terminal was left in raw mode after the console test".to_owned()
+    });
+    Ok(())
+}
+
+/// Ctrl-A x typed to a guest that spins ends the launcher with exit status QUIT, a line on
+/// stderr, and the terminal as it was.
+fn ctrl_a_x_quits(
+    c: &mut Checks,
+    controller: &std::fs::File,
+    terminal: &std::fs::File,
+) -> anyhow::Result<()> {
+    use std::io::Write;
+    let mut spinner = launch::spawn_on_terminal(&["64m", RING1, "spin"], terminal.try_clone()?)?;
+    let start = std::time::Instant::now();
+    while canonical(terminal)? && start.elapsed() < PATIENCE {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    // A Ctrl-C first: the launcher must live through it.
+    (&*controller)
+        .write_all(b"\x03")
+        .context("typing on the terminal")?;
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    c.that(spinner.alive()?, || {
+        "Ctrl-C on the terminal ended the launcher".to_owned()
+    });
+    (&*controller)
+        .write_all(b"\x01x")
+        .context("typing on the terminal")?;
+    let run = spinner.finish(PATIENCE)?;
+    c.that(
+        run.code == Some(QUIT) && run.stderr.contains("Ctrl-A x"),
+        || {
+            format!(
+                "Ctrl-A x should end the launcher with exit {QUIT} and say why: {}, stderr: {}",
+                run.status(),
+                run.shown()
+            )
+        },
+    );
+    c.that(canonical(terminal)?, || {
+        "the terminal was left in raw mode after Ctrl-A x".to_owned()
+    });
+    Ok(())
 }
