@@ -18,6 +18,7 @@ mod hazards;
 mod host_state;
 mod launcher;
 mod linux;
+mod linux_devices;
 mod module;
 mod privileged;
 mod resources;
@@ -28,7 +29,7 @@ pub struct Scenario {
     pub run: fn() -> anyhow::Result<()>,
 }
 
-pub static SCENARIOS: [Scenario; 76] = [
+pub static SCENARIOS: [Scenario; 77] = [
     Scenario {
         name: "module-load",
         run: module::load,
@@ -280,6 +281,10 @@ pub static SCENARIOS: [Scenario; 76] = [
     Scenario {
         name: "linux-panic",
         run: linux::panic_ends_the_launcher,
+    },
+    Scenario {
+        name: "linux-rng",
+        run: linux_devices::rng,
     },
     Scenario {
         name: "hostile-idt-gdt",
