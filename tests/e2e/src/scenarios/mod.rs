@@ -29,7 +29,7 @@ pub struct Scenario {
     pub run: fn() -> anyhow::Result<()>,
 }
 
-pub static SCENARIOS: [Scenario; 77] = [
+pub static SCENARIOS: [Scenario; 78] = [
     Scenario {
         name: "module-load",
         run: module::load,
@@ -281,6 +281,10 @@ pub static SCENARIOS: [Scenario; 77] = [
     Scenario {
         name: "linux-panic",
         run: linux::panic_ends_the_launcher,
+    },
+    Scenario {
+        name: "linux-block",
+        run: linux_devices::block,
     },
     Scenario {
         name: "linux-rng",
