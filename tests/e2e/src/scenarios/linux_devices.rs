@@ -4,13 +4,18 @@
 //! Each scenario boots the Linux guest with `lguest.run=script` and a shell script for its init
 //! (tests/harness/linux-guest/init) to run with `sh -e`: the commands a user would type, each
 //! result printed as a line `KEY VALUE` for the scenario to find on the console. The host's half
-//! (the disk image) is done here, in the VM.
+//! (the disk image, the tap device, the other end of a TCP connection) is done here, in the VM.
 //!
-//! Files are compared by CRC-32, as busybox's `crc32` prints it in the guest: enough to catch
-//! a lost, doubled or reordered block.
+//! Files are compared by CRC-32, as busybox's `crc32` prints it in the guest (and crc32fast
+//! computes it here, for what the host sent or received): enough to catch a lost, doubled or
+//! reordered block.
 
 use std::fs::{self, File};
+use std::io::{Read, Write};
+use std::net::{Ipv4Addr, SocketAddr, TcpListener};
 use std::process::Command;
+use std::sync::mpsc;
+use std::thread;
 use std::time::Duration;
 
 use anyhow::{ensure, Context};
@@ -19,6 +24,7 @@ use super::linux::{self, INIT_RUNNING};
 use crate::check::Checks;
 use crate::kmod;
 use crate::launch::{self, shorten, Run};
+use crate::netns;
 
 /// A boot, the script and a power-off. The slowest, linux-net's, took 10 to 16 s on 2 shared
 /// cores, 38 s with other builds and VMs on them, and 79 s with LGUEST_SLOWDOWN=3. A process
@@ -86,6 +92,11 @@ fn said(c: &mut Checks, what: &str, run: &Run, key: &str, want: &str) {
     c.that(got == Some(want), || {
         format!("{what}: expected \"{key} {want}\", got {got:?}")
     });
+}
+
+/// A CRC-32 as busybox's `crc32` prints it.
+fn crc32(bytes: &[u8]) -> String {
+    format!("{:08x}", crc32fast::hash(bytes))
 }
 
 /// The disk image for `linux-block`, in the VM's tmpfs: 8 MiB, 16384 sectors.
@@ -159,6 +170,116 @@ pub fn block() -> anyhow::Result<()> {
         "the read-only boot changed the image".to_owned()
     });
     c.finish()
+}
+
+/// The tap `linux-net` gives the guest, the host's address on it, the guest's, and the port the
+/// host serves its end of the transfers on.
+const TAP: &str = "lgtap0";
+const HOST_ADDRESS: [u8; 4] = [10, 0, 2, 2];
+const PORT: u16 = 5000;
+/// A locally administered MAC, so that the scenario can check the guest read it from the device.
+const MAC: &str = "52:54:00:6c:67:01";
+/// What busybox's ping says when every ping was answered.
+const PINGED: &str = "3 packets transmitted, 3 packets received, 0% packet loss";
+/// How many bytes go each way.
+const TRANSFER_BYTES: usize = 1 << 20;
+/// How long the scenario waits for the host's end once the guest has powered off: by then it
+/// has finished, or never will.
+const SERVER_PATIENCE: Duration = Duration::from_secs(5);
+
+/// The guest's half: bring eth0 up with an address, ping the host, fetch a file from the host
+/// and send one of its own random bytes to it, each over a TCP connection of its own.
+const NET_SCRIPT: &str = "\
+read -r mac </sys/class/net/eth0/address
+echo \"mac $mac\"
+ip link set eth0 up
+ip addr add 10.0.2.15/24 dev eth0
+ping -c 3 -q 10.0.2.2
+nc 10.0.2.2 5000 </dev/null >/tmp/from-host
+from_host=$(crc32 </tmp/from-host)
+echo \"from-host $from_host\"
+dd if=/dev/urandom of=/tmp/to-host bs=64k count=16 2>/dev/null
+to_host=$(crc32 </tmp/to-host)
+echo \"to-host $to_host\"
+nc 10.0.2.2 5000 </tmp/to-host
+";
+
+/// The host's end of the transfers: on the first connection it sends `payload` and closes; from
+/// the second it reads until the guest closes, and returns what it read.
+fn serve(listener: &TcpListener, payload: &[u8]) -> anyhow::Result<Vec<u8>> {
+    let (mut to_guest, _) = listener.accept().context("accept the guest's fetch")?;
+    to_guest
+        .write_all(payload)
+        .context("send the file to the guest")?;
+    // Closing is the end of the file: busybox's nc stops reading there.
+    drop(to_guest);
+    let (mut from_guest, _) = listener.accept().context("accept the guest's upload")?;
+    let mut got = Vec::new();
+    from_guest
+        .read_to_end(&mut got)
+        .context("read the guest's file")?;
+    Ok(got)
+}
+
+/// `linux-net`: in a network namespace of its own, a tap with 10.0.2.2/24 backs the guest's
+/// virtio NIC. The guest sees the MAC the launcher was given, sets 10.0.2.15/24 with busybox
+/// `ip`, pings the host three times and gets three answers, then moves 1 MiB each way over TCP
+/// with busybox `nc`: the checksum the guest prints of the file it fetched is that of the
+/// bytes the host sent, and the bytes the host received are those whose checksum the guest
+/// printed before sending them.
+pub fn net() -> anyhow::Result<()> {
+    kmod::ensure_loaded()?;
+    super::in_child(|| {
+        netns::enter_new()?;
+        netns::create_tap(TAP, HOST_ADDRESS)?;
+        let address = SocketAddr::from((Ipv4Addr::from(HOST_ADDRESS), PORT));
+        let listener = TcpListener::bind(address).with_context(|| format!("bind {address}"))?;
+        let mut payload = vec![0; TRANSFER_BYTES];
+        File::open("/dev/urandom")
+            .and_then(|mut f| f.read_exact(&mut payload))
+            .context("read /dev/urandom")?;
+        let sent = crc32(&payload);
+        // The guest's side runs to its end first; the host's end reports on a channel rather
+        // than being joined, as it would wait forever for a guest that never connected.
+        let (done, result) = mpsc::channel();
+        thread::spawn(move || {
+            // The receiver is gone only if the scenario already failed.
+            let _ = done.send(serve(&listener, &payload));
+        });
+        let net = format!("tap={TAP},mac={MAC}");
+        let run = run_script(&["--net", &net], NET_SCRIPT)?;
+
+        let mut c = Checks::new();
+        completed(&mut c, "the guest", &run);
+        said(&mut c, "the guest", &run, "mac", MAC);
+        c.that(run.stdout.lines().any(|l| l.trim_end() == PINGED), || {
+            format!("the guest's ping: expected {PINGED:?} on the console")
+        });
+        said(&mut c, "the guest", &run, "from-host", &sent);
+        match result.recv_timeout(SERVER_PATIENCE) {
+            Ok(Ok(received)) => {
+                let guest_sent = value(&run, "to-host");
+                c.that(
+                    received.len() == TRANSFER_BYTES
+                        && Some(crc32(&received).as_str()) == guest_sent,
+                    || {
+                        format!(
+                            "the host received {} bytes with checksum {}, the guest sent {} with \
+                             checksum {guest_sent:?}",
+                            received.len(),
+                            crc32(&received),
+                            TRANSFER_BYTES
+                        )
+                    },
+                );
+            }
+            Ok(Err(e)) => c.that(false, || format!("the host's end: {e:#}")),
+            Err(_) => c.that(false, || {
+                "the host's end never finished: the guest did not fetch and send".to_owned()
+            }),
+        }
+        c.finish()
+    })
 }
 
 /// The guest reads 64 bytes from /dev/hwrng twice, as hexadecimal.

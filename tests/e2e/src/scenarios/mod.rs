@@ -29,7 +29,7 @@ pub struct Scenario {
     pub run: fn() -> anyhow::Result<()>,
 }
 
-pub static SCENARIOS: [Scenario; 78] = [
+pub static SCENARIOS: [Scenario; 79] = [
     Scenario {
         name: "module-load",
         run: module::load,
@@ -285,6 +285,10 @@ pub static SCENARIOS: [Scenario; 78] = [
     Scenario {
         name: "linux-block",
         run: linux_devices::block,
+    },
+    Scenario {
+        name: "linux-net",
+        run: linux_devices::net,
     },
     Scenario {
         name: "linux-rng",
