@@ -9,7 +9,7 @@ out=$1
 
 root=$(mktemp -d)
 trap 'rm -rf "$root"' EXIT
-mkdir -p "$root"/{bin,proc,sys,dev,tmp,root}
+mkdir -p "$root"/{bin,proc,sys,dev,tmp,root,mnt}
 cp /bin/busybox "$root/bin/busybox"
 cp "$REPO/tests/harness/linux-guest/init" "$root/init"
 (cd "$root" && find . -print0 | cpio --null -o -H newc --quiet) | gzip -9 >"$out"

@@ -18,6 +18,7 @@ mod hazards;
 mod host_state;
 mod launcher;
 mod linux;
+mod linux_devices;
 mod module;
 mod privileged;
 mod resources;
@@ -28,7 +29,7 @@ pub struct Scenario {
     pub run: fn() -> anyhow::Result<()>,
 }
 
-pub static SCENARIOS: [Scenario; 76] = [
+pub static SCENARIOS: [Scenario; 79] = [
     Scenario {
         name: "module-load",
         run: module::load,
@@ -280,6 +281,18 @@ pub static SCENARIOS: [Scenario; 76] = [
     Scenario {
         name: "linux-panic",
         run: linux::panic_ends_the_launcher,
+    },
+    Scenario {
+        name: "linux-block",
+        run: linux_devices::block,
+    },
+    Scenario {
+        name: "linux-net",
+        run: linux_devices::net,
+    },
+    Scenario {
+        name: "linux-rng",
+        run: linux_devices::rng,
     },
     Scenario {
         name: "hostile-idt-gdt",
