@@ -23,7 +23,7 @@ set -euo pipefail
 . "$(dirname "$0")/common.sh"
 
 INIT_RUNNING="lguest-linux: init running on Linux 6.12"
-# 60 s, linux-boots' own patience: from QEMU's start to its exit the boot took 1.6 to 3.4 s on 2
+# 60 s, linux-boots' own patience: from QEMU's start to its exit the boot took 1.6 to 5.9 s on 2
 # shared cores (11 s once, beside a Rust build), and 6.0 to 7.0 s with LGUEST_SLOWDOWN=3
 # (docs/building.md).
 PATIENCE=60
