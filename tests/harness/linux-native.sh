@@ -1,0 +1,121 @@
+#!/usr/bin/env bash
+# The Linux guest booted natively: the very bzImage and initramfs that lguest-launcher runs under
+# lg.ko (linux-boots), booted by QEMU as the machine's own kernel. Like a Xen PV kernel on bare
+# metal, it is entered through startup_64 by the boot protocol rather than through the lguest
+# ELF note, so it never takes the lguest platform and its pv_ops stay native. That is what makes
+# a comparison of the two boots honest: one image, two worlds.
+# Usage: linux-native.sh [WORDS...]
+#
+# Builds the guest kernel and its initramfs (both cached or cheap), boots them on QEMU's microvm
+# machine and checks what linux-boots checks under lg.ko, where it applies natively: the banner
+# "Linux version 6.12", the e820 map (qboot's here, the launcher's there), the platform ("Booting
+# paravirtualized kernel on bare hardware", where under lg.ko it says "on lguest") and the init
+# running; then that init reached its end and the guest ended QEMU. WORDS go on the kernel's
+# command line after the harness's own (`lguest.run=demo`: init shows a few things first).
+#
+# It prints the banner, the platform line and everything from the init line on, then
+# `e2e-info linux-native: from QEMU's start, the banner after B s, init running after I s, QEMU
+# gone after T s`, in wall-clock time (the guest's own clock starts with the kernel, after the
+# firmware and the decompression, and drifts under TCG), and exits 0; or it ends with one
+# `error:` line saying what went wrong. The whole serial output is kept in
+# $CACHE/runs/linux-native-*.log.
+set -euo pipefail
+. "$(dirname "$0")/common.sh"
+
+INIT_RUNNING="lguest-linux: init running on Linux 6.12"
+# 60 s, linux-boots' own patience: from QEMU's start to its exit the boot took 1.6 to 5.9 s on 2
+# shared cores (11 s once, beside a Rust build), and 6.0 to 7.0 s with LGUEST_SLOWDOWN=3
+# (docs/building.md).
+PATIENCE=60
+
+[ $# = 0 ] || [[ $1 != -* ]] || die "usage: linux-native.sh [WORDS...] (WORDS go on the command line)"
+linux=$("$REPO/tests/harness/build-linux-guest.sh")
+dir=$(mktemp -d)
+trap 'rm -rf "$dir"' EXIT
+"$REPO/tests/harness/build-linux-rootfs.sh" "$dir/initramfs.cpio.gz"
+
+# The command line: the console on microvm's COM1 (under lg.ko it is hvc0), and an end that ends
+# QEMU. Without ACPI the guest cannot power the machine off (Linux halts and QEMU waits), so init
+# reboots instead (lguest.end=reboot), and -no-reboot turns the reboot into QEMU's exit, status
+# 0. reboot=t makes that reboot a triple fault, the reset QEMU turns into an exit. Linux's own
+# order tries ACPI and the keyboard controller (microvm has neither), then jumps back into the
+# firmware in real mode (reboot=b): no reset at all in QEMU's eyes, so qboot boots the guest
+# again, and again, until the timeout. (The teaching guest ends QEMU through isa-debug-exit
+# instead; from this guest's user space that would take /dev/port, which the kernel is built
+# without, and a config option for the test's sake alone.)
+# panic=-1: a panic reboots at once too, so a broken boot ends in seconds, its reason in the log.
+cmdline="console=ttyS0 reboot=t panic=-1 lguest.end=reboot${*:+ $*}"
+
+# stamp START DIR: copies QEMU's output to stdout without the serial console's carriage returns,
+# and notes in DIR how many milliseconds after START (an $EPOCHREALTIME) the kernel's banner came
+# out (banner-ms: firmware, loading and decompression behind it) and the init line (init-ms).
+stamp() {
+    local line
+    while IFS= read -r line || [ -n "$line" ]; do
+        line=${line%$'\r'}
+        printf '%s\n' "$line"
+        if [[ $line == *"Linux version"* ]] && [ ! -s "$2/banner-ms" ]; then
+            since "$1" >"$2/banner-ms"
+        elif [[ $line == *"$INIT_RUNNING"* ]] && [ ! -s "$2/init-ms" ]; then
+            since "$1" >"$2/init-ms"
+        fi
+    done
+}
+
+# since START: milliseconds since START, an $EPOCHREALTIME. Only its digits are used: its
+# decimal point is the locale's.
+since() {
+    local now=${EPOCHREALTIME//[!0-9]/} start=${1//[!0-9]/}
+    echo $(((now - start) / 1000))
+}
+
+# secs MILLISECONDS: in seconds, to a hundredth.
+secs() { printf '%d.%02d' $(($1 / 1000)) $(($1 % 1000 / 10)); }
+
+mkdir -p "$CACHE/runs"
+log=$CACHE/runs/linux-native-$(date +%Y%m%d-%H%M%S).log
+step "booting the Linux guest natively on microvm: $cmdline"
+# microvm: a PC without PCI or firmware tables to speak of, as the guest is configured (no PCI,
+# no ACPI), whose virtio devices sit on MMIO transports that QEMU names on the command line with
+# acpi=off, as the launcher does; its firmware (qboot) loads the bzImage in a blink and prints
+# nothing. COM1 (isa-serial, on by default) is the console. 64 MiB, as under lg.ko in
+# linux-boots (`lguest-launcher 64m`); one CPU, as the guest is built without SMP; -cpu max, as
+# the test VM has. The guest's output goes to the log.
+start=$EPOCHREALTIME
+if slowed timeout --foreground "$PATIENCE" qemu-system-x86_64 \
+    -M microvm,isa-serial=on,acpi=off -accel tcg -cpu max -m 64M -nographic -no-reboot \
+    -kernel "$linux/bzImage" -initrd "$dir/initramfs.cpio.gz" -append "$cmdline" \
+    </dev/null 2>&1 | stamp "$start" "$dir" >"$log"; then
+    status=0
+else
+    status=${PIPESTATUS[0]}
+fi
+took=$(since "$start")
+
+# The first thing missing, in the order a boot says them, is where it stopped; how QEMU ended
+# goes with it.
+case $status in
+0) qemu="QEMU exited" ;;
+124) qemu="QEMU was stopped after $PATIENCE s" ;;
+*) qemu="QEMU failed with status $status" ;;
+esac
+fail() { die "$*; $qemu (log: $log)"; }
+said() { grep -aq -- "$1" "$log"; }
+panic=$(grep -a -m1 'Kernel panic' "$log" || true)
+[ -z "$panic" ] || fail "the guest panicked: ${panic#*] }"
+said "Linux version 6.12" || fail "no banner on the console"
+said "BIOS-e820: \[mem 0x0000000000000000-" || fail "no e820 map on the console"
+platform=$(grep -a -m1 -o 'Booting paravirtualized kernel on .*' "$log" || true)
+[ "$platform" = "Booting paravirtualized kernel on bare hardware" ] ||
+    fail "the kernel did not say it runs on bare hardware: '${platform:-nothing}'"
+said "$INIT_RUNNING" || fail "init never ran"
+said "lguest-linux: rebooting" || fail "init ran but did not reach its end"
+[ "$status" = 0 ] || fail "the guest rebooted, but QEMU did not end"
+
+grep -a -m1 'Linux version' "$log"
+echo "$platform"
+sed -n "/$INIT_RUNNING/,\$p" "$log"
+init=$(secs "$(cat "$dir/init-ms")")
+echo "e2e-info linux-native: from QEMU's start, the banner after $(secs "$(cat "$dir/banner-ms")") s," \
+    "init running after $init s, QEMU gone after $(secs "$took") s"
+ok "Linux guest, native on microvm: init ran $init s after QEMU started (log: $log)"
