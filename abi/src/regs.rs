@@ -38,6 +38,28 @@ impl Reg {
     /// How many registers [`Regs`] holds.
     pub const COUNT: usize = 20;
 
+    /// The sixteen general registers in the order x86 numbers them in an instruction (ModRM,
+    /// REX): RAX is 0, RCX 1, ..., R15 15. The host's emulator and the launcher's MMIO decoder
+    /// both name registers this way.
+    pub const BY_ENCODING: [Reg; 16] = [
+        Reg::Rax,
+        Reg::Rcx,
+        Reg::Rdx,
+        Reg::Rbx,
+        Reg::Rsp,
+        Reg::Rbp,
+        Reg::Rsi,
+        Reg::Rdi,
+        Reg::R8,
+        Reg::R9,
+        Reg::R10,
+        Reg::R11,
+        Reg::R12,
+        Reg::R13,
+        Reg::R14,
+        Reg::R15,
+    ];
+
     /// All registers, in offset order.
     pub const ALL: [Reg; Reg::COUNT] = [
         Reg::Rax,

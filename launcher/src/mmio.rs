@@ -286,24 +286,6 @@ fn mask(width: usize) -> u64 {
 
 /// The general register an iced-x86 register is part of, and whether it is a high byte.
 fn general_register(register: Register) -> Option<(Reg, bool)> {
-    const BY_NUMBER: [Reg; 16] = [
-        Reg::Rax,
-        Reg::Rcx,
-        Reg::Rdx,
-        Reg::Rbx,
-        Reg::Rsp,
-        Reg::Rbp,
-        Reg::Rsi,
-        Reg::Rdi,
-        Reg::R8,
-        Reg::R9,
-        Reg::R10,
-        Reg::R11,
-        Reg::R12,
-        Reg::R13,
-        Reg::R14,
-        Reg::R15,
-    ];
     if !register.is_gpr() {
         return None;
     }
@@ -313,7 +295,7 @@ fn general_register(register: Register) -> Option<(Reg, bool)> {
     );
     let full = register.full_register();
     let number = full as usize - Register::RAX as usize;
-    BY_NUMBER.get(number).map(|reg| (*reg, high_byte))
+    Reg::BY_ENCODING.get(number).map(|reg| (*reg, high_byte))
 }
 
 /// The value a store writes from `register`, as wide as the register.

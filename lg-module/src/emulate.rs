@@ -55,26 +55,6 @@ enum Privileged {
     Out,
 }
 
-/// The general registers in ModRM order.
-const MODRM_REGS: [Reg; 16] = [
-    Reg::Rax,
-    Reg::Rcx,
-    Reg::Rdx,
-    Reg::Rbx,
-    Reg::Rsp,
-    Reg::Rbp,
-    Reg::Rsi,
-    Reg::Rdi,
-    Reg::R8,
-    Reg::R9,
-    Reg::R10,
-    Reg::R11,
-    Reg::R12,
-    Reg::R13,
-    Reg::R14,
-    Reg::R15,
-];
-
 /// The privileged instruction `bytes` start with, and its length, if it is one the host
 /// emulates (the table in the ABI's `privileged` module).
 fn decode(bytes: &[u8]) -> Option<(Privileged, u64)> {
@@ -133,7 +113,9 @@ pub fn emulate(bytes: &[u8], error: u64, regs: &mut Regs, host: HostCpu) -> Resu
         return Ok(false);
     };
     match insn {
-        Privileged::ReadCr4 { reg } => regs.set(MODRM_REGS[reg as usize], virtual_cr4(host.cr4)),
+        Privileged::ReadCr4 { reg } => {
+            regs.set(Reg::BY_ENCODING[reg as usize], virtual_cr4(host.cr4))
+        }
         Privileged::Xsetbv => {
             let index = regs.get(Reg::Rcx) as u32;
             let value = (regs.get(Reg::Rdx) as u32 as u64) << 32 | regs.get(Reg::Rax) as u32 as u64;
