@@ -23,8 +23,14 @@ die() { printf '\033[31merror: %s\033[0m\n' "$*" >&2; exit 1; }
 run_with_progress() {
     local log=$1 label=$2; shift 2
     local start; start=$(date +%s)
-    "$@" >"$log" 2>&1 &
-    local pid=$! last=$start
+    # A command started with & by a script ignores Ctrl-C, so a make left to itself would build
+    # on after the script is gone, and race the next run's clean-up. It runs in a session of
+    # its own instead, and an interrupted script takes all of it (compilers too) down first.
+    setsid "$@" >"$log" 2>&1 &
+    local pid=$!
+    # shellcheck disable=SC2064 # the trap must name this command's pid, known now
+    trap "kill -TERM -- -$pid 2>/dev/null; wait $pid; exit 130" INT TERM
+    local last=$start
     while kill -0 "$pid" 2>/dev/null; do
         sleep 2
         local now; now=$(date +%s)
@@ -34,7 +40,10 @@ run_with_progress() {
                 "$(tail -n 1 "$log" | cut -c1-80)" >&2
         fi
     done
-    if ! wait "$pid"; then
+    local status=0
+    wait "$pid" || status=$?
+    trap - INT TERM
+    if [ "$status" != 0 ]; then
         tail -n 30 "$log" >&2
         die "$label failed (full log: $log)"
     fi
