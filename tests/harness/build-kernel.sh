@@ -24,15 +24,9 @@ key=$( {
 KDIR=$CACHE/kernel/$key
 SRC=$KDIR/linux
 
-# One build per key at a time: a second run (another clone sharing the cache, a module build
-# that asks for the kernel) waits here for the first instead of deleting the tree it is
-# building, and then finds it built.
+# One build per key at a time: a second run waits for the first, and then finds it built.
 mkdir -p "$CACHE/kernel"
-exec 9>"$CACHE/kernel/$key.lock"
-if ! flock -n 9; then
-    step "host kernel $key: another run is building it, waiting"
-    flock 9
-fi
+hold_lock "$CACHE/kernel/$key.lock" "host kernel $key"
 
 if [ -f "$KDIR/built" ]; then
     echo "$SRC"

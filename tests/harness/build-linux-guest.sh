@@ -41,11 +41,7 @@ if [ -f "$OUT/bzImage" ]; then
 fi
 
 mkdir -p "$CACHE/linux-guest"
-exec 9>"$TREE.lock"
-if ! flock -n 9; then
-    step "Linux guest: another run is building in $TREE, waiting"
-    flock 9
-fi
+hold_lock "$TREE.lock" "the Linux guest in $TREE"
 # Another run may have built this very series while we waited.
 if [ -f "$OUT/bzImage" ]; then
     echo "$OUT"

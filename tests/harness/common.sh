@@ -153,3 +153,15 @@ configure_kernel() {
 config_options() {
     grep -v -e '^#' -e '^$' "$1"
 }
+
+# hold_lock FILE WHAT: takes an exclusive lock on FILE (on file descriptor 9) for the rest of the
+# script, saying first that it waits for WHAT if another run holds it. Two runs that would build
+# in the same tree (another clone sharing the cache, a module build that asks for the kernel)
+# then take turns instead of deleting what the other is building.
+hold_lock() {
+    exec 9>"$1"
+    if ! flock -n 9; then
+        step "another run is building $2, waiting"
+        flock 9
+    fi
+}
