@@ -616,7 +616,11 @@ fn page_fault(
             PinError::NoMemory => death!("page fault at {addr:#x}: the host is out of memory"),
         })?;
     let changed = shadow
-        .map(addr & !0xfff, shadow_pte_for(&mapping, phys))
+        .map(
+            addr & !0xfff,
+            shadow_pte_for(&mapping, phys),
+            mapping.global,
+        )
         .map_err(|_| death!("page fault at {addr:#x}: out of memory for shadow page tables"))?;
     if !changed {
         // The guest's tables allow it, yet the CPU refused: SMAP, SMEP or a protection key.

@@ -10,6 +10,11 @@
 //! root evicted) unpins it, and the launcher's memory is its own again. Dropping the tables
 //! unpins every page and frees every table.
 //!
+//! The lower half of each shadow root is that page table's own. The kernel half (PML4 slots 257
+//! to 511) is one set of tables every root points to, as the TLB keeps global entries across a
+//! CR3 load: Linux switches page tables, and flushes, at every context switch, and without this
+//! the kernel's text, stacks and data would fault back in after each one.
+//!
 //! What a guest can make the host allocate is bounded: a guest page is pinned once however many
 //! addresses map it (so pins never exceed guest RAM), and the shadow tables are thrown away
 //! and rebuilt on demand when they reach `MAX_SHADOW_TABLES`, however sparse the guest's own
@@ -21,6 +26,7 @@ use crate::abi::paging::{
 };
 use crate::chardev::lg_bindings;
 use crate::layout::*;
+use crate::shadow::{in_kernel_half, KERNEL_HALF_FIRST_SLOT};
 use crate::switcher::{KernelPage, Switcher, TABLE, WINDOW_PGD_SLOT};
 use kernel::{alloc::flags::GFP_KERNEL_ACCOUNT, bindings, prelude::*, rbtree::RBTree};
 
@@ -110,19 +116,38 @@ impl Drop for MemlockCharge {
     }
 }
 
-/// How many of the guest's page tables keep a shadow: switching back to one of them (a
-/// context switch to a recent process) keeps its mappings. lguest kept four.
+/// How many of the guest's page tables keep a shadow of their lower half: switching back to one
+/// of them (a context switch to a recent process) without a flush keeps its mappings. lguest kept
+/// four.
 const SHADOW_ROOTS: usize = 4;
 
-/// The shadow of one of the guest's page tables.
+/// The most kernel-half mappings of entries the guest did not mark global kept at once. Each is
+/// dropped at the next page-table switch, so they are remembered one by one; rather than keep
+/// more, the host lets the whole kernel half go.
+const MAX_LOCAL_KERNEL_MAPPINGS: usize = 64;
+
+/// The shadow of one of the guest's page tables: its lower half, and pointers to the Switcher's
+/// tables (slot 256) and to the kernel half's (slots 257 up).
 struct ShadowRoot {
     /// The guest's own PML4 (guest-physical) this shadows.
     guest_cr3: u64,
     /// When it was last switched to (a count of switches), to evict the least recently used.
     last_used: u64,
     root: KernelPage,
-    /// Every table page below the root, kept to be freed.
+    /// Every table page of its lower half, kept to be freed.
     tables: KVec<KernelPage>,
+}
+
+/// The kernel half of the address space: one shadow, which every root's top slots point into.
+struct KernelHalf {
+    /// The top-level entries from `KERNEL_HALF_FIRST_SLOT` up, as every root holds them.
+    top: KernelPage,
+    /// Every table page below them, kept to be freed.
+    tables: KVec<KernelPage>,
+    /// The addresses of mappings here whose guest entry is not global, the first `local_len`
+    /// of them: they go at the next page-table switch, as a non-global TLB entry would.
+    local: [u64; MAX_LOCAL_KERNEL_MAPPINGS],
+    local_len: usize,
 }
 
 pub(crate) struct ShadowTables {
@@ -130,6 +155,7 @@ pub(crate) struct ShadowTables {
     id: u64,
     /// The shadows of recent page tables; `roots[current]` is the one in use.
     roots: KVec<ShadowRoot>,
+    kernel: KernelHalf,
     current: usize,
     /// Switches so far: the clock of `ShadowRoot::last_used`.
     switches: u64,
@@ -197,6 +223,12 @@ impl ShadowTables {
         let mut tables = ShadowTables {
             id: switcher.new_guest_id(),
             roots: KVec::new(),
+            kernel: KernelHalf {
+                top: KernelPage::for_guest()?,
+                tables: KVec::new(),
+                local: [0; MAX_LOCAL_KERNEL_MAPPINGS],
+                local_len: 0,
+            },
             current: 0,
             switches: 0,
             switcher_pud: pud,
@@ -217,21 +249,33 @@ impl ShadowTables {
         Ok(tables)
     }
 
-    /// Use the shadow of the guest's page tables at `guest_cr3`: a cached one (emptied first if
-    /// `flush`: the guest wants its tables as they are now), or a new, empty one in place of the
-    /// least recently used (whose mappings are let go first).
+    /// Use the shadow of the guest's page tables at `guest_cr3`: a cached one (its lower half
+    /// emptied first if `flush`: the guest wants its tables as they are now), or a new one in
+    /// place of the least recently used (whose mappings are let go first). Either way the kernel
+    /// half stays, less its mappings of non-global entries.
     pub(crate) fn switch_to(&mut self, guest_cr3: u64, flush: bool) -> Result {
         self.switches += 1;
         if let Some(at) = self.roots.iter().position(|r| r.guest_cr3 == guest_cr3) {
+            if flush || at != self.current {
+                self.forget_local_kernel_mappings();
+            }
             if flush {
-                self.forget_mappings(at);
+                self.forget_lower_half(at);
             }
             self.current = at;
             self.roots[at].last_used = self.switches;
             return Ok(());
         }
+        self.forget_local_kernel_mappings();
         let mut root = KernelPage::for_guest()?;
         root.entries()[WINDOW_PGD_SLOT] = self.switcher_pud.phys() | TABLE;
+        let kernel_half = &self.kernel.top.entries()[KERNEL_HALF_FIRST_SLOT..];
+        for (mine, shared) in root.entries()[KERNEL_HALF_FIRST_SLOT..]
+            .iter_mut()
+            .zip(kernel_half)
+        {
+            *mine = *shared;
+        }
         let fresh = ShadowRoot {
             guest_cr3,
             last_used: self.switches,
@@ -245,49 +289,91 @@ impl ShadowTables {
             let oldest = (0..self.roots.len())
                 .min_by_key(|&i| self.roots[i].last_used)
                 .unwrap_or(0);
-            self.forget_mappings(oldest);
+            self.forget_lower_half(oldest);
             self.roots[oldest] = fresh;
             self.current = oldest;
         }
         Ok(())
     }
 
-    /// Forget the shadow mappings of the current page tables, or of all.
+    /// Forget the shadow mappings the guest's TLB flush covers: with `all`, every mapping of
+    /// every page table, global ones too (a kernel's global flush); else the current page
+    /// table's own and the kernel half's non-global ones (a CR3 reload).
     pub(crate) fn flush(&mut self, all: bool) {
         if all {
             for index in 0..self.roots.len() {
-                self.forget_mappings(index);
+                self.forget_lower_half(index);
             }
+            self.forget_kernel_half();
         } else {
-            self.forget_mappings(self.current);
+            self.forget_lower_half(self.current);
+            self.forget_local_kernel_mappings();
         }
     }
 
     /// Drop the shadow of the page at `va` from every root.
     pub(crate) fn invalidate(&mut self, va: u64) {
-        for index in 0..self.roots.len() {
-            if let Some(entry) = self.roots[index].leaf(va) {
-                let old = core::mem::replace(entry, 0);
-                self.unmapped(old);
+        if in_kernel_half(va) {
+            self.unmap_below(self.kernel.top.addr(), va);
+        } else {
+            for index in 0..self.roots.len() {
+                self.unmap_below(self.roots[index].root.addr(), va);
             }
         }
     }
 
-    /// Drop every mapping of root `index` but the Switcher's, and free its tables; the guest's
-    /// next touches fault them back in.
-    fn forget_mappings(&mut self, index: usize) {
+    /// Drop the leaf entry for `va` in the tables below the top-level table at `top`, if any.
+    fn unmap_below(&mut self, top: usize, va: u64) {
+        if let Some(entry) = leaf_below(top, va) {
+            // SAFETY: `leaf_below` found an entry of one of our table pages, which nothing
+            // else touches while we hold `&mut self`.
+            let old = unsafe { core::ptr::replace(entry, 0) };
+            self.unmapped(old);
+        }
+    }
+
+    /// Drop every mapping of root `index`'s lower half, and free its tables; the guest's next
+    /// touches fault them back in.
+    fn forget_lower_half(&mut self, index: usize) {
         let root = &mut self.roots[index];
         // Kept until the walk below is done: the entries lead into these pages.
         let tables = core::mem::take(&mut root.tables);
-        // SAFETY: The root page is this root's own, in the direct map; nothing else uses it
-        // while we hold `&mut self`.
-        let entries = unsafe { &mut *(root.root.addr() as *mut [u64; 512]) };
-        for (slot, entry) in entries.iter_mut().enumerate() {
-            if slot != WINDOW_PGD_SLOT {
-                self.release_below(core::mem::replace(entry, 0), 3);
-            }
-        }
+        let top = root.root.addr();
+        self.release_slots(top, 0..WINDOW_PGD_SLOT);
         drop(tables);
+    }
+
+    /// Drop every mapping of the kernel half and free its tables.
+    fn forget_kernel_half(&mut self) {
+        let tables = core::mem::take(&mut self.kernel.tables);
+        self.release_slots(
+            self.kernel.top.addr(),
+            KERNEL_HALF_FIRST_SLOT..TABLE_ENTRIES,
+        );
+        for root in self.roots.iter_mut() {
+            root.root.entries()[KERNEL_HALF_FIRST_SLOT..].fill(0);
+        }
+        self.kernel.local_len = 0;
+        drop(tables);
+    }
+
+    /// Drop the kernel half's mappings of non-global entries: the guest changed page tables.
+    fn forget_local_kernel_mappings(&mut self) {
+        for index in 0..self.kernel.local_len {
+            self.unmap_below(self.kernel.top.addr(), self.kernel.local[index]);
+        }
+        self.kernel.local_len = 0;
+    }
+
+    /// Empty the entries `slots` of the top-level table at `top`, letting go of every mapping
+    /// below them. The caller keeps the table pages alive until this returns.
+    fn release_slots(&mut self, top: usize, slots: core::ops::Range<usize>) {
+        // SAFETY: `top` is one of our top-level table pages, in the direct map; nothing else
+        // uses it while we hold `&mut self`.
+        let entries = unsafe { &mut *(top as *mut [u64; TABLE_ENTRIES]) };
+        for entry in &mut entries[slots] {
+            self.release_below(core::mem::replace(entry, 0), 3);
+        }
     }
 
     /// Let go of every leaf (4 KiB) mapping below the shadow table entry `entry`, which sits
@@ -430,10 +516,11 @@ impl ShadowTables {
         Ok(phys)
     }
 
-    /// Install `pte` for the 4 KiB page at guest-virtual `va` in the current root, creating
-    /// tables on the way. Returns whether the entry changed: a fault that leaves it as it was is
+    /// Install `pte` for the 4 KiB page at guest-virtual `va`, in the current root's lower half
+    /// or in the kernel half, creating tables on the way; `global` says whether the guest's
+    /// entry was global. Returns whether the entry changed: a fault that leaves it as it was is
     /// one the shadow cannot fix (SMAP, SMEP, a protection key), and would only come back.
-    pub(crate) fn map(&mut self, va: u64, pte: u64) -> Result<bool> {
+    pub(crate) fn map(&mut self, va: u64, pte: u64, global: bool) -> Result<bool> {
         // src/shadow.rs refuses faults in the window; this is the last line of defence.
         if ((va >> 39) & 0x1ff) as usize == WINDOW_PGD_SLOT {
             return Err(EINVAL);
@@ -441,6 +528,10 @@ impl ShadowTables {
         // The new mapping counts first: making room below may let go of every other mapping of
         // its page, which must stay pinned all the same.
         self.mapped(pte);
+        let local = in_kernel_half(va) && !global;
+        if local && self.kernel.local_len == MAX_LOCAL_KERNEL_MAPPINGS {
+            self.forget_kernel_half();
+        }
         let slot = match self.leaf_slot(va) {
             Ok(slot) => slot,
             Err(err) => {
@@ -448,60 +539,84 @@ impl ShadowTables {
                 return Err(err);
             }
         };
-        // SAFETY: `leaf_slot` returned an entry of one of the current root's table pages,
-        // which nothing else touches while we hold `&mut self`.
+        // SAFETY: `leaf_slot` returned an entry of one of our table pages, which nothing else
+        // touches while we hold `&mut self`.
         let old = unsafe { core::ptr::replace(slot, pte) };
         self.unmapped(old);
+        let kernel = &mut self.kernel;
+        if local && !kernel.local[..kernel.local_len].contains(&va) {
+            // There is room: it was made above.
+            kernel.local[kernel.local_len] = va;
+            kernel.local_len += 1;
+        }
         Ok(old != pte)
     }
 
-    /// The current root's leaf entry for `va`, creating the tables down to it (after emptying
-    /// every root if the tables have reached their bound).
+    /// The leaf entry for `va`, in the current root's lower half or in the kernel half,
+    /// creating the tables down to it (after emptying every table if they have reached their
+    /// bound). A new table at the top of the kernel half goes into every root.
     fn leaf_slot(&mut self, va: u64) -> Result<*mut u64> {
-        let total: usize = self.roots.iter().map(|r| r.tables.len()).sum();
-        if total + 3 > MAX_SHADOW_TABLES {
+        let lower: usize = self.roots.iter().map(|r| r.tables.len()).sum();
+        if lower + self.kernel.tables.len() + 3 > MAX_SHADOW_TABLES {
             self.flush(true);
         }
-        let root = &mut self.roots[self.current];
-        let mut table = root.root.addr();
-        for shift in [39u32, 30, 21] {
-            let index = ((va >> shift) & 0x1ff) as usize;
-            // SAFETY: `table` is one of this root's table pages (the root, or one found below).
-            let entries = unsafe { &mut *(table as *mut [u64; 512]) };
-            if entries[index] & PTE_PRESENT == 0 {
-                let fresh = KernelPage::for_guest()?;
-                let (phys, addr) = (fresh.phys(), fresh.addr());
-                root.tables.push(fresh, GFP_KERNEL_ACCOUNT)?;
-                entries[index] = phys | SHADOW_TABLE;
-                table = addr;
-            } else {
-                // SAFETY: Present entries below the root point to our own table pages, which
-                // live in the direct map.
-                table =
-                    unsafe { lg_bindings::lg_va((entries[index] & PTE_ADDR_MASK) as _) } as usize;
-            }
+        if !in_kernel_half(va) {
+            let root = &mut self.roots[self.current];
+            return leaf_creating(root.root.addr(), &mut root.tables, va);
         }
-        Ok((table as *mut u64).wrapping_add(((va >> 12) & 0x1ff) as usize))
+        let slot = leaf_creating(self.kernel.top.addr(), &mut self.kernel.tables, va)?;
+        let index = ((va >> 39) & 0x1ff) as usize;
+        let entry = self.kernel.top.entries()[index];
+        for root in self.roots.iter_mut() {
+            root.root.entries()[index] = entry;
+        }
+        Ok(slot)
     }
 }
 
-impl ShadowRoot {
-    /// The shadow leaf entry for `va`, if the tables down to it exist.
-    fn leaf(&mut self, va: u64) -> Option<&mut u64> {
-        let mut table = self.root.addr();
-        for shift in [39u32, 30, 21] {
-            // SAFETY: `table` is one of this root's table pages.
-            let entries = unsafe { &*(table as *const [u64; 512]) };
-            let entry = entries[((va >> shift) & 0x1ff) as usize];
-            if entry & PTE_PRESENT == 0
-                || (shift == 39 && ((va >> 39) & 0x1ff) as usize == WINDOW_PGD_SLOT)
-            {
-                return None;
-            }
-            // SAFETY: present entries below the root point to our own table pages.
-            table = unsafe { lg_bindings::lg_va((entry & PTE_ADDR_MASK) as _) } as usize;
+/// Entries in a table page of any level.
+const TABLE_ENTRIES: usize = 512;
+
+/// The leaf entry for `va` below the top-level table at `top`, creating the tables down to it
+/// (each kept in `tables`, to be freed).
+fn leaf_creating(top: usize, tables: &mut KVec<KernelPage>, va: u64) -> Result<*mut u64> {
+    let mut table = top;
+    for shift in [39u32, 30, 21] {
+        let index = ((va >> shift) & 0x1ff) as usize;
+        // SAFETY: `table` is one of our table pages (the top, or one found below), which the
+        // caller holds exclusively.
+        let entries = unsafe { &mut *(table as *mut [u64; TABLE_ENTRIES]) };
+        if entries[index] & PTE_PRESENT == 0 {
+            let fresh = KernelPage::for_guest()?;
+            let (phys, addr) = (fresh.phys(), fresh.addr());
+            tables.push(fresh, GFP_KERNEL_ACCOUNT)?;
+            entries[index] = phys | SHADOW_TABLE;
+            table = addr;
+        } else {
+            // SAFETY: Present entries below the top point to our own table pages, which live
+            // in the direct map.
+            table = unsafe { lg_bindings::lg_va((entries[index] & PTE_ADDR_MASK) as _) } as usize;
         }
-        // SAFETY: `table` is one of our page tables, exclusively ours through `&mut self`.
-        Some(unsafe { &mut (*(table as *mut [u64; 512]))[((va >> 12) & 0x1ff) as usize] })
     }
+    Ok((table as *mut u64).wrapping_add(((va >> 12) & 0x1ff) as usize))
+}
+
+/// The leaf entry for `va` below the top-level table at `top`, if the tables down to it exist.
+/// Never one below the Switcher's slot: those tables are the Switcher's, not the guest's.
+fn leaf_below(top: usize, va: u64) -> Option<*mut u64> {
+    if ((va >> 39) & 0x1ff) as usize == WINDOW_PGD_SLOT {
+        return None;
+    }
+    let mut table = top;
+    for shift in [39u32, 30, 21] {
+        // SAFETY: `table` is one of our table pages (the top, or one found below).
+        let entries = unsafe { &*(table as *const [u64; TABLE_ENTRIES]) };
+        let entry = entries[((va >> shift) & 0x1ff) as usize];
+        if entry & PTE_PRESENT == 0 {
+            return None;
+        }
+        // SAFETY: present entries below the top point to our own table pages.
+        table = unsafe { lg_bindings::lg_va((entry & PTE_ADDR_MASK) as _) } as usize;
+    }
+    Some((table as *mut u64).wrapping_add(((va >> 12) & 0x1ff) as usize))
 }

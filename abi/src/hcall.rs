@@ -51,16 +51,19 @@ pub const SHUTDOWN: u64 = 2;
 /// guest. The host keeps the shadows of the last few page tables by that address, so switching
 /// back to a recent one with RCX = 0 costs nothing, and keeps whatever the shadow held, even
 /// where the guest has since rewritten its tables without telling the host (SET_PTE,
-/// FLUSH_TLB). A guest that frees a page table and later uses its frame for another must flush
+/// FLUSH_TLB). The kernel half (from PML4 slot 257 up) is one shadow for every page table: what
+/// it maps from global entries ([`crate::paging::PTE_GLOBAL`]) survives every switch, as global
+/// TLB entries survive a CR3 load; what it maps from other entries goes at a switch to another
+/// page table. A guest that frees a page table and later uses its frame for another must flush
 /// the old one's mappings first (FLUSH_TLB, or NEW_PGTABLE_FLUSH when it switches to the new
 /// one), or the new one inherits its shadow.
 pub const NEW_PGTABLE: u64 = 4;
 /// NEW_PGTABLE's RCX: the guest flushed, as a Linux CR3 write without CR3_NOFLUSH does. The host
-/// drops whatever shadow it keeps of the new tables before it switches, so the shadow is rebuilt
-/// from the guest's tables as they are now.
+/// drops whatever shadow it keeps of the new tables, but for global kernel-half entries, before
+/// it switches, so the shadow is rebuilt from the guest's tables as they are now.
 pub const NEW_PGTABLE_FLUSH: u64 = 1 << 0;
-/// Forget cached translations (the guest's TLB flush): RBX = 0 for the current page tables,
-/// 1 for all of them. Needed after changing anything above the last level of a page table.
+/// Forget cached translations (the guest's TLB flush): RBX = 0 for the current page tables but
+/// global kernel-half entries (a CR3 reload), 1 for everything (a global flush). Needed after changing anything above the last level of a page table.
 pub const FLUSH_TLB: u64 = 5;
 /// A page-table entry changed (the guest has already written it): RBX = the virtual address it
 /// maps; the host drops its shadow of that 4 KiB page from every page table it keeps. A change

@@ -16,6 +16,10 @@ pub const PTE_ACCESSED: u64 = 1 << 5;
 pub const PTE_DIRTY: u64 = 1 << 6;
 /// Page size: in a PDPT entry a 1 GiB page, in a PD entry a 2 MiB page, instead of a table.
 pub const PTE_HUGE: u64 = 1 << 7;
+/// Global: the translation survives a CR3 load (with CR4.PGE), so a kernel's mappings, the same
+/// in every address space, need not be refilled after each switch. Under lguest the host keeps
+/// its shadows of global kernel entries across page-table switches in the same way.
+pub const PTE_GLOBAL: u64 = 1 << 8;
 /// Bits 12..51 of an entry: the physical address of the page or of the next table.
 pub const PTE_ADDR_MASK: u64 = 0x000f_ffff_ffff_f000;
 /// No-execute (needs EFER.NXE, which the host always has on).

@@ -12,12 +12,21 @@
 //! page read-only unless the guest's entry is already dirty, so that the first write faults too
 //! and the host can set the dirty bit, as the MMU would have.
 //!
+//! **The two halves.** The upper half of the address space, past the Switcher's slot, is a
+//! kernel's, the same in every process: the host keeps one shadow of it for every page table
+//! the guest switches between ([`in_kernel_half`]), as the TLB keeps global entries across a CR3
+//! load. A mapping there that the guest did not mark global ([`Mapping::global`]) is dropped
+//! whenever the guest changes page tables, as the TLB would drop it. The lower half is each
+//! page table's own, and a flush empties it.
+//!
 //! Guest-physical pages past RAM, up to the device limit, are device pages. They are never
 //! mapped: every access to one faults here and goes to the launcher (an MMIO exit), which
 //! emulates the instruction against its device models.
 
 use crate::abi::data::{SWITCHER_WINDOW_END, SWITCHER_WINDOW_START};
-use crate::abi::paging::{PTE_ACCESSED, PTE_DIRTY, PTE_NO_EXEC, PTE_PRESENT, PTE_USER, PTE_WRITE};
+use crate::abi::paging::{
+    PTE_ACCESSED, PTE_DIRTY, PTE_GLOBAL, PTE_NO_EXEC, PTE_PRESENT, PTE_USER, PTE_WRITE,
+};
 use crate::death;
 use crate::death::Death;
 use crate::pagewalk::Leaf;
@@ -36,6 +45,8 @@ pub struct Mapping {
     pub writable: bool,
     pub user: bool,
     pub no_exec: bool,
+    /// The guest's entry is global: in the kernel half, its shadow outlives page-table switches.
+    pub global: bool,
     /// The guest entry with accessed (and, for a write, dirty) set: the host writes it back.
     pub updated_entry: u64,
 }
@@ -128,8 +139,18 @@ pub fn decide(
         writable: leaf.writable && updated_entry & PTE_DIRTY != 0,
         user: leaf.user,
         no_exec: leaf.no_exec,
+        global: leaf.entry & PTE_GLOBAL != 0,
         updated_entry,
     })
+}
+
+/// The first top-level (PML4) slot of the kernel half: the one after the Switcher's window.
+pub const KERNEL_HALF_FIRST_SLOT: usize = (SWITCHER_WINDOW_END >> 39 & 0x1ff) as usize;
+
+/// Whether `va` lies in the kernel half, whose shadow every page table shares. The Switcher's
+/// window, just below it, belongs to neither half: no guest mapping is ever made there.
+pub fn in_kernel_half(va: u64) -> bool {
+    va >= SWITCHER_WINDOW_END
 }
 
 /// The shadow entry for `mapping`, backed by the host page at `host_phys`. Never global (the
@@ -193,6 +214,27 @@ mod tests {
             pte,
             0x7_7000 | PTE_PRESENT | PTE_WRITE | PTE_ACCESSED | PTE_DIRTY
         );
+    }
+
+    #[test]
+    fn the_global_bit_is_carried_to_the_mapping() {
+        let mut global = leaf(0x20_0000, true, false);
+        global.entry |= PTE_GLOBAL;
+        let kernel_va = 0xffff_ffff_8120_0000;
+        assert!(decide(kernel_va, 0, Some(global), PHYS).unwrap().global);
+        let local = leaf(0x20_0000, true, false);
+        assert!(!decide(kernel_va, 0, Some(local), PHYS).unwrap().global);
+    }
+
+    #[test]
+    fn the_kernel_half_starts_after_the_switcher_window() {
+        assert!(!in_kernel_half(0x7fff_ffff_f000), "the top of user space");
+        assert!(!in_kernel_half(SWITCHER_WINDOW_START));
+        assert!(!in_kernel_half(SWITCHER_WINDOW_END - 1));
+        assert!(in_kernel_half(SWITCHER_WINDOW_END));
+        assert!(in_kernel_half(0xffff_8880_0000_0000), "Linux's direct map");
+        assert!(in_kernel_half(0xffff_ffff_8100_0000), "Linux's kernel text");
+        assert_eq!(KERNEL_HALF_FIRST_SLOT, 257);
     }
 
     #[test]
