@@ -50,6 +50,9 @@ mod descriptors;
 #[allow(unreachable_pub)]
 #[path = "src/emulate.rs"]
 mod emulate;
+#[allow(unreachable_pub)]
+#[path = "src/fast_syscall.rs"]
+mod fast_syscall;
 mod fpu;
 #[allow(unreachable_pub)]
 #[path = "src/host_cpu.rs"]

@@ -29,6 +29,7 @@ use crate::death;
 use crate::death::Death;
 use crate::descriptors;
 use crate::emulate;
+use crate::fast_syscall;
 use crate::hypercall::{self, Hypercall, Shutdown};
 use crate::interrupts::{self, GuestGate};
 use crate::layout::*;
@@ -200,6 +201,17 @@ fn run_once(guest: &mut Guest<Owner>, switcher: &Switcher) -> Result<TrapInfo, D
         guest.kernel_stack,
     );
     switcher.set_syscall_gate(cpu, direct, guest.kernel_stack);
+    let shadow = &guest.owner.shadow;
+    // Before LGUEST_INIT there is no syscall_vec, and nothing to arm.
+    let syscall_vec = shadow.guest_data_word(offset::SYSCALL_VEC).unwrap_or(0);
+    let armed = fast_syscall::arm(
+        guest.fast_paths,
+        syscall_vec,
+        guest.idt.get(syscall_vec as usize).and_then(Option::as_ref),
+        guest.kernel_stack,
+        |va| shadow.kernel_may_write(va),
+    );
+    switcher.set_fast_syscall(cpu, armed);
     let regs_page = switcher.block_page(cpu, BLOCK_REGS);
     let host_page = switcher.block_page(cpu, BLOCK_HOST);
     let frame = traps::frame_from_regs(&guest.regs);
@@ -496,6 +508,11 @@ fn carry_out(
                 mem.write(data_gpa + field, &value.to_le_bytes())
                     .map_err(|_| death!("LGUEST_INIT: guest memory is not writable"))?;
             }
+            guest
+                .owner
+                .shadow
+                .map_guest_data(data_gpa, mem.base + data_gpa)
+                .map_err(|_| death!("LGUEST_INIT: cannot pin the lguest_data page"))?;
             guest.lguest_data = Some(data_gpa);
             Ok(None)
         }
@@ -706,10 +723,15 @@ fn exception(guest: &mut Guest<Owner>, vector: u64, error: u64) -> Result<(), De
         let (insn, len) = fetch_instruction(guest, rip);
         let gate = guest.idt.get(syscall_vec as usize).copied().flatten();
         if let (true, Some(gate)) = (emulate::is_syscall(&insn[..len]) && syscall_vec != 0, gate) {
-            guest.regs.set(Reg::Rip, rip + 2);
-            guest.regs.set(Reg::Rcx, rip + 2);
-            guest.regs.set(Reg::R11, guest.regs.get(Reg::Rflags));
-            return deliver(guest, syscall_vec, None, &gate);
+            // As the Switcher's fast path does it when armed (src/fast_syscall.rs).
+            let enabled = get_data(guest, offset::IRQ_ENABLED)?;
+            let delivery = fast_syscall::deliver(&guest.regs, &gate, guest.kernel_stack, enabled)?;
+            push_frame(guest, syscall_vec, delivery.frame_at, &delivery.frame)?;
+            guest.regs = delivery.regs;
+            if delivery.clears_if {
+                set_data(guest, offset::IRQ_ENABLED, 0)?;
+            }
+            return Ok(());
         }
     }
     // A double fault means the guest could not take a fault: there is nothing to reflect into.
@@ -793,18 +815,24 @@ fn deliver(
     let enabled = get_data(guest, offset::IRQ_ENABLED)?;
     let (frame, words) = interrupts::trap_frame(&guest.regs, enabled, error);
     let at = interrupts::frame_address(&guest.regs, guest.kernel_stack, words)?;
-    let mut bytes = [0u8; 48];
-    for (i, byte) in bytes.iter_mut().enumerate() {
-        *byte = (frame[i / 8] >> (8 * (i % 8))) as u8;
-    }
-    write_virtual(guest, at, &bytes[..words * 8]).map_err(|_| {
-        death!("cannot deliver trap {vector}: its stack at {at:#x} is not writable")
-    })?;
+    push_frame(guest, vector, at, &frame[..words])?;
     interrupts::enter_handler(&mut guest.regs, gate, at);
     if gate.interrupt_gate {
         set_data(guest, offset::IRQ_ENABLED, 0)?;
     }
     Ok(())
+}
+
+/// Write the trap frame `words` for `vector` at guest-virtual `at`, through the guest's page
+/// tables.
+fn push_frame(guest: &Guest<Owner>, vector: u64, at: u64, words: &[u64]) -> Result<(), Death> {
+    let mut bytes = [0u8; 48];
+    let len = (words.len() * 8).min(bytes.len());
+    for (i, byte) in bytes[..len].iter_mut().enumerate() {
+        *byte = (words[i / 8] >> (8 * (i % 8))) as u8;
+    }
+    write_virtual(guest, at, &bytes[..len])
+        .map_err(|_| death!("cannot deliver trap {vector}: its stack at {at:#x} is not writable"))
 }
 
 /// Sleep until an interrupt the guest can take is pending (unmasked, with a handler), or a

@@ -171,6 +171,10 @@ pub(crate) struct ShadowTables {
     by_phys: RBTree<u64, u64>,
     /// The CPU whose block the Switcher slot maps now.
     mapped_cpu: Option<u64>,
+    /// The host-physical address of the guest's lguest_data page, pinned for as long as the
+    /// tables and mapped at BLOCK_DATA in the block the Switcher slot maps, once LGUEST_INIT
+    /// named it (`map_guest_data`).
+    guest_data: Option<u64>,
     memlock: MemlockCharge,
 }
 
@@ -237,6 +241,7 @@ impl ShadowTables {
             pinned: RBTree::new(),
             by_phys: RBTree::new(),
             mapped_cpu: None,
+            guest_data: None,
             // INVARIANT: live for as long as the tables (the caller's contract); nothing is
             // charged yet.
             memlock: MemlockCharge {
@@ -467,6 +472,58 @@ impl ShadowTables {
             }
         }
         self.mapped_cpu = Some(cpu);
+        self.map_guest_data_in_block();
+    }
+
+    /// Keep the guest's lguest_data page (guest-physical `gpa_page`, at the launcher's
+    /// `user_addr`) pinned for as long as the tables, and map it at BLOCK_DATA in whichever
+    /// CPU's block the guest runs on, supervisor-only: there the Switcher's fast paths read and
+    /// write it without a fault (src/fast_syscall.rs). The guest may write the page anyway.
+    pub(crate) fn map_guest_data(&mut self, gpa_page: u64, user_addr: u64) -> Result<(), PinError> {
+        let phys = self.pin(gpa_page, user_addr)?;
+        // A mapping that is never let go: the page stays pinned while the Switcher may use it.
+        self.mapped(phys);
+        self.guest_data = Some(phys);
+        self.map_guest_data_in_block();
+        Ok(())
+    }
+
+    fn map_guest_data_in_block(&mut self) {
+        if let (Some(cpu), Some(phys)) = (self.mapped_cpu, self.guest_data) {
+            let slot = ((block_offset(cpu) + BLOCK_DATA) / PAGE) as usize;
+            self.switcher_pt.entries()[slot] = phys | GUEST_WRITABLE;
+        }
+    }
+
+    /// The guest's lguest_data word at `offset`, as the Switcher would read it now; `None`
+    /// before LGUEST_INIT.
+    pub(crate) fn guest_data_word(&self, offset: u64) -> Option<u64> {
+        let phys = self.guest_data?;
+        // SAFETY: The page is pinned for as long as the tables (`map_guest_data`), and lies in
+        // the direct map; `offset` is one of lguest_data's u64 fields, inside the page and
+        // aligned. The guest or the launcher may write it at any time: one volatile read.
+        Some(unsafe {
+            core::ptr::read_volatile(
+                (lg_bindings::lg_va(phys as _) as usize + offset as usize) as *const u64,
+            )
+        })
+    }
+
+    /// Whether the page at `va` is mapped writable and supervisor-only in the shadow the guest
+    /// runs on: a write there by the Switcher, at ring 0, cannot fault (protection keys govern
+    /// only user pages).
+    pub(crate) fn kernel_may_write(&self, va: u64) -> bool {
+        let top = if in_kernel_half(va) {
+            self.kernel.top.addr()
+        } else {
+            self.roots[self.current].root.addr()
+        };
+        let Some(entry) = leaf_below(top, va) else {
+            return false;
+        };
+        // SAFETY: `leaf_below` found an entry of one of our table pages; `&self` keeps them.
+        let entry = unsafe { *entry };
+        entry & (PTE_PRESENT | PTE_WRITE | PTE_USER) == PTE_PRESENT | PTE_WRITE
     }
 
     /// The physical address of the launcher's page backing guest-physical page `gpa_page`

@@ -15,6 +15,7 @@ use crate::abi::data::SWITCHER_WINDOW_START;
 use crate::abi::paging::{PTE_ACCESSED, PTE_DIRTY, PTE_NO_EXEC, PTE_PRESENT, PTE_WRITE};
 use crate::chardev::lg_bindings;
 use crate::descriptors;
+use crate::fast_syscall::Armed;
 use crate::host_cpu;
 use crate::layout::*;
 use core::sync::atomic::{AtomicU64, Ordering};
@@ -365,6 +366,20 @@ impl Switcher {
             idt.add(descriptors::DIRECT_TRAP_VECTOR).write(gate);
             (rsp1 as *mut u64).write_unaligned(kernel_stack);
         }
+    }
+
+    /// Arm the Switcher's fast path for a user `syscall` on CPU `cpu` for the coming trip, or
+    /// disarm it (src/fast_syscall.rs).
+    pub(crate) fn set_fast_syscall(&self, cpu: u64, armed: Option<Armed>) {
+        let words = match armed {
+            Some(a) => [a.vector, a.handler, a.frame_at, a.clears_if as u64],
+            None => [0; 4],
+        };
+        let state = self.block_page(cpu, BLOCK_STATE) + STATE_FAST_VECTOR as usize;
+        // SAFETY: This CPU's state page, allocated at load for every possible CPU, with room
+        // for the four words (src/layout.rs checks); with interrupts off nothing else on this
+        // CPU uses it, and other CPUs use their own.
+        unsafe { core::ptr::copy_nonoverlapping(words.as_ptr(), state as *mut u64, words.len()) };
     }
 
     /// The direct-map address of a page of CPU `cpu`'s block (`offset` is a `BLOCK_*`).

@@ -29,11 +29,13 @@
  */
 #include <linux/linkage.h>
 #include <asm/msr-index.h>
+#include <asm/processor-flags.h>
 
 #define PAGE			4096
 #define TEXT_PAGES		2
 #define FIRST_BLOCK_PAGE	2
 #define BLOCK_PAGES		16
+#define BLOCK_DATA		0
 #define BLOCK_REGS		(12 * PAGE)
 #define BLOCK_STATE		(13 * PAGE)
 #define BLOCK_HOST		(14 * PAGE)
@@ -58,11 +60,16 @@
 #define F_VECTOR		(15 * 8)
 #define F_ERRCODE		(16 * 8)
 #define F_CS			(18 * 8)
+#define INVALID_OPCODE		6
 #define PAGE_FAULT		14
 
 /* State page */
 #define STATE_GDTR		512
 #define STATE_IDTR		528
+#define STATE_FAST_VECTOR	1024
+#define STATE_FAST_HANDLER	1032
+#define STATE_FAST_FRAME	1040
+#define STATE_FAST_CLEARS_IF	1048
 #define STATE_GDT		0
 #define TSS_SELECTOR		0x40
 /* Byte 5 of a TSS descriptor holds its type; bit 1 of the type is "busy". */
@@ -84,6 +91,14 @@
 #define HOST_GUEST_GS_BASE	120
 #define HOST_GUEST_CR3		128
 #define HOST_GUEST_CR4		136
+
+/* The guest's lguest_data page, mapped at BLOCK_DATA in its view */
+#define DATA_SYSCALL_VEC	72
+#define DATA_IRQ_ENABLED	16
+
+/* The guest kernel's selectors, ring 1 */
+#define GUEST_KERNEL_CS		((10 << 3) | 1)
+#define GUEST_KERNEL_SS		((11 << 3) | 1)
 
 /* wrmsr of the 64-bit value at \mem into MSR \msr. Clobbers rax, rcx, rdx. */
 .macro WRMSR_FROM msr, mem
@@ -293,6 +308,140 @@ common_exit:
 	ret
 
 /*
+ * The fast path for a user `syscall`, which is a #UD while a guest runs (EFER.SCE is off): when
+ * the host armed it for this trip (the state page's STATE_FAST_*, which the guest can read but
+ * not write), the system call is delivered here, in the guest's address space, and the guest
+ * resumes at its handler without the host ever running. lg-module/src/fast_syscall.rs is the
+ * same thing in Rust, tested against the host's slow path, and argues why nothing here can
+ * fault: the frame's pages were checked writable and supervisor-only in the shadow before the
+ * trip, the lguest_data page is mapped in this block, and the instruction bytes are the ones
+ * the CPU has just fetched. Anything that is not an armed user `syscall` leaves like any trap,
+ * with every register as it came.
+ *
+ * Stack: vector, error code, RIP, CS, RFLAGS, RSP, SS; below them, six saved registers.
+ */
+#define UD_SAVED	(6 * 8)
+#define UD_RCX		(3 * 8)
+#define UD_RIP		(UD_SAVED + 16)
+#define UD_CS		(UD_SAVED + 24)
+#define UD_RFLAGS	(UD_SAVED + 32)
+#define UD_RSP		(UD_SAVED + 40)
+#define UD_SS		(UD_SAVED + 48)
+ud_exit:
+	pushq	%rax
+	pushq	%rbx
+	pushq	%rcx
+	pushq	%rdx
+	pushq	%rsi
+	pushq	%rdi
+	/* From ring 3 only: anything else is a fault of the guest kernel's, or of ours. */
+	movl	UD_CS(%rsp), %eax
+	andl	$3, %eax
+	cmpl	$3, %eax
+	jne	ud_slow
+	BLOCK_FROM_GDT %rbx
+	cmpq	$0, (BLOCK_STATE + STATE_FAST_VECTOR)(%rbx)
+	je	ud_slow
+
+	/*
+	 * The instruction, `0f 05`. Protection keys can forbid even the kernel to read a user
+	 * page, and the guest chooses PKRU: they are lifted for the read (%rdi keeps the guest's,
+	 * or -1 with CR4.PKE off, where rdpkru and wrpkru do not exist). The second byte is read
+	 * only after the first is 0x0f: a one-byte opcode may end the last mapped page.
+	 */
+	movq	$-1, %rdi
+	movq	%cr4, %rax
+	btq	$X86_CR4_PKE_BIT, %rax
+	jnc	1f
+	xorl	%ecx, %ecx
+	rdpkru
+	movl	%eax, %edi
+	xorl	%eax, %eax
+	xorl	%edx, %edx
+	wrpkru
+1:
+	xorl	%esi, %esi
+	movq	UD_RIP(%rsp), %rax
+	cmpb	$0x0f, (%rax)
+	jne	2f
+	cmpb	$0x05, 1(%rax)
+	jne	2f
+	incl	%esi
+2:
+	cmpq	$-1, %rdi
+	je	3f
+	movl	%edi, %eax
+	xorl	%ecx, %ecx
+	xorl	%edx, %edx
+	wrpkru
+3:
+	testl	%esi, %esi
+	jz	ud_slow
+	/* syscall_vec, read once: still the vector the host armed? */
+	movq	(BLOCK_DATA + DATA_SYSCALL_VEC)(%rbx), %rax
+	cmpq	(BLOCK_STATE + STATE_FAST_VECTOR)(%rbx), %rax
+	jne	ud_slow
+
+	/*
+	 * Deliver. The frame on the guest's kernel stack: RIP past the instruction, CS, RFLAGS
+	 * with the virtual interrupt flag for IF, RSP, SS; RCX and R11 as SYSCALL sets them.
+	 */
+	movq	(BLOCK_STATE + STATE_FAST_FRAME)(%rbx), %rdx
+	movq	UD_RIP(%rsp), %rax
+	addq	$2, %rax
+	movq	%rax, (%rdx)
+	movq	%rax, UD_RCX(%rsp)
+	movq	UD_CS(%rsp), %rax
+	movq	%rax, 8(%rdx)
+	movq	UD_RFLAGS(%rsp), %r11
+	movq	%r11, %rax
+	andq	$~X86_EFLAGS_IF, %rax
+	cmpq	$0, (BLOCK_DATA + DATA_IRQ_ENABLED)(%rbx)
+	je	4f
+	orq	$X86_EFLAGS_IF, %rax
+4:
+	movq	%rax, 16(%rdx)
+	movq	UD_RSP(%rsp), %rax
+	movq	%rax, 24(%rdx)
+	movq	UD_SS(%rsp), %rax
+	movq	%rax, 32(%rdx)
+	/* An interrupt gate turns the virtual interrupt flag off. */
+	cmpq	$0, (BLOCK_STATE + STATE_FAST_CLEARS_IF)(%rbx)
+	je	5f
+	movq	$0, (BLOCK_DATA + DATA_IRQ_ENABLED)(%rbx)
+5:
+	/*
+	 * The CPU's frame becomes the way into the handler at ring 1, on the frame just written,
+	 * with RFLAGS as the host's check of every entry leaves them (traps::sane_rflags).
+	 */
+	movq	(BLOCK_STATE + STATE_FAST_HANDLER)(%rbx), %rax
+	movq	%rax, UD_RIP(%rsp)
+	movq	$GUEST_KERNEL_CS, UD_CS(%rsp)
+	movq	%r11, %rax
+	orq	$(X86_EFLAGS_FIXED | X86_EFLAGS_IF), %rax
+	andq	$~(X86_EFLAGS_IOPL | X86_EFLAGS_NT | X86_EFLAGS_VM), %rax
+	movq	%rax, UD_RFLAGS(%rsp)
+	movq	%rdx, UD_RSP(%rsp)
+	movq	$GUEST_KERNEL_SS, UD_SS(%rsp)
+	popq	%rdi
+	popq	%rsi
+	popq	%rdx
+	popq	%rcx
+	popq	%rbx
+	popq	%rax
+	addq	$16, %rsp		/* vector and error code */
+	iretq
+
+ud_slow:
+	popq	%rdi
+	popq	%rsi
+	popq	%rdx
+	popq	%rcx
+	popq	%rbx
+	popq	%rax
+	jmp	common_exit
+
+/*
  * NMI, double fault and machine check arrive on IST stacks (block pages 9-11), so that they
  * have a good stack even in the middle of a switch. From the guest, their frame moves to the
  * regs page and they leave like any trap. From the Switcher itself, an NMI or machine check is
@@ -368,6 +517,8 @@ stubs:
 	pushq	$vector
 	.if vector == 2
 	jmp	nmi_exit
+	.elseif vector == INVALID_OPCODE
+	jmp	ud_exit
 	.elseif vector == 8
 	jmp	double_fault_exit
 	.elseif vector == 18
@@ -403,6 +554,9 @@ SYM_DATA_START(lg_switcher_layout)
 	.quad	HOST_RSP, HOST_GDTR, HOST_IDTR, HOST_GDTR_RW
 	.quad	HOST_FS_BASE, HOST_GS_BASE, HOST_KERNEL_GS_BASE, HOST_DS, HOST_ES, HOST_CR4
 	.quad	HOST_GUEST_FS_BASE, HOST_GUEST_GS_BASE, HOST_GUEST_CR3, HOST_GUEST_CR4
+	.quad	BLOCK_DATA, STATE_FAST_VECTOR, STATE_FAST_HANDLER, STATE_FAST_FRAME
+	.quad	STATE_FAST_CLEARS_IF, DATA_SYSCALL_VEC, DATA_IRQ_ENABLED
+	.quad	GUEST_KERNEL_CS, GUEST_KERNEL_SS
 SYM_DATA_END(lg_switcher_layout)
 
 /*

@@ -10,6 +10,7 @@
 //! | [`IRQ`]          | 2     | IRQ number, below [`crate::hcall::IRQS`]                     |
 //! | [`GETREG`]       | 2     | register offset ([`crate::regs::Reg::offset`])               |
 //! | [`SETREG`]       | 3     | register offset, new value                                   |
+//! | [`FAST_PATHS`]   | 2     | 0 to turn the Switcher's fast paths off, 1 to turn them on   |
 //!
 //! `read()` after GETREG returns that register as 8 bytes; any other `read()` runs the guest
 //! until it needs the launcher and returns an exit record ([`crate::exit`]). The request codes
@@ -33,6 +34,11 @@ pub const IRQ: u64 = 2;
 pub const GETREG: u64 = 5;
 /// Change one register (general registers, RIP and RSP only).
 pub const SETREG: u64 = 6;
+/// Turn the Switcher's fast paths (a user `syscall` delivered without leaving the guest's
+/// address space: lg-module/src/fast_syscall.rs) off (0) or on (1, as every guest starts). For
+/// comparing the two, and for showing that a hostile guest meets the same checks either way.
+/// After INITIALIZE; takes effect at the guest's next trip in.
+pub const FAST_PATHS: u64 = 9;
 
 /// The most guest-physical memory (RAM plus device pages) one guest may have: 64 GiB.
 ///
@@ -80,6 +86,10 @@ pub enum Request {
         offset: u64,
         value: u64,
     },
+    /// FAST_PATHS: whether the Switcher's fast paths are on.
+    FastPaths {
+        on: bool,
+    },
 }
 
 /// The largest request on the wire, in bytes (INITIALIZE).
@@ -120,6 +130,8 @@ pub enum Refusal {
     NoMemory,
     /// EINVAL: IRQ of an interrupt number the guest does not have.
     NoSuchIrq,
+    /// EINVAL: FAST_PATHS with a word other than 0 or 1.
+    NotABoolean,
 }
 
 impl Refusal {
@@ -138,7 +150,7 @@ impl Refusal {
         const EOPNOTSUPP: i32 = 95;
         match self {
             Refusal::ShortWrite | Refusal::Misaligned | Refusal::NoSuchRegister => EINVAL,
-            Refusal::ShortRead | Refusal::NoSuchIrq => EINVAL,
+            Refusal::ShortRead | Refusal::NoSuchIrq | Refusal::NotABoolean => EINVAL,
             Refusal::LongWrite => E2BIG,
             Refusal::UnknownRequest => EOPNOTSUPP,
             Refusal::NoMemory => ENOMEM,
@@ -193,6 +205,7 @@ impl Request {
             Request::Irq { irq } => Encoded::from_words(&[IRQ, irq]),
             Request::GetReg { offset } => Encoded::from_words(&[GETREG, offset]),
             Request::SetReg { offset, value } => Encoded::from_words(&[SETREG, offset, value]),
+            Request::FastPaths { on } => Encoded::from_words(&[FAST_PATHS, on as u64]),
         }
     }
 
@@ -209,7 +222,7 @@ impl Request {
         }
         let words = match word(0) {
             INITIALIZE => 7,
-            IRQ | GETREG => 2,
+            IRQ | GETREG | FAST_PATHS => 2,
             SETREG => 3,
             _ => return Err(Refusal::UnknownRequest),
         };
@@ -230,6 +243,11 @@ impl Request {
             }),
             IRQ => Request::Irq { irq: word(1) },
             GETREG => Request::GetReg { offset: word(1) },
+            FAST_PATHS => match word(1) {
+                0 => Request::FastPaths { on: false },
+                1 => Request::FastPaths { on: true },
+                _ => return Err(Refusal::NotABoolean),
+            },
             _ => Request::SetReg {
                 offset: word(1),
                 value: word(2),
@@ -263,6 +281,8 @@ mod tests {
                 offset: 16,
                 value: u64::MAX,
             },
+            Request::FastPaths { on: false },
+            Request::FastPaths { on: true },
         ] {
             assert_eq!(Request::decode(req.encode().as_bytes()), Ok(req));
         }
@@ -297,6 +317,11 @@ mod tests {
         assert_eq!(
             Request::decode(&u64::MAX.to_le_bytes()),
             Err(Refusal::UnknownRequest)
+        );
+        let two = |a: u64, b: u64| [a.to_le_bytes(), b.to_le_bytes()].concat();
+        assert_eq!(
+            Request::decode(&two(FAST_PATHS, 2)),
+            Err(Refusal::NotABoolean)
         );
     }
 

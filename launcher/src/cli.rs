@@ -134,6 +134,10 @@ pub struct Args {
     /// Run without the seccomp filter (for debugging the launcher: see Confinement below)
     #[arg(long)]
     no_seccomp: bool,
+    /// Take every guest system call through the host, never the Switcher's fast path (for
+    /// comparing the two)
+    #[arg(long)]
+    no_fast_paths: bool,
 }
 
 /// What the command line asks for, checked.
@@ -155,6 +159,8 @@ pub struct Request {
     pub chroot: Option<PathBuf>,
     /// Whether to install the seccomp filter: not `--no-seccomp`.
     pub seccomp: bool,
+    /// Whether the Switcher may take its fast paths: not `--no-fast-paths`.
+    pub fast_paths: bool,
 }
 
 /// A disk, as `--block` asks for it.
@@ -255,6 +261,7 @@ impl Args {
             user: self.user,
             chroot: self.chroot,
             seccomp: !self.no_seccomp,
+            fast_paths: !self.no_fast_paths,
         })
     }
 }
@@ -308,6 +315,7 @@ impl Request {
             (self.no_reboot, "--no-reboot"),
             (self.trace, "--trace"),
             (!self.seccomp, "--no-seccomp"),
+            (!self.fast_paths, "--no-fast-paths"),
         ];
         for (_, flag) in flags.into_iter().filter(|(on, _)| *on) {
             args.push(flag.into());
@@ -586,7 +594,7 @@ mod tests {
             "64 bzImage",
             "-vv --trace --rng --no-reboot --initrd=-i.img --block=-d.img,ro --block e.img \
              --net tap=a,mac=02:00:00:00:00:01 --net tap=b -- 1g -bzImage quiet",
-            "--user=-nobody:65534 --chroot=-jail --no-seccomp 64m bzImage",
+            "--user=-nobody:65534 --chroot=-jail --no-seccomp --no-fast-paths 64m bzImage",
             "65536k bzImage -- --block d.img -v",
             "64m bzImage quiet -- --rng -- init",
         ] {

@@ -51,6 +51,11 @@ impl LguestDevice {
         self.request(Request::Initialize(*init))
     }
 
+    /// Turns the Switcher's fast paths for this guest on or off (FAST_PATHS).
+    pub fn set_fast_paths(&self, on: bool) -> io::Result<()> {
+        self.request(Request::FastPaths { on })
+    }
+
     /// Raises interrupt `irq` in the guest (IRQ). Any thread may: the devices' input threads
     /// do, while the main thread runs the guest.
     pub fn raise_irq(&self, irq: u32) -> io::Result<()> {

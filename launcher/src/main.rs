@@ -200,6 +200,10 @@ fn launch(args: &mut Request, user: Option<&Credentials>) -> anyhow::Result<Stop
         boot_params: BOOT_PARAMS_GPA,
     })
     .with_context(|| format!("{DEFAULT_PATH} refused INITIALIZE"))?;
+    if !args.fast_paths {
+        dev.set_fast_paths(false)
+            .with_context(|| format!("{DEFAULT_PATH} refused to turn the fast paths off"))?;
+    }
     let _terminal = RawTerminal::enter().context("cannot put the terminal in raw mode")?;
     // Everything is open: what follows only runs the guest, and needs no privilege.
     if let Some(dir) = &args.chroot {

@@ -7,11 +7,13 @@
 //! ```text
 //!   page 0-1   text: the world switch and the 256 trap stubs          host RX, guest RX
 //!   page 2...  one block of 16 pages per host CPU:
-//!     +0       guard (never mapped)
+//!     +0       guard in the host; a guest's own lguest_data page in  host --, guest RW
+//!              its view, for the Switcher's fast paths
 //!     +1..+8   IST 1-4, two pages each: the host's own handlers' stacks  host RW, guest --
 //!     +9..+11  IST 5-7: the Switcher's double fault, NMI, machine check  host RW, guest RW
 //!     +12      regs page: the guest's registers; TSS.RSP0 is its top    host RW, guest RW
-//!     +13      state page: this CPU's guest GDT and TSS                 host RW, guest RO
+//!     +13      state page: this CPU's guest GDT and TSS, and what the   host RW, guest RO
+//!              fast paths may do on this trip
 //!     +14      host page: what the host needs back; never in a guest    host RW, guest --
 //!     +15      IDT: 256 gates into the stubs, one of them maybe the     host RW, guest RO
 //!              running guest's direct trap
@@ -53,6 +55,7 @@ pub const MAX_CPUS: u64 = 31;
 pub const WINDOW_PAGES: u64 = FIRST_BLOCK_PAGE + MAX_CPUS * BLOCK_PAGES;
 
 /// Offsets of the pages within a block.
+pub const BLOCK_DATA: u64 = 0;
 pub const BLOCK_REGS: u64 = 12 * PAGE;
 pub const BLOCK_STATE: u64 = 13 * PAGE;
 pub const BLOCK_HOST: u64 = 14 * PAGE;
@@ -140,6 +143,17 @@ pub const STATE_TSS: u64 = 256;
 pub const STATE_GDTR: u64 = 512;
 /// The pseudo-descriptor `lidt` loads.
 pub const STATE_IDTR: u64 = 528;
+/// The fast path for a user `syscall` on this trip (src/fast_syscall.rs, `Armed`): the vector
+/// (0: disarmed), the handler, the frame's address, and whether the virtual IF goes off.
+pub const STATE_FAST_VECTOR: u64 = 1024;
+pub const STATE_FAST_HANDLER: u64 = 1032;
+pub const STATE_FAST_FRAME: u64 = 1040;
+pub const STATE_FAST_CLEARS_IF: u64 = 1048;
+
+// The guest's lguest_data page, as the Switcher reads it at BLOCK_DATA.
+/// `syscall_vec` and `irq_enabled`.
+pub const DATA_SYSCALL_VEC: u64 = crate::abi::data::offset::SYSCALL_VEC;
+pub const DATA_IRQ_ENABLED: u64 = crate::abi::data::offset::IRQ_ENABLED;
 
 // The host page.
 /// The host's stack pointer while the guest runs.
@@ -167,7 +181,7 @@ pub const HOST_GUEST_CR4: u64 = 136;
 
 /// The layout words `switcher.S` exports as `lg_switcher_layout`, in this order: every offset
 /// both sides use.
-pub const LAYOUT_WORDS: [u64; 34] = [
+pub const LAYOUT_WORDS: [u64; 43] = [
     TEXT_PAGES,
     BLOCK_IDT,
     FIRST_BLOCK_PAGE,
@@ -202,6 +216,15 @@ pub const LAYOUT_WORDS: [u64; 34] = [
     HOST_GUEST_GS_BASE,
     HOST_GUEST_CR3,
     HOST_GUEST_CR4,
+    BLOCK_DATA,
+    STATE_FAST_VECTOR,
+    STATE_FAST_HANDLER,
+    STATE_FAST_FRAME,
+    STATE_FAST_CLEARS_IF,
+    DATA_SYSCALL_VEC,
+    DATA_IRQ_ENABLED,
+    crate::abi::boot::GUEST_KERNEL_CS,
+    crate::abi::boot::GUEST_KERNEL_SS,
 ];
 
 /// The offset of CPU `cpu`'s block from the window's start.
@@ -220,7 +243,8 @@ const _: () = {
     assert!(REGS_FRAME % 16 == 0);
     assert!(STATE_GDT + crate::abi::boot::GUEST_GDT_ENTRIES as u64 * 8 <= STATE_TSS);
     assert!(STATE_TSS + 104 <= STATE_GDTR);
-    assert!(STATE_IDTR + 16 <= PAGE);
+    assert!(STATE_IDTR + 16 <= STATE_FAST_VECTOR);
+    assert!(STATE_FAST_CLEARS_IF + 8 <= PAGE);
     assert!(HOST_GUEST_CR4 + 8 <= PAGE);
 };
 

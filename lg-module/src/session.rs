@@ -86,6 +86,8 @@ pub struct Guest<O> {
     /// Its TLS segments (GDT entries 12-14, LOAD_GDT_ENTRY), loaded into the GDT of whichever
     /// CPU it runs on.
     pub tls: [u64; 3],
+    /// Whether the Switcher may take its fast paths for this guest (FAST_PATHS; on at first).
+    pub fast_paths: bool,
     /// How it ended, once it has: every later `read()` returns this again.
     pub ended: Option<ExitRecord>,
     /// The register the next `read()` returns, set by GETREG.
@@ -174,6 +176,7 @@ impl<O> Session<O> {
                     kernel_stack: 0,
                     next_async: 0,
                     tls: [0; 3],
+                    fast_paths: true,
                     ended: None,
                     pending_read: None,
                 });
@@ -195,6 +198,12 @@ impl<O> Session<O> {
                 guest
                     .regs
                     .set(reg, guest.regs.get(reg) & !bits | value & bits);
+            }
+            Request::FastPaths { on } => {
+                self.guest
+                    .as_mut()
+                    .ok_or(Refusal::NotInitialized)?
+                    .fast_paths = on;
             }
         }
         Ok(bytes.len())
@@ -374,6 +383,32 @@ mod tests {
             Err(Refusal::AlreadyInitialized)
         );
         assert_eq!(t.owners.get(), 1, "a refused INITIALIZE takes no reference");
+    }
+
+    #[test]
+    fn fast_paths_start_on_and_the_owner_may_turn_them_off() {
+        let t = task(1);
+        let off = Request::FastPaths { on: false }.encode();
+        let mut fresh = Session::<u32>::default();
+        assert_eq!(
+            fresh.write(off.as_bytes(), &t, &user()),
+            Err(Refusal::NotInitialized)
+        );
+        let mut s = initialized(&t);
+        assert!(s.guest.as_ref().unwrap().fast_paths);
+        assert_eq!(
+            s.write(off.as_bytes(), &task(2), &user()),
+            Err(Refusal::NotOwner)
+        );
+        assert!(
+            s.guest.as_ref().unwrap().fast_paths,
+            "a stranger changes nothing"
+        );
+        assert_eq!(s.write(off.as_bytes(), &t, &user()), Ok(16));
+        assert!(!s.guest.as_ref().unwrap().fast_paths);
+        let on = Request::FastPaths { on: true }.encode();
+        assert_eq!(s.write(on.as_bytes(), &t, &user()), Ok(16));
+        assert!(s.guest.as_ref().unwrap().fast_paths);
     }
 
     #[test]

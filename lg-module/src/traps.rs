@@ -57,7 +57,7 @@ const FRAME_REGS: [(FrameWord, Reg); 20] = [
 
 /// RFLAGS bits.
 const RFLAGS_ALWAYS_ONE: u64 = 1 << 1;
-const RFLAGS_IF: u64 = 1 << 9;
+pub const RFLAGS_IF: u64 = 1 << 9;
 const RFLAGS_IOPL: u64 = 3 << 12;
 const RFLAGS_NT: u64 = 1 << 14;
 const RFLAGS_VM: u64 = 1 << 17;
@@ -95,10 +95,15 @@ pub fn check_entry(regs: &mut Regs) -> Result<(), Death> {
     if !is_canonical(rsp) {
         return Err(death!("entering with non-canonical rsp {rsp:#x}"));
     }
-    let flags = regs.get(Reg::Rflags);
-    let sane = (flags | RFLAGS_ALWAYS_ONE | RFLAGS_IF) & !(RFLAGS_IOPL | RFLAGS_NT | RFLAGS_VM);
-    regs.set(Reg::Rflags, sane);
+    regs.set(Reg::Rflags, sane_rflags(regs.get(Reg::Rflags)));
     Ok(())
+}
+
+/// RFLAGS as the guest may run with them: interrupts on (the host's, while the guest runs; the
+/// guest's own flag is virtual), no I/O privilege, no nested task (whose iretq would fault in
+/// the Switcher), no virtual-8086 mode. Every entry into the guest goes through this.
+pub fn sane_rflags(flags: u64) -> u64 {
+    (flags | RFLAGS_ALWAYS_ONE | RFLAGS_IF) & !(RFLAGS_IOPL | RFLAGS_NT | RFLAGS_VM)
 }
 
 /// Vectors the host treats specially.
