@@ -4,7 +4,7 @@
 # metal, it is entered through startup_64 by the boot protocol rather than through the lguest
 # ELF note, so it never takes the lguest platform and its pv_ops stay native. That is what makes
 # a comparison of the two boots honest: one image, two worlds.
-# Usage: linux-native.sh [WORDS...]
+# Usage: linux-native.sh [--disk IMAGE] [--patience SECONDS] [WORDS...]
 #
 # Builds the guest kernel and its initramfs (both cached or cheap), boots them on QEMU's microvm
 # machine and checks what linux-boots checks under lg.ko, where it applies natively: the banner
@@ -12,6 +12,8 @@
 # paravirtualized kernel on bare hardware", where under lg.ko it says "on lguest") and the init
 # running; then that init reached its end and the guest ended QEMU. WORDS go on the kernel's
 # command line after the harness's own (`lguest.run=demo`: init shows a few things first).
+# --disk gives the guest IMAGE as its virtio disk, /dev/vda, as `lguest-launcher --block` does;
+# --patience gives a longer run (the benchmarks) more than the 60 s a boot gets.
 #
 # It prints the banner, the platform line and everything from the init line on, then
 # `e2e-info linux-native: from QEMU's start, the banner after B s, init running after I s, QEMU
@@ -28,7 +30,18 @@ INIT_RUNNING="lguest-linux: init running on Linux 6.12"
 # (docs/building.md).
 PATIENCE=60
 
-[ $# = 0 ] || [[ $1 != -* ]] || die "usage: linux-native.sh [WORDS...] (WORDS go on the command line)"
+usage="usage: linux-native.sh [--disk IMAGE] [--patience SECONDS] [WORDS...] (WORDS go on the command line)"
+disk=()
+while [ $# -gt 0 ] && [[ $1 == -* ]]; do
+    case $1 in
+    --disk) [ -f "${2:-}" ] || die "--disk wants a disk image file"
+            disk=(-drive "id=disk,file=$2,format=raw,if=none" -device "virtio-blk-device,drive=disk")
+            shift 2 ;;
+    --patience) [[ ${2:-} =~ ^[1-9][0-9]*$ ]] || die "--patience wants a whole number of seconds"
+                PATIENCE=$2; shift 2 ;;
+    *) die "$usage" ;;
+    esac
+done
 linux=$("$REPO/tests/harness/build-linux-guest.sh")
 dir=$(mktemp -d)
 trap 'rm -rf "$dir"' EXIT
@@ -84,7 +97,7 @@ step "booting the Linux guest natively on microvm: $cmdline"
 start=$EPOCHREALTIME
 if slowed timeout --foreground "$PATIENCE" qemu-system-x86_64 \
     -M microvm,isa-serial=on,acpi=off -accel tcg -cpu max -m 64M -nographic -no-reboot \
-    -kernel "$linux/bzImage" -initrd "$dir/initramfs.cpio.gz" -append "$cmdline" \
+    -kernel "$linux/bzImage" -initrd "$dir/initramfs.cpio.gz" -append "$cmdline" "${disk[@]}" \
     </dev/null 2>&1 | stamp "$start" "$dir" >"$log"; then
     status=0
 else

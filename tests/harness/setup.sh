@@ -22,7 +22,7 @@ set -euo pipefail
 #                         not with a rustup installed by rustup.rs)
 PACKAGES=(qemu-system-x86 linux-source-6.12 rustc-web rust-web-src cargo-web clang libclang-dev
           bc flex bison libelf-dev libssl-dev cpio busybox-static xz-utils rsync rust-web-clippy
-          shellcheck)
+          shellcheck gcc libc6-dev)
 
 need_apt=0
 for p in "${PACKAGES[@]}"; do

@@ -5,22 +5,25 @@
 //! teaching guest's microbenchmarks under lg.ko (its `bench` mode, with a virtio disk and network
 //! card, so its device figures in MB/s come too), and its `long-run` mode's counts of a 1 ms
 //! tick (how many ticks a guest loses is a speed figure: the tests only check that the ticks keep
-//! coming), to be set beside the same image's native figures. The floor they are set against
+//! coming), to be set beside the same image's native figures; and the Linux guest's own
+//! microbenchmarks (`lguest.run=bench`: tests/harness/linux-guest/lguest-bench.c) on a scratch
+//! disk, with the time from the launcher's start to its init. The floor they are set against
 //! comes from a boot of its own (tests/guests/floor).
 //! Output: `bench lguest nop-hypercall <cycles>`, `bench lguest mmio-read <cycles>` (a device
 //! register read, an exit to the launcher), `bench host null-syscall <cycles>`,
-//! `bench teaching-lguest <name> <figure>` and `bench teaching-lguest long-run-<ticks|ms|lost>
-//! <count>`; a figure that cannot be had is one `lguest-e2e bench: <why>` line on stderr and exit
+//! `bench teaching-lguest <name> <figure>`, `bench teaching-lguest long-run-<ticks|ms|lost>
+//! <count>` and `bench linux-lguest <name> <figure>`; a figure that cannot be had is one `lguest-e2e bench: <why>` line on stderr and exit
 //! status 1.
 
 use std::arch::x86_64::_rdtsc;
 use std::process::ExitCode;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::{ensure, Context};
 
 use crate::kmod;
-use crate::launch::{launch, Run, LAUNCHER};
+use crate::launch::{self, launch, Run, LAUNCHER};
+use crate::scenarios::linux;
 
 /// The guest, its memory and its scenario: tests/guests/ring1, as the initramfs holds it.
 const GUEST_ARGS: [&str; 4] = ["64m", "/guests/ring1", "nop-loop", HYPERCALLS];
@@ -34,15 +37,25 @@ const SYSCALLS: u64 = 20_000;
 const REPETITIONS: usize = 5;
 
 pub fn run() -> ExitCode {
-    let figures = kmod::ensure_loaded()
-        .and_then(|()| Ok((hypercall()?, mmio_read()?, teaching_guest()?, long_run()?)));
+    let figures = kmod::ensure_loaded().and_then(|()| {
+        Ok((
+            hypercall()?,
+            mmio_read()?,
+            teaching_guest()?,
+            long_run()?,
+            linux()?,
+        ))
+    });
     match figures {
-        Ok((cycles, mmio, teaching, long_run)) => {
+        Ok((cycles, mmio, teaching, long_run, linux)) => {
             println!("bench lguest nop-hypercall {cycles}");
             println!("bench lguest mmio-read {mmio}");
             println!("bench host null-syscall {}", null_syscall());
             for line in teaching.iter().chain(&long_run) {
                 println!("bench teaching-lguest {line}");
+            }
+            for line in &linux {
+                println!("bench linux-lguest {line}");
             }
             ExitCode::SUCCESS
         }
@@ -92,6 +105,47 @@ fn teaching_guest() -> anyhow::Result<Vec<String>> {
         .filter(|l| *l != "done")
         .map(str::to_owned)
         .collect())
+}
+
+/// The Linux guest's scratch disk: lguest-bench writes over its first 16 MiB.
+const LINUX_BENCH_DISK: &str = "/tmp/linux-bench-disk.img";
+
+/// The Linux guest's `bench` lines under lg.ko (`<name> <figure>`), after `boot-to-init-ms <ms>`:
+/// from the launcher's start to the init's first line, as linux-native.sh times the native boot
+/// from QEMU's start.
+fn linux() -> anyhow::Result<Vec<String>> {
+    std::fs::File::create(LINUX_BENCH_DISK)
+        .and_then(|disk| disk.set_len(BENCH_DISK_BYTES))
+        .with_context(|| format!("create {LINUX_BENCH_DISK}"))?;
+    let args = linux::args(
+        &["--block", LINUX_BENCH_DISK],
+        &["lguest.run=bench", "lguest.bench-disk=/dev/vda"],
+    );
+    let start = Instant::now();
+    let mut running = launch::spawn(&args)?;
+    running.wait_for(linux::INIT_RUNNING, 1, Duration::from_secs(120))?;
+    let boot = start.elapsed();
+    let run = running.finish(Duration::from_secs(600))?;
+    ensure!(
+        run.code == Some(0) && run.stdout.lines().any(|l| l.trim_end() == "bench done"),
+        "`{LAUNCHER} {}`: {}; stdout: {}; stderr: {}",
+        args.join(" "),
+        run.status(),
+        run.shown_stdout(),
+        run.shown()
+    );
+    // The guest's console is a terminal: its lines end in "\r\n".
+    let figures = run
+        .stdout
+        .lines()
+        .filter_map(|l| l.trim_end().strip_prefix("bench "))
+        .filter(|l| *l != "done")
+        .map(str::to_owned);
+    Ok(
+        std::iter::once(format!("boot-to-init-ms {}", boot.as_millis()))
+            .chain(figures)
+            .collect(),
+    )
 }
 
 /// How long the teaching guest runs its 1 ms tick for; bench.sh runs it natively as long.

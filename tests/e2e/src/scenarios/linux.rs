@@ -17,7 +17,7 @@ use crate::launch::{self, Run, FAILURE};
 const KERNEL: &str = "/guests/linux/bzImage";
 const INITRD: &str = "/guests/linux/initramfs.cpio.gz";
 /// What the guest's init prints once it runs: the kernel booted all the way to user space.
-pub(super) const INIT_RUNNING: &str = "lguest-linux: init running on Linux 6.12";
+pub(crate) const INIT_RUNNING: &str = "lguest-linux: init running on Linux 6.12";
 /// A boot to init and a power-off: about 10 s under TCG on 2 shared cores; six times that
 /// leaves room for a machine three times slower.
 const PATIENCE: Duration = Duration::from_secs(60);
@@ -29,7 +29,7 @@ const SHELL_PATIENCE: Duration = Duration::from_secs(600);
 
 /// The launcher's arguments for the Linux guest with `words` added to its command line (and
 /// `options` before the memory size).
-pub(super) fn args<'a>(options: &[&'a str], words: &[&'a str]) -> Vec<&'a str> {
+pub(crate) fn args<'a>(options: &[&'a str], words: &[&'a str]) -> Vec<&'a str> {
     let mut args = options.to_vec();
     args.extend_from_slice(&["--initrd", INITRD, "64m", KERNEL, "console=hvc0"]);
     args.extend_from_slice(words);

@@ -17,7 +17,7 @@ mod guest;
 mod hazards;
 mod host_state;
 mod launcher;
-mod linux;
+pub(crate) mod linux;
 mod linux_devices;
 mod module;
 mod privileged;
