@@ -112,10 +112,31 @@ pub(super) fn died(c: &mut Checks, words: &[&str], run: &Run) {
     });
 }
 
-/// `guest-hostile-<attack>`: the guest tries `attack` and must die for it; the host lives on.
+/// The two ways a guest can be run: with the Switcher's fast paths, as every guest starts, and
+/// without (`--no-fast-paths`). A fast path is a second implementation of decisions the host
+/// makes, so a scenario that shows a check holding shows it both ways.
+pub(super) const FAST_PATH_CHOICES: [(&str, &[&str]); 2] = [
+    ("with the fast paths", &[]),
+    ("with --no-fast-paths", &["--no-fast-paths"]),
+];
+
+/// `guest-hostile-<attack>`: the guest tries `attack` and must die for it, with the fast paths
+/// and without; the host lives on.
 pub fn hostile(attack: &str) -> anyhow::Result<()> {
     kmod::ensure_loaded()?;
-    let run = guest(&[attack], PATIENCE)?;
+    let mut c = Checks::new();
+    for (how, options) in FAST_PATH_CHOICES {
+        c.ok(how, attacked(attack, options));
+    }
+    c.ok("after the attack", hello_still_runs());
+    c.finish()
+}
+
+/// One run of `attack`, with the launcher's `options`: killed for it, as `hostile` requires.
+fn attacked(attack: &str, options: &[&str]) -> anyhow::Result<()> {
+    let mut args = options.to_vec();
+    args.extend_from_slice(&[MEM, GUEST, attack]);
+    let run = launch(&args, PATIENCE)?;
     let mut c = Checks::new();
     died(&mut c, &[attack], &run);
     let stdout = |needle: &str| run.stdout.lines().any(|l| l.contains(needle));
@@ -146,7 +167,6 @@ pub fn hostile(attack: &str) -> anyhow::Result<()> {
         }),
         _ => {}
     }
-    c.ok("after the attack", hello_still_runs());
     c.finish()
 }
 
@@ -190,14 +210,33 @@ pub fn timer() -> anyhow::Result<()> {
 }
 
 /// `guest-user`: the guest switches to page tables of its own (NEW_PGTABLE) and runs a ring-3
-/// program; its `int $0x80` (a #GP the host turns into the guest's vector 0x80) and its `syscall`
-/// (a #UD the host turns into the guest's syscall vector) reach the guest kernel on the stack it
-/// gave SET_STACK, and the guest comes back to ring 1.
+/// program; its `int $0x80` (a direct trap, or a #GP the host turns into the guest's vector 0x80)
+/// and its `syscall`s (a #UD the Switcher or the host turns into the guest's syscall vector, also
+/// when the guest moved that vector behind the host's back, and with every protection key
+/// denied) reach the guest kernel on the stack it gave SET_STACK, and the guest comes back to
+/// ring 1; with the fast paths and without (tests/guests/ring1/src/user.rs).
 pub fn user() -> anyhow::Result<()> {
-    runs_to(
-        &["user"],
-        "user: int 0x80 and syscall from ring 3 reached the kernel",
-    )
+    kmod::ensure_loaded()?;
+    let mut c = Checks::new();
+    for (how, options) in FAST_PATH_CHOICES {
+        let mut args = options.to_vec();
+        args.extend_from_slice(&[MEM, GUEST, "user"]);
+        let expected = "user: int 0x80 and syscall from ring 3 reached the kernel";
+        let run = launch(&args, PATIENCE)?;
+        c.that(
+            run.code == Some(0) && run.stdout.lines().any(|l| l.starts_with(expected)),
+            || {
+                format!(
+                    "{how}: expected exit 0 and a line starting {expected:?}, got {}; stdout: \
+                     {}; stderr: {}",
+                    run.status(),
+                    run.shown_stdout(),
+                    run.shown()
+                )
+            },
+        );
+    }
+    c.finish()
 }
 
 /// `guest-async`: hypercalls queued in lguest_data's ring run in order at the next synchronous

@@ -33,6 +33,7 @@ mod hazards;
 mod hcall;
 mod linux;
 mod traps;
+mod user;
 mod virtqueue;
 
 // ---- 1. The note ------------------------------------------------------------------------------
@@ -110,7 +111,7 @@ extern "C" fn kernel_main(boot_params: u64) -> ! {
         "fpu" => fpu(number(arg, 1)),
         "traps" => traps::traps(),
         "timer" => traps::timer(),
-        "user" => traps::user(),
+        "user" => user::user(),
         "async" => traps::async_ring(),
         "async-console" => traps::async_console(),
         name if name.starts_with("idt-") => traps::bad_gate(name),

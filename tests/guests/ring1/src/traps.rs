@@ -1,4 +1,4 @@
-//! Traps and interrupts the host delivers: the guest's own handlers (issue #4's first step).
+//! Traps and interrupts the host delivers: the guest's own handlers.
 //!
 //! The guest installs handlers with LOAD_IDT_ENTRY; the host delivers an exception, an `int n`
 //! its gate allows, or the timer's interrupt through them, on the guest's own stack, the way the
@@ -7,19 +7,17 @@
 //! inside the window it registered in lguest_data, where the host delivers nothing.
 //!
 //! Scenarios: `traps` (each exception and `int n` reaches its handler with the right frame),
-//! `timer` (interrupts arrive when on and only when on; HALT sleeps until one), `user` (its own
-//! page tables, and a ring-3 program whose `int $0x80` and `syscall` reach the kernel), and the
-//! `idt-*` attacks (gates the host must refuse).
+//! `timer` (interrupts arrive when on and only when on; HALT sleeps until one), and the `idt-*`
+//! attacks (gates the host must refuse); the handlers serve `user` (user.rs) too.
 
 use core::arch::{asm, global_asm};
 use core::ptr;
 use core::sync::atomic::{AtomicU64, Ordering};
 
 use lguest_abi::boot::GUEST_KERNEL_CS;
-use lguest_abi::boot::{GUEST_KERNEL_SS, GUEST_USER_CS, GUEST_USER_SS};
 use lguest_abi::data::{offset, IRQ_ENABLED};
 use lguest_abi::hcall::{
-    FIRST_IRQ_VECTOR, HALT, LOAD_IDT_ENTRY, NEW_PGTABLE, SEND_INTERRUPTS, SET_CLOCKEVENT, SET_STACK,
+    FIRST_IRQ_VECTOR, HALT, LOAD_IDT_ENTRY, NEW_PGTABLE, SEND_INTERRUPTS, SET_CLOCKEVENT,
 };
 
 use crate::hcall::{data_word, hcall, poweroff};
@@ -29,14 +27,14 @@ use crate::{println, rdtsc};
 /// the host pushed. `#[repr(C)]` in push order, lowest address first.
 #[repr(C)]
 pub struct TrapState {
-    regs: [u64; 15],
-    vector: u64,
+    pub(crate) regs: [u64; 15],
+    pub(crate) vector: u64,
     error: u64,
-    rip: u64,
-    cs: u64,
+    pub(crate) rip: u64,
+    pub(crate) cs: u64,
     rflags: u64,
-    rsp: u64,
-    ss: u64,
+    pub(crate) rsp: u64,
+    pub(crate) ss: u64,
 }
 
 // One entry stub per vector this guest handles; each pushes a zero error code where the CPU
@@ -60,6 +58,7 @@ global_asm!(
     "TRAP_ENTRY 14, 1",
     "TRAP_ENTRY 32, 0",
     "TRAP_ENTRY 128, 0",
+    "TRAP_ENTRY 129, 0",
     "trap_common:",
     "push rax", "push rbx", "push rcx", "push rdx", "push rsi", "push rdi", "push rbp",
     "push r8", "push r9", "push r10", "push r11", "push r12", "push r13", "push r14", "push r15",
@@ -96,6 +95,7 @@ extern "C" {
     fn trap_entry_14();
     fn trap_entry_32();
     fn trap_entry_128();
+    fn trap_entry_129();
     static noirq_iret_start: u8;
     static noirq_iret_end: u8;
 }
@@ -126,7 +126,7 @@ extern "C" fn trap_handler(state: &mut TrapState) {
         slot.store(value, Ordering::SeqCst);
     }
     match state.vector {
-        128 if state.cs & 3 == 3 => user_call(state),
+        128 | 129 if state.cs & 3 == 3 => crate::user::call(state),
         32 => {
             TICKS.fetch_add(1, Ordering::SeqCst);
             if REARM.load(Ordering::SeqCst) > 0 {
@@ -183,7 +183,7 @@ fn register_return_window() {
 }
 
 /// Register the handlers and the no-interrupt window.
-fn install() {
+pub(crate) fn install() {
     register_return_window();
     let cs = GUEST_KERNEL_CS;
     load_idt_entry(0, gate(trap_entry_0 as *const () as u64, 0xe, 0, cs));
@@ -197,6 +197,8 @@ fn install() {
         gate(trap_entry_32 as *const () as u64, 0xe, 0, cs),
     );
     load_idt_entry(128, gate(trap_entry_128 as *const () as u64, 0xf, 3, cs));
+    // A second system-call vector, for `user` to move syscall_vec to behind the host's back.
+    load_idt_entry(129, gate(trap_entry_129 as *const () as u64, 0xe, 0, cs));
 }
 
 /// Register the page-fault handler alone, for an attack that must die of any other fault
@@ -345,130 +347,15 @@ pub fn bad_gate(name: &str) -> ! {
 /// could not run code in a user page.
 #[repr(C, align(4096))]
 pub(crate) struct Table(pub(crate) [u64; 512]);
-static mut PML4: Table = Table([0; 512]);
-static mut PDPT: Table = Table([0; 512]);
-static mut PD: Table = Table([0; 512]);
+pub(crate) static mut PML4: Table = Table([0; 512]);
+pub(crate) static mut PDPT: Table = Table([0; 512]);
+pub(crate) static mut PD: Table = Table([0; 512]);
 /// Page-table entry bits: present, writable, a 2 MiB page; and that page's size.
 pub(crate) const P: u64 = 1;
 pub(crate) const W: u64 = 2;
 pub(crate) const U: u64 = 4;
 pub(crate) const HUGE: u64 = 0x80;
 pub(crate) const HUGE_PAGE: u64 = 0x20_0000;
-const USER_REGION: u64 = 0x60_0000;
-const USER_STACK_TOP: u64 = 0x70_0000;
-
-/// The kernel stack for traps from ring 3 (SET_STACK).
-#[repr(C, align(16))]
-struct Stack([u8; 16384]);
-static mut USER_TRAP_STACK: Stack = Stack([0; 16384]);
-
-/// What ring 3 did: bit 0 int $0x80 arrived, bit 1 syscall arrived with RCX and R11 right.
-static USER_SEEN: AtomicU64 = AtomicU64::new(0);
-/// Where `enter_user` left the kernel: its stack pointer, for the exit call to come back to.
-#[no_mangle]
-static mut KERNEL_RSP: u64 = 0;
-
-// The ring-3 program, copied to USER_REGION: one call by `int $0x80`, one by `syscall`, then
-// exit. Position-independent.
-global_asm!(
-    ".global user_program, user_program_end",
-    "user_program:",
-    "mov eax, 1",
-    "int 0x80",
-    "mov eax, 2",
-    "syscall",
-    "mov eax, 60",
-    "int 0x80",
-    "ud2",
-    "user_program_end:",
-    // enter_user(): save what the C ABI wants kept, remember the stack, iretq to ring 3.
-    ".global enter_user",
-    "enter_user:",
-    "push rbx", "push rbp", "push r12", "push r13", "push r14", "push r15",
-    "mov [rip + KERNEL_RSP], rsp",
-    "push {user_ss}",
-    "push {user_stack}",
-    "push 0x202",
-    "push {user_cs}",
-    "push {user_code}",
-    "iretq",
-    // The exit call resumes here, in ring 1, on KERNEL_RSP.
-    ".global user_exited",
-    "user_exited:",
-    "pop r15", "pop r14", "pop r13", "pop r12", "pop rbp", "pop rbx",
-    "ret",
-    user_ss = const GUEST_USER_SS,
-    user_cs = const GUEST_USER_CS,
-    user_stack = const USER_STACK_TOP,
-    user_code = const USER_REGION,
-);
-
-extern "C" {
-    static user_program: u8;
-    static user_program_end: u8;
-    fn enter_user();
-    fn user_exited();
-}
-
-/// A call from ring 3 (vector 0x80, by `int` or `syscall`): RAX says which.
-fn user_call(state: &mut TrapState) {
-    const RAX: usize = 14;
-    const RCX: usize = 12;
-    const R11: usize = 4;
-    match state.regs[RAX] {
-        1 => {
-            USER_SEEN.fetch_or(1, Ordering::SeqCst);
-        }
-        // SYSCALL puts the return address in RCX and the flags in R11: so does the host.
-        2 if state.regs[RCX] == state.rip && state.regs[R11] & 0x200 != 0 => {
-            USER_SEEN.fetch_or(2, Ordering::SeqCst);
-        }
-        2 => panic!(
-            "syscall: rcx {:#x} r11 {:#x}, rip {:#x}",
-            state.regs[RCX], state.regs[R11], state.rip
-        ),
-        60 => {
-            // Back to the kernel: return from enter_user, in ring 1, on the kernel's stack.
-            state.rip = user_exited as *const () as u64;
-            state.cs = GUEST_KERNEL_CS & !3;
-            state.ss = GUEST_KERNEL_SS & !3;
-            // SAFETY: written by enter_user before it left for ring 3.
-            state.rsp = unsafe { ptr::read_volatile(ptr::addr_of!(KERNEL_RSP)) };
-        }
-        other => panic!("unknown call {other} from ring 3"),
-    }
-}
-
-/// `user`: the guest switches to page tables of its own, runs a ring-3 program whose
-/// `int $0x80` and `syscall` reach its kernel, and comes back.
-pub fn user() -> ! {
-    install();
-    // SAFETY: single CPU; the tables are ours and not yet in use; the copy writes RAM the
-    // launcher's tables map writable, and nothing else uses USER_REGION.
-    unsafe {
-        let len = ptr::addr_of!(user_program_end) as usize - ptr::addr_of!(user_program) as usize;
-        ptr::copy_nonoverlapping(ptr::addr_of!(user_program), USER_REGION as *mut u8, len);
-        for (i, entry) in (*ptr::addr_of_mut!(PD)).0.iter_mut().take(32).enumerate() {
-            let at = i as u64 * HUGE_PAGE;
-            *entry = at | P | W | HUGE | if at == USER_REGION { U } else { 0 };
-        }
-        (*ptr::addr_of_mut!(PDPT)).0[0] = ptr::addr_of!(PD) as u64 | P | W | U;
-        (*ptr::addr_of_mut!(PML4)).0[0] = ptr::addr_of!(PDPT) as u64 | P | W | U;
-        let stack_top = ptr::addr_of!(USER_TRAP_STACK) as u64 + 16384;
-        hcall(SET_STACK, [stack_top, 0, 0, 0, 0]);
-        // RCX 0: no NEW_PGTABLE_FLUSH (the host has no shadow of these tables yet anyway).
-        hcall(NEW_PGTABLE, [ptr::addr_of!(PML4) as u64, 0, 0, 0, 0]);
-        ptr::write_volatile(data_word(offset::SYSCALL_VEC), 0x80);
-        enter_user();
-    }
-    let seen = USER_SEEN.load(Ordering::SeqCst);
-    if seen != 3 {
-        panic!("user: ring 3's calls seen {seen:#b}, expected both");
-    }
-    println!("user: int 0x80 and syscall from ring 3 reached the kernel; back in ring 1");
-    poweroff("user done")
-}
-
 // ---- Page tables the host must not trust ------------------------------------------------------
 
 /// Fills the guest's own tables (PML4 -> PDPT -> PD) with the first 64 MiB of RAM
