@@ -11,11 +11,21 @@ mkdir -p "$CACHE"
 # The kernel's Rust must be Debian's rustc-web (see docs/building.md); rustup's comes first on PATH.
 KERNEL_RUST_VARS=(RUSTC=/usr/bin/rustc RUSTDOC=/usr/bin/rustdoc HOSTRUSTC=/usr/bin/rustc)
 
-_t0=$(date +%s)
-elapsed() { echo $(( $(date +%s) - _t0 ))s; }
-step() { printf '\033[1m==> %s\033[0m [%s]\n' "$*" "$(elapsed)" >&2; }
-ok() { printf '\033[32m==> %s\033[0m [%s]\n' "$*" "$(elapsed)" >&2; }
-die() { printf '\033[31merror: %s\033[0m\n' "$*" >&2; exit 1; }
+# The `[Ns]` on each line counts from the start of the command the user typed: lguest-dev sets
+# LGUEST_T0 and every script it runs inherits it, so one run's times add up instead of starting
+# again at each sub-script.
+export LGUEST_T0=${LGUEST_T0:-$(date +%s)}
+elapsed() { echo $(( $(date +%s) - LGUEST_T0 ))s; }
+# Colours for a person at a terminal only: not in a CI log or a file, nor under NO_COLOR
+# (https://no-color.org: set and not empty).
+if [ -t 2 ] && [ -z "${NO_COLOR:-}" ]; then
+    _bold=$'\033[1m' _green=$'\033[32m' _red=$'\033[31m' _plain=$'\033[0m'
+else
+    _bold='' _green='' _red='' _plain=''
+fi
+step() { printf '%s==> %s%s [%s]\n' "$_bold" "$*" "$_plain" "$(elapsed)" >&2; }
+ok() { printf '%s==> %s%s [%s]\n' "$_green" "$*" "$_plain" "$(elapsed)" >&2; }
+die() { printf '%serror: %s%s\n' "$_red" "$*" "$_plain" >&2; exit 1; }
 
 # run_with_progress LOGFILE LABEL CMD...: run a long command with its output in LOGFILE and a
 # heartbeat every 30 s (label, elapsed time, last line of the log) so nobody stares at a silent
