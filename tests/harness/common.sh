@@ -27,10 +27,15 @@ step() { printf '%s==> %s%s [%s]\n' "$_bold" "$*" "$_plain" "$(elapsed)" >&2; }
 ok() { printf '%s==> %s%s [%s]\n' "$_green" "$*" "$_plain" "$(elapsed)" >&2; }
 die() { printf '%serror: %s%s\n' "$_red" "$*" "$_plain" >&2; exit 1; }
 
-# run_with_progress LOGFILE LABEL CMD...: run a long command with its output in LOGFILE and a
-# heartbeat every 30 s (label, elapsed time, last line of the log) so nobody stares at a silent
-# terminal for eight minutes. On failure, the log's tail is shown.
-run_with_progress() {
+# How often a long command says it is still going, in seconds (the harness's self-test shortens
+# it).
+HEARTBEAT_SECONDS=${HEARTBEAT_SECONDS:-30}
+
+# run_watched LOGFILE LABEL CMD...: run a long command with its output in LOGFILE and a heartbeat
+# every HEARTBEAT_SECONDS (label, time so far, last line of the log), so nobody stares at a
+# silent terminal for eight minutes; returns the command's status. A command done sooner than
+# that says nothing.
+run_watched() {
     local log=$1 label=$2; shift 2
     local start; start=$(date +%s)
     # A command started with & by a script ignores Ctrl-C, so a make left to itself would build
@@ -42,9 +47,9 @@ run_with_progress() {
     trap "kill -TERM -- -$pid 2>/dev/null; wait $pid; exit 130" INT TERM
     local last=$start
     while kill -0 "$pid" 2>/dev/null; do
-        sleep 2
+        sleep 1
         local now; now=$(date +%s)
-        if (( now - last >= 30 )) && kill -0 "$pid" 2>/dev/null; then
+        if (( now - last >= HEARTBEAT_SECONDS )) && kill -0 "$pid" 2>/dev/null; then
             last=$now
             printf '    %s: %ds, %s\n' "$label" $((now - start)) \
                 "$(tail -n 1 "$log" | cut -c1-80)" >&2
@@ -53,10 +58,29 @@ run_with_progress() {
     local status=0
     wait "$pid" || status=$?
     trap - INT TERM
-    if [ "$status" != 0 ]; then
+    return "$status"
+}
+
+# run_with_progress LOGFILE LABEL CMD...: run_watched, and on failure the log's tail and the end.
+run_with_progress() {
+    local log=$1 label=$2
+    if ! run_watched "$@"; then
         tail -n 30 "$log" >&2
         die "$label failed (full log: $log)"
     fi
+}
+
+# cargo_build WHAT ARGS...: `cargo build --quiet ARGS` with run_watched's heartbeat; what it
+# printed (warnings) is shown afterwards, and if it fails, its first errors, then the end.
+cargo_build() {
+    local what=$1 log; shift
+    mkdir -p "$CACHE/runs"
+    log=$CACHE/runs/cargo-build-${what//[^a-zA-Z0-9]/-}.log
+    if ! run_watched "$log" "building $what" cargo build --quiet "$@"; then
+        head -n 60 "$log" >&2
+        die "building $what failed (full log: $log)"
+    fi
+    cat "$log" >&2
 }
 
 # LGUEST_SLOWDOWN=N (a whole number; 1, the default, changes nothing): every QEMU runs as if on a
