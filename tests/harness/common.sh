@@ -83,6 +83,13 @@ cargo_build() {
     cat "$log" >&2
 }
 
+# scenario_names: the end-to-end scenarios, in the order `lguest-e2e all` runs them, read from
+# the table in tests/e2e/src/scenarios/mod.rs without building anything (a unit test there
+# checks that this reading and the table agree).
+scenario_names() {
+    sed -n 's/^ *name: "\([^"]*\)",$/\1/p' "$REPO/tests/e2e/src/scenarios/mod.rs"
+}
+
 # LGUEST_SLOWDOWN=N (a whole number; 1, the default, changes nothing): every QEMU runs as if on a
 # machine N times slower, so that anyone can check that no timeout is too tight for a slower
 # machine than theirs (docs/building.md). `slowed` gives QEMU a cgroup of its own whose CPU quota
