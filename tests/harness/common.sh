@@ -83,6 +83,15 @@ cargo_build() {
     cat "$log" >&2
 }
 
+# verdicts LOG: the VM's console on stdin, kept in LOG without its carriage returns and terminal
+# escapes, and its verdict lines (`e2e NAME: ...`, `lguest-vm: ...`) on stdout. Each is shown as
+# its scenario ends: every stage passes lines on as they come (sed -u, tee, grep
+# --line-buffered), where tr would hold them in its buffer till the end.
+verdicts() {
+    sed -u -e 's/\r//g' -e 's/\x1bc//g' -e 's/\x1b\[[0-9;?]*[A-Za-z]//g' | tee "$1" |
+        grep --line-buffered -E '^e2e |lguest-vm:'
+}
+
 # scenario_names: the end-to-end scenarios, in the order `lguest-e2e all` runs them, read from
 # the table in tests/e2e/src/scenarios/mod.rs without building anything (a unit test there
 # checks that this reading and the table agree).
