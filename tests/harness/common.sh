@@ -51,8 +51,8 @@ run_watched() {
         local now; now=$(date +%s)
         if (( now - last >= HEARTBEAT_SECONDS )) && kill -0 "$pid" 2>/dev/null; then
             last=$now
-            printf '    %s: %ds, %s\n' "$label" $((now - start)) \
-                "$(tail -n 1 "$log" | cut -c1-80)" >&2
+            local line; line=$(tail -n 1 "$log" | cut -c1-80)
+            printf '    %s: %ds%s\n' "$label" $((now - start)) "${line:+, $line}" >&2
         fi
     done
     local status=0
