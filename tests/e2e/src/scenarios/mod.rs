@@ -29,7 +29,7 @@ pub struct Scenario {
     pub run: fn() -> anyhow::Result<()>,
 }
 
-pub static SCENARIOS: [Scenario; 79] = [
+pub static SCENARIOS: [Scenario; 80] = [
     Scenario {
         name: "module-load",
         run: module::load,
@@ -333,6 +333,10 @@ pub static SCENARIOS: [Scenario; 79] = [
     Scenario {
         name: "launcher-confined",
         run: confined::confined,
+    },
+    Scenario {
+        name: "launcher-reboot",
+        run: confined::reboot,
     },
     Scenario {
         name: "launcher-seccomp",
