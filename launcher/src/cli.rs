@@ -511,7 +511,13 @@ mod tests {
     #[test]
     fn help_says_where_options_go_and_what_each_exit_code_means() {
         let help = Args::command().render_long_help().to_string();
-        assert!(help.contains("Options go before MEM:"), "{help}");
+        for part in [
+            "Options go before MEM:",
+            "The escape key is Ctrl-A",
+            "Examples:",
+        ] {
+            assert!(help.contains(part), "{part}: {help}");
+        }
         for (code, meaning) in [
             (POWERED_OFF, "the guest powered off"),
             (LAUNCHER_ERROR, "the launcher failed"),
