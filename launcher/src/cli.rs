@@ -10,12 +10,6 @@
 //!
 //! The exit codes are here too, with `--help`'s list of them: a script running a guest must be
 //! able to tell a guest that died from a launcher that could not start one.
-//!
-//! A restart runs the launcher afresh (main.rs), on [`Request::command_line`]: the request
-//! written out again, with what the launcher chose itself (a network card's random MAC), so the
-//! guest comes back with the same hardware. A confined launcher ([`Request::confined`]) cannot
-//! do that: the new launcher would have to open /dev/lguest and the guest's files, which is
-//! what confinement took away (confine.rs).
 
 use std::ffi::OsString;
 use std::io;
@@ -37,9 +31,9 @@ pub const USAGE: u8 = 2;
 /// Exit code: the guest died. The host killed it for breaking a rule, or it touched a device in
 /// a way the launcher cannot serve; either way, what went wrong is in the guest.
 pub const GUEST_DIED: u8 = 3;
-/// Exit code: the guest asked to restart, and `--no-reboot` said not to, or the launcher was
-/// confined and could not. Not 0: a kernel that panics with `panic=N` restarts, and a script
-/// must not take that for a clean power-off.
+/// Exit code: the guest asked to restart, and `--no-reboot` said not to. Not 0: a kernel that
+/// panics with `panic=N` restarts, and a script must not take that for a clean power-off. (It is
+/// also how the guest's process tells the launcher to start a fresh one: supervise.rs.)
 pub const GUEST_REBOOTED: u8 = 4;
 /// Exit code: the user typed the escape key (Ctrl-A x) on the launcher's terminal. Not 0: the
 /// guest did not power off, it was stopped where it was (terminal.rs).
@@ -59,8 +53,8 @@ Exit status:
   2  the command line is wrong
   3  the guest died: lg.ko killed it for breaking a rule, or it touched a device in a way the
      launcher cannot serve; the reason is on stderr
-  4  the guest rebooted, under --no-reboot or in a confined launcher (otherwise the launcher
-     starts the guest afresh, as a real machine would)
+  4  the guest rebooted, under --no-reboot (otherwise the launcher starts it afresh, as a
+     real machine would)
   5  the user quit: Ctrl-A x typed on the launcher's terminal
 
 The console: a terminal on stdin is raw while the guest runs, so every key reaches the guest,
@@ -71,9 +65,10 @@ and Ctrl-A then any other key sends both. Input from a pipe or a file reaches th
 Confinement: once the guest is set up and its devices open, the launcher needs no privilege.
 --chroot and --user take away its files and its root; the seccomp filter, on unless
 --no-seccomp, limits it to the system calls its run loop and devices make, and a call outside
-it ends the launcher with a line naming the call (the launcher dies of SIGSYS). A confined
-launcher cannot start a rebooted guest afresh (that means opening /dev/lguest and the guest's
-files again): it exits 4 instead; only --no-seccomp without --user and --chroot restarts.
+it ends the launcher with a line naming the call (the launcher dies of SIGSYS). The guest runs
+in a process of its own, which the launcher forks and waits for, and which confines itself; when
+the guest reboots, the launcher forks a fresh one, which opens everything again and confines
+itself again. Under --no-reboot the guest runs in the launcher's own process.
 
 Examples:
   lguest-launcher 64 bzImage console=hvc0
@@ -187,15 +182,6 @@ impl Disk {
             read_only,
         })
     }
-
-    /// The `--block` value that asks for this disk.
-    fn option_value(&self) -> OsString {
-        let mut value = self.path.clone().into_os_string();
-        if self.read_only {
-            value.push(",ro");
-        }
-        value
-    }
 }
 
 /// A network card, as `--net` asks for it.
@@ -267,69 +253,12 @@ impl Args {
 }
 
 impl Request {
-    /// Whether the launcher gives anything up once the guest is set up: a root, a user, or
-    /// the system calls the seccomp filter refuses.
-    pub fn confined(&self) -> bool {
-        self.seccomp || self.user.is_some() || self.chroot.is_some()
-    }
-
     /// Gives every network card without an address a random one.
     pub fn choose_macs(&mut self) -> io::Result<()> {
         for card in self.nets.iter_mut().filter(|card| card.mac.is_none()) {
             card.mac = Some(Mac::random()?);
         }
         Ok(())
-    }
-
-    /// A command line (without the program's name) that asks for this request again. Values
-    /// are joined to their options with `=`, and MEM, KERNEL and the kernel's words follow a
-    /// `--`, so none of them is read as an option, whatever it looks like.
-    pub fn command_line(&self) -> Vec<OsString> {
-        let mut args: Vec<OsString> = Vec::new();
-        let mut option = |name: &str, value: &std::ffi::OsStr| {
-            let mut arg = OsString::from(format!("--{name}="));
-            arg.push(value);
-            args.push(arg);
-        };
-        if let Some(initrd) = &self.initrd {
-            option("initrd", initrd.as_os_str());
-        }
-        for disk in &self.disks {
-            option("block", &disk.option_value());
-        }
-        if let Some(user) = &self.user {
-            option("user", user.as_ref());
-        }
-        if let Some(dir) = &self.chroot {
-            option("chroot", dir.as_os_str());
-        }
-        for card in &self.nets {
-            let mac = card
-                .mac
-                .map(|mac| format!(",mac={mac}"))
-                .unwrap_or_default();
-            option("net", format!("tap={}{mac}", card.tap).as_ref());
-        }
-        let flags = [
-            (self.rng, "--rng"),
-            (self.no_reboot, "--no-reboot"),
-            (self.trace, "--trace"),
-            (!self.seccomp, "--no-seccomp"),
-            (!self.fast_paths, "--no-fast-paths"),
-        ];
-        for (_, flag) in flags.into_iter().filter(|(on, _)| *on) {
-            args.push(flag.into());
-        }
-        for _ in 0..self.verbose {
-            args.push("-v".into());
-        }
-        // After `--` clap takes every word as it is: the kernel's path and words too.
-        args.push("--".into());
-        // Every page is a whole number of KiB.
-        args.push(format!("{}k", self.ram_bytes >> 10).into());
-        args.push(self.kernel.clone().into());
-        args.extend(self.kernel_words.iter().map(OsString::from));
-        args
     }
 }
 
@@ -417,16 +346,14 @@ mod tests {
     }
 
     #[test]
-    fn confinement_is_on_unless_the_filter_is_off_and_nothing_else_asked() {
+    fn the_filter_is_on_unless_turned_off_and_user_and_root_are_read() {
         let request = parse("64m bzImage");
-        assert!(request.seccomp && request.confined());
+        assert!(request.seccomp);
         assert_eq!((request.user, request.chroot), (None, None));
-        assert!(!parse("--no-seccomp 64m bzImage").confined());
         let request = parse("--no-seccomp --user 65534:65534 --chroot /var/empty 64m bzImage");
-        assert!(!request.seccomp && request.confined());
+        assert!(!request.seccomp);
         assert_eq!(request.user.as_deref(), Some("65534:65534"));
         assert_eq!(request.chroot, Some(PathBuf::from("/var/empty")));
-        assert!(parse("--no-seccomp --chroot / 64m bzImage").confined());
     }
 
     #[test]
@@ -589,38 +516,27 @@ mod tests {
     }
 
     #[test]
-    fn a_request_written_out_again_asks_for_the_same() {
-        for line in [
-            "64 bzImage",
-            "-vv --trace --rng --no-reboot --initrd=-i.img --block=-d.img,ro --block e.img \
-             --net tap=a,mac=02:00:00:00:00:01 --net tap=b -- 1g -bzImage quiet",
-            "--user=-nobody:65534 --chroot=-jail --no-seccomp --no-fast-paths 64m bzImage",
-            "65536k bzImage -- --block d.img -v",
-            "64m bzImage quiet -- --rng -- init",
-        ] {
-            let mut request = parse(line);
-            request.choose_macs().unwrap();
-            let argv: Vec<OsString> = std::iter::once("lguest-launcher".into())
-                .chain(request.command_line())
-                .collect();
-            let again = Args::try_parse_from(&argv).unwrap().check(&argv).unwrap();
-            assert_eq!(again, request, "{line} became {argv:?}");
-        }
+    fn the_fast_paths_are_on_unless_turned_off() {
+        assert!(parse("64m bzImage").fast_paths);
+        assert!(!parse("--no-fast-paths 64m bzImage").fast_paths);
     }
 
     #[test]
     fn help_says_where_options_go_and_what_each_exit_code_means() {
         let help = Args::command().render_long_help().to_string();
-        assert!(help.contains("Options go before MEM:"), "{help}");
+        for part in [
+            "Options go before MEM:",
+            "The escape key is Ctrl-A",
+            "Examples:",
+        ] {
+            assert!(help.contains(part), "{part}: {help}");
+        }
         for (code, meaning) in [
             (POWERED_OFF, "the guest powered off"),
             (LAUNCHER_ERROR, "the launcher failed"),
             (USAGE, "the command line is wrong"),
             (GUEST_DIED, "the guest died"),
-            (
-                GUEST_REBOOTED,
-                "the guest rebooted, under --no-reboot or in a confined launcher",
-            ),
+            (GUEST_REBOOTED, "the guest rebooted, under --no-reboot"),
             (QUIT, "the user quit: Ctrl-A x"),
         ] {
             assert!(

@@ -15,14 +15,21 @@
 //! The user is looked up ([`Credentials::resolve`]) before anything is set up: a name that is
 //! not a user is a mistake in the command line, and the user database may well not be inside
 //! the new root.
+//!
+//! All of this happens in the guest's own process, which the launcher forked (supervise.rs) and
+//! which is tied to it by [`end_with_supervisor`]: the launcher itself keeps its privilege, to
+//! start the guest afresh when it reboots.
 
 use std::collections::BTreeSet;
 use std::ffi::CString;
 use std::path::Path;
 
 use anyhow::{bail, ensure, Context};
+use nix::sys::prctl;
+use nix::sys::signal::Signal;
 use nix::unistd::{
-    getgrouplist, getgroups, getresgid, getresuid, setgid, setgroups, setuid, Gid, Uid, User,
+    getgrouplist, getgroups, getppid, getresgid, getresuid, setgid, setgroups, setuid, Gid, Pid,
+    Uid, User,
 };
 
 /// Who the launcher becomes: `--user`'s USER[:GID], looked up.
@@ -130,6 +137,20 @@ pub fn drop_to(who: &Credentials) -> anyhow::Result<()> {
     ensure!(
         who.uid.is_root() || setuid(Uid::from_raw(0)).is_err(),
         "--user: the launcher could become root again"
+    );
+    Ok(())
+}
+
+/// Has the kernel send this process SIGTERM (which puts the terminal back before it ends the
+/// launcher, terminal.rs) when its parent, the launcher's `supervisor` (supervise.rs), ends
+/// (prctl's PR_SET_PDEATHSIG): a supervisor killed outright must not leave its guest running
+/// with no one to wait for it. Comes after [`drop_to`], since a change of user or group clears
+/// the setting; and fails if the supervisor has already gone.
+pub fn end_with_supervisor(supervisor: Pid) -> anyhow::Result<()> {
+    prctl::set_pdeathsig(Signal::SIGTERM).context("cannot follow the supervisor (prctl)")?;
+    ensure!(
+        getppid() == supervisor,
+        "the launcher's supervisor (process {supervisor}) has gone"
     );
     Ok(())
 }

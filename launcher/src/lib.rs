@@ -33,6 +33,9 @@
 //!    decoded ([`mmio`]) and handed to the devices, and the guest's end (power off, restart,
 //!    death with the host's reason) handed back to main.rs. A guest breaking the devices' rules
 //!    gets a warning, a few of each kind ([`ratelimit`]).
+//! 10. [`supervise`]: all of the above happens in a child process, which the launcher forks
+//!     and waits for; a guest that reboots gets a fresh one, which sets it up and confines
+//!     itself again (under `--no-reboot`, the launcher's own process runs the guest).
 //!
 //! [`GuestRam::base`]: memory::GuestRam::base
 
@@ -49,5 +52,6 @@ pub mod ratelimit;
 pub mod run;
 pub mod seccomp;
 pub mod size;
+pub mod supervise;
 pub mod terminal;
 pub mod virtio;

@@ -3,20 +3,21 @@
 //! This file walks the steps the library provides, in the order lib.rs tells them, logs what
 //! it did, and turns any failure into one line on stderr and an exit code (cli.rs lists them):
 //! 2 for a command line it refuses, 1 for everything else that fails. How the guest ends decides
-//! how the launcher ends: power off is exit 0, a restart starts the launcher afresh (or, with
-//! --no-reboot or confined, exits 4), and death is the reason on stderr and exit 3. The user can
-//! end it too, with Ctrl-A x on its terminal: exit 5 (terminal.rs).
+//! how the launcher ends: power off is exit 0, a restart starts the guest afresh (or, with
+//! --no-reboot, exits 4), and death is the reason on stderr and exit 3. The user can end it too,
+//! with Ctrl-A x on its terminal: exit 5 (terminal.rs).
 //!
-//! Between setting the guest up and running it, the launcher confines itself (confine.rs,
-//! seccomp.rs): a new root, a user without privilege, and the seccomp filter.
+//! The guest runs in a child process, which the launcher forks, waits for, and forks again when
+//! the guest reboots (supervise.rs); under --no-reboot, in the launcher's own. Between setting
+//! the guest up and running it, that process confines itself (confine.rs, seccomp.rs): a new
+//! root, a user without privilege, and the seccomp filter.
 
 use std::ffi::OsString;
 use std::fs::File;
 use std::io::IsTerminal;
 use std::os::fd::AsFd;
-use std::os::unix::process::CommandExt;
 use std::path::Path;
-use std::process::{Command, ExitCode};
+use std::process::ExitCode;
 use std::sync::Arc;
 
 use anyhow::Context;
@@ -24,6 +25,7 @@ use clap::Parser;
 use lguest_abi::dev::Initialize;
 use lguest_abi::PAGE_SIZE;
 use log::{info, warn};
+use nix::unistd::{getpid, Pid};
 
 use lguest_launcher::boot_params::{
     fixed_reserved, write_boot_params, Layout, BOOT_PARAMS_GPA, CMDLINE_GPA,
@@ -38,6 +40,7 @@ use lguest_launcher::pagetables::write_initial_page_tables;
 use lguest_launcher::run::{run_guest, Stop};
 use lguest_launcher::seccomp;
 use lguest_launcher::size::format_size;
+use lguest_launcher::supervise::{self, Ended};
 use lguest_launcher::terminal::RawTerminal;
 use lguest_launcher::virtio::{open_tap, Block, Console, DeviceManager, Net, Rng, VirtioDevice};
 
@@ -73,59 +76,56 @@ fn main() -> ExitCode {
         level.to_owned()
     };
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(filter)).init();
-    match launch(&mut args, user.as_ref()) {
-        Ok(Stop::PowerOff(message)) => {
-            info!("the guest powered off: {message}");
-            ExitCode::from(cli::POWERED_OFF)
-        }
-        Ok(Stop::Restart(message)) if args.no_reboot => {
-            info!("the guest asked to restart, and --no-reboot says exit: {message}");
-            ExitCode::from(cli::GUEST_REBOOTED)
-        }
-        Ok(Stop::Restart(message)) if args.confined() => {
-            info!("the guest asked to restart: {message}");
-            eprintln!(
-                "lguest-launcher: the guest rebooted, and a confined launcher cannot start it \
-                 afresh (--help says why)"
-            );
-            ExitCode::from(cli::GUEST_REBOOTED)
-        }
-        Ok(Stop::Restart(message)) => {
-            info!("the guest asked to restart: {message}");
-            restart(&args)
-        }
-        Ok(Stop::Died(reason)) => {
-            eprintln!("lguest-launcher: guest died: {reason}");
-            ExitCode::from(cli::GUEST_DIED)
-        }
+    // Chosen once, so that a guest that reboots comes back with the same network cards.
+    if let Err(err) = args.choose_macs() {
+        eprintln!("lguest-launcher: cannot choose a MAC address for a network card: {err}");
+        return ExitCode::from(cli::LAUNCHER_ERROR);
+    }
+    if args.no_reboot {
+        return ExitCode::from(run_once(&args, user.as_ref(), None));
+    }
+    let supervisor = getpid();
+    match supervise::supervise(|| run_once(&args, user.as_ref(), Some(supervisor))) {
+        Ok(Ended::Exited(code)) => ExitCode::from(code),
+        Ok(Ended::Signaled(signal)) => supervise::die_by(signal),
         Err(err) => {
-            // `{:#}` prints the whole chain of contexts on one line, joined with ": ".
             eprintln!("lguest-launcher: {err:#}");
             ExitCode::from(cli::LAUNCHER_ERROR)
         }
     }
 }
 
-/// Starts the launcher again for the same request, as lguest's launcher did on a restart: the
-/// simplest way to give the guest fresh memory and a fresh /dev/lguest file. Both go away at
-/// the exec (Rust opens files close-on-exec), so the old guest is gone before the new one is
-/// set up. The request's own command line keeps the MACs chosen this time.
-fn restart(args: &Request) -> ExitCode {
-    let mut command = Command::new("/proc/self/exe");
-    if let Some(arg0) = std::env::args_os().next() {
-        command.arg0(arg0);
+/// Sets the guest up, runs it to its end and returns the exit status that end deserves (cli.rs):
+/// one boot of the guest, in the process `supervisor` forked for it, if there is one.
+fn run_once(args: &Request, user: Option<&Credentials>, supervisor: Option<Pid>) -> u8 {
+    match launch(args, user, supervisor) {
+        Ok(Stop::PowerOff(message)) => {
+            info!("the guest powered off: {message}");
+            cli::POWERED_OFF
+        }
+        Ok(Stop::Restart(message)) => {
+            info!("the guest asked to restart: {message}");
+            cli::GUEST_REBOOTED
+        }
+        Ok(Stop::Died(reason)) => {
+            eprintln!("lguest-launcher: guest died: {reason}");
+            cli::GUEST_DIED
+        }
+        Err(err) => {
+            // `{:#}` prints the whole chain of contexts on one line, joined with ": ".
+            eprintln!("lguest-launcher: {err:#}");
+            cli::LAUNCHER_ERROR
+        }
     }
-    // exec returns only if it failed.
-    let err = command.args(args.command_line()).exec();
-    eprintln!("lguest-launcher: cannot restart the guest: exec /proc/self/exe: {err}");
-    ExitCode::from(cli::LAUNCHER_ERROR)
 }
 
-/// Sets the guest up as `args` asks, confines the launcher (as `user`, if given), and runs the
-/// guest to its end.
-fn launch(args: &mut Request, user: Option<&Credentials>) -> anyhow::Result<Stop> {
-    args.choose_macs()
-        .context("cannot choose a MAC address for a network card")?;
+/// Sets the guest up as `args` asks, confines the launcher (as `user`, if given; bound to its
+/// `supervisor`, if it has one), and runs the guest to its end.
+fn launch(
+    args: &Request,
+    user: Option<&Credentials>,
+    supervisor: Option<Pid>,
+) -> anyhow::Result<Stop> {
     let ram_bytes = args.ram_bytes;
     let image = read(&args.kernel, "kernel")?;
     let initrd = args
@@ -216,6 +216,9 @@ fn launch(args: &mut Request, user: Option<&Credentials>) -> anyhow::Result<Stop
             "running as uid {} gid {}, groups {:?}",
             user.uid, user.gid, user.groups
         );
+    }
+    if let Some(supervisor) = supervisor {
+        confine::end_with_supervisor(supervisor)?;
     }
     devices
         .start_input_threads()

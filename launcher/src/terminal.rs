@@ -26,8 +26,9 @@ use nix::sys::termios::{self, SetArg, Termios};
 static SAVED: OnceLock<libc::termios> = OnceLock::new();
 
 /// Signals whose default action ends the process: the terminal is restored before they do. With
-/// ISIG off the terminal raises none of them itself, but `kill` still can.
-const ENDING_SIGNALS: [Signal; 4] = [
+/// ISIG off the terminal raises none of them itself, but `kill` still can. (The supervisor
+/// passes the same ones on to the guest's process: supervise.rs.)
+pub(crate) const ENDING_SIGNALS: [Signal; 4] = [
     Signal::SIGINT,
     Signal::SIGTERM,
     Signal::SIGHUP,

@@ -39,9 +39,8 @@ while [ $# -gt 0 ]; do
 done
 
 step "building the floor probe"
-CARGO_TARGET_DIR=$CACHE/guests-target cargo build --quiet --release \
-    --manifest-path "$REPO/tests/guests/floor/Cargo.toml" --target x86_64-unknown-none >&2 ||
-    die "building the floor probe failed"
+CARGO_TARGET_DIR=$CACHE/guests-target cargo_build "the floor probe" --release \
+    --manifest-path "$REPO/tests/guests/floor/Cargo.toml" --target x86_64-unknown-none
 probe=$CACHE/guests-target/x86_64-unknown-none/release/floor-probe
 
 mkdir -p "$CACHE/runs"

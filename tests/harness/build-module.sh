@@ -37,8 +37,10 @@ rsync -a --delete --filter='P *.o' --filter='P .*.cmd' --filter='P *.ko' --filte
     --filter='P .*.d' --exclude=target "$REPO/abi" "$REPO/lg-module" "$REPO/switcher" "$BUILD/"
 
 step "building lg.ko${clippy[*]:+ through clippy}"
-if ! make -C "$KSRC" "${KERNEL_RUST_VARS[@]}" BINDGEN="$BINDGEN" "${clippy[@]}" \
-        M="$BUILD/lg-module" modules >"$BUILD/build.log" 2>&1; then
+# The first errors are the ones to read: the log's head, without make's own lines.
+if ! run_watched "$BUILD/build.log" "lg.ko${clippy[*]:+ through clippy}" \
+        make -C "$KSRC" "${KERNEL_RUST_VARS[@]}" BINDGEN="$BINDGEN" "${clippy[@]}" \
+        M="$BUILD/lg-module" modules; then
     grep -v "^make" "$BUILD/build.log" | head -n 60 >&2
     die "lg.ko failed to build${clippy[*]:+ through clippy}"
 fi

@@ -8,16 +8,15 @@ set -euo pipefail
 export CARGO_TARGET_DIR=$CACHE/target
 # The initramfs has no C library: link everything in. The explicit --target keeps the flag off
 # build scripts and proc-macros, which run on this machine.
-RUSTFLAGS="-C target-feature=+crt-static" cargo build --quiet --release \
+RUSTFLAGS="-C target-feature=+crt-static" cargo_build "the launcher and test runner" --release \
     --manifest-path "$REPO/Cargo.toml" --target x86_64-unknown-linux-gnu \
-    -p lguest-launcher -p lguest-e2e >&2 || die "building the launcher and test runner failed"
+    -p lguest-launcher -p lguest-e2e
 bin=$CARGO_TARGET_DIR/x86_64-unknown-linux-gnu/release
 
 # The guests are kernels, built for bare x86-64 in a workspace (and target directory) of their
 # own; the launcher loads them as ELF files.
-CARGO_TARGET_DIR=$CACHE/guests-target cargo build --quiet --release \
-    --manifest-path "$REPO/tests/guests/ring1/Cargo.toml" --target x86_64-unknown-none >&2 ||
-    die "building the ring-1 guest failed"
+CARGO_TARGET_DIR=$CACHE/guests-target cargo_build "the ring-1 guest" --release \
+    --manifest-path "$REPO/tests/guests/ring1/Cargo.toml" --target x86_64-unknown-none
 mkdir -p "$bin/guests"
 cp "$CACHE/guests-target/x86_64-unknown-none/release/ring1" "$bin/guests/ring1"
 # The teaching guest (guest/, with paravirt-ops/) boots under lg.ko from the same image.

@@ -13,6 +13,8 @@
 #   unit-tests        cargo test --workspace
 #   docs              the book names only what exists (tests/docs-check)
 #   scripts           bash -n and shellcheck on every harness script
+#   harness           the harness's own tests (selftest.sh): progress lines, colours, heartbeats,
+#                     interrupted builds, verdicts as they come, the scenario list
 # Every clippy runs with warnings as errors and undocumented unsafe blocks denied. lg.ko needs
 # the host kernel built: on a fresh machine the first check builds it (build-kernel.sh).
 set -euo pipefail
@@ -101,5 +103,6 @@ run_step clippy-module clippy_module
 run_step unit-tests unit_tests
 run_step docs docs_check
 run_step scripts scripts_check
+run_step harness tests/harness/selftest.sh
 echo "check: $passed passed, $failed failed"
 [ "$failed" = 0 ]

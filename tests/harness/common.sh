@@ -11,16 +11,31 @@ mkdir -p "$CACHE"
 # The kernel's Rust must be Debian's rustc-web (see docs/building.md); rustup's comes first on PATH.
 KERNEL_RUST_VARS=(RUSTC=/usr/bin/rustc RUSTDOC=/usr/bin/rustdoc HOSTRUSTC=/usr/bin/rustc)
 
-_t0=$(date +%s)
-elapsed() { echo $(( $(date +%s) - _t0 ))s; }
-step() { printf '\033[1m==> %s\033[0m [%s]\n' "$*" "$(elapsed)" >&2; }
-ok() { printf '\033[32m==> %s\033[0m [%s]\n' "$*" "$(elapsed)" >&2; }
-die() { printf '\033[31merror: %s\033[0m\n' "$*" >&2; exit 1; }
+# The `[Ns]` on each line counts from the start of the command the user typed: lguest-dev sets
+# LGUEST_T0 and every script it runs inherits it, so one run's times add up instead of starting
+# again at each sub-script.
+export LGUEST_T0=${LGUEST_T0:-$(date +%s)}
+elapsed() { echo $(( $(date +%s) - LGUEST_T0 ))s; }
+# Colours for a person at a terminal only: not in a CI log or a file, nor under NO_COLOR
+# (https://no-color.org: set and not empty).
+if [ -t 2 ] && [ -z "${NO_COLOR:-}" ]; then
+    _bold=$'\033[1m' _green=$'\033[32m' _red=$'\033[31m' _plain=$'\033[0m'
+else
+    _bold='' _green='' _red='' _plain=''
+fi
+step() { printf '%s==> %s%s [%s]\n' "$_bold" "$*" "$_plain" "$(elapsed)" >&2; }
+ok() { printf '%s==> %s%s [%s]\n' "$_green" "$*" "$_plain" "$(elapsed)" >&2; }
+die() { printf '%serror: %s%s\n' "$_red" "$*" "$_plain" >&2; exit 1; }
 
-# run_with_progress LOGFILE LABEL CMD...: run a long command with its output in LOGFILE and a
-# heartbeat every 30 s (label, elapsed time, last line of the log) so nobody stares at a silent
-# terminal for eight minutes. On failure, the log's tail is shown.
-run_with_progress() {
+# How often a long command says it is still going, in seconds (the harness's self-test shortens
+# it).
+HEARTBEAT_SECONDS=${HEARTBEAT_SECONDS:-30}
+
+# run_watched LOGFILE LABEL CMD...: run a long command with its output in LOGFILE and a heartbeat
+# every HEARTBEAT_SECONDS (label, time so far, last line of the log), so nobody stares at a
+# silent terminal for eight minutes; returns the command's status. A command done sooner than
+# that says nothing.
+run_watched() {
     local log=$1 label=$2; shift 2
     local start; start=$(date +%s)
     # A command started with & by a script ignores Ctrl-C, so a make left to itself would build
@@ -32,21 +47,56 @@ run_with_progress() {
     trap "kill -TERM -- -$pid 2>/dev/null; wait $pid; exit 130" INT TERM
     local last=$start
     while kill -0 "$pid" 2>/dev/null; do
-        sleep 2
+        sleep 1
         local now; now=$(date +%s)
-        if (( now - last >= 30 )) && kill -0 "$pid" 2>/dev/null; then
+        if (( now - last >= HEARTBEAT_SECONDS )) && kill -0 "$pid" 2>/dev/null; then
             last=$now
-            printf '    %s: %ds, %s\n' "$label" $((now - start)) \
-                "$(tail -n 1 "$log" | cut -c1-80)" >&2
+            local line; line=$(tail -n 1 "$log" | cut -c1-80)
+            printf '    %s: %ds%s\n' "$label" $((now - start)) "${line:+, $line}" >&2
         fi
     done
     local status=0
     wait "$pid" || status=$?
     trap - INT TERM
-    if [ "$status" != 0 ]; then
+    return "$status"
+}
+
+# run_with_progress LOGFILE LABEL CMD...: run_watched, and on failure the log's tail and the end.
+run_with_progress() {
+    local log=$1 label=$2
+    if ! run_watched "$@"; then
         tail -n 30 "$log" >&2
         die "$label failed (full log: $log)"
     fi
+}
+
+# cargo_build WHAT ARGS...: `cargo build --quiet ARGS` with run_watched's heartbeat; what it
+# printed (warnings) is shown afterwards, and if it fails, its first errors, then the end.
+cargo_build() {
+    local what=$1 log; shift
+    mkdir -p "$CACHE/runs"
+    log=$CACHE/runs/cargo-build-${what//[^a-zA-Z0-9]/-}.log
+    if ! run_watched "$log" "building $what" cargo build --quiet "$@"; then
+        head -n 60 "$log" >&2
+        die "building $what failed (full log: $log)"
+    fi
+    cat "$log" >&2
+}
+
+# verdicts LOG: the VM's console on stdin, kept in LOG without its carriage returns and terminal
+# escapes, and its verdict lines (`e2e NAME: ...`, `lguest-vm: ...`) on stdout. Each is shown as
+# its scenario ends: every stage passes lines on as they come (sed -u, tee, grep
+# --line-buffered), where tr would hold them in its buffer till the end.
+verdicts() {
+    sed -u -e 's/\r//g' -e 's/\x1bc//g' -e 's/\x1b\[[0-9;?]*[A-Za-z]//g' | tee "$1" |
+        grep --line-buffered -E '^e2e |lguest-vm:'
+}
+
+# scenario_names: the end-to-end scenarios, in the order `lguest-e2e all` runs them, read from
+# the table in tests/e2e/src/scenarios/mod.rs without building anything (a unit test there
+# checks that this reading and the table agree).
+scenario_names() {
+    sed -n 's/^ *name: "\([^"]*\)",$/\1/p' "$REPO/tests/e2e/src/scenarios/mod.rs"
 }
 
 # LGUEST_SLOWDOWN=N (a whole number; 1, the default, changes nothing): every QEMU runs as if on a

@@ -37,19 +37,22 @@ if [ "$need_apt" = 1 ]; then
             > /etc/apt/sources.list.d/lguest-rs-backports.list
     fi
     step "apt-get update"
-    apt-get update -qq
+    run_with_progress "$CACHE/setup-apt.log" "apt-get update" apt-get update -qq
     step "installing Debian packages (qemu 10 and linux-source-6.12 from backports)"
     # qemu-system-x86 must come from backports: qemu-utils on these machines already does, and a
     # plain install would ask for mismatched versions.
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq -t bookworm-backports \
-        qemu-system-x86 linux-source-6.12 >/dev/null
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${PACKAGES[@]}" >/dev/null
+    run_with_progress "$CACHE/setup-apt.log" "apt-get install (backports)" \
+        env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq -t bookworm-backports \
+        qemu-system-x86 linux-source-6.12
+    run_with_progress "$CACHE/setup-apt.log" "apt-get install" \
+        env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${PACKAGES[@]}"
 fi
 
 # The kernel build runs bindgen; 6.12 is measured against bindgen-cli 0.70.1.
 if [ ! -x "$BINDGEN" ]; then
     step "installing bindgen-cli 0.70.1 into $CACHE/tools (about 2 minutes, once)"
-    cargo install --quiet bindgen-cli --version 0.70.1 --locked --root "$CACHE/tools"
+    run_with_progress "$CACHE/setup-bindgen.log" "bindgen-cli install" \
+        cargo install --quiet bindgen-cli --version 0.70.1 --locked --root "$CACHE/tools"
 fi
 
 # The launcher and the in-VM test runner are static binaries built by rustup's toolchain.

@@ -146,10 +146,10 @@ native_devices() {
 # Both crates are kernels' code, built for bare x86-64 in a target directory of their own.
 export CARGO_TARGET_DIR=$CACHE/guests-target
 step "building paravirt-ops and the teaching guest"
-cargo build --quiet --release --manifest-path "$REPO/paravirt-ops/Cargo.toml" \
-    --target x86_64-unknown-none >&2 || die "building paravirt-ops failed"
-cargo build --quiet --release --manifest-path "$REPO/guest/Cargo.toml" \
-    --target x86_64-unknown-none >&2 || die "building the teaching guest failed"
+cargo_build paravirt-ops --release --manifest-path "$REPO/paravirt-ops/Cargo.toml" \
+    --target x86_64-unknown-none
+cargo_build "the teaching guest" --release --manifest-path "$REPO/guest/Cargo.toml" \
+    --target x86_64-unknown-none
 elf=$CARGO_TARGET_DIR/x86_64-unknown-none/release/teaching-guest
 
 if [ "$mode" = none ]; then

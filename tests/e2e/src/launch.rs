@@ -2,10 +2,17 @@
 //!
 //! The scenarios judge the launcher (and through it lg.ko) by what a user sees: the exit status,
 //! or the signal that ended it, stdout (the guest's console) and stderr (the launcher's own
-//! lines). [`spawn`] starts one and [`Running::finish`] waits for it, killing it after a time
+//! lines). [`spawn`] starts one and [`Running::finish`] waits for it, stopping it after a time
 //! limit so a hung guest fails its scenario instead of the whole run; [`launch`] does both.
 //! Two threads drain the pipes while the launcher runs, so a chatty guest cannot fill a pipe and
 //! stall.
+//!
+//! The launcher runs its guest in a child process (launcher/src/supervise.rs), a fresh one at
+//! each reboot; only under `--no-reboot` does it run the guest itself. What a scenario reads of
+//! the guest's process (its IDs, its filter, its threads, its locks and locked memory) it reads
+//! from [`Running::guest_pid`]. A launcher is stopped as a user would stop it, with SIGTERM,
+//! which it passes on to that child before it ends: when it is gone, so is the guest, with its
+//! files and locks.
 
 use std::io::Read;
 use std::os::unix::process::ExitStatusExt;
@@ -14,7 +21,11 @@ use std::sync::{Arc, Mutex};
 use std::thread::{self, sleep, JoinHandle};
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context};
+use anyhow::{bail, ensure, Context};
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+
+use crate::procfs;
 
 pub const LAUNCHER: &str = "/bin/lguest-launcher";
 /// The launcher's exit code for a guest that died: the host killed it, or the launcher stopped
@@ -74,11 +85,18 @@ fn tail(text: &str, chars: usize) -> &str {
     &text[start..]
 }
 
-/// A launcher that is still running. Dropping it kills the launcher, so an early return from a
+/// How long a launcher sent SIGTERM may take to end before it is killed: only a launcher that
+/// is failing its scenario already is stopped this way, and a hung one should not hold up the
+/// run for long.
+const STOP_PATIENCE: Duration = Duration::from_secs(30);
+
+/// A launcher that is still running. Dropping it stops the launcher, so an early return from a
 /// scenario leaves no guest spinning behind it.
 pub struct Running {
     child: Option<Child>,
     args: String,
+    /// Whether the guest runs in the launcher's own process (`--no-reboot`), not a child's.
+    runs_itself: bool,
     stdout: Option<JoinHandle<String>>,
     stderr: Option<JoinHandle<String>>,
     /// What stdout has said so far, for [`Running::wait_for`].
@@ -147,6 +165,7 @@ fn spawn_on(args: &[&str], stdin: Stdio, input: Option<&[u8]>) -> anyhow::Result
     Ok(Running {
         child: Some(child),
         args: args.join(" "),
+        runs_itself: args.contains(&"--no-reboot"),
         stdout: stdout.map(|pipe| drain(pipe, Some(seen.clone()))),
         stderr: stderr.map(|pipe| drain(pipe, None)),
         seen,
@@ -176,6 +195,31 @@ fn drain(
 impl Running {
     pub fn pid(&self) -> i32 {
         self.child.as_ref().map_or(0, |c| c.id() as i32)
+    }
+
+    /// The process that runs the guest: the launcher's child (the launcher itself under
+    /// `--no-reboot`). Waits up to `patience` for it, since the launcher forks it as it starts
+    /// and again at each reboot; fails if the launcher ends first.
+    pub fn guest_pid(&mut self, patience: Duration) -> anyhow::Result<i32> {
+        let launcher = self.pid();
+        if self.runs_itself {
+            return Ok(launcher);
+        }
+        let start = Instant::now();
+        loop {
+            if let Some(child) = child_of(launcher)? {
+                return Ok(child);
+            }
+            ensure!(
+                self.alive()?,
+                "the launcher ended before its guest's process could be found"
+            );
+            ensure!(
+                start.elapsed() < patience,
+                "the launcher had no child process (its guest's) within {patience:?}"
+            );
+            sleep(Duration::from_millis(20));
+        }
     }
 
     /// Whether it is still running.
@@ -220,8 +264,7 @@ impl Running {
                 break status;
             }
             if start.elapsed() > patience {
-                child.kill()?;
-                child.wait()?;
+                stop(&mut child)?;
                 let stdout = self.collect_stdout();
                 bail!(
                     "`{LAUNCHER} {}` still ran after {patience:?}; its output ended: {}",
@@ -250,12 +293,51 @@ fn join(reader: Option<JoinHandle<String>>) -> String {
         .unwrap_or_default()
 }
 
+/// Stops a launcher as a user would, with SIGTERM, and waits for it to end; kills it if it has
+/// not within [`STOP_PATIENCE`].
+fn stop(child: &mut Child) -> anyhow::Result<()> {
+    let pid = Pid::from_raw(child.id() as i32);
+    if child.try_wait()?.is_none() {
+        kill(pid, Signal::SIGTERM).context("kill -TERM the launcher")?;
+    }
+    let start = Instant::now();
+    while child.try_wait()?.is_none() {
+        if start.elapsed() > STOP_PATIENCE {
+            child.kill()?;
+            child.wait()?;
+            break;
+        }
+        sleep(Duration::from_millis(10));
+    }
+    Ok(())
+}
+
+/// The first process found whose parent is `parent`, if any.
+fn child_of(parent: i32) -> anyhow::Result<Option<i32>> {
+    let parent = parent.to_string();
+    for entry in std::fs::read_dir("/proc").context("cannot list /proc")? {
+        let Some(pid) = entry?
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<i32>().ok())
+        else {
+            continue;
+        };
+        // A process may end between the listing and the read.
+        if let Ok(status) = procfs::read(&format!("/proc/{pid}/status")) {
+            if procfs::field(&status, "PPid") == Some(parent.as_str()) {
+                return Ok(Some(pid));
+            }
+        }
+    }
+    Ok(None)
+}
+
 impl Drop for Running {
     fn drop(&mut self) {
         if let Some(mut child) = self.child.take() {
             // Best effort: the scenario is failing already.
-            let _ = child.kill();
-            let _ = child.wait();
+            let _ = stop(&mut child);
         }
         join(self.stdout.take());
         join(self.stderr.take());

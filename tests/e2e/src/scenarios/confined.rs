@@ -1,13 +1,17 @@
-//! The confined launcher: once the guest is set up, the launcher runs it with no privilege
+//! The confined launcher: once the guest is set up, the process that runs it has no privilege
 //! (`--user`, `--chroot`) and only the system calls its seccomp filter allows (launcher/src/
 //! confine.rs and seccomp.rs). The scenarios look at a running launcher from outside, as an
 //! administrator would: its IDs, groups, capabilities and seccomp mode in /proc/PID/status, its
-//! root in /proc/PID/root.
+//! root in /proc/PID/root, its open files in /proc/PID/fd. The guest runs in the launcher's
+//! child (launcher/src/supervise.rs), which is what is confined; the launcher itself only waits.
 //!
 //! - `launcher-confined`: the teaching guest's device self-tests (entropy, a disk, console
-//!   input), run by a launcher that became nobody in an empty root directory, with the filter
-//!   on and its locked-memory limit raised to guest RAM; and a UID the user database does not
-//!   know, with its group given.
+//!   input), run by a process that became nobody in an empty root directory, with the filter
+//!   on and its locked-memory limit raised to guest RAM, while the launcher above it holds no
+//!   file of the guest's; and a UID the user database does not know, with its group given.
+//! - `launcher-reboot`: a guest that reboots is started afresh, in a fresh process that
+//!   confines itself again, until the launcher is stopped; under `--no-reboot` the launcher
+//!   exits 4 instead. (`linux-reboot` reboots Linux under `--user nobody`: linux.rs.)
 //! - `launcher-seccomp`: the filter is on by default, in every thread, and off with
 //!   `--no-seccomp`; and a call it forbids, made from the console's input thread as a guest that
 //!   took that thread over would make it, ends the launcher by SIGSYS with one line. The call is
@@ -60,11 +64,12 @@ pub fn confined() -> anyhow::Result<()> {
         "--user", "nobody", "--chroot", JAIL, "--rng", "--block", DISK, MEM, TEACHING, "devices",
         "echo",
     ])?;
+    let guest = running.guest_pid(PATIENCE)?;
     let all_nobody = [NOBODY; 4].join("\t");
     // The user changes after setup, and the filter comes last, right before the guest runs:
-    // from then on the launcher is confined.
-    let status = wait_for_status(&mut running, "become nobody under its filter", |status| {
-        field(status, "Uid") == Some(all_nobody.as_str()) && field(status, "Seccomp") == Some("2")
+    // from then on the guest's process is confined.
+    let status = wait_for_status(&mut running, guest, "become nobody under its filter", |s| {
+        field(s, "Uid") == Some(all_nobody.as_str()) && field(s, "Seccomp") == Some("2")
     })?;
     for (key, want) in [
         ("Gid", all_nobody.as_str()),
@@ -81,7 +86,7 @@ pub fn confined() -> anyhow::Result<()> {
     }
     // nobody cannot lock memory past its RLIMIT_MEMLOCK (the VM's is 8 MiB), so the launcher
     // raised it to guest RAM while it was root (memlock.rs).
-    let limits = procfs::read(&format!("/proc/{}/limits", running.pid()))?;
+    let limits = procfs::read(&format!("/proc/{guest}/limits"))?;
     let memlock = limits
         .lines()
         .find_map(|line| line.strip_prefix("Max locked memory"))
@@ -90,12 +95,18 @@ pub fn confined() -> anyhow::Result<()> {
     c.that(memlock == Some(vec![ram.as_str(); 2]), || {
         format!("the confined launcher's RLIMIT_MEMLOCK is {memlock:?}, not guest RAM ({ram})")
     });
-    let root = fs::read_link(format!("/proc/{}/root", running.pid()));
+    let root = fs::read_link(format!("/proc/{guest}/root"));
     c.that(
         root.as_ref()
             .is_ok_and(|root| root == std::path::Path::new(JAIL)),
         || format!("the confined launcher's root is {root:?}, not {JAIL}"),
     );
+    // The launcher above it, unconfined, opened nothing: the kernel, /dev/lguest and the disk
+    // are the child's.
+    let files = open_files(running.pid())?;
+    c.that(files == ["0", "1", "2"], || {
+        format!("the launcher (the guest's supervisor) has open files {files:?}, not stdio alone")
+    });
     stdin
         .write_all(b"hello lguest\n")
         .context("cannot write the launcher's stdin")?;
@@ -111,7 +122,8 @@ pub fn confined() -> anyhow::Result<()> {
     // A UID no one has: the launcher takes it as given, with the group it is given.
     let (mut running, _stdin) =
         launch::spawn_with_open_stdin(&["--user", "4242:4343", MEM, GUEST, "spin", "2"])?;
-    let status = wait_for_status(&mut running, "become 4242", |status| {
+    let guest = running.guest_pid(PATIENCE)?;
+    let status = wait_for_status(&mut running, guest, "become 4242", |status| {
         field(status, "Uid") == Some("4242\t4242\t4242\t4242")
     })?;
     for (key, want) in [("Gid", "4343\t4343\t4343\t4343"), ("Groups", "4343")] {
@@ -127,6 +139,46 @@ pub fn confined() -> anyhow::Result<()> {
     c.finish()
 }
 
+/// The ring-1 guest's line before it asks to be restarted.
+const REBOOTING: &str = "ring1: rebooting";
+
+/// `launcher-reboot`: see the module's documentation.
+pub fn reboot() -> anyhow::Result<()> {
+    kmod::ensure_loaded()?;
+    let mut c = Checks::new();
+
+    let run = launch::launch(&["--no-reboot", MEM, GUEST, "reboot"], PATIENCE)?;
+    let boots = run.stdout.matches(REBOOTING).count();
+    c.that(
+        run.code == Some(4) && boots == 1 && run.stderr.is_empty(),
+        || {
+            format!(
+                "--no-reboot: expected one boot and exit 4, got {boots} boots and {}",
+                shown(&run)
+            )
+        },
+    );
+
+    // With the filter on, as by default, and as nobody: each boot opens /dev/lguest and the
+    // kernel again, which only the launcher's privilege allows, and gives it up again.
+    let mut running = launch::spawn(&["--user", "nobody", MEM, GUEST, "reboot"])?;
+    running.wait_for(REBOOTING, 3, PATIENCE)?;
+    nix::sys::signal::kill(Pid::from_raw(running.pid()), Signal::SIGTERM)
+        .context("kill -TERM the launcher")?;
+    let run = running.finish(PATIENCE)?;
+    c.that(
+        run.signal == Some(Signal::SIGTERM as i32) && run.stderr.is_empty(),
+        || {
+            format!(
+                "a guest rebooting for ever, then SIGTERM: expected death by SIGTERM and nothing \
+                 on stderr, got {}",
+                shown(&run)
+            )
+        },
+    );
+    c.finish()
+}
+
 /// `launcher-seccomp`: see the module's documentation.
 pub fn seccomp() -> anyhow::Result<()> {
     kmod::ensure_loaded()?;
@@ -136,8 +188,9 @@ pub fn seccomp() -> anyhow::Result<()> {
     // a launcher without the filter has none for good.
     let (mut running, _stdin) =
         launch::spawn_with_open_stdin(&["--no-seccomp", MEM, GUEST, "spin"])?;
-    let thread = wait_for_input_thread(&mut running)?;
-    let status = procfs::read(&format!("/proc/{}/status", running.pid()))?;
+    let guest = running.guest_pid(PATIENCE)?;
+    let thread = wait_for_input_thread(&mut running, guest)?;
+    let status = procfs::read(&format!("/proc/{guest}/status"))?;
     c.that(field(&status, "Seccomp") == Some("0"), || {
         format!(
             "--no-seccomp: the launcher's Seccomp is {:?}, not \"0\" (input thread {thread})",
@@ -147,19 +200,22 @@ pub fn seccomp() -> anyhow::Result<()> {
     drop(running);
 
     let (mut running, _stdin) = launch::spawn_with_open_stdin(&[MEM, GUEST, "spin"])?;
-    let status = wait_for_status(&mut running, "install its seccomp filter", |status| {
-        field(status, "Seccomp") == Some("2")
-    })?;
+    let guest = running.guest_pid(PATIENCE)?;
+    let status = wait_for_status(
+        &mut running,
+        guest,
+        "install its seccomp filter",
+        |status| field(status, "Seccomp") == Some("2"),
+    )?;
     for (key, want) in [("NoNewPrivs", "1"), ("Seccomp_filters", "1")] {
         let got = field(&status, key);
         c.that(got == Some(want), || {
             format!("the launcher's {key} is {got:?}, not {want:?}")
         });
     }
-    let thread = wait_for_input_thread(&mut running)?;
-    let pid = running.pid();
+    let thread = wait_for_input_thread(&mut running, guest)?;
     // SECCOMP_FILTER_FLAG_TSYNC: the input thread, started before the filter, has it too.
-    let thread_status = procfs::read(&format!("/proc/{pid}/task/{thread}/status"))?;
+    let thread_status = procfs::read(&format!("/proc/{guest}/task/{thread}/status"))?;
     c.that(field(&thread_status, "Seccomp") == Some("2"), || {
         format!(
             "the input thread's Seccomp is {:?}, not \"2\"",
@@ -185,17 +241,19 @@ pub fn seccomp() -> anyhow::Result<()> {
     c.finish()
 }
 
-/// Polls the launcher's /proc/PID/status until `ready` holds for it; returns that text. Fails
-/// if the launcher ends first, or after [`PATIENCE`].
-fn wait_for_status(
+/// Polls /proc/PID/status of `guest`, the process that runs the guest of `running`, until
+/// `ready` holds for it; returns that text. Fails if the launcher ends first, or after
+/// [`PATIENCE`].
+pub(super) fn wait_for_status(
     running: &mut Running,
+    guest: i32,
     what: &str,
     ready: impl Fn(&str) -> bool,
 ) -> anyhow::Result<String> {
     let start = Instant::now();
     loop {
-        // A launcher that has just ended has no status to read; `alive` below says so.
-        if let Ok(status) = procfs::read(&format!("/proc/{}/status", running.pid())) {
+        // A process that has just ended has no status to read; `alive` below says so.
+        if let Ok(status) = procfs::read(&format!("/proc/{guest}/status")) {
             if ready(&status) {
                 return Ok(status);
             }
@@ -212,10 +270,11 @@ fn wait_for_status(
     }
 }
 
-/// Waits for the launcher's console input thread to start; returns its thread ID.
-fn wait_for_input_thread(running: &mut Running) -> anyhow::Result<i32> {
+/// Waits for the console input thread of `guest`, the process that runs the guest of
+/// `running`, to start; returns its thread ID.
+fn wait_for_input_thread(running: &mut Running, guest: i32) -> anyhow::Result<i32> {
     let start = Instant::now();
-    let tasks = format!("/proc/{}/task", running.pid());
+    let tasks = format!("/proc/{guest}/task");
     loop {
         for task in fs::read_dir(&tasks).into_iter().flatten().flatten() {
             let comm = fs::read_to_string(task.path().join("comm")).unwrap_or_default();
@@ -235,6 +294,17 @@ fn wait_for_input_thread(running: &mut Running) -> anyhow::Result<i32> {
         );
         std::thread::sleep(Duration::from_millis(20));
     }
+}
+
+/// The names of the open files of process `pid`: their descriptors, in order.
+pub(super) fn open_files(pid: i32) -> anyhow::Result<Vec<String>> {
+    let dir = format!("/proc/{pid}/fd");
+    let mut fds: Vec<u32> = fs::read_dir(&dir)
+        .with_context(|| format!("cannot list {dir}"))?
+        .filter_map(|entry| entry.ok()?.file_name().to_str()?.parse().ok())
+        .collect();
+    fds.sort_unstable();
+    Ok(fds.into_iter().map(|fd| fd.to_string()).collect())
 }
 
 /// Makes thread `tid`, asleep in poll, call socket(AF_INET, SOCK_STREAM, 0) when it wakes: a

@@ -675,8 +675,9 @@ pub fn two_at_once() -> anyhow::Result<()> {
     kmod::ensure_loaded()?;
     let mut a = launch::spawn(&[MEM, GUEST, "spin", SPIN_SECONDS])?;
     let mut b = launch::spawn(&[MEM, GUEST, "spin", SPIN_SECONDS])?;
-    // Sample both while they run: their state and CPU, from /proc/<pid>/stat. Running at once
-    // means a sample with both running ('R'), on different CPUs.
+    let (guest_a, guest_b) = (a.guest_pid(PATIENCE)?, b.guest_pid(PATIENCE)?);
+    // Sample both while they run: their state and CPU, from /proc/<pid>/stat of the processes
+    // that run them. Running at once means a sample with both running ('R'), on different CPUs.
     let mut together = 0;
     let mut samples = 0;
     let start = Instant::now();
@@ -684,7 +685,7 @@ pub fn two_at_once() -> anyhow::Result<()> {
         let stat = |pid: i32| {
             procfs::read(&format!("/proc/{pid}/stat")).and_then(|s| procfs::stat_state_cpu(&s))
         };
-        if let (Ok((sa, ca)), Ok((sb, cb))) = (stat(a.pid()), stat(b.pid())) {
+        if let (Ok((sa, ca)), Ok((sb, cb))) = (stat(guest_a), stat(guest_b)) {
             samples += 1;
             if sa == 'R' && sb == 'R' && ca != cb {
                 together += 1;

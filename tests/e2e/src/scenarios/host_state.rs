@@ -126,7 +126,9 @@ pub fn host_breakpoint() -> anyhow::Result<()> {
                 libc::dup2(out.as_raw_fd(), 2);
             }
             let _ = ptrace::traceme();
-            let args = ["lguest-launcher", "64m", GUEST, "hello"].map(CString::new);
+            // --no-reboot: the launcher runs the guest in its own process, the one traced
+            // here, rather than in a child (which would not inherit the breakpoint).
+            let args = ["lguest-launcher", "--no-reboot", "64m", GUEST, "hello"].map(CString::new);
             if let Ok(args) = args.into_iter().collect::<Result<Vec<_>, _>>() {
                 let _ = execv(&CString::new(launch::LAUNCHER).unwrap_or_default(), &args);
             }

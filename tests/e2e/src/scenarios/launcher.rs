@@ -12,6 +12,8 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{bail, ensure, Context};
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
 
 use crate::check::Checks;
 use crate::launch::{self, FAILURE, LAUNCHER_ERROR, QUIT, USAGE};
@@ -222,7 +224,7 @@ fn disk_locks(c: &mut Checks, dir: &Scratch) -> anyhow::Result<()> {
 /// Waits until the launcher `running` holds a lock on a file (its disk image, which it locks as
 /// it opens it, before the guest starts); returns the launcher, still running.
 fn wait_for_disk_lock(mut running: launch::Running) -> anyhow::Result<launch::Running> {
-    let pid = running.pid().to_string();
+    let pid = running.guest_pid(PATIENCE)?.to_string();
     let start = std::time::Instant::now();
     loop {
         let locks = std::fs::read_to_string("/proc/locks").context("cannot read /proc/locks")?;
@@ -350,9 +352,9 @@ fn canonical(terminal: &std::fs::File) -> anyhow::Result<bool> {
 
 /// `launcher-terminal`: with a terminal on stdin, the launcher puts it in raw mode for the
 /// guest's console while the guest runs, and gives it back as it was on every way out: the
-/// guest powering off, the launcher killed by a signal, and the escape key Ctrl-A x. Keys that
-/// would be signals (Ctrl-C, Ctrl-Z) reach the guest as bytes, and so does Ctrl-A doubled; from
-/// a pipe, Ctrl-A x is two bytes like any others.
+/// guest powering off, the launcher killed by a signal, the guest's process killed outright, and
+/// the escape key Ctrl-A x. Keys that would be signals (Ctrl-C, Ctrl-Z) reach the guest as
+/// bytes, and so does Ctrl-A doubled; from a pipe, Ctrl-A x is two bytes like any others.
 pub fn terminal() -> anyhow::Result<()> {
     kmod::ensure_loaded()?;
     let (controller, terminal) = pseudo_terminal()?;
@@ -375,29 +377,37 @@ pub fn terminal() -> anyhow::Result<()> {
         "the terminal was left in raw mode after the guest powered off".to_owned()
     });
 
-    let spinner = launch::spawn_on_terminal(&["64m", RING1, "spin"], terminal.try_clone()?)?;
-    let start = std::time::Instant::now();
-    while canonical(&terminal)? && start.elapsed() < PATIENCE {
-        std::thread::sleep(std::time::Duration::from_millis(20));
+    // SIGTERM to the launcher, which passes it on to the guest's process; and SIGKILL to the
+    // guest's process, which cannot put the terminal back, so the launcher does.
+    for (whom, signal) in [
+        ("the launcher", Signal::SIGTERM),
+        ("the guest's process", Signal::SIGKILL),
+    ] {
+        let mut spinner =
+            launch::spawn_on_terminal(&["64m", RING1, "spin"], terminal.try_clone()?)?;
+        let start = std::time::Instant::now();
+        while canonical(&terminal)? && start.elapsed() < PATIENCE {
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        c.that(!canonical(&terminal)?, || {
+            "the terminal never went raw while the guest ran".to_owned()
+        });
+        let pid = match signal {
+            Signal::SIGTERM => spinner.pid(),
+            _ => spinner.guest_pid(PATIENCE)?,
+        };
+        kill(Pid::from_raw(pid), signal).context("kill")?;
+        let run = spinner.finish(PATIENCE)?;
+        c.that(run.signal == Some(signal as i32), || {
+            format!(
+                "{signal} to {whom}: the launcher should have ended by it: {}",
+                run.status()
+            )
+        });
+        c.that(canonical(&terminal)?, || {
+            format!("the terminal was left in raw mode after {signal} to {whom}")
+        });
     }
-    c.that(!canonical(&terminal)?, || {
-        "the terminal never went raw while the guest ran".to_owned()
-    });
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(spinner.pid()),
-        nix::sys::signal::Signal::SIGTERM,
-    )
-    .context("kill")?;
-    let run = spinner.finish(PATIENCE)?;
-    c.that(run.signal == Some(libc::SIGTERM), || {
-        format!(
-            "the launcher should have ended by SIGTERM: {}",
-            run.status()
-        )
-    });
-    c.that(canonical(&terminal)?, || {
-        "the terminal was left in raw mode after SIGTERM".to_owned()
-    });
 
     typed_keys_reach_the_guest(&mut c, &controller, &terminal)?;
     ctrl_a_x_quits(&mut c, &controller, &terminal)?;

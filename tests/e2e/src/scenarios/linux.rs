@@ -11,8 +11,8 @@ use std::time::Duration;
 use anyhow::Context;
 
 use crate::check::Checks;
-use crate::kmod;
 use crate::launch::{self, Run, FAILURE};
+use crate::{kmod, procfs};
 
 const KERNEL: &str = "/guests/linux/bzImage";
 const INITRD: &str = "/guests/linux/initramfs.cpio.gz";
@@ -171,17 +171,21 @@ pub fn panic_ends_the_launcher() -> anyhow::Result<()> {
 }
 
 /// `linux-reboot`: `reboot -f` in the guest restarts it: the launcher starts it afresh and it
-/// boots to init again, where `poweroff -f` ends it with status 0. A confined launcher cannot
-/// start itself again (its seccomp filter forbids exec), so this runs with `--no-seccomp`.
+/// boots to init again, where `poweroff -f` ends it with status 0. As a user would run it, with
+/// the seccomp filter on, and as nobody: each boot runs in a fresh process (the launcher forks
+/// one per boot, launcher/src/supervise.rs), which opens everything and confines itself again.
 pub fn reboot_restarts() -> anyhow::Result<()> {
     kmod::ensure_loaded()?;
     let (mut running, mut stdin) =
-        launch::spawn_with_open_stdin(&args(&["--no-seccomp"], &["lguest.run=shell"]))?;
+        launch::spawn_with_open_stdin(&args(&["--user", "nobody"], &["lguest.run=shell"]))?;
     running.wait_for(INIT_RUNNING, 1, PATIENCE)?;
+    let first = running.guest_pid(PATIENCE)?;
     stdin
         .write_all(b"reboot -f\n")
         .context("cannot type on the console")?;
     running.wait_for(INIT_RUNNING, 2, PATIENCE)?;
+    let second = running.guest_pid(PATIENCE)?;
+    let status = procfs::read(&format!("/proc/{second}/status"))?;
     stdin
         .write_all(b"poweroff -f\n")
         .context("cannot type on the console")?;
@@ -201,5 +205,14 @@ pub fn reboot_restarts() -> anyhow::Result<()> {
             run.shown_stdout()
         )
     });
+    c.that(second != first, || {
+        format!("both boots ran in process {first}: the second is not a fresh one")
+    });
+    for (key, want) in [("Uid", "65534\t65534\t65534\t65534"), ("Seccomp", "2")] {
+        let got = procfs::field(&status, key);
+        c.that(got == Some(want), || {
+            format!("the second boot's process has {key} {got:?}, not {want:?}")
+        });
+    }
     c.finish()
 }

@@ -29,7 +29,7 @@ pub struct Scenario {
     pub run: fn() -> anyhow::Result<()>,
 }
 
-pub static SCENARIOS: [Scenario; 79] = [
+pub static SCENARIOS: [Scenario; 80] = [
     Scenario {
         name: "module-load",
         run: module::load,
@@ -335,6 +335,10 @@ pub static SCENARIOS: [Scenario; 79] = [
         run: confined::confined,
     },
     Scenario {
+        name: "launcher-reboot",
+        run: confined::reboot,
+    },
+    Scenario {
         name: "launcher-seccomp",
         run: confined::seccomp,
     },
@@ -418,5 +422,29 @@ pub fn read_after_exec(fd: &str) -> std::process::ExitCode {
             eprintln!("lguest-e2e: read after exec: expected EPERM, got {other:?}");
             std::process::ExitCode::FAILURE
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::SCENARIOS;
+
+    /// `./lguest-dev list` (and its check of the names given to `./lguest-dev scenario`) reads
+    /// the names from this file's text, without building anything: `scenario_names` in
+    /// tests/harness/common.sh takes each line that is only `name: "..."`, after spaces. This
+    /// reads them the same way: a name written otherwise would be missing from the list.
+    #[test]
+    fn the_harness_reads_every_name_from_this_file() {
+        let read: Vec<&str> = include_str!("mod.rs")
+            .lines()
+            .filter_map(|line| {
+                line.trim_start_matches(' ')
+                    .strip_prefix("name: \"")?
+                    .strip_suffix("\",")
+                    .filter(|name| !name.contains('"'))
+            })
+            .collect();
+        let table: Vec<&str> = SCENARIOS.iter().map(|s| s.name).collect();
+        assert_eq!(read, table);
     }
 }

@@ -23,7 +23,8 @@ const MEM: &str = "64m";
 /// Generous for a guest that says hello, even on a slow machine under TCG.
 const PATIENCE: Duration = Duration::from_secs(60);
 
-/// The launcher's locked memory now, in KiB, if it is still there to ask.
+/// The locked memory of `pid` (the process that runs a guest) now, in KiB, if it is still there
+/// to ask.
 fn locked_kib(pid: i32) -> Option<u64> {
     let status = procfs::read(&format!("/proc/{pid}/status")).ok()?;
     procfs::kib_field(&status, "VmLck").ok()
@@ -69,9 +70,10 @@ pub fn memlock() -> anyhow::Result<()> {
     let mut c = Checks::new();
 
     let mut running = launch::spawn(&[MEM, GUEST, "spin", "2"])?;
+    let guest = running.guest_pid(PATIENCE)?;
     let mut most = 0;
     while running.alive()? {
-        most = most.max(locked_kib(running.pid()).unwrap_or(0));
+        most = most.max(locked_kib(guest).unwrap_or(0));
         sleep(Duration::from_millis(20));
     }
     let run = running.finish(PATIENCE)?;

@@ -12,7 +12,7 @@ use core::ptr;
 use lguest_abi::data::LguestData;
 use lguest_abi::hcall::{
     CONSOLE_WRITE, CONSOLE_WRITE_MAX, HALT, LGUEST_INIT, NOP, SHUTDOWN, SHUTDOWN_MESSAGE_MAX,
-    SHUTDOWN_POWEROFF,
+    SHUTDOWN_POWEROFF, SHUTDOWN_RESTART,
 };
 use lguest_abi::PAGE_SIZE;
 
@@ -78,12 +78,23 @@ pub fn halt() {
 
 /// SHUTDOWN with "power off": the launcher exits with status 0 (and shows `message` with -v).
 pub fn poweroff(message: &str) -> ! {
+    shutdown(message, SHUTDOWN_POWEROFF)
+}
+
+/// SHUTDOWN with "restart": the launcher starts the guest afresh (or, under `--no-reboot`,
+/// exits with status 4).
+pub fn restart(message: &str) -> ! {
+    shutdown(message, SHUTDOWN_RESTART)
+}
+
+/// SHUTDOWN, `how` being SHUTDOWN_POWEROFF or SHUTDOWN_RESTART.
+fn shutdown(message: &str, how: u64) -> ! {
     // The host wants a NUL-terminated string and reads at most SHUTDOWN_MESSAGE_MAX bytes.
     let mut buf = [0u8; SHUTDOWN_MESSAGE_MAX];
     let len = message.len().min(SHUTDOWN_MESSAGE_MAX - 1);
     buf[..len].copy_from_slice(&message.as_bytes()[..len]);
     // SAFETY: the host reads `buf`, which is ours; the call does not return.
-    unsafe { hcall(SHUTDOWN, [buf.as_ptr() as u64, SHUTDOWN_POWEROFF, 0, 0, 0]) };
+    unsafe { hcall(SHUTDOWN, [buf.as_ptr() as u64, how, 0, 0, 0]) };
     // A host that let us go on has broken the ABI; all we can do is wait.
     loop {
         halt();

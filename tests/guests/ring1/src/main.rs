@@ -10,7 +10,7 @@
 //! 1. the lguest note, which makes the launcher accept this file at all;
 //! 2. `_start`, which makes a stack and calls Rust;
 //! 3. `kernel_main`: LGUEST_INIT first (src/hcall.rs), then the command line picks a scenario;
-//! 4. the friendly scenarios below (`hello`, `nop-loop`, `spin`) and the hostile ones in
+//! 4. the friendly scenarios below (`hello`, `reboot`, `nop-loop`, `spin`) and the hostile ones in
 //!    attacks.rs (instructions and hypercalls), hazards.rs (the host's LDT, debug status and
 //!    protection keys), traps.rs (gates, page tables, device pages) and virtqueue.rs
 //!    (descriptors for the launcher's devices); every one ends with SHUTDOWN, with the host
@@ -106,6 +106,7 @@ extern "C" fn kernel_main(boot_params: u64) -> ! {
     let arg = words.next();
     match scenario {
         "hello" => hello(),
+        "reboot" => reboot(),
         "nop-loop" => nop_loop(number(arg, 1_000_000)),
         "spin" => spin(arg.map(|s| number(Some(s), 0))),
         "fpu" => fpu(number(arg, 1)),
@@ -196,6 +197,13 @@ fn hello() -> ! {
     let cs = cs();
     println!("hello from ring 1: cs={cs:#x} cpl={}", cs & 3);
     hcall::poweroff("bye")
+}
+
+/// `reboot`: says so, and asks to be restarted, as `reboot -f` does in Linux. Each boot is a
+/// fresh guest with the same command line, so without `--no-reboot` it reboots until stopped.
+fn reboot() -> ! {
+    println!("ring1: rebooting");
+    hcall::restart("reboot")
 }
 
 /// `nop-loop [N]`: N null hypercalls, timed. Each is a full world switch there and back, so
