@@ -75,6 +75,12 @@ it ends the launcher with a line naming the call (the launcher dies of SIGSYS). 
 launcher cannot start a rebooted guest afresh (that means opening /dev/lguest and the guest's
 files again): it exits 4 instead; only --no-seccomp without --user and --chroot restarts.
 
+Exit statistics: lg.ko counts every exit of a guest by its reason, the hypercalls, page faults,
+traps and interrupts it handles itself included, with the time it spent on them. --stats prints
+them when the guest stops (on power off, death or reboot; not on Ctrl-A x); lguest-stat shows
+them while it runs, refreshed every second, from another terminal. Both read them from
+/proc/PID/fdinfo/FD of the launcher's /dev/lguest.
+
 Examples:
   lguest-launcher 64 bzImage console=hvc0
       64 MiB of RAM and the kernel's console on this terminal
@@ -82,7 +88,9 @@ Examples:
       a disk, which the kernel mounts as its root, a network card on the tap tap0 (which must
       exist: ip tuntap add tap0 mode tap) with a random MAC, and an entropy source
   lguest-launcher --user nobody --chroot /var/empty --block disk.img 64 bzImage console=hvc0
-      a disk, and the launcher running as nobody in an empty root directory once it is open";
+      a disk, and the launcher running as nobody in an empty root directory once it is open
+  lguest-launcher --stats 64 teaching-guest
+      the teaching guest's self-tests, then a table of every exit they cost";
 
 /// Run a Linux-style kernel built for lguest as a guest, through /dev/lguest (lg.ko).
 #[derive(Parser)]
@@ -124,6 +132,11 @@ pub struct Args {
     /// instruction and what the device answered)
     #[arg(long)]
     trace: bool,
+    /// When the guest stops, print on stderr what lg.ko counted of its exits, the ones it
+    /// handles itself included: how many of each kind, their time, its mean (lguest-stat shows
+    /// the same live)
+    #[arg(long)]
+    stats: bool,
     /// Once the guest is set up, run as USER (a name, or a numeric UID) in USER's groups, or in
     /// group GID alone if given (a UID the user database lacks needs it); needs root
     #[arg(long, value_name = "USER[:GID]")]
@@ -150,6 +163,7 @@ pub struct Request {
     pub no_reboot: bool,
     pub verbose: u8,
     pub trace: bool,
+    pub stats: bool,
     /// `--user`'s USER[:GID], looked up later (confine.rs), since that reads the user database.
     pub user: Option<String>,
     pub chroot: Option<PathBuf>,
@@ -252,6 +266,7 @@ impl Args {
             no_reboot: self.no_reboot,
             verbose: self.verbose,
             trace: self.trace,
+            stats: self.stats,
             user: self.user,
             chroot: self.chroot,
             seccomp: !self.no_seccomp,
@@ -307,6 +322,7 @@ impl Request {
             (self.rng, "--rng"),
             (self.no_reboot, "--no-reboot"),
             (self.trace, "--trace"),
+            (self.stats, "--stats"),
             (!self.seccomp, "--no-seccomp"),
         ];
         for (_, flag) in flags.into_iter().filter(|(on, _)| *on) {
@@ -584,7 +600,7 @@ mod tests {
     fn a_request_written_out_again_asks_for_the_same() {
         for line in [
             "64 bzImage",
-            "-vv --trace --rng --no-reboot --initrd=-i.img --block=-d.img,ro --block e.img \
+            "-vv --trace --stats --rng --no-reboot --initrd=-i.img --block=-d.img,ro --block e.img \
              --net tap=a,mac=02:00:00:00:00:01 --net tap=b -- 1g -bzImage quiet",
             "--user=-nobody:65534 --chroot=-jail --no-seccomp 64m bzImage",
             "65536k bzImage -- --block d.img -v",
@@ -604,6 +620,8 @@ mod tests {
     fn help_says_where_options_go_and_what_each_exit_code_means() {
         let help = Args::command().render_long_help().to_string();
         assert!(help.contains("Options go before MEM:"), "{help}");
+        assert!(help.contains("--stats"), "{help}");
+        assert!(help.contains("lguest-stat shows"), "{help}");
         for (code, meaning) in [
             (POWERED_OFF, "the guest powered off"),
             (LAUNCHER_ERROR, "the launcher failed"),

@@ -49,5 +49,6 @@ pub mod ratelimit;
 pub mod run;
 pub mod seccomp;
 pub mod size;
+pub mod stats;
 pub mod terminal;
 pub mod virtio;

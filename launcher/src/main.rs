@@ -8,7 +8,8 @@
 //! end it too, with Ctrl-A x on its terminal: exit 5 (terminal.rs).
 //!
 //! Between setting the guest up and running it, the launcher confines itself (confine.rs,
-//! seccomp.rs): a new root, a user without privilege, and the seccomp filter.
+//! seccomp.rs): a new root, a user without privilege, and the seccomp filter. With `--stats` it
+//! prints what lg.ko counted of the guest's exits once the guest stops (stats.rs).
 
 use std::ffi::OsString;
 use std::fs::File;
@@ -38,6 +39,7 @@ use lguest_launcher::pagetables::write_initial_page_tables;
 use lguest_launcher::run::{run_guest, Stop};
 use lguest_launcher::seccomp;
 use lguest_launcher::size::format_size;
+use lguest_launcher::stats::{self, StatsFile};
 use lguest_launcher::terminal::RawTerminal;
 use lguest_launcher::virtio::{open_tap, Block, Console, DeviceManager, Net, Rng, VirtioDevice};
 
@@ -171,6 +173,9 @@ fn launch(args: &mut Request, user: Option<&Credentials>) -> anyhow::Result<Stop
             }
         })
     };
+    // Opened before the launcher gives up its root directory, which may hold no /proc.
+    let stats_file = args.stats.then(|| StatsFile::own(&*dev)).transpose()?;
+    let device_names = stats::Devices::from_types(devices.iter().map(|d| d.device_type()));
     let mut devices = DeviceManager::new(GuestAddress(ram_bytes), mem.clone(), irq_line, devices)?;
     // The guest finds its devices the way Linux's virtio_mmio driver does: on its command line.
     let cmdline = [devices.kernel_cmdline(), args.kernel_words.join(" ")]
@@ -200,7 +205,7 @@ fn launch(args: &mut Request, user: Option<&Credentials>) -> anyhow::Result<Stop
         boot_params: BOOT_PARAMS_GPA,
     })
     .with_context(|| format!("{DEFAULT_PATH} refused INITIALIZE"))?;
-    let _terminal = RawTerminal::enter().context("cannot put the terminal in raw mode")?;
+    let terminal = RawTerminal::enter().context("cannot put the terminal in raw mode")?;
     // Everything is open: what follows only runs the guest, and needs no privilege.
     if let Some(dir) = &args.chroot {
         confine::enter_root(dir)?;
@@ -220,7 +225,16 @@ fn launch(args: &mut Request, user: Option<&Credentials>) -> anyhow::Result<Stop
         seccomp::install(&seccomp::filter()?)?;
         info!("seccomp filter installed");
     }
-    run_guest(&*dev, &mut devices, &mut std::io::stdout())
+    let stop = run_guest(&*dev, &mut devices, &mut std::io::stdout());
+    // The table goes to a terminal that is itself again.
+    drop(terminal);
+    if let Some(mut file) = stats_file {
+        match file.read() {
+            Ok(counted) => eprint!("{}", stats::summary(&counted, &device_names)),
+            Err(err) => warn!("--stats: {err:#}"),
+        }
+    }
+    stop
 }
 
 /// The devices the options ask for, in the order they get their pages and IRQs: the console
