@@ -23,13 +23,14 @@ mod module;
 mod privileged;
 mod resources;
 mod session;
+mod stats;
 
 pub struct Scenario {
     pub name: &'static str,
     pub run: fn() -> anyhow::Result<()>,
 }
 
-pub static SCENARIOS: [Scenario; 79] = [
+pub static SCENARIOS: [Scenario; 80] = [
     Scenario {
         name: "module-load",
         run: module::load,
@@ -337,6 +338,10 @@ pub static SCENARIOS: [Scenario; 79] = [
     Scenario {
         name: "launcher-seccomp",
         run: confined::seccomp,
+    },
+    Scenario {
+        name: "launcher-stats",
+        run: stats::stats,
     },
     Scenario {
         name: "guest-ctrl-c",
