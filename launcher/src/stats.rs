@@ -319,11 +319,18 @@ fn table(rows: &[Row], devices: &Devices, rates: bool) -> String {
     out
 }
 
+/// The buckets a table shows: the trips always (a guest that has not run yet has none), every
+/// other bucket once it has a count.
+fn shown(stats: &Stats) -> impl Iterator<Item = (Bucket, Counter)> + '_ {
+    Bucket::all()
+        .map(|bucket| (bucket, stats.get(bucket)))
+        .filter(|(bucket, counter)| counter.count != 0 || *bucket == Bucket::SWITCHES)
+}
+
 /// `--stats`: every bucket with a count, in the ABI's order (the trips, the hypercalls, the
 /// ring, traps, faults, devices, interrupts).
 pub fn summary(stats: &Stats, devices: &Devices) -> String {
-    let rows: Vec<Row> = stats
-        .nonzero()
+    let rows: Vec<Row> = shown(stats)
         .map(|(bucket, counter)| Row {
             bucket,
             counter,
@@ -341,8 +348,7 @@ pub fn summary(stats: &Stats, devices: &Devices) -> String {
 /// the time since. With no `before`, totals only, in the ABI's order.
 pub fn live_view(now: &Stats, before: Option<&Stats>, elapsed: Duration) -> String {
     let seconds = elapsed.as_secs_f64().max(1e-3);
-    let mut rows: Vec<Row> = now
-        .nonzero()
+    let mut rows: Vec<Row> = shown(now)
         .map(|(bucket, counter)| Row {
             bucket,
             counter,
@@ -435,6 +441,10 @@ mod tests {
         let first = text.lines().nth(1).unwrap();
         assert!(first.trim_start().starts_with("trap-6"), "{text}");
         assert!(first.split_whitespace().nth(2) == Some("150"), "{text}");
+        let fresh = live_view(&Stats::default(), None, Duration::ZERO);
+        assert_eq!(fresh.lines().count(), 2, "{fresh}");
+        let row: Vec<&str> = fresh.lines().nth(1).unwrap().split_whitespace().collect();
+        assert_eq!(row[..2], ["switches", "0"], "{fresh}");
         let once = live_view(&now, None, Duration::ZERO);
         assert!(!once.contains("per second"), "{once}");
         assert!(
