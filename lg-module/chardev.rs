@@ -6,6 +6,9 @@
 //! register values out with the kernel's checked user-copy helpers, and supplies the two things
 //! the hardware-free session logic cannot: who the calling task is ([`CurrentTask`]) and how to
 //! read the launcher's memory ([`LauncherMemory`]). Every decision is in `src/session.rs`.
+//!
+//! Each file also keeps its guest's exit statistics (`src/stats.rs`), which the run loop counts
+//! and the file's fdinfo shows ([`lguest_show_fdinfo`]) to anyone the kernel lets read it.
 
 use crate::abi::dev::{Initialize, Refusal, Request, MAX_REQUEST_BYTES};
 use crate::abi::exit::EXIT_MAX_BYTES;
@@ -14,6 +17,7 @@ use crate::run;
 use crate::session::{check_irq, Caller, ReadAction, Session, UserMemory};
 use crate::session_lock::{SessionGuard, SessionLock};
 use crate::shadow_tables::ShadowTables;
+use crate::stats::ExitStats;
 use crate::switcher::Switcher;
 use core::ptr::NonNull;
 use core::sync::atomic::{AtomicPtr, AtomicU64, Ordering};
@@ -156,7 +160,14 @@ struct GuestFile {
     launcher_mm: AtomicPtr<bindings::mm_struct>,
     #[pin]
     session: SessionLock<Session<Owner>>,
+    /// What the guest's exits were: written by the task running it, read by fdinfo without the
+    /// session's lock (which that task holds while the guest runs).
+    stats: ExitStats,
 }
+
+// SAFETY: ExitStats is arrays of AtomicU64, for which all zero bytes is a valid value (zero);
+// so it may be initialised in place by zeroing, without a copy of its 3.6 KiB on the stack.
+unsafe impl kernel::init::Zeroable for ExitStats {}
 
 impl GuestFile {
     /// The session, locked for the calling task, or why not: once a guest exists only its
@@ -315,6 +326,7 @@ unsafe extern "C" fn lguest_open(_inode: *mut bindings::inode, file: *mut bindin
         irqs <- Interrupts::new(),
         launcher_mm: AtomicPtr::new(core::ptr::null_mut()),
         session <- SessionLock::new(Session::<Owner>::default()),
+        stats <- kernel::init::zeroed(),
     });
     let session = match KBox::pin_init(init, GFP_KERNEL) {
         Ok(session) => session,
@@ -439,11 +451,13 @@ unsafe extern "C" fn lguest_read(
             out[..8].copy_from_slice(&value.to_le_bytes());
             8
         }
-        Ok(ReadAction::Run(running)) => match run::run(running, guest.switcher, &guest.irqs) {
-            // Session::read checked the buffer holds any exit.
-            Ok(exit) => exit.encode(&mut out).unwrap_or(0),
-            Err(e) => return e.to_errno() as isize,
-        },
+        Ok(ReadAction::Run(running)) => {
+            match run::run(running, guest.switcher, &guest.irqs, &guest.stats) {
+                // Session::read checked the buffer holds any exit.
+                Ok(exit) => exit.encode(&mut out).unwrap_or(0),
+                Err(e) => return e.to_errno() as isize,
+            }
+        }
     };
     match UserSlice::new(buf as usize, n)
         .writer()
@@ -451,6 +465,38 @@ unsafe extern "C" fn lguest_read(
     {
         Ok(()) => n as isize,
         Err(_) => errno(Refusal::Fault),
+    }
+}
+
+/// fdinfo of an open `/dev/lguest` (`/proc/PID/fdinfo/FD`): after the kernel's own lines, the
+/// guest's exit statistics, one line per bucket (abi/src/stats.rs). Read by `lguest-stat` and by
+/// the launcher's `--stats`. The kernel lets only a task that may read the launcher's memory
+/// (ptrace's read access) open fdinfo, so this shows nothing to one that could not see more.
+/// No lock: the counters are read as the running guest's task leaves them.
+///
+/// # Safety
+///
+/// Only the VFS may call this, through the `file_operations` a [`Registration`] registered:
+/// `file` is then a file `open()` succeeded for, held by the caller so that `release()` cannot
+/// run meanwhile, and `m` the seq_file being filled.
+unsafe extern "C" fn lguest_show_fdinfo(m: *mut bindings::seq_file, file: *mut bindings::file) {
+    // SAFETY: As in write(): the file is open, and the reference fdinfo holds keeps release()
+    // away.
+    let guest = unsafe { guest_file(file) };
+    // A seq_file that runs out of room says so itself and has the VFS call this again with a
+    // bigger buffer: there is nothing to do about an error here.
+    let _ = guest.stats.show(&mut SeqFile(m));
+}
+
+/// A seq_file being filled, as a `fmt::Write`.
+struct SeqFile(*mut bindings::seq_file);
+
+impl core::fmt::Write for SeqFile {
+    fn write_str(&mut self, s: &str) -> core::fmt::Result {
+        // SAFETY: The pointer is the seq_file the VFS handed show_fdinfo, valid for that call,
+        // which is this value's whole life; seq_write copies `s.len()` bytes from `s`.
+        unsafe { bindings::seq_write(self.0, s.as_ptr().cast(), s.len()) };
+        Ok(())
     }
 }
 
@@ -490,6 +536,7 @@ impl Registration {
                     release: Some(lguest_release),
                     read: Some(lguest_read),
                     write: Some(lguest_write),
+                    show_fdinfo: Some(lguest_show_fdinfo),
                     llseek: Some(bindings::noop_llseek),
                     ..Default::default()
                 },

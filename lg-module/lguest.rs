@@ -14,8 +14,9 @@
 //!   (a lock whose waiters can be killed), `helpers.c`;
 //! - `../switcher/switcher.S`: the world switch itself;
 //! - `src/`: what the host decides without touching hardware (which requests to accept, how to
-//!   walk a guest page table). Those files are also a workspace crate, unit-tested by
-//!   `cargo test -p lg-module`; here they are included by path, unchanged.
+//!   walk a guest page table, which bucket an exit is counted in). Those files are also a
+//!   workspace crate, unit-tested by `cargo test -p lg-module`; here they are included by path,
+//!   unchanged.
 //! - `../abi/src`: the ABI, the same files the launcher and guests compile.
 
 // As in src/lib.rs: a guest's death reason is a fixed buffer (there is no allocator in the
@@ -78,6 +79,9 @@ mod session_lock;
 #[path = "src/shadow.rs"]
 mod shadow;
 mod shadow_tables;
+#[allow(unreachable_pub)]
+#[path = "src/stats.rs"]
+mod stats;
 mod switcher;
 #[allow(unreachable_pub)]
 #[path = "src/traps.rs"]

@@ -11,6 +11,9 @@
 //! signal, which ends `read()` with -ERESTARTSYS (so Ctrl-C on the launcher works). The guest is
 //! bound to a CPU only inside `run_once`, with interrupts off.
 //!
+//! Every trip, exit, call from the asynchronous ring and interrupt delivered is counted in the
+//! guest's [`ExitStats`], with the time it took; `src/stats.rs` says which bucket each goes in.
+//!
 //! Every guest-physical access goes through `GuestMemory`, which checks it against RAM and
 //! then copies with the kernel's fault-checked user copies: guest memory is the launcher's.
 
@@ -22,6 +25,7 @@ use crate::abi::dev::Refusal;
 use crate::abi::exit::{ExitKind, ExitRecord, MmioAccess, MMIO_INSN_MAX};
 use crate::abi::hcall::{self, CONSOLE_WRITE_MAX, FIRST_IRQ_VECTOR, SHUTDOWN_MESSAGE_MAX};
 use crate::abi::regs::{Reg, Regs};
+use crate::abi::stats::Bucket;
 use crate::abi::PAGE_SIZE;
 use crate::chardev::{lg_bindings, Interrupts, Owner};
 use crate::cpu::{self, CR4_PGE, CR4_PKE, CR4_SMAP, EFER_SCE};
@@ -37,6 +41,7 @@ use crate::pagewalk::{self, GuestPhysRead};
 use crate::session::Guest;
 use crate::shadow::{self, shadow_pte_for, PhysLayout, Unresolved, PF_PRESENT};
 use crate::shadow_tables::PinError;
+use crate::stats::{self, ExitStats, Fault};
 use crate::switcher::Switcher;
 use crate::traps::{self, Trap};
 use kernel::{bindings, prelude::*, uaccess::UserSlice};
@@ -93,8 +98,9 @@ pub(crate) fn run(
     guest: &mut Guest<Owner>,
     switcher: &Switcher,
     irqs: &Interrupts,
+    stats: &ExitStats,
 ) -> Result<ExitRecord> {
-    let result = run_until_needed(guest, switcher, irqs);
+    let result = run_until_needed(guest, switcher, irqs, stats);
     // Every trap from the guest left a null SS, as any interrupt from a lower ring does, and
     // Linux copes with that in kernel context; but on AMD CPUs a SYSRET back to the launcher
     // with SS null returns with an unusable SS (Linux's X86_BUG_SYSRET_SS_ATTRS, which it fixes
@@ -111,6 +117,7 @@ fn run_until_needed(
     guest: &mut Guest<Owner>,
     switcher: &Switcher,
     irqs: &Interrupts,
+    stats: &ExitStats,
 ) -> Result<ExitRecord> {
     loop {
         if let Some(ended) = guest.ended {
@@ -121,12 +128,13 @@ fn run_until_needed(
         }
         // SAFETY: We hold no spinlock and run in process context.
         unsafe { lg_bindings::lg_cond_resched() };
-        if let Err(death) =
-            deliver_interrupts(guest, irqs).and_then(|()| traps::check_entry(&mut guest.regs))
+        if let Err(death) = deliver_interrupts(guest, irqs, stats)
+            .and_then(|()| traps::check_entry(&mut guest.regs))
         {
             guest.end(died(death));
             continue;
         }
+        let entered = now_ns();
         let trap = match run_once(guest, switcher) {
             Ok(trap) => trap,
             Err(death) => {
@@ -134,7 +142,10 @@ fn run_until_needed(
                 continue;
             }
         };
+        let exited = now_ns();
+        stats.add(Bucket::SWITCHES, exited.saturating_sub(entered));
         if trap.switcher_fault != 0 {
+            stats.add(Bucket::DIED, 0);
             let vector = trap.switcher_fault - 1;
             guest.end(died(death!(
                 "fault inside the Switcher: trap {vector} ({})",
@@ -142,12 +153,22 @@ fn run_until_needed(
             )));
             continue;
         }
-        let outcome = match traps::classify(trap.vector, trap.cr2) {
-            Trap::Host { .. } => Ok(None),
-            Trap::Hypercall => hypercall(guest, irqs),
-            Trap::PageFault { addr } => page_fault(guest, addr, trap.error),
-            Trap::Fatal => exception(guest, trap.vector, trap.error).map(|()| None),
+        // RAX before the hypercall answers in it: the call's number, for its bucket.
+        let rax = guest.regs.get(Reg::Rax);
+        let (fault, outcome) = match traps::classify(trap.vector, trap.cr2) {
+            Trap::Host { .. } => (None, Ok(None)),
+            Trap::Hypercall => (None, hypercall(guest, irqs, stats)),
+            Trap::PageFault { addr } => match page_fault(guest, addr, trap.error) {
+                Ok((fault, exit)) => (Some(fault), Ok(exit)),
+                Err(death) => (None, Err(death)),
+            },
+            Trap::Fatal => (
+                None,
+                exception(guest, trap.vector, trap.error).map(|()| None),
+            ),
         };
+        let bucket = stats::exit_bucket(trap.vector, rax, fault, outcome.is_err());
+        stats.add(bucket, now_ns().saturating_sub(exited));
         match outcome {
             Ok(Some(exit)) => return Ok(exit),
             Ok(None) => {}
@@ -158,6 +179,11 @@ fn run_until_needed(
 
 fn died(death: Death) -> ExitRecord {
     ExitRecord::new(ExitKind::Died, death.as_bytes())
+}
+
+/// The monotonic clock, in nanoseconds: what the exit statistics time with.
+fn now_ns() -> u64 {
+    kernel::time::Ktime::ktime_get().to_ns() as u64
 }
 
 /// One trip: into the guest on this CPU, and back. Interrupts are off from before the switch
@@ -429,25 +455,34 @@ fn memory(guest: &Guest<Owner>) -> GuestMemory {
 }
 
 /// Carry out a hypercall; `Some` if the launcher must see its result.
-fn hypercall(guest: &mut Guest<Owner>, irqs: &Interrupts) -> Result<Option<ExitRecord>, Death> {
+fn hypercall(
+    guest: &mut Guest<Owner>,
+    irqs: &Interrupts,
+    stats: &ExitStats,
+) -> Result<Option<ExitRecord>, Death> {
     let call = hypercall::decode(
         &guest.regs,
         guest.lguest_data.is_some(),
         memory(guest).ram_bytes,
     )?;
     // What the guest queued comes first: it was asked for before this call (lguest's rule).
-    drain_async(guest, irqs)?;
+    drain_async(guest, irqs, stats)?;
     carry_out(guest, irqs, call)
 }
 
 /// Carry out the calls queued in the guest's asynchronous ring, in order, from where the host
 /// stopped last; each slot is marked done as it is carried out.
-fn drain_async(guest: &mut Guest<Owner>, irqs: &Interrupts) -> Result<(), Death> {
+fn drain_async(
+    guest: &mut Guest<Owner>,
+    irqs: &Interrupts,
+    stats: &ExitStats,
+) -> Result<(), Death> {
     let Some(data) = guest.lguest_data else {
         return Ok(());
     };
     let mem = memory(guest);
     for _ in 0..ASYNC_HCALLS {
+        let started = now_ns();
         let slot = guest.next_async;
         let status_at = data + offset::HCALL_STATUS + slot as u64;
         let mut status = [0u8; 1];
@@ -479,6 +514,9 @@ fn drain_async(guest: &mut Guest<Owner>, irqs: &Interrupts) -> Result<(), Death>
         mem.write(status_at, &[HCALL_DONE])
             .map_err(|_| death!("lguest_data at {data:#x} is not writable"))?;
         guest.next_async = (slot + 1) % ASYNC_HCALLS;
+        if let Some(bucket) = Bucket::queued(word(0)) {
+            stats.add(bucket, now_ns().saturating_sub(started));
+        }
     }
     Ok(())
 }
@@ -590,12 +628,13 @@ fn carry_out(
 }
 
 /// Handle a page fault at `addr`: map the page if the guest's tables allow the access, hand a
-/// device access to the launcher, else give the guest the fault.
+/// device access to the launcher, else give the guest the fault. Says which it was, for the
+/// exit statistics.
 fn page_fault(
     guest: &mut Guest<Owner>,
     addr: u64,
     error: u64,
-) -> Result<Option<ExitRecord>, Death> {
+) -> Result<(Fault, Option<ExitRecord>), Death> {
     let mem = memory(guest);
     let leaf = pagewalk::walk(&mem, mem.ram_bytes, guest.cr3, addr)
         .map_err(|_| death!("page fault at {addr:#x}: the guest's page tables lie outside RAM"))?;
@@ -607,9 +646,12 @@ fn page_fault(
         Ok(mapping) => mapping,
         Err(Unresolved::Kill(death)) => return Err(death),
         Err(Unresolved::Reflect { error, death }) => {
-            return deliver_page_fault(guest, addr, error, death).map(|()| None)
+            return deliver_page_fault(guest, addr, error, death).map(|()| (Fault::Reflected, None))
         }
-        Err(Unresolved::Device { gpa, write }) => return Ok(Some(mmio_exit(guest, gpa, write))),
+        Err(Unresolved::Device { gpa, write }) => {
+            let device = Fault::device(gpa, mem.ram_bytes);
+            return Ok((device, Some(mmio_exit(guest, gpa, write))));
+        }
     };
     if let Some(leaf) = leaf {
         if mapping.updated_entry != leaf.entry {
@@ -644,9 +686,10 @@ fn page_fault(
         // On real hardware the guest kernel would get this fault; so it does here.
         let death =
             death!("page fault at {addr:#x} (error {error:#x}): SMAP, SMEP or a protection key");
-        return deliver_page_fault(guest, addr, error | PF_PRESENT, death).map(|()| None);
+        return deliver_page_fault(guest, addr, error | PF_PRESENT, death)
+            .map(|()| (Fault::Reflected, None));
     }
-    Ok(None)
+    Ok((Fault::Fixed, None))
 }
 
 /// The exit for a guest access to a device page: where, which way, and the instruction and
@@ -779,13 +822,18 @@ fn deliverable_irq(guest: &Guest<Owner>, irqs: &Interrupts) -> Result<Option<u32
 
 /// Deliver a pending interrupt if the guest can take one now; if one waits only for its
 /// virtual flag, say so in `irq_pending` (the guest's irq_enable then makes SEND_INTERRUPTS).
-fn deliver_interrupts(guest: &mut Guest<Owner>, irqs: &Interrupts) -> Result<(), Death> {
+fn deliver_interrupts(
+    guest: &mut Guest<Owner>,
+    irqs: &Interrupts,
+    stats: &ExitStats,
+) -> Result<(), Death> {
     if guest.lguest_data.is_none() {
         return Ok(());
     }
     let Some(irq) = deliverable_irq(guest, irqs)? else {
         return Ok(());
     };
+    let started = now_ns();
     let enabled = get_data(guest, offset::IRQ_ENABLED)?;
     let noirq = (
         get_data(guest, offset::NOIRQ_IRET_START)?,
@@ -801,7 +849,11 @@ fn deliver_interrupts(guest: &mut Guest<Owner>, irqs: &Interrupts) -> Result<(),
     // Nothing else waits unless another deliverable IRQ does.
     let more = deliverable_irq(guest, irqs)?.is_some();
     set_data(guest, offset::IRQ_PENDING, more as u64)?;
-    deliver(guest, vector, None, &gate)
+    deliver(guest, vector, None, &gate)?;
+    if let Some(bucket) = Bucket::irq(irq.into()) {
+        stats.add(bucket, now_ns().saturating_sub(started));
+    }
+    Ok(())
 }
 
 /// Deliver `vector` through the guest's `gate`: push the frame the CPU would have pushed onto

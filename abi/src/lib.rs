@@ -23,6 +23,7 @@ pub mod hcall;
 pub mod paging;
 pub mod privileged;
 pub mod regs;
+pub mod stats;
 
 /// Guests run on 4 KiB pages; every size and address in this ABI that names a page uses it.
 pub const PAGE_SIZE: u64 = 4096;

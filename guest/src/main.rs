@@ -22,7 +22,10 @@
 //!   network card, and with `echo` the console, which waits for a line typed on it), each
 //!   printing `selftest <name>: PASS` or `FAIL: <why>`, then `devices: N passed, M failed`;
 //!   `devices-verify [echo]` is the same but that the block device's test only reads back what
-//!   an earlier `devices` boot wrote.
+//!   an earlier `devices` boot wrote;
+//! - `count`: a known workload, then the kernel's own tally of the hypercalls it made, the traps
+//!   and interrupts it took (`count hypercall 21: 1000`...), then `count: done`: what lg.ko's
+//!   exit statistics are held against.
 //!
 //! The command line is QEMU's `-append` natively (PVH start_info), the launcher's arguments after
 //! the kernel under lguest (boot_params): `lguest-launcher 64m teaching-guest long-run 60`.
@@ -57,6 +60,7 @@
 //! 20. `virtio_net.rs`: the network card, likewise, with receive buffers of the driver's own.
 //! 21. `ping.rs`: just enough Ethernet, ARP, IPv4 and ICMP to ping.
 //! 22. `devices.rs`: devices mode, a self-test per device, and the devices' benchmarks.
+//! 23. `count.rs`: count mode, a known workload and the kernel's own tally of it.
 //!
 //! ## What each world does for the kernel
 //!
@@ -97,6 +101,7 @@ mod bench;
 mod boot_lguest;
 mod boot_native;
 mod console;
+mod count;
 mod devices;
 mod frames;
 mod gdt;
@@ -207,6 +212,8 @@ pub enum Mode {
     /// `devices [echo]` or `devices-verify [echo]`: a self-test per virtio device
     /// (devices.rs).
     Devices(devices::Plan),
+    /// `count`: a known workload and the kernel's tally of it (count.rs).
+    Count,
 }
 
 impl core::fmt::Display for Mode {
@@ -216,6 +223,7 @@ impl core::fmt::Display for Mode {
             Mode::Bench => write!(f, "bench"),
             Mode::LongRun(seconds) => write!(f, "long-run {seconds} s"),
             Mode::Devices(plan) => write!(f, "{plan}"),
+            Mode::Count => write!(f, "count"),
         }
     }
 }
@@ -227,6 +235,7 @@ impl Mode {
         let mode = match words.next() {
             None => Mode::SelfTests,
             Some("bench") => Mode::Bench,
+            Some("count") => Mode::Count,
             Some("long-run") => {
                 Mode::LongRun(words.next()?.parse::<u64>().ok().filter(|&s| s > 0)?)
             }
@@ -271,7 +280,8 @@ pub fn kernel_main(map: &frames::MemoryMap, cmdline: &CommandLine) -> ! {
     let (Some(mode), None) = (Mode::parse(cmdline), cmdline.unknown_parameter()) else {
         println!(
             "teaching-guest: command line {:?}: expected nothing, `bench`, `long-run SECONDS`, \
-             `devices [echo]` or `devices-verify [echo]`, and parameters {PARAMETERS:?} only",
+             `devices [echo]`, `devices-verify [echo]` or `count`, and parameters \
+             {PARAMETERS:?} only",
             cmdline.as_str()
         );
         platform::power_off("teaching-guest: bad command line", true)
@@ -308,6 +318,7 @@ pub fn kernel_main(map: &frames::MemoryMap, cmdline: &CommandLine) -> ! {
         Mode::Bench => bench::run(&mut devices),
         Mode::LongRun(seconds) => long_run::run(seconds),
         Mode::Devices(plan) => devices::run(&mut devices, cmdline, plan),
+        Mode::Count => count::run(),
     }
 }
 

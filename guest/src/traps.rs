@@ -220,6 +220,9 @@ pub fn set_trap_gate(vector: u8, handler: u64, dpl: u8) {
 /// Where every trap arrives, with interrupts off (the system-call vector's handler turns them
 /// off first: its gate is a trap gate).
 extern "C" fn trap_dispatch(frame: &mut TrapFrame) {
+    if let Some(taken) = TAKEN.get(frame.vector as usize) {
+        taken.fetch_add(1, Ordering::Relaxed);
+    }
     match frame.vector {
         TIMER_VECTOR => {
             timer::interrupt();
@@ -235,6 +238,16 @@ extern "C" fn trap_dispatch(frame: &mut TrapFrame) {
 }
 
 // ---- What the handlers caught -----------------------------------------------------------------
+
+/// How many traps of each vector have arrived, interrupts included (count mode prints them).
+static TAKEN: [AtomicU64; 256] = [const { AtomicU64::new(0) }; 256];
+
+/// How many traps of `vector` have arrived so far.
+pub fn taken(vector: u64) -> u64 {
+    TAKEN
+        .get(vector as usize)
+        .map_or(0, |taken| taken.load(Ordering::Relaxed))
+}
 
 static TRAPS_TAKEN: AtomicU64 = AtomicU64::new(0);
 static LAST_VECTOR: AtomicU64 = AtomicU64::new(0);

@@ -70,6 +70,12 @@ in a process of its own, which the launcher forks and waits for, and which confi
 the guest reboots, the launcher forks a fresh one, which opens everything again and confines
 itself again. Under --no-reboot the guest runs in the launcher's own process.
 
+Exit statistics: lg.ko counts every exit of a guest by its reason, the hypercalls, page faults,
+traps and interrupts it handles itself included, with the time it spent on them. --stats prints
+them when the guest stops (on power off, death or reboot; not on Ctrl-A x); lguest-stat shows
+them while it runs, refreshed every second, from another terminal. Both read them from
+/proc/PID/fdinfo/FD of the launcher's /dev/lguest.
+
 Examples:
   lguest-launcher 64 bzImage console=hvc0
       64 MiB of RAM and the kernel's console on this terminal
@@ -77,7 +83,9 @@ Examples:
       a disk, which the kernel mounts as its root, a network card on the tap tap0 (which must
       exist: ip tuntap add tap0 mode tap) with a random MAC, and an entropy source
   lguest-launcher --user nobody --chroot /var/empty --block disk.img 64 bzImage console=hvc0
-      a disk, and the launcher running as nobody in an empty root directory once it is open";
+      a disk, and the launcher running as nobody in an empty root directory once it is open
+  lguest-launcher --stats 64 teaching-guest
+      the teaching guest's self-tests, then a table of every exit they cost";
 
 /// Run a Linux-style kernel built for lguest as a guest, through /dev/lguest (lg.ko).
 #[derive(Parser)]
@@ -119,6 +127,11 @@ pub struct Args {
     /// instruction and what the device answered)
     #[arg(long)]
     trace: bool,
+    /// When the guest stops, print on stderr what lg.ko counted of its exits, the ones it
+    /// handles itself included: how many of each kind, their time, its mean (lguest-stat shows
+    /// the same live)
+    #[arg(long)]
+    stats: bool,
     /// Once the guest is set up, run as USER (a name, or a numeric UID) in USER's groups, or in
     /// group GID alone if given (a UID the user database lacks needs it); needs root
     #[arg(long, value_name = "USER[:GID]")]
@@ -149,6 +162,7 @@ pub struct Request {
     pub no_reboot: bool,
     pub verbose: u8,
     pub trace: bool,
+    pub stats: bool,
     /// `--user`'s USER[:GID], looked up later (confine.rs), since that reads the user database.
     pub user: Option<String>,
     pub chroot: Option<PathBuf>,
@@ -244,6 +258,7 @@ impl Args {
             no_reboot: self.no_reboot,
             verbose: self.verbose,
             trace: self.trace,
+            stats: self.stats,
             user: self.user,
             chroot: self.chroot,
             seccomp: !self.no_seccomp,
@@ -522,12 +537,20 @@ mod tests {
     }
 
     #[test]
+    fn stats_are_asked_for_with_their_option() {
+        assert!(!parse("64m bzImage").stats);
+        assert!(parse("--stats 64m bzImage").stats);
+    }
+
+    #[test]
     fn help_says_where_options_go_and_what_each_exit_code_means() {
         let help = Args::command().render_long_help().to_string();
         for part in [
             "Options go before MEM:",
             "The escape key is Ctrl-A",
             "Examples:",
+            "--stats",
+            "lguest-stat shows",
         ] {
             assert!(help.contains(part), "{part}: {help}");
         }

@@ -8,6 +8,7 @@
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, Read, Write};
+use std::os::fd::{AsRawFd, RawFd};
 
 use anyhow::anyhow;
 use lguest_abi::dev::{Initialize, Request};
@@ -104,6 +105,13 @@ impl LguestDevice {
             ));
         }
         Ok(())
+    }
+}
+
+/// The open file, for reading its fdinfo (the exit statistics: stats.rs).
+impl AsRawFd for LguestDevice {
+    fn as_raw_fd(&self) -> RawFd {
+        self.file.as_raw_fd()
     }
 }
 

@@ -52,6 +52,7 @@ pub mod ratelimit;
 pub mod run;
 pub mod seccomp;
 pub mod size;
+pub mod stats;
 pub mod supervise;
 pub mod terminal;
 pub mod virtio;

@@ -10,7 +10,8 @@
 //! The guest runs in a child process, which the launcher forks, waits for, and forks again when
 //! the guest reboots (supervise.rs); under --no-reboot, in the launcher's own. Between setting
 //! the guest up and running it, that process confines itself (confine.rs, seccomp.rs): a new
-//! root, a user without privilege, and the seccomp filter.
+//! root, a user without privilege, and the seccomp filter. With `--stats` it prints what lg.ko
+//! counted of the guest's exits once the guest stops (stats.rs).
 
 use std::ffi::OsString;
 use std::fs::File;
@@ -40,6 +41,7 @@ use lguest_launcher::pagetables::write_initial_page_tables;
 use lguest_launcher::run::{run_guest, Stop};
 use lguest_launcher::seccomp;
 use lguest_launcher::size::format_size;
+use lguest_launcher::stats::{self, StatsFile};
 use lguest_launcher::supervise::{self, Ended};
 use lguest_launcher::terminal::RawTerminal;
 use lguest_launcher::virtio::{open_tap, Block, Console, DeviceManager, Net, Rng, VirtioDevice};
@@ -171,6 +173,9 @@ fn launch(
             }
         })
     };
+    // Opened before the launcher gives up its root directory, which may hold no /proc.
+    let stats_file = args.stats.then(|| StatsFile::own(&*dev)).transpose()?;
+    let device_names = stats::Devices::from_types(devices.iter().map(|d| d.device_type()));
     let mut devices = DeviceManager::new(GuestAddress(ram_bytes), mem.clone(), irq_line, devices)?;
     // The guest finds its devices the way Linux's virtio_mmio driver does: on its command line.
     let cmdline = [devices.kernel_cmdline(), args.kernel_words.join(" ")]
@@ -204,7 +209,7 @@ fn launch(
         dev.set_fast_paths(false)
             .with_context(|| format!("{DEFAULT_PATH} refused to turn the fast paths off"))?;
     }
-    let _terminal = RawTerminal::enter().context("cannot put the terminal in raw mode")?;
+    let terminal = RawTerminal::enter().context("cannot put the terminal in raw mode")?;
     // Everything is open: what follows only runs the guest, and needs no privilege.
     if let Some(dir) = &args.chroot {
         confine::enter_root(dir)?;
@@ -227,7 +232,16 @@ fn launch(
         seccomp::install(&seccomp::filter()?)?;
         info!("seccomp filter installed");
     }
-    run_guest(&*dev, &mut devices, &mut std::io::stdout())
+    let stop = run_guest(&*dev, &mut devices, &mut std::io::stdout());
+    // The table goes to a terminal that is itself again.
+    drop(terminal);
+    if let Some(mut file) = stats_file {
+        match file.read() {
+            Ok(counted) => eprint!("{}", stats::summary(&counted, &device_names)),
+            Err(err) => warn!("--stats: {err:#}"),
+        }
+    }
+    stop
 }
 
 /// The devices the options ask for, in the order they get their pages and IRQs: the console

@@ -57,12 +57,14 @@ fn allowed() -> anyhow::Result<Vec<(i64, Vec<SeccompRule>)>> {
     };
     Ok(vec![
         // run_guest's read() of /dev/lguest, which runs the guest; the input threads' reads of
-        // stdin, a tap and their eventfd; the disks' reads (vm-memory's read_volatile).
+        // stdin, a tap and their eventfd; the disks' reads (vm-memory's read_volatile); --stats
+        // reading the fdinfo it opened before (stats.rs).
         (libc::SYS_read, any()),
         // SETREG and IRQ to /dev/lguest; the console's output; the log and the launcher's
         // messages on stderr; frames to a tap; the eventfd kick; the disks' writes.
         (libc::SYS_write, any()),
-        // virtio-blk: the seek before each transfer, and FLUSH.
+        // virtio-blk: the seek before each transfer, and FLUSH; --stats going back to the start
+        // of its fdinfo.
         (libc::SYS_lseek, any()),
         (libc::SYS_fdatasync, any()),
         // virtio-rng's entropy.

@@ -29,4 +29,5 @@ pub mod layout;
 pub mod pagewalk;
 pub mod session;
 pub mod shadow;
+pub mod stats;
 pub mod traps;

@@ -12,7 +12,7 @@
 use core::arch::{asm, global_asm, x86_64::__cpuid_count};
 use core::cell::UnsafeCell;
 use core::mem::{offset_of, size_of};
-use core::sync::atomic::{compiler_fence, AtomicBool, AtomicUsize, Ordering};
+use core::sync::atomic::{compiler_fence, AtomicBool, AtomicU64, AtomicUsize, Ordering};
 
 use lguest_abi::data::{
     AsyncHcall, LguestData, ASYNC_HCALLS, HCALL_DONE, HCALL_PENDING, IRQ_ENABLED,
@@ -106,6 +106,7 @@ pub(crate) fn init() {
 /// The host reads and writes guest memory as the call says (CONSOLE_WRITE reads a buffer,
 /// LGUEST_INIT writes a page, SET_STACK takes a stack): the caller answers for the addresses.
 pub unsafe fn hcall(nr: u64, args: [u64; 5]) -> u64 {
+    count(&MADE, nr);
     let ret;
     // SAFETY: the caller vouches for the call. LLVM keeps RBX for itself and will not hand it
     // out as an operand, so the first argument is swapped into it around the `int` and back.
@@ -133,6 +134,39 @@ pub unsafe fn hcall(nr: u64, args: [u64; 5]) -> u64 {
 pub fn null_hypercall() {
     // SAFETY: NOP touches no guest memory.
     unsafe { hcall(NOP, [0; 5]) };
+}
+
+// ---- What this kernel asked of the host -------------------------------------------------------
+//
+// The host counts every exit it handles, hypercalls by number among them (lg.ko's exit
+// statistics: `lguest-launcher --stats`, `lguest-stat`). The guest counts its own side here, so a
+// kernel can print what it asked for and a test can hold the host's figures against it.
+
+/// How many hypercalls of each number this kernel made (`int $0x1f`: `hcall`, and the one in
+/// `lguest_iret`), below 32, as the host's buckets go.
+static MADE: [AtomicU64; HCALL_NUMBERS] = [const { AtomicU64::new(0) }; HCALL_NUMBERS];
+/// How many of each it queued in the asynchronous ring instead.
+static QUEUED: [AtomicU64; HCALL_NUMBERS] = [const { AtomicU64::new(0) }; HCALL_NUMBERS];
+/// Hypercall numbers counted: the ABI's are all below.
+pub const HCALL_NUMBERS: usize = 32;
+
+fn count(counters: &[AtomicU64; HCALL_NUMBERS], nr: u64) {
+    if let Some(counter) = counters.get(nr as usize) {
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// How many hypercalls number `nr` this kernel has made so far, each a trip to the host.
+pub fn hypercalls_made(nr: u64) -> u64 {
+    MADE.get(nr as usize)
+        .map_or(0, |c| c.load(Ordering::Relaxed))
+}
+
+/// How many calls number `nr` this kernel has queued in the asynchronous ring so far.
+pub fn hypercalls_queued(nr: u64) -> u64 {
+    QUEUED
+        .get(nr as usize)
+        .map_or(0, |c| c.load(Ordering::Relaxed))
 }
 
 /// The page shared with the host. A whole page: the host is told its address and may write
@@ -307,7 +341,8 @@ extern "C" {
 // pending, the flag goes on and SEND_INTERRUPTS takes the interrupt now, on this stack, below
 // the frame, as if it had come just before the `iretq` (Xen's `iret` hypercall does the same
 // for a PV guest's pending events). Its handler returns here with the flag on, and this return
-// goes on. Only RAX is the hypercall's to change, and it is saved.
+// goes on. Only RAX is the hypercall's to change, and it is saved. The call is counted in MADE
+// as `hcall` counts its own: one `inc`, which no interrupt can split on this one CPU.
 global_asm!(
     r#"
     .text
@@ -325,6 +360,7 @@ lguest_iret:
     cmp qword ptr [rip + {data} + {irq_pending}], 0
     je 2f
     mov [rip + {data} + {irq_enabled}], rax
+    inc qword ptr [rip + {made} + {send_interrupts} * 8]
     mov eax, {send_interrupts}
     int {hcall_vector}
     mov eax, {if_bit}
@@ -337,6 +373,7 @@ lguest_noirq_end:
     "#,
     if_bit = const IRQ_ENABLED,
     data = sym LGUEST_DATA,
+    made = sym MADE,
     irq_enabled = const IRQ_ENABLED_AT,
     irq_pending = const offset_of!(LguestData, irq_pending),
     send_interrupts = const SEND_INTERRUPTS,
@@ -423,6 +460,7 @@ fn lazy_hcall(nr: u64, args: [u64; 5]) {
     // the ring only while the guest is stopped, so program order is all the ordering it takes.
     set_status(slot, HCALL_PENDING);
     NEXT_SLOT.store((slot + 1) % ASYNC_HCALLS, Ordering::Relaxed);
+    count(&QUEUED, nr);
 }
 
 fn status(slot: usize) -> u8 {

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
-# Assemble the VM's initramfs: busybox, our init, lg.ko, the launcher, the scenario runner, the
-# guests (BIN_DIR/guests/* as /guests/*), the Linux guest (LINUX_DIR/bzImage and its own
-# initramfs, as /guests/linux/), the host's own bzImage, a kernel the launcher must refuse, and a
-# user database. Usage: build-initramfs.sh LG_KO BIN_DIR BZIMAGE LINUX_DIR OUT
+# Assemble the VM's initramfs: busybox, our init, lg.ko, the launcher and lguest-stat, the
+# scenario runner, the guests (BIN_DIR/guests/* as /guests/*), the Linux guest (LINUX_DIR/bzImage
+# and its own initramfs, as /guests/linux/), the host's own bzImage, a kernel the launcher must
+# refuse, and a user database. Usage: build-initramfs.sh LG_KO BIN_DIR BZIMAGE LINUX_DIR OUT
 # An uncompressed cpio: the host kernel unpacks it faster than it would gunzip it under TCG.
 set -euo pipefail
 . "$(dirname "$0")/common.sh"
@@ -15,7 +15,7 @@ mkdir -p "$root"/{bin,lib/modules,boot,guests/linux,proc,sys,dev,tmp}
 cp /bin/busybox "$root/bin/busybox"
 cp "$REPO/tests/harness/initramfs/init" "$root/init"
 cp "$lg_ko" "$root/lib/modules/lg.ko"
-cp "$bin/lguest-launcher" "$bin/lguest-e2e" "$root/bin/"
+cp "$bin/lguest-launcher" "$bin/lguest-stat" "$bin/lguest-e2e" "$root/bin/"
 cp "$bin"/guests/* "$root/guests/"
 cp "$linux/bzImage" "$root/guests/linux/bzImage"
 "$REPO/tests/harness/build-linux-rootfs.sh" "$root/guests/linux/initramfs.cpio.gz"

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Build the static user-space programs the VM runs (the launcher and the scenario runner) and the
-# guests they run, and print the directory holding them: the programs at its top, the guests in
-# its guests/ directory. Cargo keeps its outputs in the cache, and rebuilds only what changed.
+# Build the static user-space programs the VM runs (the launcher, lguest-stat and the scenario
+# runner) and the guests they run, and print the directory holding them: the programs at its top,
+# the guests in its guests/ directory. Cargo keeps its outputs in the cache, and rebuilds only
+# what changed.
 set -euo pipefail
 . "$(dirname "$0")/common.sh"
 

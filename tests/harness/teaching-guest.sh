@@ -6,6 +6,7 @@
 #                                                 the self-tests
 #        teaching-guest.sh --native bench         ... the microbenchmarks
 #        teaching-guest.sh --native long-run SECS ... two tasks under a 1 ms tick for SECS seconds
+#        teaching-guest.sh --native count         ... count mode's workload and its own tally
 #        teaching-guest.sh --native-devices       build, boot it on QEMU's microvm machine with
 #                                                 four virtio devices: `devices echo`, then a
 #                                                 fresh boot with `devices-verify echo`, which
@@ -30,12 +31,13 @@
 #               `frames: F free before the run, F after`
 #   devices     `devices: N passed, 0 failed` with N > 0, and with `echo` the virtio
 #               console's output holding the echo of the line typed on it
+#   count       `count: done`, after `count trap 6: 100` (its hundred ud2s)
 # The whole serial output, firmware included, is kept in $CACHE/runs/teaching-guest-native-*.log.
 # (Under lg.ko the same ELF is booted by lguest-launcher: lguest-dev/e2e wire that run.)
 set -euo pipefail
 . "$(dirname "$0")/common.sh"
 
-usage="usage: teaching-guest.sh [--native [bench | long-run SECONDS] | --native-devices [WORDS]]"
+usage="usage: teaching-guest.sh [--native [bench | long-run SECONDS | count] | --native-devices [WORDS]]"
 mode=none seconds=0
 if [ "${1:-}" = --native-devices ]; then
     case ${2:-devices} in
@@ -48,6 +50,7 @@ else
     "  ") ;;
     "--native  ") mode=selftests ;;
     "--native bench ") mode=bench ;;
+    "--native count ") mode=count ;;
     "--native long-run "*)
         seconds=${3:-}
         [[ $seconds =~ ^[1-9][0-9]*$ ]] || die "long-run wants a number of seconds, not '$seconds'"
@@ -191,6 +194,10 @@ long-run)
     last=$(grep -aE '^long-run: [0-9]+ ticks in [0-9]+ ms, tasks ran [0-9]+ and [0-9]+ times, lost [0-9]+$' <<<"$output" || true)
     frames=$(grep -aE '^frames: [0-9]+ free before the run, [0-9]+ after$' <<<"$output" || true)
     good() { [ -n "$last" ] && [ -n "$frames" ] && [ "$(cut -d' ' -f2 <<<"$frames")" = "$(cut -d' ' -f7 <<<"$frames")" ]; }
+    ;;
+count)
+    last=$(grep -ax 'count: done' <<<"$output" || true)
+    good() { [ -n "$last" ] && grep -aqx 'count trap 6: 100' <<<"$output"; }
     ;;
 esac
 case $status in

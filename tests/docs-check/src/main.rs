@@ -55,6 +55,8 @@ const NOT_OURS: &[&str] = &[
     "trap_init",
     "update_task_stack",
     "xen_error_entry",
+    // Linux: a line of the fdinfo every open file has, before lg.ko's exit statistics.
+    "mnt_id",
     // lguest, the original: its launcher's request for an interrupt.
     "LHREQ_IRQ",
     // The virtio 1.x specification's names for virtio-mmio registers (section 4.2.2).

@@ -23,6 +23,7 @@ mod module;
 mod privileged;
 mod resources;
 mod session;
+mod stats;
 
 pub struct Scenario {
     pub name: &'static str,
@@ -341,6 +342,10 @@ pub static SCENARIOS: [Scenario; 80] = [
     Scenario {
         name: "launcher-seccomp",
         run: confined::seccomp,
+    },
+    Scenario {
+        name: "launcher-stats",
+        run: stats::stats,
     },
     Scenario {
         name: "guest-ctrl-c",
