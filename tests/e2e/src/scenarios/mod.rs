@@ -19,18 +19,21 @@ mod host_state;
 mod launcher;
 pub(crate) mod linux;
 mod linux_devices;
+mod linux_soak;
 mod module;
 mod privileged;
 mod resources;
 mod session;
 mod stats;
 
+pub use linux_soak::SOAKS;
+
 pub struct Scenario {
     pub name: &'static str,
     pub run: fn() -> anyhow::Result<()>,
 }
 
-pub static SCENARIOS: [Scenario; 80] = [
+pub static SCENARIOS: [Scenario; 81] = [
     Scenario {
         name: "module-load",
         run: module::load,
