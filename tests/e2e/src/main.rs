@@ -34,7 +34,7 @@ use std::process::ExitCode;
 use std::sync::Mutex;
 use std::time::Instant;
 
-use scenarios::{Scenario, SCENARIOS};
+use scenarios::{Scenario, SCENARIOS, SOAKS};
 
 /// The last panic's message and place, kept by the panic hook for the FAIL line.
 static PANIC: Mutex<Option<String>> = Mutex::new(None);
@@ -65,7 +65,7 @@ fn main() -> ExitCode {
     for arg in &args {
         if arg == "all" {
             chosen.extend(SCENARIOS.iter());
-        } else if let Some(s) = SCENARIOS.iter().find(|s| s.name == arg) {
+        } else if let Some(s) = SCENARIOS.iter().chain(&SOAKS).find(|s| s.name == arg) {
             chosen.push(s);
         } else {
             eprintln!("lguest-e2e: unknown scenario '{arg}' (`lguest-e2e list` shows them)");
