@@ -19,7 +19,8 @@
 # from one run to the next; so every figure is printed as the median of the runs with its spread
 # (lowest-highest), and every ratio with the range the runs allow. A change is a change only
 # where the before and after ranges do not overlap.
-# Prints the tables on stdout and writes them, one figure per line, to $CACHE/runs/bench-*.tsv;
+# Prints the tables on stdout and writes them, one figure per line, to $CACHE/runs/bench-*.tsv,
+# drawn as bench-*.svg (bench-plot.sh);
 # `--before TSV` adds the ratios of an earlier run's file beside this run's. Exits non-zero, with
 # one line, if a figure is missing. Every boot's output is kept in $CACHE/runs/bench-*.log.
 set -euo pipefail
@@ -107,7 +108,8 @@ spread() {
         END {
             if (NR == 0) exit
             m = NR % 2 ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2
-            print m, v[1], v[NR], NR
+            # %.12g: mawk prints and %d stop at 2^31, and a gzip takes billions of cycles.
+            printf "%.12g %.12g %.12g %d\n", m, v[1], v[NR], NR
         }'
 }
 
@@ -123,7 +125,7 @@ median() { cut -d' ' -f2 <<<"$1" | spread | cut -d' ' -f1; }
 # did.
 show() {
     cut -d' ' -f2 <<<"$1" | spread | awk -v runs="$runs" '{
-        f = ($1 == int($1) && $1 > 100) ? "%d" : "%.2f"
+        f = ($1 == int($1) && $1 > 100) ? "%.0f" : "%.2f"
         printf f " [" f "-" f "]", $1, $2, $3
         if ($4 < runs) printf " (%d of %d runs)", $4, runs
     }'
@@ -238,4 +240,5 @@ for name in boot-to-init-ms null-syscall fork-exit fork-exec pipe-round-trip pag
 done
 echo "(TSC cycles per operation, but boot-to-init-ms in ms from the start of QEMU natively and of"
 echo " the launcher under lg.ko, and the disk in MB/s: there lg.ko/native below 1 is the slowdown)"
-ok "bench done (all boots' output: $log; the table: $results)"
+"$REPO/tests/harness/bench-plot.sh" "$results" ${before:+"$before"} >"$stamp.svg"
+ok "bench done (all boots' output: $log; the table: $results; drawn: $stamp.svg)"
