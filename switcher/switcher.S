@@ -320,6 +320,8 @@ common_exit:
  *
  * Stack: vector, error code, RIP, CS, RFLAGS, RSP, SS; below them, six saved registers.
  */
+/* PKRU's access-disable bit for protection key 0 */
+#define PKRU_AD_KEY0	1
 #define UD_SAVED	(6 * 8)
 #define UD_RCX		(3 * 8)
 #define UD_RIP		(UD_SAVED + 16)
@@ -345,9 +347,12 @@ ud_exit:
 
 	/*
 	 * The instruction, `0f 05`. Protection keys can forbid even the kernel to read a user
-	 * page, and the guest chooses PKRU: they are lifted for the read (%rdi keeps the guest's,
-	 * or -1 with CR4.PKE off, where rdpkru and wrpkru do not exist). The second byte is read
-	 * only after the first is 0x0f: a one-byte opcode may end the last mapped page.
+	 * page, and the guest chooses PKRU: if it denies access to key 0, the only key a shadow
+	 * entry has, that bit is lifted for the read (%rdi keeps the guest's PKRU; -1 when nothing
+	 * was changed, as with CR4.PKE off, where rdpkru and wrpkru do not exist). Only then: under
+	 * TCG a wrpkru flushes the whole software TLB, and Linux's processes allow key 0. The
+	 * second byte is read only after the first is 0x0f: a one-byte opcode may end the last
+	 * mapped page.
 	 */
 	movq	$-1, %rdi
 	movq	%cr4, %rax
@@ -355,8 +360,10 @@ ud_exit:
 	jnc	1f
 	xorl	%ecx, %ecx
 	rdpkru
+	testl	$PKRU_AD_KEY0, %eax
+	jz	1f
 	movl	%eax, %edi
-	xorl	%eax, %eax
+	andl	$~PKRU_AD_KEY0, %eax
 	xorl	%edx, %edx
 	wrpkru
 1:

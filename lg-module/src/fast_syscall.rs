@@ -19,7 +19,7 @@
 //! page must be mapped writable and supervisor-only in the shadow the guest runs on, the
 //! lguest_data page is mapped into the Switcher's block for this CPU, and the instruction bytes
 //! were fetched by the CPU a moment before (protection keys, which could forbid reading them,
-//! are lifted around the read).
+//! are lifted around the read when they do: shadow entries all have key 0).
 
 use crate::abi::regs::{Reg, Regs};
 use crate::death::Death;
