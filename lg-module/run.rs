@@ -594,16 +594,21 @@ fn carry_out(
         // Pending interrupts are delivered before every trip in: this one just makes the trip.
         Hypercall::SendInterrupts => Ok(None),
         Hypercall::NewPgtable { cr3, flush } => {
+            let phys = phys_layout(guest);
             guest
                 .owner
                 .shadow
-                .switch_to(cr3, flush)
+                .switch_to(cr3, flush, |va| shadow_after_flush(&mem, cr3, va, phys))
                 .map_err(|_| death!("out of memory for shadow page tables"))?;
             guest.cr3 = cr3;
             Ok(None)
         }
         Hypercall::FlushTlb { all } => {
-            guest.owner.shadow.flush(all);
+            let (cr3, phys) = (guest.cr3, phys_layout(guest));
+            guest
+                .owner
+                .shadow
+                .flush(all, |va| shadow_after_flush(&mem, cr3, va, phys));
             Ok(None)
         }
         Hypercall::SetPte { va } => {
@@ -627,6 +632,26 @@ fn carry_out(
     }
 }
 
+/// Guest-physical memory as the shadow sees it: RAM, then the device pages.
+fn phys_layout(guest: &Guest<Owner>) -> PhysLayout {
+    PhysLayout {
+        ram_bytes: guest.ram_bytes(),
+        device_limit: guest.config.device_limit * PAGE_SIZE,
+    }
+}
+
+/// What a shadow entry for `va` may hold after a flush of the page tables at `cr3`, as they
+/// say now (`shadow::after_flush`); nothing if they cannot be read.
+fn shadow_after_flush(
+    mem: &GuestMemory,
+    cr3: u64,
+    va: u64,
+    phys: PhysLayout,
+) -> Option<(u64, u64)> {
+    let leaf = pagewalk::walk(mem, mem.ram_bytes, cr3, va).ok()?;
+    shadow::after_flush(leaf, phys)
+}
+
 /// Handle a page fault at `addr`: map the page if the guest's tables allow the access, hand a
 /// device access to the launcher, else give the guest the fault. Says which it was, for the
 /// exit statistics.
@@ -638,11 +663,7 @@ fn page_fault(
     let mem = memory(guest);
     let leaf = pagewalk::walk(&mem, mem.ram_bytes, guest.cr3, addr)
         .map_err(|_| death!("page fault at {addr:#x}: the guest's page tables lie outside RAM"))?;
-    let phys = PhysLayout {
-        ram_bytes: mem.ram_bytes,
-        device_limit: guest.config.device_limit * PAGE_SIZE,
-    };
-    let mapping = match shadow::decide(addr, error, leaf, phys) {
+    let mapping = match shadow::decide(addr, error, leaf, phys_layout(guest)) {
         Ok(mapping) => mapping,
         Err(Unresolved::Kill(death)) => return Err(death),
         Err(Unresolved::Reflect { error, death }) => {

@@ -121,6 +121,11 @@ impl Drop for MemlockCharge {
 /// four.
 const SHADOW_ROOTS: usize = 4;
 
+/// The most lower-half entries a flush confirms against the guest's tables
+/// (`recheck_lower_half`) rather than letting them go: enough for a small process's working
+/// set, and a bound on what one flush costs the host.
+const MAX_RECHECKED: usize = 512;
+
 /// The most kernel-half mappings of entries the guest did not mark global kept at once. Each is
 /// dropped at the next page-table switch, so they are remembered one by one; rather than keep
 /// more, the host lets the whole kernel half go.
@@ -250,25 +255,31 @@ impl ShadowTables {
                 charged: 0,
             },
         };
-        tables.switch_to(guest_cr3, false)?;
+        tables.switch_to(guest_cr3, false, |_| None)?;
         Ok(tables)
     }
 
-    /// Use the shadow of the guest's page tables at `guest_cr3`: a cached one (its lower half
-    /// emptied first if `flush`: the guest wants its tables as they are now), or a new one in
-    /// place of the least recently used (whose mappings are let go first). Either way the kernel
-    /// half stays, less its mappings of non-global entries.
-    pub(crate) fn switch_to(&mut self, guest_cr3: u64, flush: bool) -> Result {
+    /// Use the shadow of the guest's page tables at `guest_cr3`: a cached one, or a new one in
+    /// place of the least recently used (whose mappings are let go first). With `flush` (the
+    /// guest wants its tables as they are now), a cached one keeps only the lower-half entries
+    /// `now` confirms (`recheck_lower_half`). Either way the kernel half stays, less its mappings
+    /// of non-global entries.
+    pub(crate) fn switch_to(
+        &mut self,
+        guest_cr3: u64,
+        flush: bool,
+        mut now: impl FnMut(u64) -> Option<(u64, u64)>,
+    ) -> Result {
         self.switches += 1;
         if let Some(at) = self.roots.iter().position(|r| r.guest_cr3 == guest_cr3) {
             if flush || at != self.current {
                 self.forget_local_kernel_mappings();
             }
-            if flush {
-                self.forget_lower_half(at);
-            }
             self.current = at;
             self.roots[at].last_used = self.switches;
+            if flush {
+                self.recheck_lower_half(&mut now);
+            }
             return Ok(());
         }
         self.forget_local_kernel_mappings();
@@ -303,16 +314,72 @@ impl ShadowTables {
 
     /// Forget the shadow mappings the guest's TLB flush covers: with `all`, every mapping of
     /// every page table, global ones too (a kernel's global flush); else the current page
-    /// table's own and the kernel half's non-global ones (a CR3 reload).
-    pub(crate) fn flush(&mut self, all: bool) {
+    /// table's own that `now` does not confirm (`recheck_lower_half`) and the kernel half's
+    /// non-global ones (a CR3 reload).
+    pub(crate) fn flush(&mut self, all: bool, mut now: impl FnMut(u64) -> Option<(u64, u64)>) {
         if all {
             for index in 0..self.roots.len() {
                 self.forget_lower_half(index);
             }
             self.forget_kernel_half();
         } else {
-            self.forget_lower_half(self.current);
+            self.recheck_lower_half(&mut now);
             self.forget_local_kernel_mappings();
+        }
+    }
+
+    /// After the guest flushed the current page table's TLB entries: keep each lower-half entry
+    /// that is exactly what `now(va)` says the entry for `va` may be now (the guest page, and the
+    /// entry without its host address: `shadow::after_flush`), and let the others go. Confirming
+    /// an entry costs a walk of the guest's tables, where a fault costs a world switch; but past
+    /// `MAX_RECHECKED` entries the rest go unasked, so that a flush of a big process costs no
+    /// more than a bounded number of walks.
+    fn recheck_lower_half(&mut self, now: &mut impl FnMut(u64) -> Option<(u64, u64)>) {
+        let top = self.roots[self.current].root.addr();
+        let mut budget = MAX_RECHECKED;
+        for slot in 0..WINDOW_PGD_SLOT {
+            // SAFETY: the current root's page, in the direct map; ours while we hold `&mut self`.
+            let entry = unsafe { &mut (*(top as *mut [u64; TABLE_ENTRIES]))[slot] };
+            let va = (slot as u64) << 39;
+            self.recheck_below(entry, 3, va, &mut budget, now);
+        }
+    }
+
+    /// `recheck_lower_half` for the entries below `entry`, `levels` above the leaves, which maps
+    /// the addresses from `va`.
+    fn recheck_below(
+        &mut self,
+        entry: &mut u64,
+        levels: u32,
+        va: u64,
+        budget: &mut usize,
+        now: &mut impl FnMut(u64) -> Option<(u64, u64)>,
+    ) {
+        if *entry & PTE_PRESENT == 0 {
+            return;
+        }
+        if levels == 0 {
+            let keep = *budget > 0
+                && now(va).is_some_and(|(gpa_page, flags)| {
+                    *entry & !PTE_ADDR_MASK == flags
+                        && self.by_phys.get(&(*entry & PTE_ADDR_MASK)) == Some(&gpa_page)
+                });
+            *budget = budget.saturating_sub(1);
+            if !keep {
+                let old = core::mem::replace(entry, 0);
+                self.unmapped(old);
+            }
+            return;
+        }
+        // SAFETY: A present entry above the leaves points to one of our own table pages, in the
+        // direct map, which stays ours (and allocated) while we hold `&mut self`.
+        let table = unsafe {
+            &mut *(lg_bindings::lg_va((*entry & PTE_ADDR_MASK) as _) as *mut [u64; TABLE_ENTRIES])
+        };
+        let shift = 12 + 9 * (levels - 1);
+        for (index, below) in table.iter_mut().enumerate() {
+            let va = va | (index as u64) << shift;
+            self.recheck_below(below, levels - 1, va, budget, now);
         }
     }
 
@@ -615,7 +682,7 @@ impl ShadowTables {
     fn leaf_slot(&mut self, va: u64) -> Result<*mut u64> {
         let lower: usize = self.roots.iter().map(|r| r.tables.len()).sum();
         if lower + self.kernel.tables.len() + 3 > MAX_SHADOW_TABLES {
-            self.flush(true);
+            self.flush(true, |_| None);
         }
         if !in_kernel_half(va) {
             let root = &mut self.roots[self.current];

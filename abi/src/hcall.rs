@@ -59,11 +59,12 @@ pub const SHUTDOWN: u64 = 2;
 /// one), or the new one inherits its shadow.
 pub const NEW_PGTABLE: u64 = 4;
 /// NEW_PGTABLE's RCX: the guest flushed, as a Linux CR3 write without CR3_NOFLUSH does. The host
-/// drops whatever shadow it keeps of the new tables, but for global kernel-half entries, before
-/// it switches, so the shadow is rebuilt from the guest's tables as they are now.
+/// keeps of its shadow of the new tables only what the guest's tables, as they are now, still
+/// say exactly (and global kernel-half entries), so the guest sees its tables as they are now.
 pub const NEW_PGTABLE_FLUSH: u64 = 1 << 0;
 /// Forget cached translations (the guest's TLB flush): RBX = 0 for the current page tables but
-/// global kernel-half entries (a CR3 reload), 1 for everything (a global flush). Needed after changing anything above the last level of a page table.
+/// global kernel-half entries (a CR3 reload: as for NEW_PGTABLE_FLUSH, what the tables still say
+/// exactly may stay), 1 for everything (a global flush). Needed after changing anything above the last level of a page table.
 pub const FLUSH_TLB: u64 = 5;
 /// A page-table entry changed (the guest has already written it): RBX = the virtual address it
 /// maps; the host drops its shadow of that 4 KiB page from every page table it keeps. A change

@@ -144,6 +144,31 @@ pub fn decide(
     })
 }
 
+/// What a shadow entry for a page may hold after the guest flushed its TLB, given what the
+/// guest's tables say of that page now (`leaf`): the guest page it maps and the entry without
+/// its host address, or `None` if no entry may stand. A flush asks the host to forget what the
+/// guest's tables no longer say; an entry the tables still say exactly the same of may stay,
+/// and saves the guest a fault. So it must be what `decide` and `shadow_pte_for` would make now:
+/// RAM, not a device page; writable only where the guest's entry is writable and dirty. And
+/// only where the guest's entry is still accessed (and dirty, for a writable one): the host set
+/// those bits when it made the entry, and a guest that cleared one since wants the next access
+/// to fault and set it again, as the MMU would after a flush.
+pub fn after_flush(leaf: Option<Leaf>, phys: PhysLayout) -> Option<(u64, u64)> {
+    let leaf = leaf?;
+    if leaf.entry & PTE_ACCESSED == 0 || leaf.gpa >= phys.ram_bytes {
+        return None;
+    }
+    let mapping = Mapping {
+        gpa_page: leaf.gpa & !0xfff,
+        writable: leaf.writable && leaf.entry & PTE_DIRTY != 0,
+        user: leaf.user,
+        no_exec: leaf.no_exec,
+        global: leaf.entry & PTE_GLOBAL != 0,
+        updated_entry: leaf.entry,
+    };
+    Some((mapping.gpa_page, shadow_pte_for(&mapping, 0)))
+}
+
 /// The first top-level (PML4) slot of the kernel half: the one after the Switcher's window.
 pub const KERNEL_HALF_FIRST_SLOT: usize = (SWITCHER_WINDOW_END >> 39 & 0x1ff) as usize;
 
@@ -224,6 +249,35 @@ mod tests {
         assert!(decide(kernel_va, 0, Some(global), PHYS).unwrap().global);
         let local = leaf(0x20_0000, true, false);
         assert!(!decide(kernel_va, 0, Some(local), PHYS).unwrap().global);
+    }
+
+    #[test]
+    fn an_entry_stays_after_a_flush_only_as_the_guest_tables_still_say() {
+        let pte_for = |leaf: Leaf, write: bool| {
+            let error = if write { PF_WRITE } else { 0 };
+            let m = decide(0x40_0000, error, Some(leaf), PHYS).unwrap();
+            (m.gpa_page, shadow_pte_for(&m, 0))
+        };
+        let mut clean = leaf(0x20_0000, true, true);
+        clean.entry |= PTE_ACCESSED;
+        assert_eq!(after_flush(Some(clean), PHYS), Some(pte_for(clean, false)));
+        let mut dirty = clean;
+        dirty.entry |= PTE_DIRTY;
+        assert_eq!(after_flush(Some(dirty), PHYS), Some(pte_for(dirty, true)));
+        assert_eq!(after_flush(None, PHYS), None, "unmapped since");
+        let unaccessed = leaf(0x20_0000, true, true);
+        assert_eq!(
+            after_flush(Some(unaccessed), PHYS),
+            None,
+            "accessed bit cleared"
+        );
+        let mut device = leaf(RAM, true, false);
+        device.entry |= PTE_ACCESSED;
+        assert_eq!(
+            after_flush(Some(device), PHYS),
+            None,
+            "a device page is never mapped"
+        );
     }
 
     #[test]
