@@ -165,8 +165,9 @@ struct GuestFile {
     stats: ExitStats,
 }
 
-// SAFETY: ExitStats is arrays of AtomicU64, for which all zero bytes is a valid value (zero);
-// so it may be initialised in place by zeroing, without a copy of its 3.6 KiB on the stack.
+// SAFETY: ExitStats is an array of pairs of AtomicU64, for which all zero bytes is a valid value
+// (zero); so it may be initialised in place by zeroing, without a copy of its 3.6 KiB on the
+// stack.
 unsafe impl kernel::init::Zeroable for ExitStats {}
 
 impl GuestFile {
@@ -483,9 +484,11 @@ unsafe extern "C" fn lguest_show_fdinfo(m: *mut bindings::seq_file, file: *mut b
     // SAFETY: As in write(): the file is open, and the reference fdinfo holds keeps release()
     // away.
     let guest = unsafe { guest_file(file) };
+    // SAFETY: reads a kernel variable set once the TSC is calibrated.
+    let tsc_khz = unsafe { lg_bindings::lg_tsc_khz() } as u64;
     // A seq_file that runs out of room says so itself and has the VFS call this again with a
     // bigger buffer: there is nothing to do about an error here.
-    let _ = guest.stats.show(&mut SeqFile(m));
+    let _ = guest.stats.show(tsc_khz, &mut SeqFile(m));
 }
 
 /// A seq_file being filled, as a `fmt::Write`.

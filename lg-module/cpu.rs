@@ -5,7 +5,7 @@
 //! model-specific registers a guest must not inherit from the host (EFER.SCE, SYSENTER_CS) or
 //! that the Switcher restores (the FS/GS bases), the selectors and descriptor-table registers
 //! it saves, and the host state a guest must never run with or leave behind (the LDT, the debug
-//! registers, PKRU).
+//! registers, PKRU); and the time-stamp counter, which times the exits.
 
 use core::arch::asm;
 
@@ -81,6 +81,16 @@ pub(crate) fn gdt_limit() -> u16 {
     // SAFETY: sgdt stores 10 bytes at the given address, which is our buffer.
     unsafe { asm!("sgdt [{0}]", in(reg) gdtr.as_mut_ptr(), options(nostack)) };
     u16::from_le_bytes([gdtr[0], gdtr[1]])
+}
+
+/// The time-stamp counter: what the exit statistics time with. One instruction and no memory,
+/// where the kernel's clock reads (`ktime_get`) touch the timekeeper's data, a page more per
+/// exit for the TLB to refill after the switch's CR3 writes.
+pub(crate) fn rdtsc() -> u64 {
+    let (low, high): (u32, u32);
+    // SAFETY: rdtsc reads a counter, at ring 0 always allowed; it has no other effect.
+    unsafe { asm!("rdtsc", out("eax") low, out("edx") high, options(nomem, nostack)) };
+    (high as u64) << 32 | low as u64
 }
 
 /// The protection-key rights register, if CR4.PKE is on (a ring-1 guest can `wrpkru`).

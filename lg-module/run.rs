@@ -12,7 +12,8 @@
 //! bound to a CPU only inside `run_once`, with interrupts off.
 //!
 //! Every trip, exit, call from the asynchronous ring and interrupt delivered is counted in the
-//! guest's [`ExitStats`], with the time it took; `src/stats.rs` says which bucket each goes in.
+//! guest's [`ExitStats`], with the TSC cycles it took; `src/stats.rs` says which bucket each goes
+//! in.
 //!
 //! Every guest-physical access goes through `GuestMemory`, which checks it against RAM and
 //! then copies with the kernel's fault-checked user copies: guest memory is the launcher's.
@@ -134,7 +135,7 @@ fn run_until_needed(
             guest.end(died(death));
             continue;
         }
-        let entered = now_ns();
+        let entered = cpu::rdtsc();
         let trap = match run_once(guest, switcher) {
             Ok(trap) => trap,
             Err(death) => {
@@ -142,7 +143,7 @@ fn run_until_needed(
                 continue;
             }
         };
-        let exited = now_ns();
+        let exited = cpu::rdtsc();
         stats.add(Bucket::SWITCHES, exited.saturating_sub(entered));
         if trap.switcher_fault != 0 {
             stats.add(Bucket::DIED, 0);
@@ -168,7 +169,7 @@ fn run_until_needed(
             ),
         };
         let bucket = stats::exit_bucket(trap.vector, rax, fault, outcome.is_err());
-        stats.add(bucket, now_ns().saturating_sub(exited));
+        stats.add(bucket, cpu::rdtsc().saturating_sub(exited));
         match outcome {
             Ok(Some(exit)) => return Ok(exit),
             Ok(None) => {}
@@ -179,11 +180,6 @@ fn run_until_needed(
 
 fn died(death: Death) -> ExitRecord {
     ExitRecord::new(ExitKind::Died, death.as_bytes())
-}
-
-/// The monotonic clock, in nanoseconds: what the exit statistics time with.
-fn now_ns() -> u64 {
-    kernel::time::Ktime::ktime_get().to_ns() as u64
 }
 
 /// One trip: into the guest on this CPU, and back. Interrupts are off from before the switch
@@ -482,7 +478,7 @@ fn drain_async(
     };
     let mem = memory(guest);
     for _ in 0..ASYNC_HCALLS {
-        let started = now_ns();
+        let started = cpu::rdtsc();
         let slot = guest.next_async;
         let status_at = data + offset::HCALL_STATUS + slot as u64;
         let mut status = [0u8; 1];
@@ -515,7 +511,7 @@ fn drain_async(
             .map_err(|_| death!("lguest_data at {data:#x} is not writable"))?;
         guest.next_async = (slot + 1) % ASYNC_HCALLS;
         if let Some(bucket) = Bucket::queued(word(0)) {
-            stats.add(bucket, now_ns().saturating_sub(started));
+            stats.add(bucket, cpu::rdtsc().saturating_sub(started));
         }
     }
     Ok(())
@@ -854,7 +850,7 @@ fn deliver_interrupts(
     let Some(irq) = deliverable_irq(guest, irqs)? else {
         return Ok(());
     };
-    let started = now_ns();
+    let started = cpu::rdtsc();
     let enabled = get_data(guest, offset::IRQ_ENABLED)?;
     let noirq = (
         get_data(guest, offset::NOIRQ_IRET_START)?,
@@ -872,7 +868,7 @@ fn deliver_interrupts(
     set_data(guest, offset::IRQ_PENDING, more as u64)?;
     deliver(guest, vector, None, &gate)?;
     if let Some(bucket) = Bucket::irq(irq.into()) {
-        stats.add(bucket, now_ns().saturating_sub(started));
+        stats.add(bucket, cpu::rdtsc().saturating_sub(started));
     }
     Ok(())
 }

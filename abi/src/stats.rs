@@ -7,18 +7,27 @@
 //! bucket ([`Bucket::is_exit`]), so the exit buckets add up to [`Family::Switches`]; the queued
 //! hypercalls and the interrupts delivered are counted beside them.
 //!
-//! | family | key | one count per | its time |
-//! |--------|-----|---------------|----------|
-//! | [`Family::Switches`] | `switches` | trip into the guest and back | the trip: the guest's own time and the switch both ways |
-//! | [`Family::Hypercall`] | `hypercall-N` | exit for hypercall N ([`crate::hcall`]) | carrying it out, the queued calls before it included; HALT's includes its sleep |
-//! | [`Family::Queued`] | `queued-N` | hypercall N carried out from the asynchronous ring | carrying it out (part of the exit's time) |
-//! | [`Family::Trap`] | `trap-V` | exit for exception V (not #PF, not the hypercall vector) | delivering it to the guest, or emulating the instruction |
-//! | [`Family::FaultFixed`] | `fault-fixed` | page fault the host fixed: the shadow page tables filled | walking the guest's tables, pinning, mapping |
-//! | [`Family::FaultReflected`] | `fault-reflected` | page fault the guest's own tables refuse, given to the guest's handler | the walk and the delivery |
-//! | [`Family::Mmio`] | `mmio-P` | page fault on device page P, an exit to the launcher (P is the page's index above RAM; 63 counts 63 and above) | deciding so (the launcher's own time is not lg.ko's to see) |
-//! | [`Family::HostInterrupt`] | `host-interrupt` | exit for an interrupt of the host's (its timer, another CPU's kick) | handing it to the host |
-//! | [`Family::Died`] | `died` | exit that ended the guest | killing it |
-//! | [`Family::Irq`] | `irq-N` | IRQ N delivered to the guest | pushing its frame |
+//! Each bucket has a key, which names it in the fdinfo lines below; per family:
+//!
+//! - `switches` ([`Family::Switches`]): each trip into the guest and back. Time: the trip, the
+//!   guest's own time and the switch both ways.
+//! - `hypercall-N` ([`Family::Hypercall`]): each exit for hypercall N ([`crate::hcall`]). Time:
+//!   carrying it out, the queued calls before it included; HALT's includes its sleep.
+//! - `queued-N` ([`Family::Queued`]): each hypercall N carried out from the asynchronous ring.
+//!   Time: carrying it out (a part of its exit's).
+//! - `trap-V` ([`Family::Trap`]): each exit for exception V, #PF and the hypercall vector apart.
+//!   Time: delivering it to the guest, or emulating the instruction.
+//! - `fault-fixed` ([`Family::FaultFixed`]): each page fault the host fixed by filling the shadow
+//!   page tables. Time: the walk of the guest's tables, the pin, the map.
+//! - `fault-reflected` ([`Family::FaultReflected`]): each page fault the guest's own tables
+//!   refuse, given to its handler. Time: the walk and the delivery.
+//! - `mmio-P` ([`Family::Mmio`]): each page fault on device page P (counted from the first page
+//!   above RAM; 63 counts every page from 63 on), an exit to the launcher. Time: deciding so;
+//!   the launcher's own is not lg.ko's to see.
+//! - `host-interrupt` ([`Family::HostInterrupt`]): each exit for an interrupt of the host's (its
+//!   tick, another CPU's kick). Time: handing it to the host.
+//! - `died` ([`Family::Died`]): the exit that ended the guest.
+//! - `irq-N` ([`Family::Irq`]): each IRQ N delivered to the guest. Time: pushing its frame.
 //!
 //! The buckets are read through the `fdinfo` of the launcher's open `/dev/lguest`
 //! (`/proc/PID/fdinfo/FD`), after the lines the kernel prints for every file, one line each:

@@ -128,8 +128,8 @@ pub struct Args {
     #[arg(long)]
     trace: bool,
     /// When the guest stops, print on stderr what lg.ko counted of its exits, the ones it
-    /// handles itself included: how many of each kind, their time, its mean (lguest-stat shows
-    /// the same live)
+    /// handles itself included: how many of each kind, the time they took and its mean
+    /// (lguest-stat shows the same live)
     #[arg(long)]
     stats: bool,
     /// Once the guest is set up, run as USER (a name, or a numeric UID) in USER's groups, or in

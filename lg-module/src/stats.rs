@@ -8,6 +8,13 @@
 //! belongs. The buckets, and the fdinfo lines user space reads them in, are the ABI's
 //! (`abi/src/stats.rs`); [`ExitStats::show`] prints them, for `lguest-stat` and the launcher's
 //! `--stats`.
+//!
+//! Time is counted in TSC cycles, read with one `rdtsc` at each end: the cheapest clock there
+//! is, which matters on a path taken at every exit. They become nanoseconds only when someone
+//! reads them, at the rate the host calibrated (`tsc_khz`, which guests are given as their clock
+//! too). The kernel keeps the TSC in step across CPUs or says it is unstable; a task that moved
+//! to another CPU in the middle of an exit reads another CPU's counter, and a difference that
+//! would come out negative counts as zero.
 
 use core::fmt;
 use core::sync::atomic::{AtomicU64, Ordering::Relaxed};
@@ -57,6 +64,13 @@ pub fn exit_bucket(vector: u64, rax: u64, fault: Option<Fault>, died: bool) -> B
     }
 }
 
+/// One bucket as the host keeps it: how many, and their TSC cycles, side by side so that an
+/// exit touches one cache line.
+struct Cell {
+    count: AtomicU64,
+    cycles: AtomicU64,
+}
+
 /// One guest's buckets: a count and a time for each.
 ///
 /// One writer: the task running the guest, which holds the session's lock. So a count goes up
@@ -64,48 +78,65 @@ pub fn exit_bucket(vector: u64, rax: u64, fault: Option<Fault>, died: bool) -> B
 /// (`lguest-stat` must not stop the guest it watches): each number they read is whole, but a
 /// snapshot of a running guest may hold an exit's count without its time.
 pub struct ExitStats {
-    count: [AtomicU64; BUCKETS],
-    ns: [AtomicU64; BUCKETS],
+    cells: [Cell; BUCKETS],
 }
 
 impl Default for ExitStats {
     fn default() -> ExitStats {
         ExitStats {
-            count: core::array::from_fn(|_| AtomicU64::new(0)),
-            ns: core::array::from_fn(|_| AtomicU64::new(0)),
+            cells: core::array::from_fn(|_| Cell {
+                count: AtomicU64::new(0),
+                cycles: AtomicU64::new(0),
+            }),
         }
     }
 }
 
 impl ExitStats {
-    /// One more in `bucket`, which took `ns` nanoseconds. Only the guest's running task calls
+    /// One more in `bucket`, which took `cycles` TSC cycles. Only the guest's running task calls
     /// this (see the type's comment).
-    pub fn add(&self, bucket: Bucket, ns: u64) {
-        let i = bucket.index();
+    pub fn add(&self, bucket: Bucket, cycles: u64) {
+        let cell = &self.cells[bucket.index()];
         let bump =
-            |cell: &AtomicU64, by: u64| cell.store(cell.load(Relaxed).wrapping_add(by), Relaxed);
-        bump(&self.count[i], 1);
-        bump(&self.ns[i], ns);
+            |word: &AtomicU64, by: u64| word.store(word.load(Relaxed).wrapping_add(by), Relaxed);
+        bump(&cell.count, 1);
+        bump(&cell.cycles, cycles);
     }
 
-    pub fn get(&self, bucket: Bucket) -> Counter {
-        let i = bucket.index();
+    /// What `bucket` holds, its time in nanoseconds at `tsc_khz`.
+    pub fn get(&self, bucket: Bucket, tsc_khz: u64) -> Counter {
+        let cell = &self.cells[bucket.index()];
         Counter {
-            count: self.count[i].load(Relaxed),
-            ns: self.ns[i].load(Relaxed),
+            count: cell.count.load(Relaxed),
+            ns: cycles_to_ns(cell.cycles.load(Relaxed), tsc_khz),
         }
     }
 
-    /// The fdinfo lines: `lguest-switches` always, every other bucket once it has a count.
-    pub fn show(&self, out: &mut impl fmt::Write) -> fmt::Result {
+    /// The fdinfo lines, times at `tsc_khz`: `lguest-switches` always, every other bucket once
+    /// it has a count.
+    pub fn show(&self, tsc_khz: u64, out: &mut impl fmt::Write) -> fmt::Result {
         for bucket in Bucket::all() {
-            let counter = self.get(bucket);
+            let counter = self.get(bucket, tsc_khz);
             if counter.count != 0 || bucket == Bucket::SWITCHES {
                 write_line(out, bucket, counter)?;
             }
         }
         Ok(())
     }
+}
+
+/// `cycles` of a TSC counting `tsc_khz` thousand times a second, in nanoseconds; 0 for a rate
+/// of 0 (a TSC the kernel could not calibrate). In two parts, so that nothing overflows 64 bits
+/// short of 584 years (the kernel has no 128-bit division).
+pub fn cycles_to_ns(cycles: u64, tsc_khz: u64) -> u64 {
+    if tsc_khz == 0 {
+        return 0;
+    }
+    let whole_ms = cycles / tsc_khz;
+    let rest = cycles % tsc_khz;
+    whole_ms
+        .wrapping_mul(1_000_000)
+        .wrapping_add(rest * 1_000_000 / tsc_khz)
 }
 
 #[cfg(test)]
@@ -165,6 +196,9 @@ mod tests {
         );
     }
 
+    /// A TSC at 1 GHz, one cycle a nanosecond.
+    const GHZ: u64 = 1_000_000;
+
     #[test]
     fn counts_and_times_add_up_per_bucket() {
         let stats = ExitStats::default();
@@ -172,29 +206,43 @@ mod tests {
         stats.add(Bucket::SWITCHES, 700);
         stats.add(nop, 30);
         stats.add(nop, 12);
-        assert_eq!(stats.get(nop), Counter { count: 2, ns: 42 });
-        assert_eq!(stats.get(Bucket::DIED), Counter::default());
+        assert_eq!(stats.get(nop, GHZ), Counter { count: 2, ns: 42 });
+        assert_eq!(stats.get(Bucket::DIED, GHZ), Counter::default());
         stats.add(Bucket::DIED, u64::MAX);
         stats.add(Bucket::DIED, 2);
-        assert_eq!(stats.get(Bucket::DIED), Counter { count: 2, ns: 1 });
+        assert_eq!(stats.get(Bucket::DIED, GHZ), Counter { count: 2, ns: 1 });
+    }
+
+    #[test]
+    fn cycles_become_nanoseconds_at_the_tscs_rate() {
+        assert_eq!(cycles_to_ns(2_600_000, 2_600_000), 1_000_000);
+        assert_eq!(cycles_to_ns(2_599_999, 2_600_000), 999_999);
+        assert_eq!(cycles_to_ns(1, 3_000_000), 0);
+        assert_eq!(cycles_to_ns(7, 1_000), 7_000);
+        assert_eq!(cycles_to_ns(12_345, 0), 0);
+        // A day at 5 GHz: no overflow on the way.
+        let day = 86_400 * 5_000_000_000;
+        assert_eq!(cycles_to_ns(day, 5_000_000), 86_400 * 1_000_000_000);
+        assert_eq!(cycles_to_ns(u64::MAX, GHZ), u64::MAX);
     }
 
     #[test]
     fn show_prints_what_the_abi_reads_back() {
         let stats = ExitStats::default();
         let mut empty = String::new();
-        stats.show(&mut empty).unwrap();
+        stats.show(GHZ, &mut empty).unwrap();
         assert_eq!(empty, "lguest-switches:\t0 0\n");
         let irq = Bucket::irq(0).unwrap();
         stats.add(Bucket::SWITCHES, 1000);
         stats.add(Bucket::FAULT_REFLECTED, 40);
         stats.add(irq, 5);
         let mut text = String::from("pos:\t0\nflags:\t02\n");
-        stats.show(&mut text).unwrap();
+        stats.show(2 * GHZ, &mut text).unwrap();
         let read = Stats::parse(&text).unwrap();
         for bucket in Bucket::all() {
-            assert_eq!(read.get(bucket), stats.get(bucket), "{bucket}");
+            assert_eq!(read.get(bucket), stats.get(bucket, 2 * GHZ), "{bucket}");
         }
+        assert_eq!(read.get(Bucket::SWITCHES).ns, 500);
         assert_eq!(text.lines().count(), 2 + 3);
     }
 }

@@ -6,7 +6,8 @@
 //! same run. Each of the guest's numbers must be lg.ko's: a hypercall's exits, the calls carried
 //! out from the asynchronous ring, the #UDs, the page faults reflected to the guest (every page
 //! fault its handler took), the IRQs delivered; and lg.ko's exits must add up to its trips into
-//! the guest. Then `lguest-stat` watches a running guest, once and live, until the guest ends.
+//! the guest. A run with devices shows their MMIO exits by device page, each under its device's
+//! name. Then `lguest-stat` watches a running guest, once and live, until the guest ends.
 
 use std::collections::BTreeMap;
 use std::process::{Command, Output, Stdio};
@@ -35,6 +36,7 @@ pub fn stats() -> anyhow::Result<()> {
     kmod::ensure_loaded()?;
     let mut c = Checks::new();
     c.ok("--stats against count mode", counts_match());
+    c.ok("--stats with devices", devices_by_page());
     c.ok("lguest-stat", lguest_stat());
     c.finish()
 }
@@ -153,6 +155,40 @@ fn counts_match() -> anyhow::Result<()> {
     let switches = lg(Some(Bucket::SWITCHES));
     c.that(exits == switches, || {
         format!("lg.ko's exits add up to {exits}, its trips into the guest to {switches}")
+    });
+    c.finish()
+}
+
+/// The teaching guest's devices mode with an entropy source: its console (device page 0) and
+/// the rng (page 1) both take MMIO exits, named as such, and no other page does.
+fn devices_by_page() -> anyhow::Result<()> {
+    let run = launch::launch(&["--stats", "--rng", "64m", TEACHING, "devices"], PATIENCE)?;
+    ensure!(
+        run.code == Some(0) && run.stdout.contains("selftest rng-entropy: PASS"),
+        "expected the rng's self-test to pass, got {}: {}",
+        run.status(),
+        launch::shorten(&run.stdout)
+    );
+    let host = host_counts(&run.stderr)?;
+    let mut c = Checks::new();
+    for (page, name) in [(0, "(console)"), (1, "(rng)")] {
+        let bucket = Bucket::device_page(page);
+        let row = run
+            .stderr
+            .lines()
+            .find(|line| line.trim_start().starts_with(&format!("{bucket} ")));
+        c.that(
+            host.get(&bucket).is_some_and(|&n| n > 0) && row.is_some_and(|row| row.ends_with(name)),
+            || format!("device page {page}: expected MMIO exits named {name}, got row {row:?}"),
+        );
+    }
+    let others: Vec<String> = host
+        .keys()
+        .filter(|bucket| bucket.family() == Family::Mmio && bucket.number() > 1)
+        .map(ToString::to_string)
+        .collect();
+    c.that(others.is_empty(), || {
+        format!("MMIO exits on pages with no device: {others:?}")
     });
     c.finish()
 }
