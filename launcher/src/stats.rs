@@ -93,11 +93,22 @@ impl Guest {
 /// Every open `/dev/lguest` under `proc` (a /proc), or only `pid`'s: the guests running now.
 /// Processes that go away, or that this user may not look into, are passed over.
 pub fn find_guests(proc: &Path, pid: Option<u32>) -> io::Result<Vec<Guest>> {
-    let pids: Vec<u32> = match pid {
-        Some(pid) => vec![pid],
-        None => std::fs::read_dir(proc)?
+    let every_pid = || -> io::Result<Vec<u32>> {
+        Ok(std::fs::read_dir(proc)?
             .filter_map(|entry| entry.ok()?.file_name().to_str()?.parse().ok())
+            .collect())
+    };
+    let pids: Vec<u32> = match pid {
+        // The launcher runs its guest in a child process (supervise.rs), so the PID a user
+        // knows is the parent of the one holding the file: look at both.
+        Some(pid) => std::iter::once(pid)
+            .chain(
+                every_pid()?
+                    .into_iter()
+                    .filter(|&child| parent_of(proc, child) == Some(pid)),
+            )
             .collect(),
+        None => every_pid()?,
     };
     let mut guests = Vec::new();
     for pid in pids {
@@ -117,6 +128,14 @@ pub fn find_guests(proc: &Path, pid: Option<u32>) -> io::Result<Vec<Guest>> {
     }
     guests.sort_by_key(|guest| (guest.pid, guest.fd));
     Ok(guests)
+}
+
+/// The parent of process `pid`, from /proc/PID/stat: after the command name in parentheses
+/// (which may hold any character, parentheses too), the state, then the parent's PID.
+fn parent_of(proc: &Path, pid: u32) -> Option<u32> {
+    let stat = std::fs::read_to_string(proc.join(pid.to_string()).join("stat")).ok()?;
+    let after_name = &stat[stat.rfind(')')? + 1..];
+    after_name.split_whitespace().nth(1)?.parse().ok()
 }
 
 /// The one guest `lguest-stat` is to watch: `pid`'s, or the only one running.
@@ -506,6 +525,17 @@ mod tests {
             [Guest { pid: 11, fd: 5 }]
         );
         assert_eq!(find_guests(&proc, Some(12)).unwrap(), []);
+        // A supervising launcher (12) whose child (11) holds the file: 12 finds 11's guest.
+        std::fs::write(
+            proc.join("11").join("stat"),
+            "11 (lguest (launch)) S 12 11 1",
+        )
+        .unwrap();
+        std::fs::create_dir_all(proc.join("12")).unwrap();
+        assert_eq!(
+            find_guests(&proc, Some(12)).unwrap(),
+            [Guest { pid: 11, fd: 5 }]
+        );
         std::fs::remove_dir_all(&proc).unwrap();
     }
 

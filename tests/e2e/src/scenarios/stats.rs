@@ -216,7 +216,10 @@ fn lguest_stat() -> anyhow::Result<()> {
 
     let mut running = launch::spawn(&["64m", TEACHING, "long-run", "3"])?;
     running.wait_for("mode: long-run", 1, PATIENCE)?;
+    // The launcher's PID, as a user knows it: its guest runs in a child (supervise.rs), which
+    // lguest-stat finds.
     let pid = running.pid().to_string();
+    let guest_pid = running.guest_pid(PATIENCE)?;
     let once = Command::new(LGUEST_STAT)
         .args(["--once", &pid])
         .output()
@@ -228,7 +231,7 @@ fn lguest_stat() -> anyhow::Result<()> {
         .and_then(|rest| rest.split_whitespace().next()?.parse::<u64>().ok());
     c.that(
         once.status.success()
-            && table.contains(&format!("the guest of process {pid} "))
+            && table.contains(&format!("the guest of process {guest_pid} "))
             && switches.is_some_and(|n| n > 0),
         || {
             format!(
