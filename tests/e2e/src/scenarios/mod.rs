@@ -19,6 +19,7 @@ mod host_state;
 mod launcher;
 mod linux;
 mod linux_devices;
+mod linux_load;
 mod module;
 mod privileged;
 mod resources;
@@ -29,7 +30,7 @@ pub struct Scenario {
     pub run: fn() -> anyhow::Result<()>,
 }
 
-pub static SCENARIOS: [Scenario; 79] = [
+pub static SCENARIOS: [Scenario; 82] = [
     Scenario {
         name: "module-load",
         run: module::load,
@@ -293,6 +294,18 @@ pub static SCENARIOS: [Scenario; 79] = [
     Scenario {
         name: "linux-rng",
         run: linux_devices::rng,
+    },
+    Scenario {
+        name: "linux-disk-root",
+        run: linux_load::disk_root,
+    },
+    Scenario {
+        name: "linux-mm-stress",
+        run: linux_load::mm_stress,
+    },
+    Scenario {
+        name: "linux-two-guests",
+        run: linux_load::two_guests,
     },
     Scenario {
         name: "hostile-idt-gdt",
