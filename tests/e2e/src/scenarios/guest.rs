@@ -570,22 +570,6 @@ pub fn switcher_pages() -> anyhow::Result<()> {
     c.finish()
 }
 
-/// Pages pinned by `pin_user_pages` and not yet released, host-wide (/proc/vmstat).
-fn pinned_pages() -> anyhow::Result<i64> {
-    // The counters are per CPU and folded into /proc/vmstat now and then: fold them now, or a
-    // few pins show up as pinned long after their release.
-    std::fs::write("/proc/sys/vm/stat_refresh", "1").context("write /proc/sys/vm/stat_refresh")?;
-    let vmstat = procfs::read("/proc/vmstat")?;
-    let counter = |name: &str| -> anyhow::Result<i64> {
-        vmstat
-            .lines()
-            .find_map(|line| line.strip_prefix(name)?.strip_prefix(' '))
-            .and_then(|n| n.trim().parse().ok())
-            .with_context(|| format!("no {name} in /proc/vmstat"))
-    };
-    Ok(counter("nr_foll_pin_acquired")? - counter("nr_foll_pin_released")?)
-}
-
 /// Pages the guest maps in `guest-pins-released`.
 const CHURNED_PAGES: i64 = 4000;
 
@@ -594,15 +578,15 @@ const CHURNED_PAGES: i64 = 4000;
 /// while the guest spins the host holds a handful of pins, not 4000.
 pub fn pins_released() -> anyhow::Result<()> {
     kmod::ensure_loaded()?;
-    let before = pinned_pages()?;
+    let before = leak::pinned_pages()?;
     let mut running = launch::spawn(&[MEM, GUEST, "pin-churn", &CHURNED_PAGES.to_string()])?;
     let mut most = 0;
     while running.alive()? {
-        most = most.max(pinned_pages()? - before);
+        most = most.max(leak::pinned_pages()? - before);
         sleep(Duration::from_millis(20));
     }
     let run = running.finish(PATIENCE)?;
-    let after = pinned_pages()? - before;
+    let after = leak::pinned_pages()? - before;
     let mut c = Checks::new();
     c.that(
         run.code == Some(0) && run.stdout.contains("pin-churn: 4000 pages mapped"),

@@ -15,7 +15,7 @@ use crate::launch::{self, Run, FAILURE};
 use crate::{kmod, procfs};
 
 const KERNEL: &str = "/guests/linux/bzImage";
-const INITRD: &str = "/guests/linux/initramfs.cpio.gz";
+pub(super) const INITRD: &str = "/guests/linux/initramfs.cpio.gz";
 /// What the guest's init prints once it runs: the kernel booted all the way to user space.
 pub(crate) const INIT_RUNNING: &str = "lguest-linux: init running on Linux 6.12";
 /// A boot to init and a power-off: about 10 s under TCG on 2 shared cores; six times that
@@ -30,8 +30,21 @@ const SHELL_PATIENCE: Duration = Duration::from_secs(600);
 /// The launcher's arguments for the Linux guest with `words` added to its command line (and
 /// `options` before the memory size).
 pub(crate) fn args<'a>(options: &[&'a str], words: &[&'a str]) -> Vec<&'a str> {
+    args_with(options, "64m", Some(INITRD), words)
+}
+
+/// As [`args`], with `mem` of RAM and `initrd` (if any) for its initramfs.
+pub(super) fn args_with<'a>(
+    options: &[&'a str],
+    mem: &'a str,
+    initrd: Option<&'a str>,
+    words: &[&'a str],
+) -> Vec<&'a str> {
     let mut args = options.to_vec();
-    args.extend_from_slice(&["--initrd", INITRD, "64m", KERNEL, "console=hvc0"]);
+    if let Some(initrd) = initrd {
+        args.extend_from_slice(&["--initrd", initrd]);
+    }
+    args.extend_from_slice(&[mem, KERNEL, "console=hvc0"]);
     args.extend_from_slice(words);
     args
 }

@@ -34,12 +34,17 @@ const PATIENCE: Duration = Duration::from_secs(180);
 /// What init prints once the script ran to its end.
 const SCRIPT_DONE: &str = "lguest-linux: script exited with status 0";
 
-/// Boots the Linux guest with launcher `options` (its devices) and has its init run `script`.
-/// In hexadecimal the script takes twice its size of the guest's 2047-byte command line; the
-/// launcher refuses a longer line, and says so.
-fn run_script(options: &[&str], script: &str) -> anyhow::Result<Run> {
+/// The command-line word that hands init `script` to run. In hexadecimal the script takes
+/// twice its size of the guest's 2047-byte command line; the launcher refuses a longer line,
+/// and says so.
+pub(super) fn script_word(script: &str) -> String {
     let hex: String = script.bytes().map(|b| format!("{b:02x}")).collect();
-    let script_word = format!("lguest.script={hex}");
+    format!("lguest.script={hex}")
+}
+
+/// Boots the Linux guest with launcher `options` (its devices) and has its init run `script`.
+fn run_script(options: &[&str], script: &str) -> anyhow::Result<Run> {
+    let script_word = script_word(script);
     launch::launch(
         &linux::args(options, &["lguest.run=script", &script_word]),
         PATIENCE,
@@ -47,7 +52,7 @@ fn run_script(options: &[&str], script: &str) -> anyhow::Result<Run> {
 }
 
 /// The value of the script's line `KEY VALUE` (the first), without the console's `\r`.
-fn value<'a>(run: &'a Run, key: &str) -> Option<&'a str> {
+pub(super) fn value<'a>(run: &'a Run, key: &str) -> Option<&'a str> {
     run.stdout.lines().find_map(|line| {
         line.trim_end()
             .strip_prefix(key)
@@ -57,7 +62,7 @@ fn value<'a>(run: &'a Run, key: &str) -> Option<&'a str> {
 
 /// What the guest said from init on (or, if init never ran, how its boot ended), and the
 /// launcher's stderr, for a FAIL line.
-fn console(run: &Run) -> String {
+pub(super) fn console(run: &Run) -> String {
     let said = match run.stdout.find(INIT_RUNNING) {
         Some(start) => shorten(&run.stdout[start..]),
         None => {
@@ -74,7 +79,7 @@ fn console(run: &Run) -> String {
 }
 
 /// The script ran to its end and the guest powered off.
-fn completed(c: &mut Checks, what: &str, run: &Run) {
+pub(super) fn completed(c: &mut Checks, what: &str, run: &Run) {
     c.that(
         run.code == Some(0) && run.stdout.lines().any(|l| l.trim_end() == SCRIPT_DONE),
         || {
@@ -87,7 +92,7 @@ fn completed(c: &mut Checks, what: &str, run: &Run) {
 }
 
 /// `key`'s value in `run` must be `want`.
-fn said(c: &mut Checks, what: &str, run: &Run, key: &str, want: &str) {
+pub(super) fn said(c: &mut Checks, what: &str, run: &Run, key: &str, want: &str) {
     let got = value(run, key);
     c.that(got == Some(want), || {
         format!("{what}: expected \"{key} {want}\", got {got:?}")
@@ -95,7 +100,7 @@ fn said(c: &mut Checks, what: &str, run: &Run, key: &str, want: &str) {
 }
 
 /// A CRC-32 as busybox's `crc32` prints it.
-fn crc32(bytes: &[u8]) -> String {
+pub(super) fn crc32(bytes: &[u8]) -> String {
     format!("{:08x}", crc32fast::hash(bytes))
 }
 

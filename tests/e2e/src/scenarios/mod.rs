@@ -19,6 +19,7 @@ mod host_state;
 mod launcher;
 pub(crate) mod linux;
 mod linux_devices;
+mod linux_load;
 mod linux_soak;
 mod module;
 mod privileged;
@@ -33,7 +34,7 @@ pub struct Scenario {
     pub run: fn() -> anyhow::Result<()>,
 }
 
-pub static SCENARIOS: [Scenario; 81] = [
+pub static SCENARIOS: [Scenario; 84] = [
     Scenario {
         name: "module-load",
         run: module::load,
@@ -297,6 +298,18 @@ pub static SCENARIOS: [Scenario; 81] = [
     Scenario {
         name: "linux-rng",
         run: linux_devices::rng,
+    },
+    Scenario {
+        name: "linux-disk-root",
+        run: linux_load::disk_root,
+    },
+    Scenario {
+        name: "linux-mm-stress",
+        run: linux_load::mm_stress,
+    },
+    Scenario {
+        name: "linux-two-guests",
+        run: linux_load::two_guests,
     },
     Scenario {
         name: "hostile-idt-gdt",

@@ -25,7 +25,7 @@ const PATIENCE: Duration = Duration::from_secs(60);
 
 /// The locked memory of `pid` (the process that runs a guest) now, in KiB, if it is still there
 /// to ask.
-fn locked_kib(pid: i32) -> Option<u64> {
+pub(super) fn locked_kib(pid: i32) -> Option<u64> {
     let status = procfs::read(&format!("/proc/{pid}/status")).ok()?;
     procfs::kib_field(&status, "VmLck").ok()
 }
