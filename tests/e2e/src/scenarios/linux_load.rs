@@ -57,12 +57,14 @@ fn spawn_script(mem: &str, script: &str) -> anyhow::Result<Running> {
 }
 
 /// Waits for `running` to end, at most `patience`, and returns its run with the most locked
-/// memory (VmLck, KiB) its launcher had meanwhile: the guest pages lg.ko pinned for it.
+/// memory (VmLck, KiB) its guest's process had meanwhile: the guest pages lg.ko pinned for it.
+/// That process is the launcher's child (supervise.rs), which holds /dev/lguest.
 fn watch_locked(mut running: Running, patience: Duration) -> anyhow::Result<(Run, u64)> {
     let start = Instant::now();
+    let guest = running.guest_pid(patience)?;
     let mut most = 0;
     while running.alive()? && start.elapsed() < patience {
-        most = most.max(locked_kib(running.pid()).unwrap_or(0));
+        most = most.max(locked_kib(guest).unwrap_or(0));
         sleep(Duration::from_millis(100));
     }
     let run = running.finish(patience.saturating_sub(start.elapsed()))?;
