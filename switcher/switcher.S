@@ -329,6 +329,15 @@ common_exit:
 #define UD_RFLAGS	(UD_SAVED + 32)
 #define UD_RSP		(UD_SAVED + 40)
 #define UD_SS		(UD_SAVED + 48)
+/* The six registers ud_exit works with, saved on entry and restored on either way out. */
+.macro UD_RESTORE
+	popq	%rdi
+	popq	%rsi
+	popq	%rdx
+	popq	%rcx
+	popq	%rbx
+	popq	%rax
+.endm
 ud_exit:
 	pushq	%rax
 	pushq	%rbx
@@ -430,22 +439,12 @@ ud_exit:
 	movq	%rax, UD_RFLAGS(%rsp)
 	movq	%rdx, UD_RSP(%rsp)
 	movq	$GUEST_KERNEL_SS, UD_SS(%rsp)
-	popq	%rdi
-	popq	%rsi
-	popq	%rdx
-	popq	%rcx
-	popq	%rbx
-	popq	%rax
+	UD_RESTORE
 	addq	$16, %rsp		/* vector and error code */
 	iretq
 
 ud_slow:
-	popq	%rdi
-	popq	%rsi
-	popq	%rdx
-	popq	%rcx
-	popq	%rbx
-	popq	%rax
+	UD_RESTORE
 	jmp	common_exit
 
 /*

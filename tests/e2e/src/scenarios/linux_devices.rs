@@ -136,6 +136,24 @@ echo \"read $sum\"
 umount /mnt
 ";
 
+/// A fresh ext2 image of `bytes` at `path`, labelled `lguest`, made with busybox's mke2fs in
+/// the VM.
+pub(super) fn make_ext2(path: &str, bytes: u64) -> anyhow::Result<()> {
+    File::create(path)
+        .and_then(|f| f.set_len(bytes))
+        .with_context(|| format!("create {path}"))?;
+    let mkfs = Command::new("/bin/mke2fs")
+        .args(["-F", "-L", "lguest", path])
+        .output()
+        .context("run /bin/mke2fs")?;
+    ensure!(
+        mkfs.status.success(),
+        "mke2fs {path} failed: {}",
+        shorten(&String::from_utf8_lossy(&mkfs.stderr))
+    );
+    Ok(())
+}
+
 /// `linux-block`: an ext2 image the host made with mke2fs (busybox's, in the VM) is the guest's
 /// /dev/vda. Linux mounts it through the ext4 driver, writes a file, unmounts it and reads the
 /// same bytes back after mounting it again. A second guest, given the image read-only
@@ -143,18 +161,7 @@ umount /mnt
 /// checksum; the image is the same file after that boot as before.
 pub fn block() -> anyhow::Result<()> {
     kmod::ensure_loaded()?;
-    File::create(DISK)
-        .and_then(|f| f.set_len(DISK_BYTES))
-        .with_context(|| format!("create {DISK}"))?;
-    let mkfs = Command::new("/bin/mke2fs")
-        .args(["-F", "-L", "lguest", DISK])
-        .output()
-        .context("run /bin/mke2fs")?;
-    ensure!(
-        mkfs.status.success(),
-        "mke2fs {DISK} failed: {}",
-        shorten(&String::from_utf8_lossy(&mkfs.stderr))
-    );
+    make_ext2(DISK, DISK_BYTES)?;
 
     let mut c = Checks::new();
     let first = run_script(&["--block", DISK], WRITE_AND_REREAD)?;

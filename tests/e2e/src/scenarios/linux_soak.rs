@@ -13,13 +13,13 @@
 //! It takes ten minutes, so it is not in `./lguest-dev test`: `./lguest-dev soak` runs it, and
 //! `./lguest-dev soak MINUTES` runs it shorter or longer (the VM's `lguest.soak-minutes=`).
 
-use std::fs::{self, File};
-use std::process::Command;
+use std::fs;
 use std::time::Duration;
 
-use anyhow::{ensure, Context};
+use anyhow::Context;
 
 use super::linux;
+use super::linux_devices::{make_ext2, script_word};
 use super::Scenario;
 use crate::check::Checks;
 use crate::launch::{self, shorten, Run};
@@ -113,21 +113,8 @@ fn soak_minutes() -> anyhow::Result<u64> {
 
 /// One run: a fresh ext2 disk, the network card on the tap, and the script for `seconds`.
 fn soak_run(seconds: u64) -> anyhow::Result<Run> {
-    File::create(DISK)
-        .and_then(|f| f.set_len(DISK_BYTES))
-        .with_context(|| format!("create {DISK}"))?;
-    let mkfs = Command::new("/bin/mke2fs")
-        .args(["-F", "-q", DISK])
-        .output()
-        .context("run /bin/mke2fs")?;
-    ensure!(
-        mkfs.status.success(),
-        "mke2fs {DISK} failed: {}",
-        shorten(&String::from_utf8_lossy(&mkfs.stderr))
-    );
-    let script = SCRIPT.replace("SECONDS", &seconds.to_string());
-    let hex: String = script.bytes().map(|b| format!("{b:02x}")).collect();
-    let script_word = format!("lguest.script={hex}");
+    make_ext2(DISK, DISK_BYTES)?;
+    let script_word = script_word(&SCRIPT.replace("SECONDS", &seconds.to_string()));
     let net = format!("tap={TAP}");
     let args = linux::args(
         &["--block", DISK, "--net", &net],
