@@ -224,8 +224,8 @@ fi
 /// `linux-disk-root`: the Linux guest boots without an initramfs from an ext4 image the host
 /// made (mke2fs -d from a busybox tree), `root=/dev/vda`. It writes files, reboots, and the
 /// second boot finds them as written; e2fsck on the host finds the file system clean after.
-/// The launcher restarts the guest by starting itself afresh, which its seccomp filter forbids,
-/// so this runs with `--no-seccomp`, as linux-reboot does.
+/// The launcher's supervisor restarts the guest in a fresh, confined process, so the seccomp
+/// filter stays on across the reboot.
 pub fn disk_root() -> anyhow::Result<()> {
     kmod::ensure_loaded()?;
     let disk = File::create(ROOT_DISK).with_context(|| format!("create {ROOT_DISK}"))?;
@@ -245,7 +245,7 @@ pub fn disk_root() -> anyhow::Result<()> {
         "lguest.run=script",
         &word,
     ];
-    let options = ["--no-seccomp", "--block", ROOT_DISK];
+    let options = ["--block", ROOT_DISK];
     let run = launch::launch(
         &linux::args_with(&options, "64m", None, &words),
         DISK_ROOT_PATIENCE,
