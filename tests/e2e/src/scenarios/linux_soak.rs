@@ -19,7 +19,7 @@ use std::time::Duration;
 use anyhow::Context;
 
 use super::linux;
-use super::linux_devices::{make_ext2, script_word};
+use super::linux_devices::{completed, make_ext2, script_word, value};
 use super::Scenario;
 use crate::check::Checks;
 use crate::launch::{self, shorten, Run};
@@ -69,9 +69,6 @@ alarms=$(dmesg | grep -ciE 'error|warn|bug:|oops|call trace|stall' || true)
 echo \"guest-alarms $alarms\"
 dmesg | grep -iE 'error|warn|bug:|oops|call trace|stall' | head -n 3
 ";
-
-/// What init prints once the script ran to its end.
-const SCRIPT_DONE: &str = "lguest-linux: script exited with status 0";
 
 /// `linux-long-run`: two runs of half the soak each; every round of each must pass its checks,
 /// the guest's log must be clean, and the host must not grow in both.
@@ -128,31 +125,14 @@ fn soak_run(seconds: u64) -> anyhow::Result<Run> {
 /// The run ended well: the script to its end, at least one round, and no alarm in the guest's
 /// kernel log.
 fn judge(c: &mut Checks, run_number: u32, run: &Run) {
-    let value = |key: &str| {
-        run.stdout.lines().find_map(|l| {
-            l.trim_end()
-                .strip_prefix(key)
-                .and_then(|rest| rest.strip_prefix(' '))
-                .map(str::to_owned)
-        })
-    };
-    let ended = run.code == Some(0) && run.stdout.lines().any(|l| l.trim_end() == SCRIPT_DONE);
-    c.that(ended, || {
-        format!(
-            "run {run_number}: expected the script to end well, got {}; console ended: {}; \
-             stderr: {}",
-            run.status(),
-            shorten(launch::tail(&run.stdout, 400)),
-            run.shown()
-        )
-    });
-    let rounds = value("rounds").and_then(|r| r.parse::<u64>().ok());
+    completed(c, &format!("run {run_number}"), run);
+    let rounds = value(run, "rounds").and_then(|r| r.parse::<u64>().ok());
     c.that(rounds.is_some_and(|r| r > 0), || {
         format!("run {run_number}: expected some rounds, got {rounds:?}")
     });
     println!("e2e-info linux-long-run: run {run_number}: {rounds:?} rounds");
-    let alarms = value("guest-alarms");
-    c.that(alarms.as_deref() == Some("0"), || {
+    let alarms = value(run, "guest-alarms");
+    c.that(alarms == Some("0"), || {
         format!(
             "run {run_number}: the guest's kernel log has {alarms:?} alarming lines: {}",
             shorten(launch::tail(&run.stdout, 400))
