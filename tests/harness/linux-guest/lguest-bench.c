@@ -57,6 +57,13 @@ static int by_value(const void *a, const void *b)
 	return x < y ? -1 : x > y;
 }
 
+static int by_rate(const void *a, const void *b)
+{
+	double x = *(const double *)a, y = *(const double *)b;
+
+	return x < y ? -1 : x > y;
+}
+
 /* Time `op` run `count` times, TIMINGS times over; print the median cycles per run. */
 static void measure(const char *name, void (*op)(void), int count)
 {
@@ -220,18 +227,12 @@ static double disk_mbps(const char *disk, int writing)
 static void disk_bench(const char *disk)
 {
 	double mbps[TIMINGS];
-	int way, timing, i, j;
+	int way, timing;
 
 	for (way = 1; way >= 0; way--) {
 		for (timing = 0; timing < TIMINGS; timing++)
 			mbps[timing] = disk_mbps(disk, way);
-		for (i = 1; i < TIMINGS; i++)
-			for (j = i; j > 0 && mbps[j - 1] > mbps[j]; j--) {
-				double swap = mbps[j];
-
-				mbps[j] = mbps[j - 1];
-				mbps[j - 1] = swap;
-			}
+		qsort(mbps, TIMINGS, sizeof(mbps[0]), by_rate);
 		printf("bench blk-%s-mbps %.0f\n", way ? "write" : "read",
 		       mbps[TIMINGS / 2]);
 		fflush(stdout);
