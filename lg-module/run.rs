@@ -14,7 +14,7 @@
 //! Every guest-physical access goes through `GuestMemory`, which checks it against RAM and
 //! then copies with the kernel's fault-checked user copies: guest memory is the launcher's.
 
-use crate::abi::boot::CPUNODE_GDT_ENTRY;
+use crate::abi::boot::{CPUNODE_GDT_ENTRY, GUEST_USER_CS};
 use crate::abi::data::{
     offset, ASYNC_HCALLS, HCALL_DONE, HCALL_PENDING, SWITCHER_WINDOW_END, SWITCHER_WINDOW_START,
 };
@@ -680,7 +680,7 @@ fn exception(guest: &mut Guest<Owner>, vector: u64, error: u64) -> Result<(), De
         if let Some(n) = soft {
             let length = emulate::int_length(insn, n);
             if let (Some(length), Some(gate)) = (length, guest.idt[n as usize]) {
-                guest.regs.set(Reg::Rip, rip + length);
+                emulate::complete(&mut guest.regs, length);
                 return deliver(guest, n, None, &gate);
             }
         }
@@ -696,16 +696,20 @@ fn exception(guest: &mut Guest<Owner>, vector: u64, error: u64) -> Result<(), De
         }
     }
     // `syscall` from guest user mode is #UD (the host keeps EFER.SCE off while a guest runs):
-    // delivered as the guest's syscall vector, with RCX and R11 as SYSCALL would set them.
-    if vector == traps::INVALID_OPCODE && cpl == 3 {
+    // delivered as the guest's syscall vector, with RCX, R11 and RFLAGS as SYSCALL would set
+    // them. In compatibility mode it stays #UD, as on Intel's CPUs.
+    if vector == traps::INVALID_OPCODE && guest.regs.get(Reg::Cs) == GUEST_USER_CS {
         let syscall_vec = get_data(guest, offset::SYSCALL_VEC)?;
         let (insn, len) = fetch_instruction(guest, rip);
         let gate = guest.idt.get(syscall_vec as usize).copied().flatten();
         if let (true, Some(gate)) = (emulate::is_syscall(&insn[..len]) && syscall_vec != 0, gate) {
-            guest.regs.set(Reg::Rip, rip + 2);
+            emulate::complete(&mut guest.regs, 2);
             guest.regs.set(Reg::Rcx, rip + 2);
             guest.regs.set(Reg::R11, guest.regs.get(Reg::Rflags));
-            return deliver(guest, syscall_vec, None, &gate);
+            deliver(guest, syscall_vec, None, &gate)?;
+            let flags = guest.regs.get(Reg::Rflags) & !interrupts::SYSCALL_FLAGS_MASK;
+            guest.regs.set(Reg::Rflags, flags);
+            return Ok(());
         }
     }
     // A double fault means the guest could not take a fault: there is nothing to reflect into.

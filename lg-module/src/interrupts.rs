@@ -122,13 +122,26 @@ pub fn frame_address(regs: &Regs, kernel_stack: u64, words: usize) -> Result<u64
     Ok(at)
 }
 
+/// RFLAGS bits the CPU clears when it delivers through a gate (the frame keeps them): TF, so a
+/// single-stepped user program does not single-step the kernel's handler too; NT and RF.
+const FLAGS_CLEARED_ON_DELIVERY: u64 = 1 << 8 | 1 << 14 | 1 << 16;
+
 /// The registers that resume the guest at `gate`'s handler with its frame at `frame_at`.
 pub fn enter_handler(regs: &mut Regs, gate: &GuestGate, frame_at: u64) {
     regs.set(Reg::Rip, gate.handler);
     regs.set(Reg::Cs, GUEST_KERNEL_CS);
     regs.set(Reg::Ss, GUEST_KERNEL_SS);
     regs.set(Reg::Rsp, frame_at);
+    let flags = regs.get(Reg::Rflags);
+    regs.set(Reg::Rflags, flags & !FLAGS_CLEARED_ON_DELIVERY);
 }
+
+/// What SYSCALL clears in RFLAGS for the kernel it enters, as Linux's SYSCALL_MASK has it on
+/// every x86-64 host: TF, DF, IOPL, AC and NT, and IF, which for the guest is the virtual flag
+/// (the interrupt gate clears it). The host applies it to the handler of a `syscall` it delivers:
+/// Linux's entry after the hardware frame counts on DF clear, as its SYSCALL leaves it, and has
+/// no `cld` of its own.
+pub const SYSCALL_FLAGS_MASK: u64 = 1 << 8 | 1 << 10 | 3 << 12 | 1 << 18 | 1 << 14;
 
 /// If a #GP with `error` came from an `int n` the guest's IDT would allow from ring `cpl`,
 /// that n. The real IDT lets the guest use only the hypercall gate, so every other `int n`
@@ -251,6 +264,32 @@ mod tests {
         assert!(
             frame_address(&regs, 0, n).is_err(),
             "from user before SET_STACK"
+        );
+    }
+
+    #[test]
+    fn a_handler_starts_without_the_trap_flag() {
+        let mut regs = Regs::default();
+        // TF, NT, RF and AC set, as a program single-stepping itself might have them.
+        regs.set(Reg::Rflags, 0x202 | 1 << 8 | 1 << 14 | 1 << 16 | 1 << 18);
+        let gate = GuestGate {
+            handler: 0x20_0000,
+            interrupt_gate: true,
+            dpl: 0,
+        };
+        enter_handler(&mut regs, &gate, 0x30_0000);
+        assert_eq!(
+            regs.get(Reg::Rflags),
+            0x202 | 1 << 18,
+            "AC is left, as the CPU does"
+        );
+        assert_eq!(regs.get(Reg::Rip), 0x20_0000);
+        assert_eq!(regs.get(Reg::Rsp), 0x30_0000);
+        assert_eq!(SYSCALL_FLAGS_MASK & (1 << 10), 1 << 10, "DF");
+        assert_eq!(
+            SYSCALL_FLAGS_MASK & IRQ_ENABLED,
+            0,
+            "IF is the virtual flag"
         );
     }
 
