@@ -712,6 +712,11 @@ fn exception(guest: &mut Guest<Owner>, vector: u64, error: u64) -> Result<(), De
             return Ok(());
         }
     }
+    // The guest kernel's own `iretq` back to user mode refused the frame: the fault is the user
+    // program's, at the frame's target (src/interrupts.rs).
+    if let Some(frame) = refused_return_to_user(guest, vector) {
+        interrupts::rewind_to_iret_target(&mut guest.regs, &frame);
+    }
     // A double fault means the guest could not take a fault: there is nothing to reflect into.
     let gate = guest.idt[vector as usize].filter(|_| vector != traps::DOUBLE_FAULT);
     let Some(gate) = gate else {
@@ -722,6 +727,22 @@ fn exception(guest: &mut Guest<Owner>, vector: u64, error: u64) -> Result<(), De
     };
     let error = interrupts::has_error_code(vector).then_some(error);
     deliver(guest, vector, error, &gate)
+}
+
+/// If the guest kernel took `vector` at an `iretq` to user mode that the CPU refused, the frame
+/// it was popping (RIP, CS, RFLAGS, RSP, SS).
+fn refused_return_to_user(guest: &Guest<Owner>, vector: u64) -> Option<[u64; 5]> {
+    let cpl = guest.regs.get(Reg::Cs) & 3;
+    if cpl == 3 || !interrupts::IRET_FAULTS.contains(&vector) {
+        return None;
+    }
+    let (insn, len) = fetch_instruction(guest, guest.regs.get(Reg::Rip));
+    let mut bytes = [0u8; 40];
+    read_virtual(guest, guest.regs.get(Reg::Rsp), &mut bytes).ok()?;
+    let frame: [u64; 5] = core::array::from_fn(|i| {
+        u64::from_le_bytes(bytes[i * 8..i * 8 + 8].try_into().unwrap_or([0; 8]))
+    });
+    interrupts::is_refused_return_to_user(vector, cpl, &insn[..len], &frame).then_some(frame)
 }
 
 /// The instruction at guest-virtual `rip`, read through the guest's page tables: up to
