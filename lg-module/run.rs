@@ -120,8 +120,8 @@ fn run_until_needed(
         }
         // SAFETY: We hold no spinlock and run in process context.
         unsafe { lg_bindings::lg_cond_resched() };
-        if let Err(death) =
-            deliver_interrupts(guest, irqs).and_then(|()| traps::check_entry(&mut guest.regs))
+        if let Err(death) = deliver_interrupts(guest, irqs)
+            .and_then(|()| traps::check_entry(&mut guest.regs, &guest.tls))
         {
             guest.end(died(death));
             continue;

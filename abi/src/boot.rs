@@ -62,6 +62,7 @@ pub const X86_SUBARCH_LGUEST: u32 = 1;
 /// |-------|----------|----------------------------------------|
 /// | 2     | 0x10     | ring-0 code: the Switcher (host only)  |
 /// | 3     | 0x18     | ring-0 data (host only)                |
+/// | 4     | 0x23     | user 32-bit code, DPL 3                |
 /// | 5     | 0x2b     | user data, DPL 3                       |
 /// | 6     | 0x33     | user 64-bit code, DPL 3                |
 /// | 8-9   | 0x40     | this CPU's TSS                         |
@@ -89,6 +90,10 @@ pub const GUEST_KERNEL_SS: u64 = (11 << 3) | 1;
 pub const GUEST_USER_CS: u64 = (6 << 3) | 3;
 /// Guest user space's stack and data segment selector: GDT entry 5, RPL 3 (`__USER_DS`).
 pub const GUEST_USER_SS: u64 = (5 << 3) | 3;
+/// Guest user space's 32-bit code segment selector: GDT entry 4, RPL 3 (`__USER32_CS`). Every
+/// x86-64 Linux has it, compat user space or not, and programs far-jump to it (the kernel's own
+/// sigreturn selftest does); ring 3 in compatibility mode can reach nothing of the host's.
+pub const GUEST_USER32_CS: u64 = (4 << 3) | 3;
 
 /// RFLAGS the guest starts with: the always-one bit 1 and IF. The real IF stays on while a
 /// guest runs so the host's interrupts keep arriving; the guest's own "interrupts enabled"

@@ -8,7 +8,8 @@
 //! guest's GDT is loaded and the other way round.
 
 use crate::abi::boot::{
-    GUEST_GDT_ENTRIES, GUEST_KERNEL_CS, GUEST_KERNEL_SS, GUEST_USER_CS, GUEST_USER_SS,
+    GUEST_GDT_ENTRIES, GUEST_KERNEL_CS, GUEST_KERNEL_SS, GUEST_USER32_CS, GUEST_USER_CS,
+    GUEST_USER_SS,
 };
 use crate::abi::hcall;
 use crate::layout::{IST_DOUBLE_FAULT, IST_MACHINE_CHECK, IST_NMI};
@@ -29,6 +30,12 @@ const fn code64(dpl: u64) -> u64 {
     0x00af_9b00_0000_ffff | (dpl << 45)
 }
 
+/// A 32-bit code segment of privilege `dpl` (compatibility mode), accessed bit set.
+const fn code32(dpl: u64) -> u64 {
+    // G=1 D=1 limit 0xfffff; P=1 S=1 type 0xb (execute/read, accessed).
+    0x00cf_9b00_0000_ffff | (dpl << 45)
+}
+
 /// A writable data segment of privilege `dpl`, accessed bit set.
 const fn data(dpl: u64) -> u64 {
     // G=1 D/B=1 limit 0xfffff; P=1 S=1 type 0x3 (read/write, accessed).
@@ -43,6 +50,7 @@ pub fn guest_gdt(tss: u64) -> [u64; GUEST_GDT_ENTRIES] {
     gdt[entry(SWITCHER_DS as u64)] = data(0);
     gdt[entry(GUEST_USER_SS)] = data(3);
     gdt[entry(GUEST_USER_CS)] = code64(3);
+    gdt[entry(GUEST_USER32_CS)] = code32(3);
     gdt[entry(GUEST_KERNEL_CS)] = code64(1);
     gdt[entry(GUEST_KERNEL_SS)] = data(1);
     let [low, high] = tss_descriptor(tss);
@@ -89,6 +97,20 @@ pub fn tls_descriptor(index: u64, descriptor: u64) -> Result<u64, crate::death::
         descriptor
     };
     Ok(raised | ACCESSED)
+}
+
+/// Whether a TLS descriptor (as [`tls_descriptor`] left it) may be user mode's SS: a present,
+/// writable data segment of DPL 3, which is what `iretq` to ring 3 requires of SS. Linux lets a
+/// program load one with `mov` (its selector, RPL 3, is the program's to choose), and a trap
+/// from user mode then comes back to the host with it.
+pub fn is_user_stack_segment(descriptor: u64) -> bool {
+    const PRESENT: u64 = 1 << 47;
+    const CODE_OR_DATA: u64 = 1 << 44;
+    const EXECUTABLE: u64 = 1 << 43;
+    const WRITABLE: u64 = 1 << 41;
+    const DPL3: u64 = 3 << 45;
+    descriptor & (PRESENT | CODE_OR_DATA | EXECUTABLE | WRITABLE | DPL3)
+        == PRESENT | CODE_OR_DATA | WRITABLE | DPL3
 }
 
 /// A 16-byte available 64-bit TSS descriptor for a TSS at `base`.
@@ -200,6 +222,8 @@ mod tests {
         assert_eq!(code64(0), 0x00af_9b00_0000_ffff);
         assert_eq!(data(0), 0x00cf_9300_0000_ffff);
         assert_eq!(code64(3), 0x00af_fb00_0000_ffff);
+        // Linux's __USER32_CS.
+        assert_eq!(code32(3), 0x00cf_fb00_0000_ffff);
     }
 
     #[test]
@@ -208,6 +232,7 @@ mod tests {
         assert_eq!(dpl(gdt[(GUEST_KERNEL_CS >> 3) as usize]), 1);
         assert_eq!(dpl(gdt[(GUEST_KERNEL_SS >> 3) as usize]), 1);
         assert_eq!(dpl(gdt[(GUEST_USER_CS >> 3) as usize]), 3);
+        assert_eq!(dpl(gdt[(GUEST_USER32_CS >> 3) as usize]), 3);
         for (i, d) in gdt.iter().enumerate() {
             let present = d & (1 << 47) != 0;
             let system = d & (1 << 44) == 0;
@@ -280,6 +305,18 @@ mod tests {
             tls_descriptor(12, 0x0000_ec00_0050_0000).is_err(),
             "a call gate"
         );
+    }
+
+    #[test]
+    fn only_writable_user_data_is_a_user_stack_segment() {
+        assert!(is_user_stack_segment(data(3)));
+        let data16 = data(3) & !(1 << 54); // D/B clear: a 16-bit stack, as sigreturn's test makes
+        assert!(is_user_stack_segment(data16));
+        assert!(!is_user_stack_segment(data(1)), "DPL 1");
+        assert!(!is_user_stack_segment(data(3) & !(1 << 41)), "read-only");
+        assert!(!is_user_stack_segment(code32(3)), "code");
+        assert!(!is_user_stack_segment(data(3) & !(1 << 47)), "not present");
+        assert!(!is_user_stack_segment(0), "empty");
     }
 
     #[test]
