@@ -242,7 +242,8 @@ fn run_once(guest: &mut Guest<Owner>, switcher: &Switcher) -> Result<TrapInfo, D
     // (abi::boot::CPUNODE_GDT_ENTRY), with its accessed bit set: the guest sees the GDT
     // read-only, so the CPU must never need to set it.
     // SAFETY: The host GDT has GDT_ENTRIES (16) entries; the state page holds the guest GDT at
-    // STATE_GDT, with room for as many (src/layout.rs checks).
+    // STATE_GDT, with room for as many, and the host page four selector words at
+    // HOST_GUEST_SELECTORS (src/layout.rs checks both); with interrupts off, only we use them.
     unsafe {
         let cpunode = ((gdt_rw as usize + CPUNODE_GDT_ENTRY * 8) as *const u64).read();
         let gdt = (switcher.block_page(cpu, BLOCK_STATE) + STATE_GDT as usize) as *mut u64;
@@ -251,6 +252,23 @@ fn run_once(guest: &mut Guest<Owner>, switcher: &Switcher) -> Result<TrapInfo, D
         let first = *crate::abi::boot::GUEST_TLS_ENTRIES.start() as usize;
         for (i, descriptor) in guest.tls.iter().enumerate() {
             gdt.add(first + i).write(*descriptor);
+        }
+        // The guest's segment selectors, each checked against this very GDT.
+        let image: [u64; crate::abi::boot::GUEST_GDT_ENTRIES] =
+            core::array::from_fn(|i| gdt.add(i).read());
+        let segments = descriptors::segments_to_load(
+            descriptors::Segments {
+                selectors: guest.selectors,
+                fs_base: guest.fs_base,
+                gs_base: guest.gs_base,
+            },
+            &image,
+        );
+        (guest.selectors, guest.fs_base, guest.gs_base) =
+            (segments.selectors, segments.fs_base, segments.gs_base);
+        let words = (host_page + HOST_GUEST_SELECTORS as usize) as *mut u16;
+        for (i, selector) in guest.selectors.iter().enumerate() {
+            words.add(i).write(*selector);
         }
     }
     let host = |offset: u64, value: u64| {
@@ -326,18 +344,20 @@ fn run_once(guest: &mut Guest<Owner>, switcher: &Switcher) -> Result<TrapInfo, D
 
     let mut frame = [0u64; FRAME_WORDS as usize];
     // SAFETY: As above: this CPU's regs page, in bounds.
-    let (fs_base, gs_base, cr2, switcher_fault) = unsafe {
+    let (fs_base, gs_base, cr2, switcher_fault, selectors) = unsafe {
         core::ptr::copy_nonoverlapping(
             (regs_page + REGS_FRAME as usize) as *const u64,
             frame.as_mut_ptr(),
             frame.len(),
         );
         let word = |offset: u64| ((regs_page + offset as usize) as *const u64).read();
+        let selectors = (regs_page + REGS_SELECTORS as usize) as *const u16;
         (
             word(REGS_FS_BASE),
             word(REGS_GS_BASE),
             word(REGS_CR2),
             word(REGS_SWITCHER_FAULT),
+            core::array::from_fn::<u16, 4, _>(|i| selectors.add(i).read()),
         )
     };
     let trap = TrapInfo {
@@ -353,6 +373,8 @@ fn run_once(guest: &mut Guest<Owner>, switcher: &Switcher) -> Result<TrapInfo, D
         let canonical_or_zero = |base: u64| if traps::is_canonical(base) { base } else { 0 };
         guest.fs_base = canonical_or_zero(fs_base);
         guest.gs_base = canonical_or_zero(gs_base);
+        // Checked before they are loaded again, like anything else from this page.
+        guest.selectors = selectors;
     }
     // A #DB in the guest (TF, icebp, a bus lock) leaves its status bits in DR6, which Linux
     // clears only in its own #DB handler: a stale single-step bit would make the next host #DB

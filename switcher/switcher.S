@@ -14,13 +14,13 @@
  *   save the host's callee-saved registers and flags; park the host stack pointer in the host
  *   page and the host CR3 in MSR_KERNEL_GS_BASE (readable only at CPL 0: a ring-1 guest can
  *   neither rdmsr nor swapgs); load the guest's GDT and TSS, no LDT at all, the guest's IDT;
- *   the guest's FS and GS bases; the guest's CR3 and a CR4 without PGE or SMAP; pop the guest's
- *   registers; iretq to ring 1.
+ *   the guest's DS, ES, FS and GS selectors, then its FS and GS bases; the guest's CR3 and a
+ *   CR4 without PGE or SMAP; pop the guest's registers; iretq to ring 1.
  *
  * The way out, through any of 256 stubs: the CPU has pushed the guest's RIP, CS, RFLAGS, RSP
  * and SS at TSS.RSP0, the top of the regs page; the stub adds an error code and the vector;
- * the common exit pushes the general registers, so the whole frame now lies in the regs page.
- * Then: back to the host CR3 (from the MSR), host GS base first (a host NMI handler may run
+ * the common exit pushes the general registers, so the whole frame now lies in the regs page,
+ * and saves the guest's segment selectors and bases beside it. Then: back to the host CR3 (from the MSR), host GS base first (a host NMI handler may run
  * from here on), host IDT, host GDT and TSS, host stack, host flags, return. The
  * host's LDT, if it has one, is lg.ko's to reload (lg-module/run.rs).
  *
@@ -44,6 +44,7 @@
 #define REGS_GS_BASE		8
 #define REGS_CR2		16
 #define REGS_SWITCHER_FAULT	24
+#define REGS_SELECTORS		32
 /*
  * An NMI or machine check that interrupts the Switcher itself is noted in the high bits of
  * MSR_TSC_AUX (Linux keeps only its CPU and node numbers in the low bits), because a flag in
@@ -84,6 +85,7 @@
 #define HOST_GUEST_GS_BASE	120
 #define HOST_GUEST_CR3		128
 #define HOST_GUEST_CR4		136
+#define HOST_GUEST_SELECTORS	144
 
 /* wrmsr of the 64-bit value at \mem into MSR \msr. Clobbers rax, rcx, rdx. */
 .macro WRMSR_FROM msr, mem
@@ -106,6 +108,15 @@
 	movq	2(%rsp), \reg
 	addq	$16, %rsp
 	subq	$(BLOCK_STATE + STATE_GDT), \reg
+.endm
+
+/* Load segment register \sreg from the word at \mem, unless it holds that already. Clobbers ax. */
+.macro LOAD_SELECTOR sreg, mem
+	movw	%\sreg, %ax
+	cmpw	\mem, %ax
+	je	.Lloaded_\@
+	movw	\mem, %\sreg
+.Lloaded_\@:
 .endm
 
 /* rdmsr of MSR \msr into the 64-bit slot at \mem. Clobbers rax, rcx, rdx. */
@@ -166,7 +177,20 @@ switch_to_guest:
 	/* The guest's IDT: from now on every trap and interrupt comes to our stubs. */
 	lidt	STATE_IDTR(%rbx)
 
-	/* Only now, with no host code left to run, the guest's FS and GS bases. */
+	/*
+	 * The guest's data segment selectors, each only if it is not loaded already: a segment
+	 * load is dear under emulation, and a guest's are mostly null, as the host's are. The host
+	 * checked that each loads from this GDT without a fault.
+	 */
+	LOAD_SELECTOR ds, HOST_GUEST_SELECTORS(%rbp)
+	LOAD_SELECTOR es, (HOST_GUEST_SELECTORS + 2)(%rbp)
+	LOAD_SELECTOR fs, (HOST_GUEST_SELECTORS + 4)(%rbp)
+	LOAD_SELECTOR gs, (HOST_GUEST_SELECTORS + 6)(%rbp)
+
+	/*
+	 * Only now, with no host code left to run, the guest's FS and GS bases (after the
+	 * selectors, whose loads set bases of their own).
+	 */
 	WRMSR_FROM MSR_FS_BASE, HOST_GUEST_FS_BASE(%rbp)
 	WRMSR_FROM MSR_GS_BASE, HOST_GUEST_GS_BASE(%rbp)
 
@@ -237,6 +261,11 @@ common_exit:
 	incq	%rax
 1:
 	movq	%rax, REGS_SWITCHER_FAULT(%rbx)
+	/* The guest's data segment selectors, before the host's DS and ES come back. */
+	movw	%ds, REGS_SELECTORS(%rbx)
+	movw	%es, (REGS_SELECTORS + 2)(%rbx)
+	movw	%fs, (REGS_SELECTORS + 4)(%rbx)
+	movw	%gs, (REGS_SELECTORS + 6)(%rbx)
 	RDMSR_TO MSR_FS_BASE, REGS_FS_BASE(%rbx)
 	RDMSR_TO MSR_GS_BASE, REGS_GS_BASE(%rbx)
 	/*
@@ -396,13 +425,14 @@ SYM_DATA_END(lg_switcher_offsets)
 SYM_DATA_START(lg_switcher_layout)
 	.quad	TEXT_PAGES, BLOCK_IDT, FIRST_BLOCK_PAGE, BLOCK_PAGES
 	.quad	BLOCK_REGS, BLOCK_STATE, BLOCK_HOST
-	.quad	REGS_FS_BASE, REGS_GS_BASE, REGS_CR2, REGS_SWITCHER_FAULT
+	.quad	REGS_FS_BASE, REGS_GS_BASE, REGS_CR2, REGS_SWITCHER_FAULT, REGS_SELECTORS
 	.quad	AUX_NMI_PENDING, AUX_MC_PENDING
 	.quad	FRAME_WORDS, F_VECTOR, F_ERRCODE, F_CS
 	.quad	STATE_GDT, STATE_GDTR, STATE_IDTR
 	.quad	HOST_RSP, HOST_GDTR, HOST_IDTR, HOST_GDTR_RW
 	.quad	HOST_FS_BASE, HOST_GS_BASE, HOST_KERNEL_GS_BASE, HOST_DS, HOST_ES, HOST_CR4
 	.quad	HOST_GUEST_FS_BASE, HOST_GUEST_GS_BASE, HOST_GUEST_CR3, HOST_GUEST_CR4
+	.quad	HOST_GUEST_SELECTORS
 SYM_DATA_END(lg_switcher_layout)
 
 /*

@@ -113,6 +113,69 @@ pub fn is_user_stack_segment(descriptor: u64) -> bool {
         == PRESENT | CODE_OR_DATA | WRITABLE | DPL3
 }
 
+/// `selector` if the Switcher may load it into DS, ES, FS or GS for the guest, with `gdt` (the
+/// guest GDT as the CPU will find it) loaded; else the null selector. The Switcher runs at CPL
+/// 0, where a load would succeed that the guest's own could not, and where a load that faults
+/// kills the guest: so a selector must be null, or name a GDT entry (there is no LDT) that is a
+/// present code or data segment, readable if code, accessed already (the GDT is read-only to the
+/// CPU's write of that bit), of a DPL the guest kernel could have loaded it at, at least 1 and
+/// at least its RPL. What the guest itself loaded passes; anything else (a descriptor the guest
+/// changed since, a value it wrote into its regs page) becomes null, as a failed load in Linux's
+/// `loadsegment` leaves it.
+pub fn loadable_selector(selector: u16, gdt: &[u64; GUEST_GDT_ENTRIES]) -> u16 {
+    const ACCESSED: u64 = 1 << 40;
+    const READABLE: u64 = 1 << 41;
+    const CODE: u64 = 1 << 43;
+    const CODE_OR_DATA: u64 = 1 << 44;
+    const PRESENT: u64 = 1 << 47;
+    let index = (selector >> 3) as usize;
+    let rpl = (selector & 3) as u64;
+    if index == 0 && selector & 4 == 0 {
+        return selector;
+    }
+    let loadable = selector & 4 == 0
+        && gdt.get(index).is_some_and(|&d| {
+            let dpl = (d >> 45) & 3;
+            d & (PRESENT | CODE_OR_DATA | ACCESSED) == PRESENT | CODE_OR_DATA | ACCESSED
+                && (d & CODE == 0 || d & READABLE != 0)
+                && dpl >= rpl.max(1)
+        });
+    if loadable {
+        selector
+    } else {
+        0
+    }
+}
+
+/// The guest's DS, ES, FS and GS selectors and its FS and GS bases, as the Switcher loads them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Segments {
+    pub selectors: [u16; 4],
+    pub fs_base: u64,
+    pub gs_base: u64,
+}
+
+/// `guest`'s segments as the Switcher will load them with `gdt`: each selector that still loads
+/// ([`loadable_selector`]), and null for one that no longer does (its TLS descriptor changed
+/// since the guest loaded it: on hardware the loaded segment would live on until reloaded, but
+/// the Switcher must reload it), as Linux's own reload of it would leave it. An FS or GS nulled
+/// so loses its base as well, as a null load clears it on Intel's CPUs (and QEMU's).
+pub fn segments_to_load(guest: Segments, gdt: &[u64; GUEST_GDT_ENTRIES]) -> Segments {
+    let selectors = guest.selectors.map(|s| loadable_selector(s, gdt));
+    let base = |i: usize, base: u64| {
+        if selectors[i] == guest.selectors[i] {
+            base
+        } else {
+            0
+        }
+    };
+    Segments {
+        selectors,
+        fs_base: base(2, guest.fs_base),
+        gs_base: base(3, guest.gs_base),
+    }
+}
+
 /// A 16-byte available 64-bit TSS descriptor for a TSS at `base`.
 fn tss_descriptor(base: u64) -> [u64; 2] {
     let limit = TSS_BYTES as u64 - 1;
@@ -317,6 +380,64 @@ mod tests {
         assert!(!is_user_stack_segment(code32(3)), "code");
         assert!(!is_user_stack_segment(data(3) & !(1 << 47)), "not present");
         assert!(!is_user_stack_segment(0), "empty");
+    }
+
+    #[test]
+    fn only_selectors_the_guest_could_load_are_loaded_for_it() {
+        let mut gdt = guest_gdt(0xffff_8000_0000_6100);
+        gdt[12] = tls_descriptor(12, data(3)).unwrap();
+        gdt[13] = tls_descriptor(13, data(3) & !(1 << 47)).unwrap();
+        for selector in [0, 3, 0x23, 0x2b, 0x33, 0x51, 0x59, 0x63] {
+            assert_eq!(loadable_selector(selector, &gdt), selector, "{selector:#x}");
+        }
+        for (selector, why) in [
+            (0x10, "the Switcher's code segment"),
+            (0x18, "the host's data segment"),
+            (0x40, "the TSS"),
+            (0x2f, "an LDT selector"),
+            (0x5b, "ring-1 data at RPL 3"),
+            (0x6b, "an empty TLS entry"),
+            (0x83, "past the GDT"),
+        ] {
+            assert_eq!(loadable_selector(selector, &gdt), 0, "{why}");
+        }
+        gdt[14] = tls_descriptor(14, data(3)).unwrap() & !(1 << 40);
+        assert_eq!(
+            loadable_selector(0x73, &gdt),
+            0,
+            "not accessed: the CPU would write the GDT"
+        );
+        gdt[14] = tls_descriptor(14, code32(3) & !(1 << 41)).unwrap();
+        assert_eq!(loadable_selector(0x73, &gdt), 0, "execute-only code");
+    }
+
+    #[test]
+    fn a_segment_whose_descriptor_went_is_nulled_with_its_base() {
+        let mut gdt = guest_gdt(0xffff_8000_0000_6100);
+        gdt[12] = tls_descriptor(12, data(3)).unwrap();
+        let guest = Segments {
+            selectors: [0x2b, 0, 0x63, 0x6b],
+            fs_base: 0x4000_5000,
+            gs_base: 0x7000,
+        };
+        assert_eq!(
+            segments_to_load(guest, &gdt),
+            Segments {
+                selectors: [0x2b, 0, 0x63, 0],
+                fs_base: 0x4000_5000,
+                gs_base: 0,
+            },
+            "GS named the empty entry 13"
+        );
+        let null = Segments {
+            selectors: [0; 4],
+            ..guest
+        };
+        assert_eq!(
+            segments_to_load(null, &gdt),
+            null,
+            "bases with null selectors stay"
+        );
     }
 
     #[test]
