@@ -244,18 +244,24 @@ fn run_once(guest: &mut Guest<Owner>, switcher: &Switcher) -> Result<TrapInfo, D
     // SAFETY: The host GDT has GDT_ENTRIES (16) entries; the state page holds the guest GDT at
     // STATE_GDT, with room for as many, and the host page four selector words at
     // HOST_GUEST_SELECTORS (src/layout.rs checks both); with interrupts off, only we use them.
-    unsafe {
-        let cpunode = ((gdt_rw as usize + CPUNODE_GDT_ENTRY * 8) as *const u64).read();
+    let cpunode = unsafe {
+        let cpunode = ((gdt_rw as usize + CPUNODE_GDT_ENTRY * 8) as *const u64).read() | 1 << 40;
         let gdt = (switcher.block_page(cpu, BLOCK_STATE) + STATE_GDT as usize) as *mut u64;
-        gdt.add(CPUNODE_GDT_ENTRY).write(cpunode | 1 << 40);
+        gdt.add(CPUNODE_GDT_ENTRY).write(cpunode);
         // And the guest's own TLS segments, checked when it set them (LOAD_GDT_ENTRY).
         let first = *crate::abi::boot::GUEST_TLS_ENTRIES.start() as usize;
         for (i, descriptor) in guest.tls.iter().enumerate() {
             gdt.add(first + i).write(*descriptor);
         }
-        // The guest's segment selectors, each checked against this very GDT.
-        let image: [u64; crate::abi::boot::GUEST_GDT_ENTRIES] =
-            core::array::from_fn(|i| gdt.add(i).read());
+        // The guest's segment selectors, each checked against this very GDT, as the guest
+        // will have it (with its own CPU-number segment, which the Switcher puts in).
+        let image: [u64; crate::abi::boot::GUEST_GDT_ENTRIES] = core::array::from_fn(|i| {
+            if i == CPUNODE_GDT_ENTRY {
+                descriptors::GUEST_CPUNODE
+            } else {
+                gdt.add(i).read()
+            }
+        });
         let segments = descriptors::segments_to_load(
             descriptors::Segments {
                 selectors: guest.selectors,
@@ -270,7 +276,8 @@ fn run_once(guest: &mut Guest<Owner>, switcher: &Switcher) -> Result<TrapInfo, D
         for (i, selector) in guest.selectors.iter().enumerate() {
             words.add(i).write(*selector);
         }
-    }
+        cpunode
+    };
     let host = |offset: u64, value: u64| {
         // SAFETY: In bounds of this CPU's host page (offsets from src/layout.rs), see above.
         unsafe { ((host_page + offset as usize) as *mut u64).write(value) }
@@ -298,6 +305,10 @@ fn run_once(guest: &mut Guest<Owner>, switcher: &Switcher) -> Result<TrapInfo, D
     // from nothing.
     host(HOST_GUEST_CR4, cr4 & !(CR4_PGE | CR4_SMAP));
     host(HOST_GUEST_CR3, guest.owner.shadow.root_phys());
+    // The host's CPU-number segment for the exit path to put back, and the guest's own for the
+    // entry path to put in: a guest program's getcpu() must not see the host's CPU.
+    host(HOST_CPUNODE, cpunode);
+    host(HOST_GUEST_CPUNODE, descriptors::GUEST_CPUNODE);
     host(HOST_GUEST_FS_BASE, guest.fs_base);
     host(HOST_GUEST_GS_BASE, guest.gs_base);
 

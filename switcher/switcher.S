@@ -65,6 +65,8 @@
 #define STATE_GDTR		512
 #define STATE_IDTR		528
 #define STATE_GDT		0
+/* GDT entry 15, the CPU-number segment, which Linux reads with lsl. */
+#define GDT_CPUNODE		(15 * 8)
 #define TSS_SELECTOR		0x40
 /* Byte 5 of a TSS descriptor holds its type; bit 1 of the type is "busy". */
 #define TSS_DESC_TYPE_BYTE	(TSS_SELECTOR + 5)
@@ -86,6 +88,8 @@
 #define HOST_GUEST_CR3		128
 #define HOST_GUEST_CR4		136
 #define HOST_GUEST_SELECTORS	144
+#define HOST_CPUNODE		152
+#define HOST_GUEST_CPUNODE	160
 
 /* wrmsr of the 64-bit value at \mem into MSR \msr. Clobbers rax, rcx, rdx. */
 .macro WRMSR_FROM msr, mem
@@ -176,6 +180,13 @@ switch_to_guest:
 	lldt	%ax
 	/* The guest's IDT: from now on every trap and interrupt comes to our stubs. */
 	lidt	STATE_IDTR(%rbx)
+	/*
+	 * And so no host handler can run until the exit path loads the host's IDT again: GDT entry
+	 * 15 may now say the guest's CPU number instead of this CPU's, which a host NMI handler
+	 * reads there (with lsl) wherever this GDT is loaded with the host's IDT.
+	 */
+	movq	HOST_GUEST_CPUNODE(%rbp), %rax
+	movq	%rax, (STATE_GDT + GDT_CPUNODE)(%rbx)
 
 	/*
 	 * The guest's data segment selectors, each only if it is not loaded already: a segment
@@ -296,6 +307,9 @@ common_exit:
 	 */
 	WRMSR_FROM MSR_GS_BASE, HOST_GS_BASE(%rbp)
 	WRMSR_FROM MSR_FS_BASE, HOST_FS_BASE(%rbp)
+	/* This CPU's number back in GDT entry 15, for the same host handlers. */
+	movq	HOST_CPUNODE(%rbp), %rax
+	movq	%rax, (BLOCK_STATE - BLOCK_REGS + STATE_GDT + GDT_CPUNODE)(%rbx)
 	lidt	HOST_IDTR(%rbp)
 	WRMSR_FROM MSR_KERNEL_GS_BASE, HOST_KERNEL_GS_BASE(%rbp)
 
@@ -432,7 +446,7 @@ SYM_DATA_START(lg_switcher_layout)
 	.quad	HOST_RSP, HOST_GDTR, HOST_IDTR, HOST_GDTR_RW
 	.quad	HOST_FS_BASE, HOST_GS_BASE, HOST_KERNEL_GS_BASE, HOST_DS, HOST_ES, HOST_CR4
 	.quad	HOST_GUEST_FS_BASE, HOST_GUEST_GS_BASE, HOST_GUEST_CR3, HOST_GUEST_CR4
-	.quad	HOST_GUEST_SELECTORS
+	.quad	HOST_GUEST_SELECTORS, HOST_CPUNODE, HOST_GUEST_CPUNODE, GDT_CPUNODE
 SYM_DATA_END(lg_switcher_layout)
 
 /*

@@ -69,11 +69,12 @@ pub const X86_SUBARCH_LGUEST: u32 = 1;
 /// | 10    | 0x51     | guest kernel 64-bit code, DPL 1        |
 /// | 11    | 0x59     | guest kernel data, DPL 1               |
 /// | 12-14 | 0x63...  | the guest's TLS segments (LOAD_GDT_ENTRY) |
-/// | 15    | 0x7b     | the host's per-CPU number segment      |
+/// | 15    | 0x7b     | the CPU-number segment                 |
 ///
-/// Entry 15 is the host's own `GDT_ENTRY_CPUNODE`, copied for the CPU the guest runs on: Linux's
-/// NMI entry finds its per-CPU data with `lsl` on it, and may run while this GDT is loaded. It
-/// tells a guest only what `rdtscp` does (its CPU and node numbers).
+/// Entry 15 is `GDT_ENTRY_CPUNODE`, whose limit Linux reads with `lsl` for the CPU's number: the
+/// guest's own (CPU 0) while the guest runs, for its vDSO's getcpu(), and the host's, copied for
+/// the CPU the guest runs on, whenever a host handler may run under this GDT (Linux's NMI entry
+/// finds its per-CPU data so): the Switcher swaps them while only its own stubs can run.
 pub const GUEST_GDT_ENTRIES: usize = 16;
 
 /// The GDT entries a guest may set (LOAD_GDT_ENTRY), as Linux's TLS entries 12-14.

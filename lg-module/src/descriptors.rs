@@ -99,6 +99,13 @@ pub fn tls_descriptor(index: u64, descriptor: u64) -> Result<u64, crate::death::
     Ok(raised | ACCESSED)
 }
 
+/// The guest's own CPU-number segment, GDT entry 15 while it runs, laid out as Linux lays out
+/// its own (`setup_getcpu`): a read-only, accessed data segment of DPL 3 whose limit holds the
+/// CPU's number and its node's (node << 12 | cpu), here CPU 0 of node 0, the one CPU a guest
+/// has. A guest program's vDSO reads it with `lsl` for getcpu(); the host's own, with the host
+/// CPU's number in it, is in the entry whenever a host handler may run (docs/world-switch.md).
+pub const GUEST_CPUNODE: u64 = 0x0040_f500_0000_0000;
+
 /// Whether a TLS descriptor (as [`tls_descriptor`] left it) may be user mode's SS: a present,
 /// writable data segment of DPL 3, which is what `iretq` to ring 3 requires of SS. Linux lets a
 /// program load one with `mov` (its selector, RPL 3, is the program's to choose), and a trap
@@ -409,6 +416,24 @@ mod tests {
         );
         gdt[14] = tls_descriptor(14, code32(3) & !(1 << 41)).unwrap();
         assert_eq!(loadable_selector(0x73, &gdt), 0, "execute-only code");
+    }
+
+    #[test]
+    fn the_guests_cpu_number_segment_says_cpu_0() {
+        assert_eq!(dpl(GUEST_CPUNODE), 3, "user code reads it");
+        assert_eq!(
+            GUEST_CPUNODE & 0xffff | (GUEST_CPUNODE >> 48 & 0xf) << 16,
+            0,
+            "limit 0"
+        );
+        assert_eq!(
+            (GUEST_CPUNODE >> 40) & 0x9f,
+            0x95,
+            "present, read-only data, accessed"
+        );
+        let mut gdt = guest_gdt(0xffff_8000_0000_6100);
+        gdt[15] = GUEST_CPUNODE;
+        assert_eq!(loadable_selector(0x7b, &gdt), 0x7b);
     }
 
     #[test]

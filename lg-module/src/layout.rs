@@ -169,10 +169,16 @@ pub const HOST_GUEST_CR4: u64 = 136;
 /// The guest's DS, ES, FS and GS selectors to load, a 16-bit word each in that order, every one
 /// checked to load without a fault (`descriptors::loadable_selector`).
 pub const HOST_GUEST_SELECTORS: u64 = 144;
+/// GDT entry 15, the CPU-number segment, twice: the host's (this CPU's) and the guest's. The
+/// Switcher puts the guest's in once no host handler can run, and the host's back before one can.
+pub const HOST_CPUNODE: u64 = 152;
+pub const HOST_GUEST_CPUNODE: u64 = 160;
+/// Where in the GDT that entry is.
+pub const GDT_CPUNODE: u64 = crate::abi::boot::CPUNODE_GDT_ENTRY as u64 * 8;
 
 /// The layout words `switcher.S` exports as `lg_switcher_layout`, in this order: every offset
 /// both sides use.
-pub const LAYOUT_WORDS: [u64; 36] = [
+pub const LAYOUT_WORDS: [u64; 39] = [
     TEXT_PAGES,
     BLOCK_IDT,
     FIRST_BLOCK_PAGE,
@@ -209,6 +215,9 @@ pub const LAYOUT_WORDS: [u64; 36] = [
     HOST_GUEST_CR3,
     HOST_GUEST_CR4,
     HOST_GUEST_SELECTORS,
+    HOST_CPUNODE,
+    HOST_GUEST_CPUNODE,
+    GDT_CPUNODE,
 ];
 
 /// The offset of CPU `cpu`'s block from the window's start.
@@ -228,7 +237,7 @@ const _: () = {
     assert!(STATE_GDT + crate::abi::boot::GUEST_GDT_ENTRIES as u64 * 8 <= STATE_TSS);
     assert!(STATE_TSS + 104 <= STATE_GDTR);
     assert!(STATE_IDTR + 16 <= PAGE);
-    assert!(HOST_GUEST_SELECTORS + 8 <= PAGE);
+    assert!(HOST_GUEST_CPUNODE + 8 <= PAGE);
 };
 
 #[cfg(test)]
