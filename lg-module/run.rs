@@ -84,6 +84,8 @@ struct TrapInfo {
     cr2: u64,
     /// The vector plus one, if the trap came from inside the Switcher.
     switcher_fault: u64,
+    /// DR6 after a debug exception (0 after any other trap).
+    dr6: u64,
 }
 
 /// Run the guest until the launcher is needed: returns the exit for the launcher, or
@@ -145,6 +147,10 @@ fn run_until_needed(
             Trap::Host { .. } => Ok(None),
             Trap::Hypercall => hypercall(guest, irqs),
             Trap::PageFault { addr } => page_fault(guest, addr, trap.error),
+            // Ring 1 cannot read DR6: a #DB's reason goes to lguest_data, as a #PF's CR2 does.
+            Trap::Fatal if trap.vector == traps::DEBUG => set_data(guest, offset::DR6, trap.dr6)
+                .and_then(|()| exception(guest, trap.vector, trap.error))
+                .map(|()| None),
             Trap::Fatal => exception(guest, trap.vector, trap.error).map(|()| None),
         };
         match outcome {
@@ -371,11 +377,12 @@ fn run_once(guest: &mut Guest<Owner>, switcher: &Switcher) -> Result<TrapInfo, D
             core::array::from_fn::<u16, 4, _>(|i| selectors.add(i).read()),
         )
     };
-    let trap = TrapInfo {
+    let mut trap = TrapInfo {
         vector: frame[FrameWord::Vector as usize],
         error: frame[FrameWord::ErrorCode as usize],
         cr2,
         switcher_fault,
+        dr6: 0,
     };
     if switcher_fault == 0 {
         guest.regs = traps::regs_from_frame(&frame);
@@ -392,6 +399,9 @@ fn run_once(guest: &mut Guest<Owner>, switcher: &Switcher) -> Result<TrapInfo, D
     // on this CPU look like a single step. Reset it (and re-arm the host's breakpoints) as KVM
     // does.
     let debug_trap = trap.vector == traps::DEBUG || switcher_fault == traps::DEBUG + 1;
+    if debug_trap {
+        trap.dr6 = cpu::read_dr6();
+    }
     if host_breakpoints || debug_trap {
         // SAFETY: Writes back Linux's own DR0-3 and DR7 for this CPU and DR6's reset value.
         unsafe { lg_bindings::lg_hw_breakpoint_restore() };
