@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Assemble the VM's initramfs: busybox, our init, lg.ko, the launcher, the scenario runner, the
 # guests (BIN_DIR/guests/* as /guests/*), the Linux guest (LINUX_DIR/bzImage and its own
-# initramfs, as /guests/linux/), the host's own bzImage, a kernel the launcher must refuse, and a
-# user database. Usage: build-initramfs.sh LG_KO BIN_DIR BZIMAGE LINUX_DIR OUT
+# initramfs, as /guests/linux/, and that initramfs with the x86 selftests added), the host's own
+# bzImage, a kernel the launcher must refuse, and a user database.
+# Usage: build-initramfs.sh LG_KO BIN_DIR BZIMAGE LINUX_DIR OUT
 # An uncompressed cpio: the host kernel unpacks it faster than it would gunzip it under TCG.
 set -euo pipefail
 . "$(dirname "$0")/common.sh"
@@ -19,6 +20,12 @@ cp "$bin/lguest-launcher" "$bin/lguest-e2e" "$root/bin/"
 cp "$bin"/guests/* "$root/guests/"
 cp "$linux/bzImage" "$root/guests/linux/bzImage"
 "$REPO/tests/harness/build-linux-rootfs.sh" "$root/guests/linux/initramfs.cpio.gz"
+# The same with the kernel's x86 selftests added (linux-selftests-x86): Linux unpacks the
+# overlay's gzipped cpio after the first one's.
+"$REPO/tests/harness/build-x86-selftests.sh" "$root/selftests.cpio.gz"
+cat "$root/guests/linux/initramfs.cpio.gz" "$root/selftests.cpio.gz" \
+    >"$root/guests/linux/initramfs-selftests.cpio.gz"
+rm "$root/selftests.cpio.gz"
 cp "$bzimage" "$root/boot/bzImage"
 # A user database, for the launcher's --user (launcher-confined): root, and nobody in its own
 # group, numbered as Debian numbers them. nsswitch.conf keeps the static launcher's C library to

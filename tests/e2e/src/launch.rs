@@ -69,7 +69,7 @@ pub fn shorten(text: &str) -> String {
 }
 
 /// The last `chars` characters of `text` (where it stopped is what a hang needs shown).
-fn tail(text: &str, chars: usize) -> &str {
+pub fn tail(text: &str, chars: usize) -> &str {
     let start = text.char_indices().rev().nth(chars).map_or(0, |(at, _)| at);
     &text[start..]
 }

@@ -19,6 +19,7 @@ mod host_state;
 mod launcher;
 mod linux;
 mod linux_devices;
+mod linux_selftests;
 mod module;
 mod privileged;
 mod resources;
@@ -29,7 +30,7 @@ pub struct Scenario {
     pub run: fn() -> anyhow::Result<()>,
 }
 
-pub static SCENARIOS: [Scenario; 79] = [
+pub static SCENARIOS: [Scenario; 80] = [
     Scenario {
         name: "module-load",
         run: module::load,
@@ -293,6 +294,10 @@ pub static SCENARIOS: [Scenario; 79] = [
     Scenario {
         name: "linux-rng",
         run: linux_devices::rng,
+    },
+    Scenario {
+        name: "linux-selftests-x86",
+        run: linux_selftests::x86,
     },
     Scenario {
         name: "hostile-idt-gdt",
