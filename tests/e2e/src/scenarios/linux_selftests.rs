@@ -18,7 +18,7 @@ use crate::kmod;
 use crate::launch::{self, shorten};
 
 const INITRD: &str = "/guests/linux/initramfs-selftests.cpio.gz";
-/// A boot, 18 tests and a power-off: 29 s on 2 shared cores (the tests themselves about 15 s,
+/// A boot, 18 tests and a power-off: 23 to 29 s on 2 shared cores (the tests themselves about 15 s,
 /// `sysret_ss_attrs` the longest at 5 s), 125 s with LGUEST_SLOWDOWN=3. Ten times the first
 /// leaves room for a slower machine, busy besides; the runner gives up on a single test after
 /// 120 s, well within it.
