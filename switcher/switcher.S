@@ -20,9 +20,10 @@
  * The way out, through any of 256 stubs: the CPU has pushed the guest's RIP, CS, RFLAGS, RSP
  * and SS at TSS.RSP0, the top of the regs page; the stub adds an error code and the vector;
  * the common exit pushes the general registers, so the whole frame now lies in the regs page,
- * and saves the guest's segment selectors and bases beside it. Then: back to the host CR3 (from the MSR), host GS base first (a host NMI handler may run
- * from here on), host IDT, host GDT and TSS, host stack, host flags, return. The
- * host's LDT, if it has one, is lg.ko's to reload (lg-module/run.rs).
+ * and saves the guest's segment selectors and bases beside it. Then: back to the host CR3
+ * (from the MSR), host GS base first and the host's GDT entry 15 (a host NMI handler may run
+ * from here on), host IDT, host GDT and TSS, host stack, host flags, return. The host's LDT,
+ * if it has one, is lg.ko's to reload (lg-module/run.rs).
  *
  * The order of both paths is chosen so that, whatever instant an NMI arrives, the IDT, GDT
  * and TSS in force agree with each other: docs/world-switch.md walks through it.

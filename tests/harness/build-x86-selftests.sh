@@ -50,7 +50,8 @@ work='' root=''
 trap 'rm -rf "$work" "$root"' EXIT
 
 if [ ! -f "$OUT/done" ]; then
-    [ -d "$SRC" ] || die "no Linux guest tree in $TREE: run tests/harness/build-linux-guest.sh first"
+    [ -d "$SRC" ] ||
+        die "no Linux guest tree in $TREE: run tests/harness/build-linux-guest.sh first"
     mkdir -p "$CACHE/x86-selftests"
     # The tree is shared with build-linux-guest.sh, which may be swapping patches in and out.
     hold_lock "$TREE.lock" "the Linux guest in $TREE"

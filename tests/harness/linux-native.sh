@@ -53,7 +53,8 @@ if [ -n "$selftests" ]; then
     "$REPO/tests/harness/build-x86-selftests.sh" "$dir/selftests.cpio.gz"
     cat "$dir/selftests.cpio.gz" >>"$dir/initramfs.cpio.gz"
     # init's scripts come in hexadecimal (tests/harness/linux-guest/init).
-    set -- lguest.run=script "lguest.script=$(printf 'sh /selftests/run\n' | xxd -p | tr -d '\n')" "$@"
+    script=$(printf 'sh /selftests/run\n' | xxd -p | tr -d '\n')
+    set -- lguest.run=script "lguest.script=$script" "$@"
     PATIENCE=$SELFTEST_PATIENCE
 fi
 
@@ -137,7 +138,8 @@ if [ -n "$selftests" ]; then
     grep -a -e '^selftest' -e '^    ' "$log" || true
     summary=$(grep -a -m1 '^selftests (native): ' "$log" || true)
     [ -n "$summary" ] || fail "the selftests never ended (no summary line)"
-    said "lguest-linux: script exited with status 0" || fail "selftests did not all go as listed: $summary"
+    said "lguest-linux: script exited with status 0" ||
+        fail "selftests did not all go as listed: $summary"
 fi
 said "lguest-linux: rebooting" || fail "init ran but did not reach its end"
 [ "$status" = 0 ] || fail "the guest rebooted, but QEMU did not end"
@@ -148,6 +150,7 @@ if [ -z "$selftests" ]; then
     sed -n "/$INIT_RUNNING/,\$p" "$log"
 fi
 init=$(secs "$(cat "$dir/init-ms")")
-echo "e2e-info linux-native${selftests:+ --selftests}: from QEMU's start, the banner after $(secs "$(cat "$dir/banner-ms")") s," \
-    "init running after $init s, QEMU gone after $(secs "$took") s"
+banner=$(secs "$(cat "$dir/banner-ms")")
+echo "e2e-info linux-native${selftests:+ --selftests}: from QEMU's start," \
+    "the banner after $banner s, init running after $init s, QEMU gone after $(secs "$took") s"
 ok "Linux guest, native on microvm: init ran $init s after QEMU started (log: $log)"
