@@ -134,6 +134,14 @@ pub(crate) unsafe fn load_ldt(selector: u16) {
     unsafe { asm!("lldt {0:x}", in(reg) selector, options(nostack)) };
 }
 
+/// The debug status register, DR6: why the last debug exception came.
+pub(crate) fn read_dr6() -> u64 {
+    let dr6: u64;
+    // SAFETY: Reading DR6 at ring 0 has no effect.
+    unsafe { asm!("mov {}, dr6", out(reg) dr6, options(nomem, nostack)) };
+    dr6
+}
+
 /// Disarm every hardware breakpoint (DR7 = 0): the host's must not fire in the Switcher or the
 /// guest. `lg_hw_breakpoint_restore` arms them again.
 ///

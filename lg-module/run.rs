@@ -18,7 +18,7 @@
 //! Every guest-physical access goes through `GuestMemory`, which checks it against RAM and
 //! then copies with the kernel's fault-checked user copies: guest memory is the launcher's.
 
-use crate::abi::boot::CPUNODE_GDT_ENTRY;
+use crate::abi::boot::{CPUNODE_GDT_ENTRY, GUEST_USER_CS};
 use crate::abi::data::{
     offset, ASYNC_HCALLS, HCALL_DONE, HCALL_PENDING, SWITCHER_WINDOW_END, SWITCHER_WINDOW_START,
 };
@@ -91,6 +91,8 @@ struct TrapInfo {
     cr2: u64,
     /// The vector plus one, if the trap came from inside the Switcher.
     switcher_fault: u64,
+    /// DR6 after a debug exception (0 after any other trap).
+    dr6: u64,
 }
 
 /// Run the guest until the launcher is needed: returns the exit for the launcher, or
@@ -130,7 +132,7 @@ fn run_until_needed(
         // SAFETY: We hold no spinlock and run in process context.
         unsafe { lg_bindings::lg_cond_resched() };
         if let Err(death) = deliver_interrupts(guest, irqs, stats)
-            .and_then(|()| traps::check_entry(&mut guest.regs))
+            .and_then(|()| traps::check_entry(&mut guest.regs, &guest.tls))
         {
             guest.end(died(death));
             continue;
@@ -163,6 +165,13 @@ fn run_until_needed(
                 Ok((fault, exit)) => (Some(fault), Ok(exit)),
                 Err(death) => (None, Err(death)),
             },
+            // Ring 1 cannot read DR6: a #DB's reason goes to lguest_data, as a #PF's CR2 does.
+            Trap::Fatal if trap.vector == traps::DEBUG => (
+                None,
+                set_data(guest, offset::DR6, trap.dr6)
+                    .and_then(|()| exception(guest, trap.vector, trap.error))
+                    .map(|()| None),
+            ),
             Trap::Fatal => (
                 None,
                 exception(guest, trap.vector, trap.error).map(|()| None),
@@ -276,17 +285,42 @@ fn run_once(guest: &mut Guest<Owner>, switcher: &Switcher) -> Result<TrapInfo, D
     // (abi::boot::CPUNODE_GDT_ENTRY), with its accessed bit set: the guest sees the GDT
     // read-only, so the CPU must never need to set it.
     // SAFETY: The host GDT has GDT_ENTRIES (16) entries; the state page holds the guest GDT at
-    // STATE_GDT, with room for as many (src/layout.rs checks).
-    unsafe {
-        let cpunode = ((gdt_rw as usize + CPUNODE_GDT_ENTRY * 8) as *const u64).read();
+    // STATE_GDT, with room for as many, and the host page four selector words at
+    // HOST_GUEST_SELECTORS (src/layout.rs checks both); with interrupts off, only we use them.
+    let cpunode = unsafe {
+        let cpunode = ((gdt_rw as usize + CPUNODE_GDT_ENTRY * 8) as *const u64).read() | 1 << 40;
         let gdt = (switcher.block_page(cpu, BLOCK_STATE) + STATE_GDT as usize) as *mut u64;
-        gdt.add(CPUNODE_GDT_ENTRY).write(cpunode | 1 << 40);
+        gdt.add(CPUNODE_GDT_ENTRY).write(cpunode);
         // And the guest's own TLS segments, checked when it set them (LOAD_GDT_ENTRY).
         let first = *crate::abi::boot::GUEST_TLS_ENTRIES.start() as usize;
         for (i, descriptor) in guest.tls.iter().enumerate() {
             gdt.add(first + i).write(*descriptor);
         }
-    }
+        // The guest's segment selectors, each checked against this very GDT, as the guest
+        // will have it (with its own CPU-number segment, which the Switcher puts in).
+        let image: [u64; crate::abi::boot::GUEST_GDT_ENTRIES] = core::array::from_fn(|i| {
+            if i == CPUNODE_GDT_ENTRY {
+                descriptors::GUEST_CPUNODE
+            } else {
+                gdt.add(i).read()
+            }
+        });
+        let segments = descriptors::segments_to_load(
+            descriptors::Segments {
+                selectors: guest.selectors,
+                fs_base: guest.fs_base,
+                gs_base: guest.gs_base,
+            },
+            &image,
+        );
+        (guest.selectors, guest.fs_base, guest.gs_base) =
+            (segments.selectors, segments.fs_base, segments.gs_base);
+        let words = (host_page + HOST_GUEST_SELECTORS as usize) as *mut u16;
+        for (i, selector) in guest.selectors.iter().enumerate() {
+            words.add(i).write(*selector);
+        }
+        cpunode
+    };
     let host = |offset: u64, value: u64| {
         // SAFETY: In bounds of this CPU's host page (offsets from src/layout.rs), see above.
         unsafe { ((host_page + offset as usize) as *mut u64).write(value) }
@@ -314,6 +348,10 @@ fn run_once(guest: &mut Guest<Owner>, switcher: &Switcher) -> Result<TrapInfo, D
     // from nothing.
     host(HOST_GUEST_CR4, cr4 & !(CR4_PGE | CR4_SMAP));
     host(HOST_GUEST_CR3, guest.owner.shadow.root_phys());
+    // The host's CPU-number segment for the exit path to put back, and the guest's own for the
+    // entry path to put in: a guest program's getcpu() must not see the host's CPU.
+    host(HOST_CPUNODE, cpunode);
+    host(HOST_GUEST_CPUNODE, descriptors::GUEST_CPUNODE);
     host(HOST_GUEST_FS_BASE, guest.fs_base);
     host(HOST_GUEST_GS_BASE, guest.gs_base);
 
@@ -360,25 +398,28 @@ fn run_once(guest: &mut Guest<Owner>, switcher: &Switcher) -> Result<TrapInfo, D
 
     let mut frame = [0u64; FRAME_WORDS as usize];
     // SAFETY: As above: this CPU's regs page, in bounds.
-    let (fs_base, gs_base, cr2, switcher_fault) = unsafe {
+    let (fs_base, gs_base, cr2, switcher_fault, selectors) = unsafe {
         core::ptr::copy_nonoverlapping(
             (regs_page + REGS_FRAME as usize) as *const u64,
             frame.as_mut_ptr(),
             frame.len(),
         );
         let word = |offset: u64| ((regs_page + offset as usize) as *const u64).read();
+        let selectors = (regs_page + REGS_SELECTORS as usize) as *const u16;
         (
             word(REGS_FS_BASE),
             word(REGS_GS_BASE),
             word(REGS_CR2),
             word(REGS_SWITCHER_FAULT),
+            core::array::from_fn::<u16, 4, _>(|i| selectors.add(i).read()),
         )
     };
-    let trap = TrapInfo {
+    let mut trap = TrapInfo {
         vector: frame[FrameWord::Vector as usize],
         error: frame[FrameWord::ErrorCode as usize],
         cr2,
         switcher_fault,
+        dr6: 0,
     };
     if switcher_fault == 0 {
         guest.regs = traps::regs_from_frame(&frame);
@@ -387,12 +428,17 @@ fn run_once(guest: &mut Guest<Owner>, switcher: &Switcher) -> Result<TrapInfo, D
         let canonical_or_zero = |base: u64| if traps::is_canonical(base) { base } else { 0 };
         guest.fs_base = canonical_or_zero(fs_base);
         guest.gs_base = canonical_or_zero(gs_base);
+        // Checked before they are loaded again, like anything else from this page.
+        guest.selectors = selectors;
     }
     // A #DB in the guest (TF, icebp, a bus lock) leaves its status bits in DR6, which Linux
     // clears only in its own #DB handler: a stale single-step bit would make the next host #DB
     // on this CPU look like a single step. Reset it (and re-arm the host's breakpoints) as KVM
     // does.
     let debug_trap = trap.vector == traps::DEBUG || switcher_fault == traps::DEBUG + 1;
+    if debug_trap {
+        trap.dr6 = cpu::read_dr6();
+    }
     if host_breakpoints || debug_trap {
         // SAFETY: Writes back Linux's own DR0-3 and DR7 for this CPU and DR6's reset value.
         unsafe { lg_bindings::lg_hw_breakpoint_restore() };
@@ -761,7 +807,7 @@ fn exception(guest: &mut Guest<Owner>, vector: u64, error: u64) -> Result<(), De
         if let Some(n) = soft {
             let length = emulate::int_length(insn, n);
             if let (Some(length), Some(gate)) = (length, guest.idt[n as usize]) {
-                guest.regs.set(Reg::Rip, rip + length);
+                emulate::complete(&mut guest.regs, length);
                 return deliver(guest, n, None, &gate);
             }
         }
@@ -777,8 +823,9 @@ fn exception(guest: &mut Guest<Owner>, vector: u64, error: u64) -> Result<(), De
         }
     }
     // `syscall` from guest user mode is #UD (the host keeps EFER.SCE off while a guest runs):
-    // delivered as the guest's syscall vector, with RCX and R11 as SYSCALL would set them.
-    if vector == traps::INVALID_OPCODE && cpl == 3 {
+    // delivered as the guest's syscall vector, with RCX, R11 and RFLAGS as SYSCALL would set
+    // them. In compatibility mode it stays #UD, as on Intel's CPUs.
+    if vector == traps::INVALID_OPCODE && guest.regs.get(Reg::Cs) == GUEST_USER_CS {
         let syscall_vec = get_data(guest, offset::SYSCALL_VEC)?;
         let (insn, len) = fetch_instruction(guest, rip);
         let gate = guest.idt.get(syscall_vec as usize).copied().flatten();
@@ -794,6 +841,11 @@ fn exception(guest: &mut Guest<Owner>, vector: u64, error: u64) -> Result<(), De
             return Ok(());
         }
     }
+    // The guest kernel's own `iretq` back to user mode refused the frame: the fault is the user
+    // program's, at the frame's target (src/interrupts.rs).
+    if let Some(frame) = refused_return_to_user(guest, vector) {
+        interrupts::rewind_to_iret_target(&mut guest.regs, &frame);
+    }
     // A double fault means the guest could not take a fault: there is nothing to reflect into.
     let gate = guest.idt[vector as usize].filter(|_| vector != traps::DOUBLE_FAULT);
     let Some(gate) = gate else {
@@ -804,6 +856,22 @@ fn exception(guest: &mut Guest<Owner>, vector: u64, error: u64) -> Result<(), De
     };
     let error = interrupts::has_error_code(vector).then_some(error);
     deliver(guest, vector, error, &gate)
+}
+
+/// If the guest kernel took `vector` at an `iretq` to user mode that the CPU refused, the frame
+/// it was popping (RIP, CS, RFLAGS, RSP, SS).
+fn refused_return_to_user(guest: &Guest<Owner>, vector: u64) -> Option<[u64; 5]> {
+    let cpl = guest.regs.get(Reg::Cs) & 3;
+    if cpl == 3 || !interrupts::IRET_FAULTS.contains(&vector) {
+        return None;
+    }
+    let (insn, len) = fetch_instruction(guest, guest.regs.get(Reg::Rip));
+    let mut bytes = [0u8; 40];
+    read_virtual(guest, guest.regs.get(Reg::Rsp), &mut bytes).ok()?;
+    let frame: [u64; 5] = core::array::from_fn(|i| {
+        u64::from_le_bytes(bytes[i * 8..i * 8 + 8].try_into().unwrap_or([0; 8]))
+    });
+    interrupts::is_refused_return_to_user(vector, cpl, &insn[..len], &frame).then_some(frame)
 }
 
 /// The instruction at guest-virtual `rip`, read through the guest's page tables: up to

@@ -14,15 +14,16 @@
  *   save the host's callee-saved registers and flags; park the host stack pointer in the host
  *   page and the host CR3 in MSR_KERNEL_GS_BASE (readable only at CPL 0: a ring-1 guest can
  *   neither rdmsr nor swapgs); load the guest's GDT and TSS, no LDT at all, the guest's IDT;
- *   the guest's FS and GS bases; the guest's CR3 and a CR4 without PGE or SMAP; pop the guest's
- *   registers; iretq to ring 1.
+ *   the guest's DS, ES, FS and GS selectors, then its FS and GS bases; the guest's CR3 and a
+ *   CR4 without PGE or SMAP; pop the guest's registers; iretq to ring 1.
  *
  * The way out, through any of 256 stubs: the CPU has pushed the guest's RIP, CS, RFLAGS, RSP
  * and SS at TSS.RSP0, the top of the regs page; the stub adds an error code and the vector;
- * the common exit pushes the general registers, so the whole frame now lies in the regs page.
- * Then: back to the host CR3 (from the MSR), host GS base first (a host NMI handler may run
- * from here on), host IDT, host GDT and TSS, host stack, host flags, return. The
- * host's LDT, if it has one, is lg.ko's to reload (lg-module/run.rs).
+ * the common exit pushes the general registers, so the whole frame now lies in the regs page,
+ * and saves the guest's segment selectors and bases beside it. Then: back to the host CR3
+ * (from the MSR), host GS base first and the host's GDT entry 15 (a host NMI handler may run
+ * from here on), host IDT, host GDT and TSS, host stack, host flags, return. The host's LDT,
+ * if it has one, is lg.ko's to reload (lg-module/run.rs).
  *
  * The order of both paths is chosen so that, whatever instant an NMI arrives, the IDT, GDT
  * and TSS in force agree with each other: docs/world-switch.md walks through it.
@@ -46,6 +47,7 @@
 #define REGS_GS_BASE		8
 #define REGS_CR2		16
 #define REGS_SWITCHER_FAULT	24
+#define REGS_SELECTORS		32
 /*
  * An NMI or machine check that interrupts the Switcher itself is noted in the high bits of
  * MSR_TSC_AUX (Linux keeps only its CPU and node numbers in the low bits), because a flag in
@@ -71,6 +73,8 @@
 #define STATE_FAST_FRAME	1040
 #define STATE_FAST_CLEARS_IF	1048
 #define STATE_GDT		0
+/* GDT entry 15, the CPU-number segment, which Linux reads with lsl. */
+#define GDT_CPUNODE		(15 * 8)
 #define TSS_SELECTOR		0x40
 /* Byte 5 of a TSS descriptor holds its type; bit 1 of the type is "busy". */
 #define TSS_DESC_TYPE_BYTE	(TSS_SELECTOR + 5)
@@ -91,14 +95,18 @@
 #define HOST_GUEST_GS_BASE	120
 #define HOST_GUEST_CR3		128
 #define HOST_GUEST_CR4		136
+#define HOST_GUEST_SELECTORS	144
+#define HOST_CPUNODE		152
+#define HOST_GUEST_CPUNODE	160
 
 /* The guest's lguest_data page, mapped at BLOCK_DATA in its view */
 #define DATA_SYSCALL_VEC	72
 #define DATA_IRQ_ENABLED	16
 
-/* The guest kernel's selectors, ring 1 */
+/* The guest kernel's selectors (ring 1), and 64-bit user mode's code selector */
 #define GUEST_KERNEL_CS		((10 << 3) | 1)
 #define GUEST_KERNEL_SS		((11 << 3) | 1)
+#define GUEST_USER_CS		((6 << 3) | 3)
 
 /* wrmsr of the 64-bit value at \mem into MSR \msr. Clobbers rax, rcx, rdx. */
 .macro WRMSR_FROM msr, mem
@@ -121,6 +129,15 @@
 	movq	2(%rsp), \reg
 	addq	$16, %rsp
 	subq	$(BLOCK_STATE + STATE_GDT), \reg
+.endm
+
+/* Load segment register \sreg from the word at \mem, unless it holds that already. Clobbers ax. */
+.macro LOAD_SELECTOR sreg, mem
+	movw	%\sreg, %ax
+	cmpw	\mem, %ax
+	je	.Lloaded_\@
+	movw	\mem, %\sreg
+.Lloaded_\@:
 .endm
 
 /* rdmsr of MSR \msr into the 64-bit slot at \mem. Clobbers rax, rcx, rdx. */
@@ -180,8 +197,28 @@ switch_to_guest:
 	lldt	%ax
 	/* The guest's IDT: from now on every trap and interrupt comes to our stubs. */
 	lidt	STATE_IDTR(%rbx)
+	/*
+	 * And so no host handler can run until the exit path loads the host's IDT again: GDT entry
+	 * 15 may now say the guest's CPU number instead of this CPU's, which a host NMI handler
+	 * reads there (with lsl) wherever this GDT is loaded with the host's IDT.
+	 */
+	movq	HOST_GUEST_CPUNODE(%rbp), %rax
+	movq	%rax, (STATE_GDT + GDT_CPUNODE)(%rbx)
 
-	/* Only now, with no host code left to run, the guest's FS and GS bases. */
+	/*
+	 * The guest's data segment selectors, each only if it is not loaded already: a segment
+	 * load is dear under emulation, and a guest's are mostly null, as the host's are. The host
+	 * checked that each loads from this GDT without a fault.
+	 */
+	LOAD_SELECTOR ds, HOST_GUEST_SELECTORS(%rbp)
+	LOAD_SELECTOR es, (HOST_GUEST_SELECTORS + 2)(%rbp)
+	LOAD_SELECTOR fs, (HOST_GUEST_SELECTORS + 4)(%rbp)
+	LOAD_SELECTOR gs, (HOST_GUEST_SELECTORS + 6)(%rbp)
+
+	/*
+	 * Only now, with no host code left to run, the guest's FS and GS bases (after the
+	 * selectors, whose loads set bases of their own).
+	 */
 	WRMSR_FROM MSR_FS_BASE, HOST_GUEST_FS_BASE(%rbp)
 	WRMSR_FROM MSR_GS_BASE, HOST_GUEST_GS_BASE(%rbp)
 
@@ -252,6 +289,11 @@ common_exit:
 	incq	%rax
 1:
 	movq	%rax, REGS_SWITCHER_FAULT(%rbx)
+	/* The guest's data segment selectors, before the host's DS and ES come back. */
+	movw	%ds, REGS_SELECTORS(%rbx)
+	movw	%es, (REGS_SELECTORS + 2)(%rbx)
+	movw	%fs, (REGS_SELECTORS + 4)(%rbx)
+	movw	%gs, (REGS_SELECTORS + 6)(%rbx)
 	RDMSR_TO MSR_FS_BASE, REGS_FS_BASE(%rbx)
 	RDMSR_TO MSR_GS_BASE, REGS_GS_BASE(%rbx)
 	/*
@@ -282,6 +324,9 @@ common_exit:
 	 */
 	WRMSR_FROM MSR_GS_BASE, HOST_GS_BASE(%rbp)
 	WRMSR_FROM MSR_FS_BASE, HOST_FS_BASE(%rbp)
+	/* This CPU's number back in GDT entry 15, for the same host handlers. */
+	movq	HOST_CPUNODE(%rbp), %rax
+	movq	%rax, (BLOCK_STATE - BLOCK_REGS + STATE_GDT + GDT_CPUNODE)(%rbx)
 	lidt	HOST_IDTR(%rbp)
 	WRMSR_FROM MSR_KERNEL_GS_BASE, HOST_KERNEL_GS_BASE(%rbp)
 
@@ -345,10 +390,11 @@ ud_exit:
 	pushq	%rdx
 	pushq	%rsi
 	pushq	%rdi
-	/* From ring 3 only: anything else is a fault of the guest kernel's, or of ours. */
-	movl	UD_CS(%rsp), %eax
-	andl	$3, %eax
-	cmpl	$3, %eax
+	/*
+	 * From 64-bit user mode only: anything else is a fault of the guest kernel's, or of ours,
+	 * and in compatibility mode `syscall` stays a #UD, as on Intel's CPUs.
+	 */
+	cmpq	$GUEST_USER_CS, UD_CS(%rsp)
 	jne	ud_slow
 	BLOCK_FROM_GDT %rbx
 	cmpq	$0, (BLOCK_STATE + STATE_FAST_VECTOR)(%rbx)
@@ -400,7 +446,8 @@ ud_exit:
 
 	/*
 	 * Deliver. The frame on the guest's kernel stack: RIP past the instruction, CS, RFLAGS
-	 * with the virtual interrupt flag for IF, RSP, SS; RCX and R11 as SYSCALL sets them.
+	 * with the virtual interrupt flag for IF, RSP, SS; RCX and R11 as SYSCALL sets them. The
+	 * #UD saved RFLAGS with RF set; the instruction completes, so RF is clear from here on.
 	 */
 	movq	(BLOCK_STATE + STATE_FAST_FRAME)(%rbx), %rdx
 	movq	UD_RIP(%rsp), %rax
@@ -410,6 +457,7 @@ ud_exit:
 	movq	UD_CS(%rsp), %rax
 	movq	%rax, 8(%rdx)
 	movq	UD_RFLAGS(%rsp), %r11
+	andq	$~X86_EFLAGS_RF, %r11
 	movq	%r11, %rax
 	andq	$~X86_EFLAGS_IF, %rax
 	cmpq	$0, (BLOCK_DATA + DATA_IRQ_ENABLED)(%rbx)
@@ -428,14 +476,17 @@ ud_exit:
 5:
 	/*
 	 * The CPU's frame becomes the way into the handler at ring 1, on the frame just written,
-	 * with RFLAGS as the host's check of every entry leaves them (traps::sane_rflags).
+	 * with RFLAGS as SYSCALL leaves them for a kernel (interrupts::SYSCALL_FLAGS_MASK: TF, DF,
+	 * IOPL, AC and NT clear) and as the host's check of every entry leaves them
+	 * (traps::sane_rflags).
 	 */
 	movq	(BLOCK_STATE + STATE_FAST_HANDLER)(%rbx), %rax
 	movq	%rax, UD_RIP(%rsp)
 	movq	$GUEST_KERNEL_CS, UD_CS(%rsp)
 	movq	%r11, %rax
 	orq	$(X86_EFLAGS_FIXED | X86_EFLAGS_IF), %rax
-	andq	$~(X86_EFLAGS_IOPL | X86_EFLAGS_NT | X86_EFLAGS_VM), %rax
+	andq	$~(X86_EFLAGS_TF | X86_EFLAGS_DF | X86_EFLAGS_IOPL | X86_EFLAGS_NT | \
+		X86_EFLAGS_VM | X86_EFLAGS_AC), %rax
 	movq	%rax, UD_RFLAGS(%rsp)
 	movq	%rdx, UD_RSP(%rsp)
 	movq	$GUEST_KERNEL_SS, UD_SS(%rsp)
@@ -553,7 +604,7 @@ SYM_DATA_END(lg_switcher_offsets)
 SYM_DATA_START(lg_switcher_layout)
 	.quad	TEXT_PAGES, BLOCK_IDT, FIRST_BLOCK_PAGE, BLOCK_PAGES
 	.quad	BLOCK_REGS, BLOCK_STATE, BLOCK_HOST
-	.quad	REGS_FS_BASE, REGS_GS_BASE, REGS_CR2, REGS_SWITCHER_FAULT
+	.quad	REGS_FS_BASE, REGS_GS_BASE, REGS_CR2, REGS_SWITCHER_FAULT, REGS_SELECTORS
 	.quad	AUX_NMI_PENDING, AUX_MC_PENDING
 	.quad	FRAME_WORDS, F_VECTOR, F_ERRCODE, F_CS
 	.quad	STATE_GDT, STATE_GDTR, STATE_IDTR
@@ -562,7 +613,8 @@ SYM_DATA_START(lg_switcher_layout)
 	.quad	HOST_GUEST_FS_BASE, HOST_GUEST_GS_BASE, HOST_GUEST_CR3, HOST_GUEST_CR4
 	.quad	BLOCK_DATA, STATE_FAST_VECTOR, STATE_FAST_HANDLER, STATE_FAST_FRAME
 	.quad	STATE_FAST_CLEARS_IF, DATA_SYSCALL_VEC, DATA_IRQ_ENABLED
-	.quad	GUEST_KERNEL_CS, GUEST_KERNEL_SS
+	.quad	GUEST_KERNEL_CS, GUEST_KERNEL_SS, GUEST_USER_CS
+	.quad	HOST_GUEST_SELECTORS, HOST_CPUNODE, HOST_GUEST_CPUNODE, GDT_CPUNODE
 SYM_DATA_END(lg_switcher_layout)
 
 /*

@@ -62,17 +62,19 @@ pub const X86_SUBARCH_LGUEST: u32 = 1;
 /// |-------|----------|----------------------------------------|
 /// | 2     | 0x10     | ring-0 code: the Switcher (host only)  |
 /// | 3     | 0x18     | ring-0 data (host only)                |
+/// | 4     | 0x23     | user 32-bit code, DPL 3                |
 /// | 5     | 0x2b     | user data, DPL 3                       |
 /// | 6     | 0x33     | user 64-bit code, DPL 3                |
 /// | 8-9   | 0x40     | this CPU's TSS                         |
 /// | 10    | 0x51     | guest kernel 64-bit code, DPL 1        |
 /// | 11    | 0x59     | guest kernel data, DPL 1               |
 /// | 12-14 | 0x63...  | the guest's TLS segments (LOAD_GDT_ENTRY) |
-/// | 15    | 0x7b     | the host's per-CPU number segment      |
+/// | 15    | 0x7b     | the CPU-number segment                 |
 ///
-/// Entry 15 is the host's own `GDT_ENTRY_CPUNODE`, copied for the CPU the guest runs on: Linux's
-/// NMI entry finds its per-CPU data with `lsl` on it, and may run while this GDT is loaded. It
-/// tells a guest only what `rdtscp` does (its CPU and node numbers).
+/// Entry 15 is `GDT_ENTRY_CPUNODE`, whose limit Linux reads with `lsl` for the CPU's number: the
+/// guest's own (CPU 0) while the guest runs, for its vDSO's getcpu(), and the host's, copied for
+/// the CPU the guest runs on, whenever a host handler may run under this GDT (Linux's NMI entry
+/// finds its per-CPU data so): the Switcher swaps them while only its own stubs can run.
 pub const GUEST_GDT_ENTRIES: usize = 16;
 
 /// The GDT entries a guest may set (LOAD_GDT_ENTRY), as Linux's TLS entries 12-14.
@@ -89,6 +91,10 @@ pub const GUEST_KERNEL_SS: u64 = (11 << 3) | 1;
 pub const GUEST_USER_CS: u64 = (6 << 3) | 3;
 /// Guest user space's stack and data segment selector: GDT entry 5, RPL 3 (`__USER_DS`).
 pub const GUEST_USER_SS: u64 = (5 << 3) | 3;
+/// Guest user space's 32-bit code segment selector: GDT entry 4, RPL 3 (`__USER32_CS`). Every
+/// x86-64 Linux has it, compat user space or not, and programs far-jump to it (the kernel's own
+/// sigreturn selftest does); ring 3 in compatibility mode can reach nothing of the host's.
+pub const GUEST_USER32_CS: u64 = (4 << 3) | 3;
 
 /// RFLAGS the guest starts with: the always-one bit 1 and IF. The real IF stays on while a
 /// guest runs so the host's interrupts keep arriving; the guest's own "interrupts enabled"

@@ -63,6 +63,10 @@ pub struct LguestData {
     /// with the TSC (`tsc_khz`), as Linux does with a `read_persistent_clock64`. Appended after
     /// the ring, so every older offset stays where it was.
     pub wallclock_ns: u64,
+    /// *host*: the debug status (DR6) of the last debug exception (#DB) delivered to the guest,
+    /// as the CPU left it: why it came (a single step, BS; an `icebp`, none of its bits), which
+    /// ring 1 cannot read from DR6 itself. The guest may write it too, as it would clear DR6.
+    pub dr6: u64,
 }
 
 /// One queued hypercall: the number and the five argument registers' values.
@@ -93,6 +97,7 @@ impl Default for LguestData {
                 args: [0; 5],
             }; ASYNC_HCALLS],
             wallclock_ns: 0,
+            dr6: 0,
         }
     }
 }
@@ -124,11 +129,12 @@ pub mod offset {
     pub const HCALL_STATUS: u64 = 80;
     pub const HCALLS: u64 = 144;
     pub const WALLCLOCK_NS: u64 = HCALLS + super::ASYNC_HCALLS as u64 * 48;
+    pub const DR6: u64 = WALLCLOCK_NS + 8;
 }
 
 impl LguestData {
-    /// Its size in guest memory: 3224 bytes, within the one page the guest registers.
-    pub const SIZE: usize = offset::WALLCLOCK_NS as usize + 8;
+    /// Its size in guest memory: 3232 bytes, within the one page the guest registers.
+    pub const SIZE: usize = offset::DR6 as usize + 8;
 }
 
 #[cfg(test)]
@@ -180,6 +186,7 @@ mod tests {
             at(offset_of!(LguestData, wallclock_ns)),
             offset::WALLCLOCK_NS
         );
+        assert_eq!(at(offset_of!(LguestData, dr6)), offset::DR6);
         assert_eq!(offset::WALLCLOCK_NS, 3216);
         assert_eq!(core::mem::size_of::<AsyncHcall>(), 48);
         const _: () = assert!(LguestData::SIZE <= 4096, "one page");

@@ -174,6 +174,7 @@ fn lguest_data_has_the_rust_layout() {
         ("hcall_status", offset::HCALL_STATUS),
         ("hcalls", offset::HCALLS),
         ("wallclock_ns", offset::WALLCLOCK_NS),
+        ("dr6", offset::DR6),
     ];
     let fields = lguest_data_fields(&header_lines());
     let mut at = 0;

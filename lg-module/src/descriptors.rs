@@ -8,7 +8,8 @@
 //! guest's GDT is loaded and the other way round.
 
 use crate::abi::boot::{
-    GUEST_GDT_ENTRIES, GUEST_KERNEL_CS, GUEST_KERNEL_SS, GUEST_USER_CS, GUEST_USER_SS,
+    GUEST_GDT_ENTRIES, GUEST_KERNEL_CS, GUEST_KERNEL_SS, GUEST_USER32_CS, GUEST_USER_CS,
+    GUEST_USER_SS,
 };
 use crate::abi::hcall;
 use crate::layout::{IST_DOUBLE_FAULT, IST_MACHINE_CHECK, IST_NMI};
@@ -29,6 +30,12 @@ const fn code64(dpl: u64) -> u64 {
     0x00af_9b00_0000_ffff | (dpl << 45)
 }
 
+/// A 32-bit code segment of privilege `dpl` (compatibility mode), accessed bit set.
+const fn code32(dpl: u64) -> u64 {
+    // G=1 D=1 limit 0xfffff; P=1 S=1 type 0xb (execute/read, accessed).
+    0x00cf_9b00_0000_ffff | (dpl << 45)
+}
+
 /// A writable data segment of privilege `dpl`, accessed bit set.
 const fn data(dpl: u64) -> u64 {
     // G=1 D/B=1 limit 0xfffff; P=1 S=1 type 0x3 (read/write, accessed).
@@ -43,6 +50,7 @@ pub fn guest_gdt(tss: u64) -> [u64; GUEST_GDT_ENTRIES] {
     gdt[entry(SWITCHER_DS as u64)] = data(0);
     gdt[entry(GUEST_USER_SS)] = data(3);
     gdt[entry(GUEST_USER_CS)] = code64(3);
+    gdt[entry(GUEST_USER32_CS)] = code32(3);
     gdt[entry(GUEST_KERNEL_CS)] = code64(1);
     gdt[entry(GUEST_KERNEL_SS)] = data(1);
     let [low, high] = tss_descriptor(tss);
@@ -89,6 +97,90 @@ pub fn tls_descriptor(index: u64, descriptor: u64) -> Result<u64, crate::death::
         descriptor
     };
     Ok(raised | ACCESSED)
+}
+
+/// The guest's own CPU-number segment, GDT entry 15 while it runs, laid out as Linux lays out
+/// its own (`setup_getcpu`): a read-only, accessed data segment of DPL 3 whose limit holds the
+/// CPU's number and its node's (node << 12 | cpu), here CPU 0 of node 0, the one CPU a guest
+/// has. A guest program's vDSO reads it with `lsl` for getcpu(); the host's own, with the host
+/// CPU's number in it, is in the entry whenever a host handler may run (docs/world-switch.md).
+pub const GUEST_CPUNODE: u64 = 0x0040_f500_0000_0000;
+
+/// Whether a TLS descriptor (as [`tls_descriptor`] left it) may be user mode's SS: a present,
+/// writable data segment of DPL 3, which is what `iretq` to ring 3 requires of SS. Linux lets a
+/// program load one with `mov` (its selector, RPL 3, is the program's to choose), and a trap
+/// from user mode then comes back to the host with it.
+pub fn is_user_stack_segment(descriptor: u64) -> bool {
+    const PRESENT: u64 = 1 << 47;
+    const CODE_OR_DATA: u64 = 1 << 44;
+    const EXECUTABLE: u64 = 1 << 43;
+    const WRITABLE: u64 = 1 << 41;
+    const DPL3: u64 = 3 << 45;
+    descriptor & (PRESENT | CODE_OR_DATA | EXECUTABLE | WRITABLE | DPL3)
+        == PRESENT | CODE_OR_DATA | WRITABLE | DPL3
+}
+
+/// `selector` if the Switcher may load it into DS, ES, FS or GS for the guest, with `gdt` (the
+/// guest GDT as the CPU will find it) loaded; else the null selector. The Switcher runs at CPL
+/// 0, where a load would succeed that the guest's own could not, and where a load that faults
+/// kills the guest: so a selector must be null, or name a GDT entry (there is no LDT) that is a
+/// present code or data segment, readable if code, accessed already (the GDT is read-only to the
+/// CPU's write of that bit), of a DPL the guest kernel could have loaded it at, at least 1 and
+/// at least its RPL. What the guest itself loaded passes; anything else (a descriptor the guest
+/// changed since, a value it wrote into its regs page) becomes null, as a failed load in Linux's
+/// `loadsegment` leaves it.
+pub fn loadable_selector(selector: u16, gdt: &[u64; GUEST_GDT_ENTRIES]) -> u16 {
+    const ACCESSED: u64 = 1 << 40;
+    const READABLE: u64 = 1 << 41;
+    const CODE: u64 = 1 << 43;
+    const CODE_OR_DATA: u64 = 1 << 44;
+    const PRESENT: u64 = 1 << 47;
+    let index = (selector >> 3) as usize;
+    let rpl = (selector & 3) as u64;
+    if index == 0 && selector & 4 == 0 {
+        return selector;
+    }
+    let loadable = selector & 4 == 0
+        && gdt.get(index).is_some_and(|&d| {
+            let dpl = (d >> 45) & 3;
+            d & (PRESENT | CODE_OR_DATA | ACCESSED) == PRESENT | CODE_OR_DATA | ACCESSED
+                && (d & CODE == 0 || d & READABLE != 0)
+                && dpl >= rpl.max(1)
+        });
+    if loadable {
+        selector
+    } else {
+        0
+    }
+}
+
+/// The guest's DS, ES, FS and GS selectors and its FS and GS bases, as the Switcher loads them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Segments {
+    pub selectors: [u16; 4],
+    pub fs_base: u64,
+    pub gs_base: u64,
+}
+
+/// `guest`'s segments as the Switcher will load them with `gdt`: each selector that still loads
+/// ([`loadable_selector`]), and null for one that no longer does (its TLS descriptor changed
+/// since the guest loaded it: on hardware the loaded segment would live on until reloaded, but
+/// the Switcher must reload it), as Linux's own reload of it would leave it. An FS or GS nulled
+/// so loses its base as well, as a null load clears it on Intel's CPUs (and QEMU's).
+pub fn segments_to_load(guest: Segments, gdt: &[u64; GUEST_GDT_ENTRIES]) -> Segments {
+    let selectors = guest.selectors.map(|s| loadable_selector(s, gdt));
+    let base = |i: usize, base: u64| {
+        if selectors[i] == guest.selectors[i] {
+            base
+        } else {
+            0
+        }
+    };
+    Segments {
+        selectors,
+        fs_base: base(2, guest.fs_base),
+        gs_base: base(3, guest.gs_base),
+    }
 }
 
 /// A 16-byte available 64-bit TSS descriptor for a TSS at `base`.
@@ -200,6 +292,8 @@ mod tests {
         assert_eq!(code64(0), 0x00af_9b00_0000_ffff);
         assert_eq!(data(0), 0x00cf_9300_0000_ffff);
         assert_eq!(code64(3), 0x00af_fb00_0000_ffff);
+        // Linux's __USER32_CS.
+        assert_eq!(code32(3), 0x00cf_fb00_0000_ffff);
     }
 
     #[test]
@@ -208,6 +302,7 @@ mod tests {
         assert_eq!(dpl(gdt[(GUEST_KERNEL_CS >> 3) as usize]), 1);
         assert_eq!(dpl(gdt[(GUEST_KERNEL_SS >> 3) as usize]), 1);
         assert_eq!(dpl(gdt[(GUEST_USER_CS >> 3) as usize]), 3);
+        assert_eq!(dpl(gdt[(GUEST_USER32_CS >> 3) as usize]), 3);
         for (i, d) in gdt.iter().enumerate() {
             let present = d & (1 << 47) != 0;
             let system = d & (1 << 44) == 0;
@@ -279,6 +374,94 @@ mod tests {
         assert!(
             tls_descriptor(12, 0x0000_ec00_0050_0000).is_err(),
             "a call gate"
+        );
+    }
+
+    #[test]
+    fn only_writable_user_data_is_a_user_stack_segment() {
+        assert!(is_user_stack_segment(data(3)));
+        let data16 = data(3) & !(1 << 54); // D/B clear: a 16-bit stack, as sigreturn's test makes
+        assert!(is_user_stack_segment(data16));
+        assert!(!is_user_stack_segment(data(1)), "DPL 1");
+        assert!(!is_user_stack_segment(data(3) & !(1 << 41)), "read-only");
+        assert!(!is_user_stack_segment(code32(3)), "code");
+        assert!(!is_user_stack_segment(data(3) & !(1 << 47)), "not present");
+        assert!(!is_user_stack_segment(0), "empty");
+    }
+
+    #[test]
+    fn only_selectors_the_guest_could_load_are_loaded_for_it() {
+        let mut gdt = guest_gdt(0xffff_8000_0000_6100);
+        gdt[12] = tls_descriptor(12, data(3)).unwrap();
+        gdt[13] = tls_descriptor(13, data(3) & !(1 << 47)).unwrap();
+        for selector in [0, 3, 0x23, 0x2b, 0x33, 0x51, 0x59, 0x63] {
+            assert_eq!(loadable_selector(selector, &gdt), selector, "{selector:#x}");
+        }
+        for (selector, why) in [
+            (0x10, "the Switcher's code segment"),
+            (0x18, "the host's data segment"),
+            (0x40, "the TSS"),
+            (0x2f, "an LDT selector"),
+            (0x5b, "ring-1 data at RPL 3"),
+            (0x6b, "an empty TLS entry"),
+            (0x83, "past the GDT"),
+        ] {
+            assert_eq!(loadable_selector(selector, &gdt), 0, "{why}");
+        }
+        gdt[14] = tls_descriptor(14, data(3)).unwrap() & !(1 << 40);
+        assert_eq!(
+            loadable_selector(0x73, &gdt),
+            0,
+            "not accessed: the CPU would write the GDT"
+        );
+        gdt[14] = tls_descriptor(14, code32(3) & !(1 << 41)).unwrap();
+        assert_eq!(loadable_selector(0x73, &gdt), 0, "execute-only code");
+    }
+
+    #[test]
+    fn the_guests_cpu_number_segment_says_cpu_0() {
+        assert_eq!(dpl(GUEST_CPUNODE), 3, "user code reads it");
+        assert_eq!(
+            GUEST_CPUNODE & 0xffff | (GUEST_CPUNODE >> 48 & 0xf) << 16,
+            0,
+            "limit 0"
+        );
+        assert_eq!(
+            (GUEST_CPUNODE >> 40) & 0x9f,
+            0x95,
+            "present, read-only data, accessed"
+        );
+        let mut gdt = guest_gdt(0xffff_8000_0000_6100);
+        gdt[15] = GUEST_CPUNODE;
+        assert_eq!(loadable_selector(0x7b, &gdt), 0x7b);
+    }
+
+    #[test]
+    fn a_segment_whose_descriptor_went_is_nulled_with_its_base() {
+        let mut gdt = guest_gdt(0xffff_8000_0000_6100);
+        gdt[12] = tls_descriptor(12, data(3)).unwrap();
+        let guest = Segments {
+            selectors: [0x2b, 0, 0x63, 0x6b],
+            fs_base: 0x4000_5000,
+            gs_base: 0x7000,
+        };
+        assert_eq!(
+            segments_to_load(guest, &gdt),
+            Segments {
+                selectors: [0x2b, 0, 0x63, 0],
+                fs_base: 0x4000_5000,
+                gs_base: 0,
+            },
+            "GS named the empty entry 13"
+        );
+        let null = Segments {
+            selectors: [0; 4],
+            ..guest
+        };
+        assert_eq!(
+            segments_to_load(null, &gdt),
+            null,
+            "bases with null selectors stay"
         );
     }
 

@@ -15,15 +15,42 @@ use crate::abi::regs::{Reg, Regs};
 use crate::death;
 use crate::death::Death;
 
+/// The longest instruction the CPU decodes.
+const INSN_MAX: usize = 15;
+
 /// The length of the `int n` at the start of `bytes` (`cd n`, or `cc` for n = 3), if that is
 /// what is there. A software interrupt resumes after its instruction, and the error code of
-/// the #GP it raised is no proof of what is at RIP.
+/// the #GP it raised is no proof of what is at RIP. Prefixes change nothing for `int n` and the
+/// CPU accepts them, up to its 15 bytes: the legacy ones (segment overrides, operand and address
+/// size, REP) and REX. (The kernel's mov_ss_trap selftest runs `int3` behind fourteen of them.)
 pub fn int_length(bytes: &[u8], n: u64) -> Option<u64> {
-    match bytes {
-        [0xcd, v, ..] if u64::from(*v) == n => Some(2),
-        [0xcc, ..] if n == 3 => Some(1),
-        _ => None,
-    }
+    let prefixes = bytes
+        .iter()
+        .take_while(|b| {
+            matches!(
+                b,
+                0x26 | 0x2e | 0x36 | 0x3e | 0x64 | 0x65 | 0x66 | 0x67 | 0xf2 | 0xf3 | 0x40..=0x4f
+            )
+        })
+        .count();
+    let length = match &bytes[prefixes..] {
+        [0xcd, v, ..] if u64::from(*v) == n => 2,
+        [0xcc, ..] if n == 3 => 1,
+        _ => return None,
+    };
+    (prefixes + length <= INSN_MAX).then_some((prefixes + length) as u64)
+}
+
+/// RFLAGS.RF: the CPU sets it in the flags it saves for a fault, and clears it once an
+/// instruction completes.
+const RFLAGS_RF: u64 = 1 << 16;
+
+/// `regs` after the host carried out, on the guest's behalf, the `len`-byte instruction at RIP
+/// that faulted: RIP past it, and RF clear, as after any instruction that completes (the fault
+/// left RF set in the flags it saved).
+pub fn complete(regs: &mut Regs, len: u64) {
+    regs.set(Reg::Rip, regs.get(Reg::Rip).wrapping_add(len));
+    regs.set(Reg::Rflags, regs.get(Reg::Rflags) & !RFLAGS_RF);
 }
 
 /// Whether `bytes` start with `syscall` (`0f 05`).
@@ -138,7 +165,7 @@ pub fn emulate(bytes: &[u8], error: u64, regs: &mut Regs, host: HostCpu) -> Resu
         }
         Privileged::Out => {}
     }
-    regs.set(Reg::Rip, regs.get(Reg::Rip).wrapping_add(len));
+    complete(regs, len);
     Ok(true)
 }
 
@@ -173,6 +200,30 @@ mod tests {
         assert_eq!(int_length(&[0xcd, 0x81], 0x80), None);
         assert_eq!(int_length(&[0xcc], 3), Some(1));
         assert_eq!(int_length(&[0xcc], 4), None);
+        assert_eq!(
+            int_length(&[0x2e, 0x2e, 0xcc], 3),
+            Some(3),
+            "behind prefixes"
+        );
+        assert_eq!(int_length(&[0x66, 0x48, 0xcd, 0x80], 0x80), Some(4));
+        let mut longest = [0x2e; 15];
+        longest[14] = 0xcc;
+        assert_eq!(int_length(&longest, 3), Some(15), "fourteen prefixes");
+        assert_eq!(
+            int_length(&[0x2e; 15], 3),
+            None,
+            "prefixes and nothing else"
+        );
+        assert_eq!(
+            int_length(&[0xf0, 0xcc], 3),
+            None,
+            "lock is no prefix for int3"
+        );
+        let mut regs = Regs::default();
+        regs.set(Reg::Rip, 0x1000);
+        regs.set(Reg::Rflags, 0x10202);
+        complete(&mut regs, 3);
+        assert_eq!((regs.get(Reg::Rip), regs.get(Reg::Rflags)), (0x1003, 0x202));
         assert_eq!(int_length(&[0xcd], 0), None);
         assert!(is_syscall(&[0x0f, 0x05, 0x90]));
         assert!(!is_syscall(&[0x0f]));

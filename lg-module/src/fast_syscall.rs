@@ -23,6 +23,7 @@
 
 use crate::abi::regs::{Reg, Regs};
 use crate::death::Death;
+use crate::emulate;
 use crate::interrupts::{self, GuestGate};
 
 /// Words of the frame a system call pushes: RIP, CS, RFLAGS, RSP, SS.
@@ -84,25 +85,28 @@ pub struct Delivery {
     pub clears_if: bool,
 }
 
-/// The slow path's delivery of a user `syscall` at `regs` (RIP at the instruction) through
-/// `gate`, with `irq_enabled` the virtual flag: RCX and R11 as SYSCALL sets them, the frame the
-/// guest's handler expects, and the handler entered, as for any trap (src/interrupts.rs).
+/// The slow path's delivery of a user `syscall` at `regs` (RIP at the instruction, RFLAGS as
+/// the #UD saved them) through `gate`, with `irq_enabled` the virtual flag: the instruction
+/// completed (RF clear), RCX and R11 as SYSCALL sets them, the frame the guest's handler
+/// expects, the handler entered as for any trap (src/interrupts.rs), and RFLAGS masked as
+/// SYSCALL masks them for the kernel (`interrupts::SYSCALL_FLAGS_MASK`).
 pub fn deliver(
     regs: &Regs,
     gate: &GuestGate,
     kernel_stack: u64,
     irq_enabled: u64,
 ) -> Result<Delivery, Death> {
-    let next = regs.get(Reg::Rip).wrapping_add(2);
     let mut regs = *regs;
-    regs.set(Reg::Rip, next);
-    regs.set(Reg::Rcx, next);
+    emulate::complete(&mut regs, 2);
+    regs.set(Reg::Rcx, regs.get(Reg::Rip));
     regs.set(Reg::R11, regs.get(Reg::Rflags));
     let (words, count) = interrupts::trap_frame(&regs, irq_enabled, None);
     let frame_at = interrupts::frame_address(&regs, kernel_stack, count)?;
     // Without an error code, the frame is the first five words.
     let frame = [words[0], words[1], words[2], words[3], words[4]];
     interrupts::enter_handler(&mut regs, gate, frame_at);
+    let flags = regs.get(Reg::Rflags) & !interrupts::SYSCALL_FLAGS_MASK;
+    regs.set(Reg::Rflags, flags);
     Ok(Delivery {
         regs,
         frame_at,
@@ -117,12 +121,25 @@ mod tests {
     use crate::abi::boot::{GUEST_KERNEL_CS, GUEST_KERNEL_SS, GUEST_USER_CS, GUEST_USER_SS};
     use crate::traps::{check_entry, sane_rflags, RFLAGS_IF};
 
+    /// RFLAGS bits, as the Switcher names them.
+    const TF: u64 = 1 << 8;
+    const DF: u64 = 1 << 10;
+    const IOPL: u64 = 3 << 12;
+    const NT: u64 = 1 << 14;
+    const RF: u64 = 1 << 16;
+    const VM: u64 = 1 << 17;
+    const AC: u64 = 1 << 18;
+
     /// What the Switcher's `ud_exit` does with a user `syscall` at `regs` once `armed` has passed
-    /// its checks, `irq_enabled` being the virtual flag it reads: the same steps, in Rust. RFLAGS
-    /// for the handler are made what the host's own check of every entry makes them
+    /// its checks, `irq_enabled` being the virtual flag it reads: the same steps, in Rust. RF is
+    /// cleared first (the #UD set it; the instruction completes). RFLAGS for the handler are
+    /// what SYSCALL leaves a kernel, made what the host's own check of every entry makes them
     /// (`traps::check_entry`), since this entry skips the host.
     pub fn reflect(regs: &Regs, armed: &Armed, irq_enabled: u64) -> Delivery {
-        let (rip, rflags) = (regs.get(Reg::Rip).wrapping_add(2), regs.get(Reg::Rflags));
+        let (rip, rflags) = (
+            regs.get(Reg::Rip).wrapping_add(2),
+            regs.get(Reg::Rflags) & !RF,
+        );
         let virtual_if = if irq_enabled != 0 { RFLAGS_IF } else { 0 };
         let frame = [
             rip,
@@ -136,7 +153,8 @@ mod tests {
         after.set(Reg::R11, rflags);
         after.set(Reg::Rip, armed.handler);
         after.set(Reg::Cs, GUEST_KERNEL_CS);
-        after.set(Reg::Rflags, sane_rflags(rflags));
+        let masked = rflags & !(TF | DF | IOPL | NT | VM | AC);
+        after.set(Reg::Rflags, sane_rflags(masked, false));
         after.set(Reg::Rsp, armed.frame_at);
         after.set(Reg::Ss, GUEST_KERNEL_SS);
         Delivery {
@@ -178,7 +196,9 @@ mod tests {
             0x202 | 1 << 14, // NT
             0x302,           // TF
             0x40202,         // AC
+            0x10202,         // RF, as the #UD saved them
             0x200a03,
+            0x7_7fd7, // all of the above, DF and IOPL too
         ];
         let stacks = [STACK, STACK + 8, STACK + 0x18, STACK - 0x1001];
         for rflags in flags {
@@ -191,7 +211,7 @@ mod tests {
                         let mut slow = deliver(&regs, &gate, kernel_stack, irq_enabled).unwrap();
                         // The slow path's registers pass the host's check before the guest
                         // resumes; the Switcher's are already what that check leaves.
-                        check_entry(&mut slow.regs).unwrap();
+                        check_entry(&mut slow.regs, &[0; 3]).unwrap();
                         let fast = reflect(&regs, &armed, irq_enabled);
                         assert_eq!(fast, slow, "rflags {rflags:#x} stack {kernel_stack:#x}");
                     }

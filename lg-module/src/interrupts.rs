@@ -122,12 +122,53 @@ pub fn frame_address(regs: &Regs, kernel_stack: u64, words: usize) -> Result<u64
     Ok(at)
 }
 
+/// RFLAGS bits the CPU clears when it delivers through a gate (the frame keeps them): TF, so a
+/// single-stepped user program does not single-step the kernel's handler too; NT and RF.
+const FLAGS_CLEARED_ON_DELIVERY: u64 = 1 << 8 | 1 << 14 | 1 << 16;
+
 /// The registers that resume the guest at `gate`'s handler with its frame at `frame_at`.
 pub fn enter_handler(regs: &mut Regs, gate: &GuestGate, frame_at: u64) {
     regs.set(Reg::Rip, gate.handler);
     regs.set(Reg::Cs, GUEST_KERNEL_CS);
     regs.set(Reg::Ss, GUEST_KERNEL_SS);
     regs.set(Reg::Rsp, frame_at);
+    let flags = regs.get(Reg::Rflags);
+    regs.set(Reg::Rflags, flags & !FLAGS_CLEARED_ON_DELIVERY);
+}
+
+/// What SYSCALL clears in RFLAGS for the kernel it enters, as Linux's SYSCALL_MASK has it on
+/// every x86-64 host: TF, DF, IOPL, AC and NT, and IF, which for the guest is the virtual flag
+/// (the interrupt gate clears it). The host applies it to the handler of a `syscall` it delivers:
+/// Linux's entry after the hardware frame counts on DF clear, as its SYSCALL leaves it, and has
+/// no `cld` of its own.
+pub const SYSCALL_FLAGS_MASK: u64 = 1 << 8 | 1 << 10 | 3 << 12 | 1 << 18 | 1 << 14;
+
+/// The exceptions an `iretq` raises when the frame it pops is one the CPU refuses: a bad or
+/// not-present selector, a non-canonical RIP (#GP, #NP, #SS).
+pub const IRET_FAULTS: [u64; 3] = [11, 12, 13];
+
+/// Whether a fault with `vector`, taken in the guest kernel at an `iretq` (`insn`, the bytes at
+/// RIP) whose frame is `frame` (RIP, CS, RFLAGS, RSP, SS, read at RSP), is a return to user
+/// mode that the CPU refused. If so the fault is the user program's, not the kernel's: it is
+/// delivered as if the `iretq` had completed and the fault had come from user mode at the
+/// frame's target (`rewind_to_iret_target`), which is what Linux's `fixup_bad_iret` makes of it
+/// natively. The other registers already hold what the user program should see: a kernel's
+/// `iretq` is its last instruction on the way out.
+pub fn is_refused_return_to_user(vector: u64, cpl: u64, insn: &[u8], frame: &[u64; 5]) -> bool {
+    cpl != 3
+        && IRET_FAULTS.contains(&vector)
+        && insn.starts_with(&[0x48, 0xcf])
+        && frame[1] & 3 == 3
+}
+
+/// The registers as they would be had the `iretq` popped `frame` (RIP, CS, RFLAGS, RSP, SS).
+pub fn rewind_to_iret_target(regs: &mut Regs, frame: &[u64; 5]) {
+    for (reg, value) in [Reg::Rip, Reg::Cs, Reg::Rflags, Reg::Rsp, Reg::Ss]
+        .into_iter()
+        .zip(frame)
+    {
+        regs.set(reg, *value);
+    }
 }
 
 /// If a #GP with `error` came from an `int n` the guest's IDT would allow from ring `cpl`,
@@ -251,6 +292,82 @@ mod tests {
         assert!(
             frame_address(&regs, 0, n).is_err(),
             "from user before SET_STACK"
+        );
+    }
+
+    #[test]
+    fn a_handler_starts_without_the_trap_flag() {
+        let mut regs = Regs::default();
+        // TF, NT, RF and AC set, as a program single-stepping itself might have them.
+        regs.set(Reg::Rflags, 0x202 | 1 << 8 | 1 << 14 | 1 << 16 | 1 << 18);
+        let gate = GuestGate {
+            handler: 0x20_0000,
+            interrupt_gate: true,
+            dpl: 0,
+        };
+        enter_handler(&mut regs, &gate, 0x30_0000);
+        assert_eq!(
+            regs.get(Reg::Rflags),
+            0x202 | 1 << 18,
+            "AC is left, as the CPU does"
+        );
+        assert_eq!(regs.get(Reg::Rip), 0x20_0000);
+        assert_eq!(regs.get(Reg::Rsp), 0x30_0000);
+        assert_eq!(SYSCALL_FLAGS_MASK & (1 << 10), 1 << 10, "DF");
+        assert_eq!(
+            SYSCALL_FLAGS_MASK & IRQ_ENABLED,
+            0,
+            "IF is the virtual flag"
+        );
+    }
+
+    #[test]
+    fn a_refused_return_to_user_is_the_user_programs_fault() {
+        const IRETQ: [u8; 2] = [0x48, 0xcf];
+        let to_user = [0x8000_0000_0000, GUEST_USER_CS, 0x302, 0x7fff_0000, 0x47];
+        let to_kernel = [
+            0x20_0000,
+            GUEST_KERNEL_CS,
+            0x202,
+            0x30_0000,
+            GUEST_KERNEL_SS,
+        ];
+        assert!(is_refused_return_to_user(13, 1, &IRETQ, &to_user));
+        assert!(is_refused_return_to_user(11, 1, &IRETQ, &to_user), "#NP");
+        assert!(is_refused_return_to_user(12, 1, &IRETQ, &to_user), "#SS");
+        assert!(
+            !is_refused_return_to_user(14, 1, &IRETQ, &to_user),
+            "a page fault"
+        );
+        assert!(
+            !is_refused_return_to_user(13, 3, &IRETQ, &to_user),
+            "user mode's own iretq"
+        );
+        assert!(
+            !is_refused_return_to_user(13, 1, &IRETQ, &to_kernel),
+            "back to the kernel"
+        );
+        assert!(
+            !is_refused_return_to_user(13, 1, &[0xcf], &to_user),
+            "a 32-bit iret"
+        );
+        assert!(
+            !is_refused_return_to_user(13, 1, &[0x0f, 0x0b], &to_user),
+            "not an iret"
+        );
+        let mut regs = Regs::default();
+        regs.set(Reg::Rax, 42);
+        rewind_to_iret_target(&mut regs, &to_user);
+        assert_eq!(
+            [Reg::Rip, Reg::Cs, Reg::Rflags, Reg::Rsp, Reg::Ss, Reg::Rax].map(|r| regs.get(r)),
+            [
+                0x8000_0000_0000,
+                GUEST_USER_CS,
+                0x302,
+                0x7fff_0000,
+                0x47,
+                42
+            ]
         );
     }
 

@@ -91,6 +91,8 @@ pub const REGS_CR2: u64 = 16;
 /// Non-zero if the trap came from the Switcher itself (CPL 0): the vector plus one. Written by
 /// every exit, so what the guest writes into its regs page never reaches the host here.
 pub const REGS_SWITCHER_FAULT: u64 = 24;
+/// The guest's DS, ES, FS and GS selectors at the exit, a 16-bit word each in that order.
+pub const REGS_SELECTORS: u64 = 32;
 
 /// Bits of MSR_TSC_AUX where the Switcher notes an NMI or machine check that interrupted the
 /// Switcher itself: an MSR, because the guest can write any memory the Switcher can write while
@@ -178,10 +180,19 @@ pub const HOST_GUEST_FS_BASE: u64 = 112;
 pub const HOST_GUEST_GS_BASE: u64 = 120;
 pub const HOST_GUEST_CR3: u64 = 128;
 pub const HOST_GUEST_CR4: u64 = 136;
+/// The guest's DS, ES, FS and GS selectors to load, a 16-bit word each in that order, every one
+/// checked to load without a fault (`descriptors::loadable_selector`).
+pub const HOST_GUEST_SELECTORS: u64 = 144;
+/// GDT entry 15, the CPU-number segment, twice: the host's (this CPU's) and the guest's. The
+/// Switcher puts the guest's in once no host handler can run, and the host's back before one can.
+pub const HOST_CPUNODE: u64 = 152;
+pub const HOST_GUEST_CPUNODE: u64 = 160;
+/// Where in the GDT that entry is.
+pub const GDT_CPUNODE: u64 = crate::abi::boot::CPUNODE_GDT_ENTRY as u64 * 8;
 
 /// The layout words `switcher.S` exports as `lg_switcher_layout`, in this order: every offset
 /// both sides use.
-pub const LAYOUT_WORDS: [u64; 43] = [
+pub const LAYOUT_WORDS: [u64; 49] = [
     TEXT_PAGES,
     BLOCK_IDT,
     FIRST_BLOCK_PAGE,
@@ -193,6 +204,7 @@ pub const LAYOUT_WORDS: [u64; 43] = [
     REGS_GS_BASE,
     REGS_CR2,
     REGS_SWITCHER_FAULT,
+    REGS_SELECTORS,
     AUX_NMI_PENDING,
     AUX_MC_PENDING,
     FRAME_WORDS,
@@ -225,6 +237,11 @@ pub const LAYOUT_WORDS: [u64; 43] = [
     DATA_IRQ_ENABLED,
     crate::abi::boot::GUEST_KERNEL_CS,
     crate::abi::boot::GUEST_KERNEL_SS,
+    crate::abi::boot::GUEST_USER_CS,
+    HOST_GUEST_SELECTORS,
+    HOST_CPUNODE,
+    HOST_GUEST_CPUNODE,
+    GDT_CPUNODE,
 ];
 
 /// The offset of CPU `cpu`'s block from the window's start.
@@ -237,7 +254,7 @@ pub const fn block_offset(cpu: u64) -> u64 {
 // 16-byte aligned (TSS.RSP0), and the state page's tables do not overlap.
 const _: () = {
     assert!(WINDOW_PAGES <= 512);
-    assert!(REGS_SWITCHER_FAULT + 8 <= REGS_FRAME);
+    assert!(REGS_SELECTORS + 8 <= REGS_FRAME);
     assert!(REGS_FRAME + FRAME_WORDS * 8 == PAGE);
     assert!(FrameWord::Ss as u64 == FRAME_WORDS - 1);
     assert!(REGS_FRAME % 16 == 0);
@@ -245,7 +262,7 @@ const _: () = {
     assert!(STATE_TSS + 104 <= STATE_GDTR);
     assert!(STATE_IDTR + 16 <= STATE_FAST_VECTOR);
     assert!(STATE_FAST_CLEARS_IF + 8 <= PAGE);
-    assert!(HOST_GUEST_CR4 + 8 <= PAGE);
+    assert!(HOST_GUEST_CPUNODE + 8 <= PAGE);
 };
 
 #[cfg(test)]

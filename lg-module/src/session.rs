@@ -75,6 +75,9 @@ pub struct Guest<O> {
     /// segment register, or `wrfsbase` where the host allows it).
     pub fs_base: u64,
     pub gs_base: u64,
+    /// Its DS, ES, FS and GS selectors while it is not running, as it left them: a program may
+    /// load its own (a TLS entry, say), and expects to find them there after any trap.
+    pub selectors: [u16; 4],
     /// The guest-physical address of its lguest_data page, once LGUEST_INIT registered it.
     pub lguest_data: Option<u64>,
     /// Its handlers (LOAD_IDT_ENTRY), by vector.
@@ -171,6 +174,7 @@ impl<O> Session<O> {
                     cr3: config.cr3,
                     fs_base: 0,
                     gs_base: 0,
+                    selectors: [0; 4],
                     lguest_data: None,
                     idt: [None; 256],
                     kernel_stack: 0,

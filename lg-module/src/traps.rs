@@ -6,7 +6,10 @@
 //! from is checked first ([`check_entry`]): the iretq runs at ring 0, so a frame with a ring-0
 //! selector or a non-canonical address would fault inside the Switcher, or worse, succeed.
 
-use crate::abi::boot::{GUEST_KERNEL_CS, GUEST_KERNEL_SS, GUEST_USER_CS, GUEST_USER_SS};
+use crate::abi::boot::{
+    GUEST_KERNEL_CS, GUEST_KERNEL_SS, GUEST_TLS_ENTRIES, GUEST_USER32_CS, GUEST_USER_CS,
+    GUEST_USER_SS,
+};
 use crate::abi::hcall;
 use crate::abi::regs::{Reg, Regs};
 use crate::death;
@@ -74,36 +77,53 @@ pub const NULL_SS_RING1: u64 = 1;
 /// Check and sanitise the frame the Switcher is about to `iretq` from (hazard 2 in
 /// docs/hazards.md): the guest returns to ring 1 or 3 with its own selectors only, at a
 /// canonical RIP and RSP, with IF on (so the host's interrupts keep coming), IOPL 0 (so no
-/// `cli` or port I/O), and no NT or VM. Flags are sanitised; anything else kills the guest.
-pub fn check_entry(regs: &mut Regs) -> Result<(), Death> {
+/// `cli` or port I/O), and no VM, nor NT in its kernel. Flags are sanitised; anything else kills
+/// the guest. `tls` is the guest's TLS entries (LOAD_GDT_ENTRY): user mode may run with SS one
+/// of them, if it is a stack segment an `iretq` to ring 3 accepts, and with any RSP.
+pub fn check_entry(regs: &mut Regs, tls: &[u64; 3]) -> Result<(), Death> {
     let (cs, ss) = (regs.get(Reg::Cs), regs.get(Reg::Ss));
-    let allowed = [
+    let kernel = [
         (GUEST_KERNEL_CS, GUEST_KERNEL_SS),
         // A direct trap (from ring 3 to ring 1, by the CPU) leaves SS a null selector with
         // RPL 1, as every change of privilege in 64-bit mode does; iretq may load it back.
         (GUEST_KERNEL_CS, NULL_SS_RING1),
-        (GUEST_USER_CS, GUEST_USER_SS),
     ];
-    if !allowed.contains(&(cs, ss)) {
+    let tls_stack = |ss: u64| {
+        let index = ss >> 3;
+        ss & 7 == 3
+            && GUEST_TLS_ENTRIES.contains(&index)
+            && crate::descriptors::is_user_stack_segment(
+                tls[(index - GUEST_TLS_ENTRIES.start()) as usize],
+            )
+    };
+    let user =
+        (cs == GUEST_USER_CS || cs == GUEST_USER32_CS) && (ss == GUEST_USER_SS || tls_stack(ss));
+    if !user && !kernel.contains(&(cs, ss)) {
         return Err(death!("entering with cs {cs:#x} ss {ss:#x}"));
     }
     let rip = regs.get(Reg::Rip);
     if !is_canonical(rip) {
         return Err(death!("entering at non-canonical rip {rip:#x}"));
     }
+    // `iretq` loads RSP as it is: a program may run with a non-canonical one (until it next
+    // uses its stack), as natively, and the kernel's sigreturn selftest returns to one. The
+    // guest kernel's own stack must be canonical: the host pushes its traps there.
     let rsp = regs.get(Reg::Rsp);
-    if !is_canonical(rsp) {
+    if !user && !is_canonical(rsp) {
         return Err(death!("entering with non-canonical rsp {rsp:#x}"));
     }
-    regs.set(Reg::Rflags, sane_rflags(regs.get(Reg::Rflags)));
+    regs.set(Reg::Rflags, sane_rflags(regs.get(Reg::Rflags), user));
     Ok(())
 }
 
-/// RFLAGS as the guest may run with them: interrupts on (the host's, while the guest runs; the
-/// guest's own flag is virtual), no I/O privilege, no nested task (whose iretq would fault in
-/// the Switcher), no virtual-8086 mode. Every entry into the guest goes through this.
-pub fn sane_rflags(flags: u64) -> u64 {
-    (flags | RFLAGS_ALWAYS_ONE | RFLAGS_IF) & !(RFLAGS_IOPL | RFLAGS_NT | RFLAGS_VM)
+/// RFLAGS as the guest may run with them, in user mode if `user`: interrupts on (the host's,
+/// while the guest runs; the guest's own flag is virtual), no I/O privilege, no virtual-8086
+/// mode, and no nested task in its kernel. NT matters only to an `iretq` run with it set: in
+/// user mode that is the program's own #GP, as natively (the kernel's syscall_nt selftest checks
+/// that a program keeps it). Every entry into the guest goes through this.
+pub fn sane_rflags(flags: u64, user: bool) -> u64 {
+    let nt = if user { 0 } else { RFLAGS_NT };
+    (flags | RFLAGS_ALWAYS_ONE | RFLAGS_IF) & !(RFLAGS_IOPL | nt | RFLAGS_VM)
 }
 
 /// Vectors the host treats specially.
@@ -208,30 +228,89 @@ mod tests {
         assert_eq!(regs_from_frame(&frame), regs);
     }
 
+    fn user_regs(cs: u64, ss: u64) -> Regs {
+        let mut regs = kernel_regs();
+        regs.set(Reg::Cs, cs);
+        regs.set(Reg::Ss, ss);
+        regs
+    }
+
+    /// A 16-bit writable data segment of DPL 3, as set_thread_area makes one, and a code one.
+    const TLS_DATA16: u64 = 0x008f_f300_0000_ffff;
+    const TLS_CODE32: u64 = 0x00cf_fb00_0000_ffff;
+
     #[test]
     fn entry_frames_keep_the_guest_out_of_ring_0() {
+        let no_tls = [0; 3];
         let mut ok = kernel_regs();
-        assert!(check_entry(&mut ok).is_ok());
+        assert!(check_entry(&mut ok, &no_tls).is_ok());
         let mut ring0 = kernel_regs();
         ring0.set(Reg::Cs, 0x10);
-        assert!(check_entry(&mut ring0).is_err());
+        assert!(check_entry(&mut ring0, &no_tls).is_err());
         let mut mixed = kernel_regs();
         mixed.set(Reg::Ss, GUEST_USER_SS);
-        assert!(check_entry(&mut mixed).is_err());
+        assert!(check_entry(&mut mixed, &no_tls).is_err());
         let mut wild = kernel_regs();
         wild.set(Reg::Rip, 0x8000_0000_0000);
-        assert!(check_entry(&mut wild).is_err());
+        assert!(check_entry(&mut wild, &no_tls).is_err());
         let mut stack = kernel_regs();
         stack.set(Reg::Rsp, 0x1234_0000_0000_0000);
-        assert!(check_entry(&mut stack).is_err());
+        assert!(check_entry(&mut stack, &no_tls).is_err());
+    }
+
+    #[test]
+    fn user_mode_may_run_in_compat_mode_and_on_a_tls_stack() {
+        let tls = [TLS_DATA16, TLS_CODE32, 0];
+        for (cs, ss) in [
+            (GUEST_USER_CS, GUEST_USER_SS),
+            (GUEST_USER32_CS, GUEST_USER_SS),
+            (GUEST_USER_CS, 12 << 3 | 3),
+            (GUEST_USER32_CS, 12 << 3 | 3),
+        ] {
+            assert!(
+                check_entry(&mut user_regs(cs, ss), &tls).is_ok(),
+                "{cs:#x}:{ss:#x}"
+            );
+        }
+        let mut wild_stack = user_regs(GUEST_USER_CS, GUEST_USER_SS);
+        wild_stack.set(Reg::Rsp, 0x8bad_f00d_5aad_c0de);
+        assert!(
+            check_entry(&mut wild_stack, &tls).is_ok(),
+            "a user RSP is the program's"
+        );
+        let mut wild_ip = user_regs(GUEST_USER_CS, GUEST_USER_SS);
+        wild_ip.set(Reg::Rip, 0x8bad_f00d_5aad_c0de);
+        assert!(
+            check_entry(&mut wild_ip, &tls).is_err(),
+            "iretq would fault on RIP"
+        );
+        for (cs, ss, why) in [
+            (GUEST_USER_CS, 12 << 3 | 1, "a TLS stack at RPL 1"),
+            (GUEST_USER_CS, 13 << 3 | 3, "a code segment as SS"),
+            (GUEST_USER_CS, 14 << 3 | 3, "an empty TLS entry"),
+            (GUEST_USER_CS, 15 << 3 | 3, "the host's CPU-number segment"),
+            (12 << 3 | 3, GUEST_USER_SS, "CS from a TLS entry"),
+            (GUEST_USER_CS, 0, "a null SS in user mode"),
+            (GUEST_KERNEL_CS, 12 << 3 | 3, "the kernel on a TLS stack"),
+        ] {
+            assert!(check_entry(&mut user_regs(cs, ss), &tls).is_err(), "{why}");
+        }
     }
 
     #[test]
     fn flags_are_sanitised() {
         let mut regs = kernel_regs();
         regs.set(Reg::Rflags, RFLAGS_IOPL | RFLAGS_NT | RFLAGS_VM | 1);
-        check_entry(&mut regs).unwrap();
+        check_entry(&mut regs, &[0; 3]).unwrap();
         assert_eq!(regs.get(Reg::Rflags), RFLAGS_IF | RFLAGS_ALWAYS_ONE | 1);
+        let mut user = user_regs(GUEST_USER_CS, GUEST_USER_SS);
+        user.set(Reg::Rflags, RFLAGS_IOPL | RFLAGS_NT | RFLAGS_VM);
+        check_entry(&mut user, &[0; 3]).unwrap();
+        assert_eq!(
+            user.get(Reg::Rflags),
+            RFLAGS_IF | RFLAGS_ALWAYS_ONE | RFLAGS_NT,
+            "user mode keeps NT"
+        );
     }
 
     #[test]

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Assemble the VM's initramfs: busybox, our init, lg.ko, the launcher and lguest-stat, the
 # scenario runner, the guests (BIN_DIR/guests/* as /guests/*), the Linux guest (LINUX_DIR/bzImage,
-# its own initramfs and a root disk, as /guests/linux/), e2fsck to check that disk, the host's own
-# bzImage, a kernel the launcher must refuse, and a user database.
+# its own initramfs, that initramfs with the x86 selftests added, and a root disk, as
+# /guests/linux/), e2fsck to check that disk, the host's own bzImage, a kernel the launcher must
+# refuse, and a user database.
 # Usage: build-initramfs.sh LG_KO BIN_DIR BZIMAGE LINUX_DIR OUT
 # An uncompressed cpio: the host kernel unpacks it faster than it would gunzip it under TCG.
 set -euo pipefail
@@ -22,6 +23,12 @@ cp "$linux/bzImage" "$root/guests/linux/bzImage"
 "$REPO/tests/harness/build-linux-rootfs.sh" "$root/guests/linux/initramfs.cpio.gz"
 "$REPO/tests/harness/build-linux-diskroot.sh" "$root/guests/linux/root.ext4.gz"
 cp /sbin/e2fsck.static "$root/bin/e2fsck"
+# The same with the kernel's x86 selftests added (linux-selftests-x86): Linux unpacks the
+# overlay's gzipped cpio after the first one's.
+"$REPO/tests/harness/build-x86-selftests.sh" "$root/selftests.cpio.gz"
+cat "$root/guests/linux/initramfs.cpio.gz" "$root/selftests.cpio.gz" \
+    >"$root/guests/linux/initramfs-selftests.cpio.gz"
+rm "$root/selftests.cpio.gz"
 cp "$bzimage" "$root/boot/bzImage"
 # A user database, for the launcher's --user (launcher-confined): root, and nobody in its own
 # group, numbered as Debian numbers them. nsswitch.conf keeps the static launcher's C library to

@@ -23,16 +23,12 @@ FRAGMENT=$PATCHES/guest.config
 # The patches in the order the series file names them (blank lines and comments skipped).
 mapfile -t series < <(grep -v -e '^#' -e '^[[:space:]]*$' "$PATCHES/series")
 
-tree_key=$( {
-    dpkg-query -W -f='${Version}' linux-source-6.12
-    gcc --version | head -n1
-} | sha256sum | cut -c1-16)
+TREE=$(linux_guest_tree)
 out_key=$( {
-    echo "$tree_key"
+    echo "${TREE##*/tree-}"
     for p in "${series[@]}"; do echo "$p"; cat "$PATCHES/$p"; done
     config_options "$FRAGMENT"
 } | sha256sum | cut -c1-16)
-TREE=$CACHE/linux-guest/tree-$tree_key
 OUT=$CACHE/linux-guest/out-$out_key
 
 if [ -f "$OUT/bzImage" ]; then

@@ -215,3 +215,15 @@ hold_lock() {
         flock 9
     fi
 }
+
+# linux_guest_tree: the directory build-linux-guest.sh keeps the Linux guest's source tree in,
+# $CACHE/linux-guest/tree-<key>, keyed by the source package and the compiler. The tree itself
+# is in its `linux` subdirectory; whoever reads or builds there holds "$TREE.lock" (hold_lock).
+linux_guest_tree() {
+    local key
+    key=$( {
+        dpkg-query -W -f='${Version}' linux-source-6.12
+        gcc --version | head -n1
+    } | sha256sum | cut -c1-16)
+    echo "$CACHE/linux-guest/tree-$key"
+}

@@ -4,7 +4,7 @@
 # metal, it is entered through startup_64 by the boot protocol rather than through the lguest
 # ELF note, so it never takes the lguest platform and its pv_ops stay native. That is what makes
 # a comparison of the two boots honest: one image, two worlds.
-# Usage: linux-native.sh [--disk IMAGE] [--patience SECONDS] [WORDS...]
+# Usage: linux-native.sh [--selftests] [--disk IMAGE] [--patience SECONDS] [WORDS...]
 #
 # Builds the guest kernel and its initramfs (both cached or cheap), boots them on QEMU's microvm
 # machine and checks what linux-boots checks under lg.ko, where it applies natively: the banner
@@ -21,6 +21,12 @@
 # firmware and the decompression, and drifts under TCG), and exits 0; or it ends with one
 # `error:` line saying what went wrong. The whole serial output is kept in
 # $CACHE/runs/linux-native-*.log.
+#
+# With --selftests (linux-selftests-x86-native) the initramfs carries the kernel's own x86
+# selftests as well (build-x86-selftests.sh), and init runs them (lguest.run=script, the script
+# being /selftests/run, with the time they need): it also checks that the runner found every test
+# as its list expects, and prints its verdicts, `selftest NAME: ...`, the same lines
+# linux-selftests-x86 judges under lg.ko.
 set -euo pipefail
 . "$(dirname "$0")/common.sh"
 
@@ -29,11 +35,16 @@ INIT_RUNNING="lguest-linux: init running on Linux 6.12"
 # shared cores (11 s once, beside a Rust build), and 6.0 to 7.0 s with LGUEST_SLOWDOWN=3
 # (docs/building.md).
 PATIENCE=60
+# With --selftests: QEMU's start to its exit took 7.3 to 10.3 s (the tests 5 s of it); the
+# runner gives up on one test after 120 s.
+SELFTEST_PATIENCE=180
 
-usage="usage: linux-native.sh [--disk IMAGE] [--patience SECONDS] [WORDS...] (WORDS go on the command line)"
+usage="usage: linux-native.sh [--selftests] [--disk IMAGE] [--patience SECONDS] [WORDS...] (WORDS go on the command line)"
 disk=()
+selftests=
 while [ $# -gt 0 ] && [[ $1 == -* ]]; do
     case $1 in
+    --selftests) selftests=1; PATIENCE=$SELFTEST_PATIENCE; shift ;;
     --disk) [ -f "${2:-}" ] || die "--disk wants a disk image file"
             disk=(-drive "id=disk,file=$2,format=raw,if=none" -device "virtio-blk-device,drive=disk")
             shift 2 ;;
@@ -46,6 +57,14 @@ linux=$("$REPO/tests/harness/build-linux-guest.sh")
 dir=$(mktemp -d)
 trap 'rm -rf "$dir"' EXIT
 "$REPO/tests/harness/build-linux-rootfs.sh" "$dir/initramfs.cpio.gz"
+if [ -n "$selftests" ]; then
+    # Linux unpacks gzipped cpio archives one after the other: the overlay adds /selftests.
+    "$REPO/tests/harness/build-x86-selftests.sh" "$dir/selftests.cpio.gz"
+    cat "$dir/selftests.cpio.gz" >>"$dir/initramfs.cpio.gz"
+    # init's scripts come in hexadecimal (tests/harness/linux-guest/init).
+    script=$(printf 'sh /selftests/run\n' | xxd -p | tr -d '\n')
+    set -- lguest.run=script "lguest.script=$script" "$@"
+fi
 
 # The command line: the console on microvm's COM1 (under lg.ko it is hvc0), and an end that ends
 # QEMU. Without ACPI the guest cannot power the machine off (Linux halts and QEMU waits), so init
@@ -122,13 +141,24 @@ platform=$(grep -a -m1 -o 'Booting paravirtualized kernel on .*' "$log" || true)
 [ "$platform" = "Booting paravirtualized kernel on bare hardware" ] ||
     fail "the kernel did not say it runs on bare hardware: '${platform:-nothing}'"
 said "$INIT_RUNNING" || fail "init never ran"
+if [ -n "$selftests" ]; then
+    # Every verdict first, for the scenario's FAIL line (lguest-dev's host_scenario) to quote.
+    grep -a -e '^selftest' -e '^    ' "$log" || true
+    summary=$(grep -a -m1 '^selftests (native): ' "$log" || true)
+    [ -n "$summary" ] || fail "the selftests never ended (no summary line)"
+    said "lguest-linux: script exited with status 0" ||
+        fail "selftests did not all go as listed: $summary"
+fi
 said "lguest-linux: rebooting" || fail "init ran but did not reach its end"
 [ "$status" = 0 ] || fail "the guest rebooted, but QEMU did not end"
 
-grep -a -m1 'Linux version' "$log"
-echo "$platform"
-sed -n "/$INIT_RUNNING/,\$p" "$log"
+if [ -z "$selftests" ]; then
+    grep -a -m1 'Linux version' "$log"
+    echo "$platform"
+    sed -n "/$INIT_RUNNING/,\$p" "$log"
+fi
 init=$(secs "$(cat "$dir/init-ms")")
-echo "e2e-info linux-native: from QEMU's start, the banner after $(secs "$(cat "$dir/banner-ms")") s," \
-    "init running after $init s, QEMU gone after $(secs "$took") s"
+banner=$(secs "$(cat "$dir/banner-ms")")
+echo "e2e-info linux-native${selftests:+ --selftests}: from QEMU's start," \
+    "the banner after $banner s, init running after $init s, QEMU gone after $(secs "$took") s"
 ok "Linux guest, native on microvm: init ran $init s after QEMU started (log: $log)"

@@ -14,7 +14,7 @@ use crate::check::Checks;
 use crate::launch::{self, Run, FAILURE};
 use crate::{kmod, procfs};
 
-const KERNEL: &str = "/guests/linux/bzImage";
+pub(super) const KERNEL: &str = "/guests/linux/bzImage";
 pub(super) const INITRD: &str = "/guests/linux/initramfs.cpio.gz";
 /// What the guest's init prints once it runs: the kernel booted all the way to user space.
 pub(crate) const INIT_RUNNING: &str = "lguest-linux: init running on Linux 6.12";

@@ -20,6 +20,7 @@ mod launcher;
 pub(crate) mod linux;
 mod linux_devices;
 mod linux_load;
+mod linux_selftests;
 mod linux_soak;
 mod module;
 mod privileged;
@@ -34,7 +35,7 @@ pub struct Scenario {
     pub run: fn() -> anyhow::Result<()>,
 }
 
-pub static SCENARIOS: [Scenario; 84] = [
+pub static SCENARIOS: [Scenario; 85] = [
     Scenario {
         name: "module-load",
         run: module::load,
@@ -310,6 +311,10 @@ pub static SCENARIOS: [Scenario; 84] = [
     Scenario {
         name: "linux-two-guests",
         run: linux_load::two_guests,
+    },
+    Scenario {
+        name: "linux-selftests-x86",
+        run: linux_selftests::x86,
     },
     Scenario {
         name: "hostile-idt-gdt",
