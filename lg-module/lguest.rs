@@ -52,6 +52,9 @@ mod descriptors;
 #[path = "src/emulate.rs"]
 mod emulate;
 #[allow(unreachable_pub)]
+#[path = "src/exit/mod.rs"]
+mod exit;
+#[allow(unreachable_pub)]
 #[path = "src/fast_syscall.rs"]
 mod fast_syscall;
 mod fpu;

@@ -25,6 +25,7 @@ use crate::abi::paging::{
     PTE_ACCESSED, PTE_ADDR_MASK, PTE_DIRTY, PTE_NO_EXEC, PTE_PRESENT, PTE_USER, PTE_WRITE,
 };
 use crate::chardev::lg_bindings;
+use crate::exit::PinFailure;
 use crate::layout::*;
 use crate::shadow::{in_kernel_half, KERNEL_HALF_FIRST_SLOT};
 use crate::switcher::{KernelPage, Switcher, TABLE, WINDOW_PGD_SLOT};
@@ -49,20 +50,10 @@ const SHADOW_TABLE: u64 = TABLE | PTE_USER;
 /// writing, which one per pinned page would make a cost of every first touch.
 const MEMLOCK_CHUNK: u64 = 256;
 
-/// Why a page could not be pinned.
-pub(crate) enum PinError {
-    /// The launcher's memory there is gone (unmapped, or not writable).
-    Gone,
-    /// Another pinned page would take the launcher past its RLIMIT_MEMLOCK.
-    OverMemlock,
-    /// The host is out of memory.
-    NoMemory,
-}
-
 /// The only errors the tables' own allocations return are ENOMEM.
-impl From<Error> for PinError {
-    fn from(_: Error) -> PinError {
-        PinError::NoMemory
+impl From<Error> for PinFailure {
+    fn from(_: Error) -> PinFailure {
+        PinFailure::NoMemory
     }
 }
 
@@ -84,7 +75,7 @@ struct MemlockCharge {
 impl MemlockCharge {
     /// Count one more pinned page, charging more first if it needs to: a chunk, or, where the
     /// limit has no room for a chunk, the one page.
-    fn pin_one(&mut self) -> Result<(), PinError> {
+    fn pin_one(&mut self) -> Result<(), PinFailure> {
         if self.pinned == self.charged {
             let mm = self.mm;
             let charge = |pages: u64| {
@@ -96,7 +87,7 @@ impl MemlockCharge {
             let charged = [MEMLOCK_CHUNK, 1]
                 .into_iter()
                 .find(|&pages| charge(pages))
-                .ok_or(PinError::OverMemlock)?;
+                .ok_or(PinFailure::OverMemlock)?;
             self.charged += charged;
         }
         self.pinned += 1;
@@ -546,7 +537,11 @@ impl ShadowTables {
     /// `user_addr`) pinned for as long as the tables, and map it at BLOCK_DATA in whichever
     /// CPU's block the guest runs on, supervisor-only: there the Switcher's fast paths read and
     /// write it without a fault (src/fast_syscall.rs). The guest may write the page anyway.
-    pub(crate) fn map_guest_data(&mut self, gpa_page: u64, user_addr: u64) -> Result<(), PinError> {
+    pub(crate) fn map_guest_data(
+        &mut self,
+        gpa_page: u64,
+        user_addr: u64,
+    ) -> Result<(), PinFailure> {
         let phys = self.pin(gpa_page, user_addr)?;
         // A mapping that is never let go: the page stays pinned while the Switcher may use it.
         self.mapped(phys);
@@ -596,7 +591,7 @@ impl ShadowTables {
     /// The physical address of the launcher's page backing guest-physical page `gpa_page`
     /// (at user address `user_addr`), pinned on first use; `map` then counts the mapping, and
     /// the pin lasts until the last mapping goes.
-    pub(crate) fn pin(&mut self, gpa_page: u64, user_addr: u64) -> Result<u64, PinError> {
+    pub(crate) fn pin(&mut self, gpa_page: u64, user_addr: u64) -> Result<u64, PinFailure> {
         if let Some(pinned) = self.pinned.get(&gpa_page) {
             return Ok(pinned.phys);
         }
@@ -606,7 +601,7 @@ impl ShadowTables {
     }
 
     /// `pin`'s second half, for a page already counted in `memlock`.
-    fn pin_counted(&mut self, gpa_page: u64, user_addr: u64) -> Result<u64, PinError> {
+    fn pin_counted(&mut self, gpa_page: u64, user_addr: u64) -> Result<u64, PinFailure> {
         let mut page: *mut bindings::page = core::ptr::null_mut();
         // Always for writing: that breaks copy-on-write now, so every alias of a guest page
         // maps the same host page (a read-only pin could be the shared zero page).
@@ -617,7 +612,7 @@ impl ShadowTables {
         let got =
             unsafe { bindings::pin_user_pages_fast(user_addr as _, 1, flags as _, &mut page) };
         if got != 1 {
-            return Err(PinError::Gone);
+            return Err(PinFailure::Gone);
         }
         // SAFETY: `page` is a valid page we just pinned.
         let phys = unsafe { lg_bindings::lg_page_to_phys(page) } as u64;

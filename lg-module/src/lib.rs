@@ -21,6 +21,7 @@ pub use lguest_abi as abi;
 pub mod death;
 pub mod descriptors;
 pub mod emulate;
+pub mod exit;
 pub mod fast_syscall;
 pub mod host_cpu;
 pub mod hypercall;

@@ -98,6 +98,28 @@ pub struct Guest<O> {
 }
 
 impl<O> Guest<O> {
+    /// The guest INITIALIZE made, with `config` (already checked) and `owner`: at its entry
+    /// point, on the launcher's page tables, with no handlers, no stack and no lguest_data yet.
+    pub fn new(owner: O, config: Initialize) -> Guest<O> {
+        Guest {
+            owner,
+            config,
+            regs: initial_regs(&config),
+            cr3: config.cr3,
+            fs_base: 0,
+            gs_base: 0,
+            selectors: [0; 4],
+            lguest_data: None,
+            idt: [None; 256],
+            kernel_stack: 0,
+            next_async: 0,
+            tls: [0; 3],
+            fast_paths: true,
+            ended: None,
+            pending_read: None,
+        }
+    }
+
     /// Guest RAM in bytes.
     pub fn ram_bytes(&self) -> u64 {
         self.config.pfn_limit * PAGE_SIZE
@@ -167,23 +189,7 @@ impl<O> Session<O> {
                 }
                 check_initialize(&config, user)?;
                 // Only now, with everything checked, does the guest come to exist.
-                self.guest = Some(Guest {
-                    owner: caller.become_owner(&config)?,
-                    config,
-                    regs: initial_regs(&config),
-                    cr3: config.cr3,
-                    fs_base: 0,
-                    gs_base: 0,
-                    selectors: [0; 4],
-                    lguest_data: None,
-                    idt: [None; 256],
-                    kernel_stack: 0,
-                    next_async: 0,
-                    tls: [0; 3],
-                    fast_paths: true,
-                    ended: None,
-                    pending_read: None,
-                });
+                self.guest = Some(Guest::new(caller.become_owner(&config)?, config));
             }
             // chardev.rs answers IRQ with `check_irq` before it takes the session's lock (which
             // the launcher's main thread holds while the guest runs): a session never sees one.
