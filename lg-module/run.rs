@@ -28,7 +28,6 @@ use crate::abi::hcall::{self, CONSOLE_WRITE_MAX, FIRST_IRQ_VECTOR, SHUTDOWN_MESS
 use crate::abi::regs::{Reg, Regs};
 use crate::abi::stats::Bucket;
 use crate::abi::PAGE_SIZE;
-use crate::chardev::{lg_bindings, Interrupts, Owner};
 use crate::cpu::{self, CR4_PGE, CR4_PKE, CR4_SMAP, EFER_SCE};
 use crate::death;
 use crate::death::Death;
@@ -37,7 +36,10 @@ use crate::emulate;
 use crate::fast_syscall;
 use crate::hypercall::{self, Hypercall, Shutdown};
 use crate::interrupts::{self, GuestGate};
+use crate::irqs::Interrupts;
 use crate::layout::*;
+use crate::lg_bindings;
+use crate::owner::Owner;
 use crate::pagewalk::{self, GuestPhysRead};
 use crate::session::Guest;
 use crate::shadow::{self, shadow_pte_for, PhysLayout, Unresolved, PF_PRESENT};
