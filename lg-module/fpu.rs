@@ -30,7 +30,7 @@ impl GuestFpu {
     pub(crate) fn new() -> Result<GuestFpu> {
         let xsave = core::arch::x86_64::__cpuid(1).ecx & (1 << 26) != 0
             // SAFETY: reading CR4 has no side effects.
-            && unsafe { crate::chardev::lg_bindings::lg_read_cr4() } & (1 << 18) != 0;
+            && unsafe { crate::lg_bindings::lg_read_cr4() } & (1 << 18) != 0;
         let (bytes, xsave_mask) = if xsave {
             // SAFETY: XSAVE is enabled (CR4.OSXSAVE), so xgetbv 0 is defined.
             let xcr0 = unsafe { core::arch::x86_64::_xgetbv(0) };

@@ -6,9 +6,9 @@
 //! shares the file (a forked child, a thread of the launcher) and calls read() or write() at the
 //! wrong moment would sleep in D state until the guest stopped, deaf even to SIGKILL. This is
 //! the same kernel mutex, waited for with `mutex_lock_killable`: a fatal signal ends the wait.
-//! (chardev.rs also turns such strangers away before they wait at all, once a guest exists.)
+//! (file_ops.rs also turns such strangers away before they wait at all, once a guest exists.)
 
-use crate::chardev::lg_bindings;
+use crate::lg_bindings;
 use core::cell::UnsafeCell;
 use core::ops::{Deref, DerefMut};
 use kernel::{bindings, prelude::*, types::Opaque};

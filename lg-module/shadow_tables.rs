@@ -24,9 +24,9 @@
 use crate::abi::paging::{
     PTE_ACCESSED, PTE_ADDR_MASK, PTE_DIRTY, PTE_NO_EXEC, PTE_PRESENT, PTE_USER, PTE_WRITE,
 };
-use crate::chardev::lg_bindings;
 use crate::exit::PinFailure;
 use crate::layout::*;
+use crate::lg_bindings;
 use crate::shadow::{in_kernel_half, KERNEL_HALF_FIRST_SLOT};
 use crate::switcher::{KernelPage, Switcher, TABLE, WINDOW_PGD_SLOT};
 use kernel::{alloc::flags::GFP_KERNEL_ACCOUNT, bindings, prelude::*, rbtree::RBTree};

@@ -13,11 +13,11 @@
 
 use crate::abi::data::SWITCHER_WINDOW_START;
 use crate::abi::paging::{PTE_ACCESSED, PTE_DIRTY, PTE_NO_EXEC, PTE_PRESENT, PTE_WRITE};
-use crate::chardev::lg_bindings;
 use crate::descriptors;
 use crate::fast_syscall::Armed;
 use crate::host_cpu;
 use crate::layout::*;
+use crate::lg_bindings;
 use core::sync::atomic::{AtomicU64, Ordering};
 use kernel::{bindings, new_mutex, prelude::*, sync::Mutex};
 

@@ -1,7 +1,7 @@
 //! 22. Devices mode: a self-test for each virtio device, and what the devices cost.
 //!
 //! With `devices` on its command line the kernel probes the devices the command line names
-//! (virtio.rs), runs one self-test for each one it drives, in this order (the console's only
+//! (virtio/mod.rs), runs one self-test for each one it drives, in this order (the console's only
 //! with the word `echo` after `devices`, as it waits for someone to type), each printing
 //! `selftest <name>: PASS` or `selftest <name>: FAIL: <why>` and, before it, a line of what it
 //! saw; then `devices: N passed, M failed`, and powers off, as failed unless every test passed
@@ -39,11 +39,11 @@ use paravirt_ops::{irq, platform, time};
 
 use crate::ping::{self, DisplayIpv4, DisplayMac, Ipv4, Received, MAX_FRAME};
 use crate::selftest::{self, fail, Outcome};
+use crate::virtio::block::{Block, CHUNK, SECTOR};
+use crate::virtio::console::Console;
+use crate::virtio::net::Net;
+use crate::virtio::rng::Rng;
 use crate::virtio::{self, Device, Devices, Error};
-use crate::virtio_blk::{Block, CHUNK, SECTOR};
-use crate::virtio_console::Console;
-use crate::virtio_net::Net;
-use crate::virtio_rng::Rng;
 use crate::{println, timer, CommandLine};
 
 const MS: u64 = 1_000_000;

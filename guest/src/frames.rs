@@ -6,7 +6,7 @@
 //! natively and boot_params and the command line under lguest, and the kernel sits at 1 MiB.
 //! Frames given back ([`free`]) go on a free list threaded through the frames themselves (each
 //! holds the address of the next), and are handed out again first. A device's queues need
-//! several frames in a row ([`alloc_contiguous`], for virtio.rs): those come from the untouched
+//! several frames in a row ([`alloc_contiguous`], for virtio/mod.rs): those come from the untouched
 //! part of a region, never from the free list, whose frames lie anywhere.
 //!
 //! Frames are reached through the identity map (virtual == physical), which both worlds give

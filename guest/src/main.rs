@@ -52,12 +52,12 @@
 //! 13. `selftest.rs`: the self-tests, which exercise all of the above.
 //! 14. `bench.rs`: bench mode, what each mechanism costs in each world.
 //! 15. `long_run.rs`: long-run mode, the scheduler and the timer for minutes on end.
-//! 16. `virtio.rs`: virtio devices over MMIO: found on the command line, their registers mapped,
-//!     memory lent to them, their interrupts, bounded waits.
-//! 17. `virtio_rng.rs`: the entropy source, a driver of the kernel's own on the crate's queue.
-//! 18. `virtio_console.rs`: the console, another: bytes out, a line in, asleep until it comes.
-//! 19. `virtio_blk.rs`: the block device, the crate's driver with the kernel's waits.
-//! 20. `virtio_net.rs`: the network card, likewise, with receive buffers of the driver's own.
+//! 16. `virtio/mod.rs`: virtio devices over MMIO: found on the command line, their registers
+//!     mapped, memory lent to them, their interrupts, bounded waits.
+//! 17. `virtio/rng.rs`: the entropy source, a driver of the kernel's own on the crate's queue.
+//! 18. `virtio/console.rs`: the console, another: bytes out, a line in, asleep until it comes.
+//! 19. `virtio/block.rs`: the block device, the crate's driver with the kernel's waits.
+//! 20. `virtio/net.rs`: the network card, likewise, with receive buffers of the driver's own.
 //! 21. `ping.rs`: just enough Ethernet, ARP, IPv4 and ICMP to ping.
 //! 22. `devices.rs`: devices mode, a self-test per device, and the devices' benchmarks.
 //! 23. `count.rs`: count mode, a known workload and the kernel's own tally of it.
@@ -115,10 +115,6 @@ mod timer;
 mod traps;
 mod user;
 mod virtio;
-mod virtio_blk;
-mod virtio_console;
-mod virtio_net;
-mod virtio_rng;
 
 // ---- The boot stack ---------------------------------------------------------------------------
 
@@ -137,7 +133,7 @@ pub static mut BOOT_STACK: Stack = Stack([0; STACK_SIZE]);
 const CMDLINE_MAX: usize = 1024;
 
 /// The parameters a command line may carry besides the mode's words, `key=value` as Linux's: the
-/// virtio devices (virtio.rs), and the addresses `net-ping` uses (devices.rs).
+/// virtio devices (virtio/mod.rs), and the addresses `net-ping` uses (devices.rs).
 const PARAMETERS: [&str; 3] = ["virtio_mmio.device", "ip", "ping"];
 
 /// The command line the boot loader passed, copied out of its memory.

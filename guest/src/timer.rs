@@ -36,7 +36,8 @@ pub fn lost() -> u64 {
     LOST.load(Ordering::Relaxed)
 }
 
-/// Whether the tick is on: a wait that must end even if nothing else comes needs it (virtio.rs).
+/// Whether the tick is on: a wait that must end even if nothing else comes needs it
+/// (virtio/mod.rs).
 pub fn running() -> bool {
     PERIOD_NS.load(Ordering::Relaxed) != 0
 }

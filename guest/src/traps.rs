@@ -28,7 +28,7 @@
 //! paging.rs) is fixed and retried; `int3` is a trap, so it resumes after itself. A trap from
 //! user mode arrives on the running task's kernel stack, which the scheduler gives `load_sp0`
 //! (task.rs); system calls go to syscall.rs and the timer also drives the scheduler. IRQs 1 to 15,
-//! the devices' (vectors 33 to 47), have gates from the start and go to virtio.rs; each line
+//! the devices' (vectors 33 to 47), have gates from the start and go to virtio/mod.rs; each line
 //! stays masked until a driver opens it (the irq op `unmask_irq`).
 
 use core::arch::global_asm;
@@ -46,7 +46,7 @@ pub const INVALID_OPCODE: u64 = 6;
 pub const GENERAL_PROTECTION: u64 = 13;
 pub const PAGE_FAULT: u64 = 14;
 const TIMER_VECTOR: u64 = FIRST_IRQ_VECTOR + TIMER_IRQ as u64;
-/// The devices' vectors: IRQs 1 to 15 (virtio.rs).
+/// The devices' vectors: IRQs 1 to 15 (virtio/mod.rs).
 const FIRST_DEVICE_VECTOR: u64 = FIRST_IRQ_VECTOR + virtio::DEVICE_IRQS.start as u64;
 const LAST_DEVICE_VECTOR: u64 = FIRST_IRQ_VECTOR + virtio::DEVICE_IRQS.end as u64 - 1;
 

@@ -30,9 +30,9 @@
 //!    needs: its root directory (`--chroot`), root itself (`--user`), and every system call but
 //!    the few the run loop and the devices make (a seccomp filter, unless `--no-seccomp`).
 //! 9. [`run`]: the loop around those reads: early console output printed, device accesses
-//!    decoded ([`mmio`]) and handed to the devices, and the guest's end (power off, restart,
-//!    death with the host's reason) handed back to main.rs. A guest breaking the devices' rules
-//!    gets a warning, a few of each kind ([`ratelimit`]).
+//!    decoded ([`mmio_decode`]) and handed to the devices, and the guest's end (power off,
+//!    restart, death with the host's reason) handed back to main.rs. A guest breaking the
+//!    devices' rules gets a warning, a few of each kind ([`ratelimit`]).
 //! 10. [`supervise`]: all of the above happens in a child process, which the launcher forks
 //!     and waits for; a guest that reboots gets a fresh one, which sets it up and confines
 //!     itself again (under `--no-reboot`, the launcher's own process runs the guest).
@@ -46,7 +46,7 @@ pub mod device;
 pub mod kernel;
 pub mod memlock;
 pub mod memory;
-pub mod mmio;
+pub mod mmio_decode;
 pub mod pagetables;
 pub mod ratelimit;
 pub mod run;

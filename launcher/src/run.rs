@@ -5,9 +5,9 @@
 //! to its early console, touched a device, powered off, asked to restart, or was killed by the
 //! host. Everything else a guest does (hypercalls the host answers itself, page faults, the
 //! host's interrupts) never reaches this loop. Console output is printed and a device access
-//! emulated ([`crate::mmio`] decodes it, the device models answer it, SETREG finishes it), and
-//! the guest runs again; the other three end the loop, and main.rs turns them into an exit
-//! status.
+//! emulated ([`crate::mmio_decode`] decodes it, the device models answer it, SETREG finishes
+//! it), and the guest runs again; the other three end the loop, and main.rs turns them into an
+//! exit status.
 //!
 //! The loop takes /dev/lguest and the devices as traits ([`Vcpu`], [`MmioBus`]), so the unit
 //! tests below can play lg.ko with a list of records.
@@ -20,7 +20,7 @@ use lguest_abi::regs::Reg;
 use log::trace;
 
 use crate::device::LguestDevice;
-use crate::mmio::{self, DeviceAccess};
+use crate::mmio_decode::{self, DeviceAccess};
 use crate::virtio::DeviceManager;
 
 /// What the loop needs of /dev/lguest: run the guest, and finish an instruction it emulated.
@@ -130,7 +130,7 @@ fn emulate(
     devices: &mut impl MmioBus,
     access: &MmioAccess,
 ) -> anyhow::Result<Option<String>> {
-    let emulation = match mmio::decode(access) {
+    let emulation = match mmio_decode::decode(access) {
         Ok(emulation) => emulation,
         Err(unemulated) => return Ok(Some(unemulated.to_string())),
     };

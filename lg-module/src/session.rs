@@ -2,7 +2,7 @@
 //!
 //! This is the decision half of lg.ko's `write()` and `read()`: it decodes a request, checks
 //! who is asking and whether every value makes sense, and changes the guest only when the whole
-//! request is good (a refused request changes nothing). The kernel half (`lg-module/chardev.rs`)
+//! request is good (a refused request changes nothing). The kernel half (`lg-module/file_ops.rs`)
 //! copies bytes from user space, holds the lock, and turns a [`Refusal`] into an errno.
 //!
 //! Two things the kernel provides are traits here, so the tests can play the kernel:
@@ -191,7 +191,7 @@ impl<O> Session<O> {
                 // Only now, with everything checked, does the guest come to exist.
                 self.guest = Some(Guest::new(caller.become_owner(&config)?, config));
             }
-            // chardev.rs answers IRQ with `check_irq` before it takes the session's lock (which
+            // file_ops.rs answers IRQ with `check_irq` before it takes the session's lock (which
             // the launcher's main thread holds while the guest runs): a session never sees one.
             Request::Irq { .. } => return Err(Refusal::UnknownRequest),
             Request::GetReg { offset } => {

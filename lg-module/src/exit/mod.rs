@@ -83,7 +83,7 @@ pub trait Shadow {
     fn map_guest_data(&mut self, gpa_page: u64, launcher_addr: u64) -> Result<(), PinFailure>;
 }
 
-/// The rest of the host: the guest's interrupts and timer (lg-module/chardev.rs's
+/// The rest of the host: the guest's interrupts and timer (lg-module/irqs.rs's
 /// `Interrupts`), its CPU as the guest is shown it, and the clocks.
 pub trait Host: GuestRam {
     /// The IRQs raised and not yet delivered: bit n for IRQ n.

@@ -6,7 +6,7 @@
 //! - paths exist in the tree: from the top (`lg-module/src/session.rs`), from a directory in it
 //!   (`src/interrupts.rs`), or, for a link, from the document; or they are Linux files the guest
 //!   patch series creates or changes (`arch/x86/lguest/boot.c`), named but never linked;
-//! - a file named alone (`chardev.rs`) exists somewhere in the tree;
+//! - a file named alone (`file_ops.rs`) exists somewhere in the tree;
 //! - identifiers shaped like ours (`run_once`, `IRQ_ENABLED`, `ShadowTables`) occur in a source
 //!   file, as a grep would find them, unless they are Linux's or the CPU's (`NOT_OURS` below);
 //! - scenario names (`guest-hostile-cli`) are in the scenario table;

@@ -7,7 +7,7 @@
 //! an underscore, CamelCase with two humps, SCREAMING_CASE with an underscore). `map`, `Session`
 //! or `HALT` go unchecked: they could be anything.
 
-/// Extensions of the files the book names by their name alone (`chardev.rs`, `run-vm.sh`).
+/// Extensions of the files the book names by their name alone (`file_ops.rs`, `run-vm.sh`).
 const EXTENSIONS: &[&str] = &[
     "rs", "sh", "S", "c", "h", "md", "toml", "config", "ld", "lock",
 ];
@@ -30,7 +30,7 @@ const SCENARIO_PREFIXES: &[&str] = &[
 pub enum Word<'a> {
     /// A path relative to the repository or to a directory in it: `lg-module/src/session.rs`.
     Path(&'a str),
-    /// A file's name: `chardev.rs`.
+    /// A file's name: `file_ops.rs`.
     FileName(&'a str),
     /// A scenario's name: `guest-hostile-cli`.
     Scenario(&'a str),
@@ -127,7 +127,7 @@ mod tests {
         assert_eq!(classify("~/.cache/lguest-rs"), Word::Elsewhere);
         assert_eq!(classify("M=.../lg-module"), Word::Elsewhere);
         assert_eq!(classify("$CACHE/runs/e2e-*.log"), Word::Elsewhere);
-        assert_eq!(classify("(chardev.rs)"), Word::FileName("chardev.rs"));
+        assert_eq!(classify("(file_ops.rs)"), Word::FileName("file_ops.rs"));
         assert_eq!(classify("lguest_data.cr2"), Word::Other("lguest_data.cr2"));
         assert_eq!(classify("guest-#UD"), Word::Scenario("guest-#UD"));
         assert_eq!(classify("linux-boots"), Word::Scenario("linux-boots"));

@@ -17,7 +17,8 @@
 //! assembly, which the compiler cannot fold.) Anything else (a read-modify-write like
 //! `or [mem], eax`, a string instruction) is refused with the instruction's text: a device
 //! register is not ordinary memory, and emulating more would hide a driver bug rather than
-//! help. This file is pure: it touches neither the guest nor a device.
+//! help. This file is pure: it touches neither the guest nor a device (the register file the
+//! access lands in, virtio-mmio, is `virtio/mmio/mod.rs`).
 
 use iced_x86::{Decoder, DecoderOptions, Formatter, Instruction, Mnemonic, OpKind, Register};
 use lguest_abi::exit::MmioAccess;

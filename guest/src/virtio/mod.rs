@@ -31,11 +31,16 @@
 //! The driver then answers every later call with an error: a device that misbehaves fails its
 //! self-test, and never panics the kernel.
 //!
-//! What the drivers are: the crate's block and network drivers (`VirtIOBlk`, `VirtIONetRaw`:
-//! virtio_blk.rs, virtio_net.rs), with the non-blocking half of their interfaces, because the
-//! blocking half spins without bound; and two of this kernel's own, on the crate's queues, for
-//! the entropy source and the console (virtio_rng.rs, virtio_console.rs), whose drivers in the
-//! crate can only spin, or need an allocator this kernel does not have.
+//! What the drivers are, each in a file of this folder: the crate's block and network drivers
+//! (`VirtIOBlk`, `VirtIONetRaw`: block.rs, net.rs), with the non-blocking half of their
+//! interfaces, because the blocking half spins without bound; and two of this kernel's own, on
+//! the crate's queues, for the entropy source and the console (rng.rs, console.rs), whose
+//! drivers in the crate can only spin, or need an allocator this kernel does not have.
+
+pub mod block;
+pub mod console;
+pub mod net;
+pub mod rng;
 
 use core::fmt;
 use core::ops::Range;
@@ -48,11 +53,11 @@ use virtio_drivers::transport::mmio::{MmioTransport, VirtIOHeader};
 use virtio_drivers::transport::{DeviceType, Transport};
 use virtio_drivers::{BufferDirection, Hal, PhysAddr};
 
-use crate::virtio_blk::Block;
-use crate::virtio_console::Console;
-use crate::virtio_net::Net;
-use crate::virtio_rng::Rng;
 use crate::{frames, paging, println, timer, CommandLine};
+use block::Block;
+use console::Console;
+use net::Net;
+use rng::Rng;
 
 /// The IRQs a device may raise: the PIC's lines but the timer's. Natively there are no others;
 /// under lguest the launcher numbers its devices from 1.
