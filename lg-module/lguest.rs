@@ -11,13 +11,15 @@
 //! - kernel-facing files: `misc_device.rs` (`/dev/lguest` itself), `file_ops.rs` (what an open
 //!   file does: open, write, read, release, fdinfo), `owner.rs` (what a guest holds on its
 //!   launcher), `irqs.rs` (pending interrupts and the guest's timer), `switcher.rs` (the
-//!   Switcher's pages), `shadow_tables.rs` (a guest's page tables), `run.rs` (the run loop),
+//!   Switcher's pages), `shadow_tables.rs` (a guest's page tables, with its pins and the
+//!   Switcher's slot in `shadow_tables/`), `run.rs` (the trip into the guest and back),
 //!   `cpu.rs` (privileged instructions), `fpu.rs` (the guest's FPU registers),
 //!   `session_lock.rs` (a lock whose waiters can be killed), `helpers.c` and the bindings to it
 //!   (`lg_bindings` below);
 //! - `../switcher/switcher.S`: the world switch itself;
 //! - `src/`: what the host decides without touching hardware (which requests to accept, how to
-//!   walk a guest page table, which bucket an exit is counted in). Those files are also a
+//!   walk a guest page table, what to do with each exit, in `src/exit/`, and which bucket it is
+//!   counted in). Those files are also a
 //!   workspace crate, unit-tested by `cargo test -p lg-module`; here they are included by path,
 //!   unchanged.
 //! - `../abi/src`: the ABI, the same files the launcher and guests compile.

@@ -20,11 +20,17 @@
 //! and rebuilt on demand when they reach `MAX_SHADOW_TABLES`, however sparse the guest's own
 //! address space. And it is charged to the launcher, as KVM and VFIO charge theirs: the tables
 //! to its memory cgroup (GFP_KERNEL_ACCOUNT), the pins to its RLIMIT_MEMLOCK (`MemlockCharge`).
+//!
+//! The pins are in shadow_tables/pins.rs, and the Switcher's slot (the CPU's block, the
+//! lguest_data page mapped for the fast paths) in shadow_tables/switcher_slot.rs.
 
+mod pins;
+mod switcher_slot;
+
+use self::pins::{MemlockCharge, PinnedPage};
 use crate::abi::paging::{
     PTE_ACCESSED, PTE_ADDR_MASK, PTE_DIRTY, PTE_NO_EXEC, PTE_PRESENT, PTE_USER, PTE_WRITE,
 };
-use crate::exit::PinFailure;
 use crate::layout::*;
 use crate::lg_bindings;
 use crate::shadow::{in_kernel_half, KERNEL_HALF_FIRST_SLOT};
@@ -45,67 +51,6 @@ const GUEST_WRITABLE: u64 = GUEST_READ_ONLY | PTE_WRITE;
 /// Shadow table entries allow everything; the leaf entry decides (x86 takes the most
 /// restrictive permission along the walk).
 const SHADOW_TABLE: u64 = TABLE | PTE_USER;
-
-/// Pages charged to RLIMIT_MEMLOCK at a time: each charge takes the launcher's mmap lock for
-/// writing, which one per pinned page would make a cost of every first touch.
-const MEMLOCK_CHUNK: u64 = 256;
-
-/// The only errors the tables' own allocations return are ENOMEM.
-impl From<Error> for PinFailure {
-    fn from(_: Error) -> PinFailure {
-        PinFailure::NoMemory
-    }
-}
-
-/// The guest's pins as locked memory of the launcher (its mm's `locked_vm`, shown as VmLck in
-/// /proc/PID/status), checked against RLIMIT_MEMLOCK as VFIO checks the pages it pins: a pin
-/// that lasts as long as the guest is locked memory by another name. Charged a chunk at a time
-/// and given back whole with the tables.
-///
-/// # Invariants
-///
-/// `mm` is live for as long as this value (the guest's Owner holds it); `charged` pages are
-/// charged to it, and at least `pinned`.
-struct MemlockCharge {
-    mm: *mut bindings::mm_struct,
-    pinned: u64,
-    charged: u64,
-}
-
-impl MemlockCharge {
-    /// Count one more pinned page, charging more first if it needs to: a chunk, or, where the
-    /// limit has no room for a chunk, the one page.
-    fn pin_one(&mut self) -> Result<(), PinFailure> {
-        if self.pinned == self.charged {
-            let mm = self.mm;
-            let charge = |pages: u64| {
-                // SAFETY: `mm` is live (type invariant); we are in process context (a page
-                // fault handled in the launcher's read()), where account_locked_vm may sleep,
-                // and the launcher is `current`, whose limit it checks.
-                unsafe { bindings::account_locked_vm(mm, pages as _, true) == 0 }
-            };
-            let charged = [MEMLOCK_CHUNK, 1]
-                .into_iter()
-                .find(|&pages| charge(pages))
-                .ok_or(PinFailure::OverMemlock)?;
-            self.charged += charged;
-        }
-        self.pinned += 1;
-        Ok(())
-    }
-
-    fn unpin_one(&mut self) {
-        self.pinned = self.pinned.saturating_sub(1);
-    }
-}
-
-impl Drop for MemlockCharge {
-    fn drop(&mut self) {
-        // SAFETY: `mm` is live and `charged` pages were charged to it (type invariant); the
-        // tables drop in process context (release() or a failed write()).
-        unsafe { bindings::account_locked_vm(self.mm, self.charged as _, false) };
-    }
-}
 
 /// How many of the guest's page tables keep a shadow of their lower half: switching back to one
 /// of them (a context switch to a recent process) without a flush keeps its mappings. lguest kept
@@ -174,25 +119,6 @@ pub(crate) struct ShadowTables {
     memlock: MemlockCharge,
 }
 
-/// A page of the launcher's memory, pinned.
-///
-/// # Invariants
-///
-/// `page` was pinned once by `pin_user_pages_fast`; this value owns that pin.
-struct PinnedPage {
-    page: *mut bindings::page,
-    phys: u64,
-    /// Shadow leaf entries, in every root, that map it.
-    mappings: u64,
-}
-
-impl Drop for PinnedPage {
-    fn drop(&mut self) {
-        // SAFETY: By the type invariant we own one pin on `page`.
-        unsafe { bindings::unpin_user_page(self.page) };
-    }
-}
-
 // SAFETY: The pinned pages are references the tables own, which any task may unpin; the mm is
 // one whose reference the guest's owner holds, charged and uncharged from any task.
 unsafe impl Send for ShadowTables {}
@@ -238,13 +164,8 @@ impl ShadowTables {
             by_phys: RBTree::new(),
             mapped_cpu: None,
             guest_data: None,
-            // INVARIANT: live for as long as the tables (the caller's contract); nothing is
-            // charged yet.
-            memlock: MemlockCharge {
-                mm,
-                pinned: 0,
-                charged: 0,
-            },
+            // SAFETY: `mm` stays live as long as the tables (the caller's contract).
+            memlock: unsafe { MemlockCharge::new(mm) },
         };
         tables.switch_to(guest_cr3, false, |_| None)?;
         Ok(tables)
@@ -459,41 +380,6 @@ impl ShadowTables {
         }
     }
 
-    /// A shadow leaf entry `old` was removed: one mapping fewer of its page, which is unpinned
-    /// when none is left.
-    fn unmapped(&mut self, old: u64) {
-        if old & PTE_PRESENT == 0 {
-            return;
-        }
-        let phys = old & PTE_ADDR_MASK;
-        let Some(&gpa_page) = self.by_phys.get(&phys) else {
-            return;
-        };
-        let last = match self.pinned.get_mut(&gpa_page) {
-            Some(pinned) => {
-                pinned.mappings = pinned.mappings.saturating_sub(1);
-                pinned.mappings == 0
-            }
-            None => false,
-        };
-        if last {
-            // Dropping the PinnedPage unpins it.
-            self.pinned.remove(&gpa_page);
-            self.by_phys.remove(&phys);
-            self.memlock.unpin_one();
-        }
-    }
-
-    /// A shadow leaf entry `new` was installed: one mapping more of its page.
-    fn mapped(&mut self, new: u64) {
-        let phys = new & PTE_ADDR_MASK;
-        if let Some(&gpa_page) = self.by_phys.get(&phys) {
-            if let Some(pinned) = self.pinned.get_mut(&gpa_page) {
-                pinned.mappings += 1;
-            }
-        }
-    }
-
     pub(crate) fn id(&self) -> u64 {
         self.id
     }
@@ -501,138 +387,6 @@ impl ShadowTables {
     /// The value of CR3 while the guest runs.
     pub(crate) fn root_phys(&self) -> u64 {
         self.roots[self.current].root.phys()
-    }
-
-    /// Make the Switcher slot show `cpu`'s block, and only it.
-    pub(crate) fn map_switcher_for(&mut self, switcher: &Switcher, cpu: u64) {
-        if self.mapped_cpu == Some(cpu) {
-            return;
-        }
-        let block_first = |cpu: u64| (block_offset(cpu) / PAGE) as usize;
-        if let Some(old) = self.mapped_cpu {
-            for page in 0..BLOCK_PAGES as usize {
-                self.switcher_pt.entries()[block_first(old) + page] = 0;
-            }
-        }
-        // The Switcher's IST stacks and the regs page, writable; the state page and the IDT,
-        // read-only. The host's IST stacks and the host page are never mapped for a guest.
-        let switcher_stacks =
-            (FIRST_SWITCHER_IST..=IST_STACKS).map(|n| (ist_pages(n).start, GUEST_WRITABLE));
-        let regs_and_state = [
-            (BLOCK_REGS / PAGE, GUEST_WRITABLE),
-            (BLOCK_STATE / PAGE, GUEST_READ_ONLY),
-            (BLOCK_IDT / PAGE, GUEST_READ_ONLY),
-        ];
-        let guest_pages = Iterator::chain(switcher_stacks, regs_and_state);
-        for (page, flags) in guest_pages {
-            if let Some(p) = switcher.page(block_first(cpu) as u64 + page) {
-                self.switcher_pt.entries()[block_first(cpu) + page as usize] = p.phys() | flags;
-            }
-        }
-        self.mapped_cpu = Some(cpu);
-        self.map_guest_data_in_block();
-    }
-
-    /// Keep the guest's lguest_data page (guest-physical `gpa_page`, at the launcher's
-    /// `user_addr`) pinned for as long as the tables, and map it at BLOCK_DATA in whichever
-    /// CPU's block the guest runs on, supervisor-only: there the Switcher's fast paths read and
-    /// write it without a fault (src/fast_syscall.rs). The guest may write the page anyway.
-    pub(crate) fn map_guest_data(
-        &mut self,
-        gpa_page: u64,
-        user_addr: u64,
-    ) -> Result<(), PinFailure> {
-        let phys = self.pin(gpa_page, user_addr)?;
-        // A mapping that is never let go: the page stays pinned while the Switcher may use it.
-        self.mapped(phys);
-        self.guest_data = Some(phys);
-        self.map_guest_data_in_block();
-        Ok(())
-    }
-
-    fn map_guest_data_in_block(&mut self) {
-        if let (Some(cpu), Some(phys)) = (self.mapped_cpu, self.guest_data) {
-            let slot = ((block_offset(cpu) + BLOCK_DATA) / PAGE) as usize;
-            self.switcher_pt.entries()[slot] = phys | GUEST_WRITABLE;
-        }
-    }
-
-    /// The guest's lguest_data word at `offset`, as the Switcher would read it now; `None`
-    /// before LGUEST_INIT.
-    pub(crate) fn guest_data_word(&self, offset: u64) -> Option<u64> {
-        let phys = self.guest_data?;
-        // SAFETY: The page is pinned for as long as the tables (`map_guest_data`), and lies in
-        // the direct map; `offset` is one of lguest_data's u64 fields, inside the page and
-        // aligned. The guest or the launcher may write it at any time: one volatile read.
-        Some(unsafe {
-            core::ptr::read_volatile(
-                (lg_bindings::lg_va(phys as _) as usize + offset as usize) as *const u64,
-            )
-        })
-    }
-
-    /// Whether the page at `va` is mapped writable and supervisor-only in the shadow the guest
-    /// runs on: a write there by the Switcher, at ring 0, cannot fault (protection keys govern
-    /// only user pages).
-    pub(crate) fn kernel_may_write(&self, va: u64) -> bool {
-        let top = if in_kernel_half(va) {
-            self.kernel.top.addr()
-        } else {
-            self.roots[self.current].root.addr()
-        };
-        let Some(entry) = leaf_below(top, va) else {
-            return false;
-        };
-        // SAFETY: `leaf_below` found an entry of one of our table pages; `&self` keeps them.
-        let entry = unsafe { *entry };
-        entry & (PTE_PRESENT | PTE_WRITE | PTE_USER) == PTE_PRESENT | PTE_WRITE
-    }
-
-    /// The physical address of the launcher's page backing guest-physical page `gpa_page`
-    /// (at user address `user_addr`), pinned on first use; `map` then counts the mapping, and
-    /// the pin lasts until the last mapping goes.
-    pub(crate) fn pin(&mut self, gpa_page: u64, user_addr: u64) -> Result<u64, PinFailure> {
-        if let Some(pinned) = self.pinned.get(&gpa_page) {
-            return Ok(pinned.phys);
-        }
-        self.memlock.pin_one()?;
-        self.pin_counted(gpa_page, user_addr)
-            .inspect_err(|_| self.memlock.unpin_one())
-    }
-
-    /// `pin`'s second half, for a page already counted in `memlock`.
-    fn pin_counted(&mut self, gpa_page: u64, user_addr: u64) -> Result<u64, PinFailure> {
-        let mut page: *mut bindings::page = core::ptr::null_mut();
-        // Always for writing: that breaks copy-on-write now, so every alias of a guest page
-        // maps the same host page (a read-only pin could be the shared zero page).
-        let flags = bindings::FOLL_WRITE | bindings::FOLL_LONGTERM;
-        // SAFETY: We run in the launcher's context (read() of its own file), so `user_addr`
-        // is looked up in its mm; pin_user_pages_fast checks the address and fails for
-        // anything not mapped writable there.
-        let got =
-            unsafe { bindings::pin_user_pages_fast(user_addr as _, 1, flags as _, &mut page) };
-        if got != 1 {
-            return Err(PinFailure::Gone);
-        }
-        // SAFETY: `page` is a valid page we just pinned.
-        let phys = unsafe { lg_bindings::lg_page_to_phys(page) } as u64;
-        // INVARIANT: the pin just taken is handed to the PinnedPage (dropped, and so unpinned,
-        // if the insertion fails). It counts no mapping until `map` installs one.
-        let pinned = PinnedPage {
-            page,
-            phys,
-            mappings: 0,
-        };
-        self.pinned
-            .try_create_and_insert(gpa_page, pinned, GFP_KERNEL_ACCOUNT)?;
-        if let Err(err) = self
-            .by_phys
-            .try_create_and_insert(phys, gpa_page, GFP_KERNEL_ACCOUNT)
-        {
-            self.pinned.remove(&gpa_page);
-            return Err(err.into());
-        }
-        Ok(phys)
     }
 
     /// Install `pte` for the 4 KiB page at guest-virtual `va`, in the current root's lower half
