@@ -403,13 +403,14 @@ ud_exit:
 	/*
 	 * The instruction, `0f 05`. Protection keys can forbid even the kernel to read a user
 	 * page, and the guest chooses PKRU: if it denies access to key 0, the only key a shadow
-	 * entry has, that bit is lifted for the read (%rdi keeps the guest's PKRU; -1 when nothing
-	 * was changed, as with CR4.PKE off, where rdpkru and wrpkru do not exist). Only then: under
+	 * entry has, that bit is lifted for the read (%edi keeps the guest's PKRU, never 0 since
+	 * its key-0 AD bit is set; 0 when nothing was changed, as with CR4.PKE off, where rdpkru
+	 * and wrpkru do not exist). Only then: under
 	 * TCG a wrpkru flushes the whole software TLB, and Linux's processes allow key 0. The
 	 * second byte is read only after the first is 0x0f: a one-byte opcode may end the last
 	 * mapped page.
 	 */
-	movq	$-1, %rdi
+	xorl	%edi, %edi
 	movq	%cr4, %rax
 	btq	$X86_CR4_PKE_BIT, %rax
 	jnc	1f
@@ -430,8 +431,8 @@ ud_exit:
 	jne	2f
 	incl	%esi
 2:
-	cmpq	$-1, %rdi
-	je	3f
+	testl	%edi, %edi
+	jz	3f
 	movl	%edi, %eax
 	xorl	%ecx, %ecx
 	xorl	%edx, %edx

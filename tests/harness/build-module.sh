@@ -45,4 +45,11 @@ if ! run_watched "$BUILD/build.log" "lg.ko${clippy[*]:+ through clippy}" \
     die "lg.ko failed to build${clippy[*]:+ through clippy}"
 fi
 grep -E 'warning|error' "$BUILD/build.log" >&2 || true
+# Every guest can read the Switcher's text (chapter 4). Assembled, it holds no host address, and
+# only a relocation could put one there: the guest would learn where the host's kernel is. So a
+# Switcher with a relocation in its text does not build (guest-hostile-switcher-pages reads the
+# other pages at run time, where the host writes).
+if readelf -rW "$BUILD/lg-module/world_switch.o" | grep -qF "'.rela.rodata.lguest_switcher'"; then
+    die "the Switcher's text has relocations: every guest would read host addresses in it"
+fi
 echo "$BUILD/lg-module/lg.ko"
