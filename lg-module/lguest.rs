@@ -64,6 +64,9 @@ mod fast_syscall;
 mod file_ops;
 mod fpu;
 #[allow(unreachable_pub)]
+#[path = "src/guest_ram.rs"]
+mod guest_ram;
+#[allow(unreachable_pub)]
 #[path = "src/host_cpu.rs"]
 mod host_cpu;
 #[allow(unreachable_pub)]

@@ -116,11 +116,19 @@ impl Caller for CurrentTask {
 pub(crate) struct LauncherMemory;
 
 impl UserMemory for LauncherMemory {
-    fn read_u64(&self, addr: u64) -> Result<u64, Refusal> {
+    fn read(&self, addr: u64, out: &mut [u8]) -> Result<(), Refusal> {
         let addr = usize::try_from(addr).map_err(|_| Refusal::Fault)?;
-        UserSlice::new(addr, 8)
+        UserSlice::new(addr, out.len())
             .reader()
-            .read::<u64>()
+            .read_slice(out)
+            .map_err(|_| Refusal::Fault)
+    }
+
+    fn write(&self, addr: u64, bytes: &[u8]) -> Result<(), Refusal> {
+        let addr = usize::try_from(addr).map_err(|_| Refusal::Fault)?;
+        UserSlice::new(addr, bytes.len())
+            .writer()
+            .write_slice(bytes)
             .map_err(|_| Refusal::Fault)
     }
 }

@@ -12,8 +12,9 @@
 //!
 //! This file is the hardware's side of that split: the trip itself, and what exit handling asks
 //! of the host ([`KernelHost`], and [`Shadow`] for the guest's `Owner`). Every guest-physical
-//! access goes through `GuestMemory`, which checks it against RAM and then copies with the
-//! kernel's fault-checked user copies: guest memory is the launcher's.
+//! access goes through `LauncherRam` (src/guest_ram.rs), which checks it against RAM and then
+//! copies with the kernel's fault-checked user copies (`LauncherMemory`): guest memory is the
+//! launcher's.
 //!
 //! Every trip, exit, call from the asynchronous ring and interrupt delivered is counted in the
 //! guest's [`ExitStats`], with the TSC cycles it took; `src/stats.rs` says which bucket each goes
@@ -31,47 +32,18 @@ use crate::descriptors;
 use crate::emulate::HostCpu;
 use crate::exit::{self, Exit, GuestRam, Host, OutOfMemory, PinFailure, Shadow};
 use crate::fast_syscall;
-use crate::hypercall;
+use crate::guest_ram::LauncherRam;
 use crate::interrupts;
 use crate::irqs::Interrupts;
 use crate::layout::*;
 use crate::lg_bindings;
-use crate::owner::Owner;
+use crate::owner::{LauncherMemory, Owner};
 use crate::session::Guest;
 use crate::stats::ExitStats;
 use crate::switcher::Switcher;
 use crate::traps::{self, Trap};
 use core::sync::atomic::Ordering::SeqCst;
-use kernel::{bindings, prelude::*, uaccess::UserSlice};
-
-/// Guest RAM, as the launcher mapped it: guest-physical `gpa` is user address `base + gpa`.
-struct GuestMemory {
-    base: u64,
-    ram_bytes: u64,
-}
-
-impl GuestMemory {
-    fn user(&self, gpa: u64, len: usize) -> Result<UserSlice, Refusal> {
-        if !hypercall::in_ram(gpa, len as u64, self.ram_bytes) {
-            return Err(Refusal::OutsideRam);
-        }
-        Ok(UserSlice::new((self.base + gpa) as usize, len))
-    }
-
-    fn read(&self, gpa: u64, out: &mut [u8]) -> Result<(), Refusal> {
-        self.user(gpa, out.len())?
-            .reader()
-            .read_slice(out)
-            .map_err(|_| Refusal::Fault)
-    }
-
-    fn write(&self, gpa: u64, bytes: &[u8]) -> Result<(), Refusal> {
-        self.user(gpa, bytes.len())?
-            .writer()
-            .write_slice(bytes)
-            .map_err(|_| Refusal::Fault)
-    }
-}
+use kernel::{bindings, prelude::*};
 
 /// What one trip into the guest brought back.
 struct TrapInfo {
@@ -89,7 +61,8 @@ pub(crate) fn run(
     stats: &ExitStats,
 ) -> Result<ExitRecord> {
     let host = KernelHost {
-        memory: GuestMemory {
+        ram: LauncherRam {
+            user: &LauncherMemory,
             base: guest.config.base,
             ram_bytes: guest.ram_bytes(),
         },
@@ -464,22 +437,22 @@ fn reraise(vector: u64) {
 /// The host as exit handling sees it (src/exit/mod.rs): the launcher's memory for guest RAM,
 /// this guest's interrupts and timer, and this machine's CPU and clocks.
 struct KernelHost<'a> {
-    memory: GuestMemory,
+    ram: LauncherRam<'static, LauncherMemory>,
     irqs: &'a Interrupts,
     xcr0: u64,
 }
 
 impl GuestRam for KernelHost<'_> {
     fn ram_bytes(&self) -> u64 {
-        self.memory.ram_bytes
+        self.ram.ram_bytes
     }
 
     fn read(&self, gpa: u64, out: &mut [u8]) -> Result<(), Refusal> {
-        self.memory.read(gpa, out)
+        self.ram.read(gpa, out)
     }
 
     fn write(&self, gpa: u64, bytes: &[u8]) -> Result<(), Refusal> {
-        self.memory.write(gpa, bytes)
+        self.ram.write(gpa, bytes)
     }
 }
 

@@ -23,6 +23,7 @@ pub mod descriptors;
 pub mod emulate;
 pub mod exit;
 pub mod fast_syscall;
+pub mod guest_ram;
 pub mod host_cpu;
 pub mod hypercall;
 pub mod interrupts;

@@ -7,7 +7,7 @@
 //!
 //! Two things the kernel provides are traits here, so the tests can play the kernel:
 //! [`Caller`] (who is calling, and how to make them the guest's owner) and [`UserMemory`] (the
-//! launcher's memory, where guest RAM lives).
+//! launcher's memory, where guest RAM lives, reached through src/guest_ram.rs).
 
 use crate::abi::boot::{GUEST_INITIAL_RFLAGS, GUEST_KERNEL_CS, GUEST_KERNEL_SS};
 use crate::abi::dev::{Initialize, Refusal, Request, MAX_GUEST_PAGES};
@@ -15,8 +15,10 @@ use crate::abi::exit::{ExitRecord, EXIT_MAX_BYTES};
 use crate::abi::hcall::IRQS;
 use crate::abi::regs::{Reg, Regs};
 use crate::abi::PAGE_SIZE;
+use crate::guest_ram::LauncherRam;
+pub use crate::guest_ram::UserMemory;
 use crate::interrupts::GuestGate;
-use crate::pagewalk::{self, GuestPhysRead};
+use crate::pagewalk;
 
 /// The task calling `write()` or `read()`.
 pub trait Caller {
@@ -32,34 +34,9 @@ pub trait Caller {
     fn become_owner(&self, config: &Initialize) -> Result<Self::Owner, Refusal>;
 }
 
-/// The caller's own (user-space) memory, where the launcher mapped guest RAM.
-pub trait UserMemory {
-    /// Read the little-endian u64 at user address `addr`; [`Refusal::Fault`] if unmapped.
-    fn read_u64(&self, addr: u64) -> Result<u64, Refusal>;
-}
-
 /// The first address above user space on x86-64 with 4-level paging (the host kernel is built
 /// without 5-level paging: docs/building.md). Guest memory must lie entirely below it.
 pub const USER_SPACE_END: u64 = 0x7fff_ffff_f000;
-
-/// Guest RAM as seen through the launcher's mapping: guest-physical `gpa` is user address
-/// `base + gpa`, and nothing at or above `ram_bytes` is read.
-struct GuestRamView<'a, M> {
-    user: &'a M,
-    base: u64,
-    ram_bytes: u64,
-}
-
-impl<M: UserMemory> GuestPhysRead for GuestRamView<'_, M> {
-    fn read_u64(&self, gpa: u64) -> Result<u64, Refusal> {
-        // The walker already bounds its reads by RAM; checking again here keeps this view safe
-        // for any future caller too.
-        match gpa.checked_add(8) {
-            Some(end) if end <= self.ram_bytes => self.user.read_u64(self.base + gpa),
-            _ => Err(Refusal::OutsideRam),
-        }
-    }
-}
 
 /// Everything a guest is.
 pub struct Guest<O> {
@@ -278,7 +255,7 @@ fn check_initialize(config: &Initialize, user: &impl UserMemory) -> Result<(), R
     if config.cr3 >= ram_bytes || config.boot_params >= ram_bytes {
         return Err(Refusal::OutsideRam);
     }
-    let ram = GuestRamView {
+    let ram = LauncherRam {
         user,
         base: config.base,
         ram_bytes,

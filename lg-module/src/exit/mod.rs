@@ -9,7 +9,8 @@
 //!
 //! None of it touches hardware. What it needs of the machine comes through three small traits,
 //! which lg.ko implements over the launcher's memory, the shadow page tables and the hrtimer
-//! (run.rs), and the tests below over a byte vector and a few counters: guest RAM ([`GuestRam`]),
+//! (run.rs), and the tests below over a byte vector and a few counters: guest RAM ([`GuestRam`],
+//! src/guest_ram.rs),
 //! the shadow page tables ([`Shadow`], the guest's owner) and the rest of the host ([`Host`]:
 //! interrupts, the timer, clocks). So every decision here is unit-tested with fake exits.
 
@@ -20,10 +21,10 @@ mod page_faults;
 #[cfg(test)]
 mod tests;
 
+pub use crate::guest_ram::GuestRam;
 pub use interrupts_and_traps::deliver_interrupts;
 
 use crate::abi::data::offset;
-use crate::abi::dev::Refusal;
 use crate::abi::exit::ExitRecord;
 use crate::abi::regs::Reg;
 use crate::death::Death;
@@ -31,18 +32,6 @@ use crate::emulate::HostCpu;
 use crate::session::Guest;
 use crate::stats::{self, ExitStats};
 use crate::traps::{self, Trap};
-
-/// Guest RAM, guest-physical 0 up to `ram_bytes`. In lg.ko it is the launcher's memory, reached
-/// with the kernel's fault-checked user copies: the launcher may unmap it at any time.
-pub trait GuestRam {
-    /// Bytes of guest RAM.
-    fn ram_bytes(&self) -> u64;
-    /// Read guest-physical `gpa..gpa + out.len()`; refused outside RAM or where the launcher's
-    /// memory is gone.
-    fn read(&self, gpa: u64, out: &mut [u8]) -> Result<(), Refusal>;
-    /// Write guest-physical `gpa..gpa + bytes.len()`, refused as `read` is.
-    fn write(&self, gpa: u64, bytes: &[u8]) -> Result<(), Refusal>;
-}
 
 /// Why a guest page could not be pinned.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -6,7 +6,7 @@
 use super::*;
 use crate::abi::boot::{GUEST_KERNEL_CS, GUEST_KERNEL_SS, GUEST_USER_CS, GUEST_USER_SS};
 use crate::abi::data::{HCALL_DONE, HCALL_PENDING};
-use crate::abi::dev::Initialize;
+use crate::abi::dev::{Initialize, Refusal};
 use crate::abi::exit::{ExitKind, MmioAccess, MMIO_INSN_MAX};
 use crate::abi::hcall;
 use crate::abi::regs::Regs;

@@ -12,9 +12,13 @@ const RAM_PAGES: u64 = 1024;
 struct FakeUser(FakeRam);
 
 impl UserMemory for FakeUser {
-    fn read_u64(&self, addr: u64) -> Result<u64, Refusal> {
-        let gpa = addr.checked_sub(BASE).ok_or(Refusal::Fault)?;
-        self.0.read_u64(gpa)
+    fn read(&self, addr: u64, out: &mut [u8]) -> Result<(), Refusal> {
+        let at = addr.checked_sub(BASE).ok_or(Refusal::Fault)? as usize;
+        out.copy_from_slice(self.0 .0.get(at..at + out.len()).ok_or(Refusal::Fault)?);
+        Ok(())
+    }
+    fn write(&self, _addr: u64, _bytes: &[u8]) -> Result<(), Refusal> {
+        unreachable!("INITIALIZE's checks only read")
     }
 }
 
