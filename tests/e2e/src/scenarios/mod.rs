@@ -16,6 +16,7 @@ mod devices;
 mod guest;
 mod hazards;
 mod host_state;
+mod hostile;
 mod launcher;
 pub(crate) mod linux;
 mod linux_devices;
@@ -27,6 +28,7 @@ mod privileged;
 mod resources;
 mod session;
 mod stats;
+mod teaching_guest;
 
 pub use linux_soak::SOAKS;
 
@@ -78,103 +80,103 @@ pub static SCENARIOS: [Scenario; 85] = [
     },
     Scenario {
         name: "guest-hostile-syscall",
-        run: || guest::hostile("syscall"),
+        run: || hostile::dies_for("syscall"),
     },
     Scenario {
         name: "guest-hostile-sysenter",
-        run: || guest::hostile("sysenter"),
+        run: || hostile::dies_for("sysenter"),
     },
     Scenario {
         name: "guest-hostile-cli",
-        run: || guest::hostile("cli"),
+        run: || hostile::dies_for("cli"),
     },
     Scenario {
         name: "guest-hostile-hlt",
-        run: || guest::hostile("hlt"),
+        run: || hostile::dies_for("hlt"),
     },
     Scenario {
         name: "guest-hostile-mov-cr3",
-        run: || guest::hostile("mov-cr3"),
+        run: || hostile::dies_for("mov-cr3"),
     },
     Scenario {
         name: "guest-hostile-mov-to-cr4",
-        run: || guest::hostile("mov-to-cr4"),
+        run: || hostile::dies_for("mov-to-cr4"),
     },
     Scenario {
         name: "guest-hostile-lgdt",
-        run: || guest::hostile("lgdt"),
+        run: || hostile::dies_for("lgdt"),
     },
     Scenario {
         name: "guest-hostile-wrmsr",
-        run: || guest::hostile("wrmsr"),
+        run: || hostile::dies_for("wrmsr"),
     },
     Scenario {
         name: "guest-hostile-ins",
-        run: || guest::hostile("ins"),
+        run: || hostile::dies_for("ins"),
     },
     Scenario {
         name: "guest-hostile-outs",
-        run: || guest::hostile("outs"),
+        run: || hostile::dies_for("outs"),
     },
     Scenario {
         name: "guest-hostile-swapgs",
-        run: || guest::hostile("swapgs"),
+        run: || hostile::dies_for("swapgs"),
     },
     Scenario {
         name: "guest-hostile-write-switcher-text",
-        run: || guest::hostile("write-switcher-text"),
+        run: || hostile::dies_for("write-switcher-text"),
     },
     Scenario {
         name: "guest-hostile-read-switcher-host",
-        run: || guest::hostile("read-switcher-host"),
+        run: || hostile::dies_for("read-switcher-host"),
     },
     Scenario {
         name: "guest-hostile-hcall-wild-pointer",
-        run: || guest::hostile("hcall-wild-pointer"),
+        run: || hostile::dies_for("hcall-wild-pointer"),
     },
     Scenario {
         name: "guest-hostile-hcall-huge-len",
-        run: || guest::hostile("hcall-huge-len"),
+        run: || hostile::dies_for("hcall-huge-len"),
     },
     Scenario {
         name: "guest-hostile-hcall-wrap",
-        run: || guest::hostile("hcall-wrap"),
+        run: || hostile::dies_for("hcall-wrap"),
     },
     Scenario {
         name: "guest-hostile-hcall-unknown",
-        run: || guest::hostile("hcall-unknown"),
+        run: || hostile::dies_for("hcall-unknown"),
     },
     Scenario {
         name: "guest-hostile-iretq-cs-rpl0",
-        run: || guest::hostile("iretq-cs-rpl0"),
+        run: || hostile::dies_for("iretq-cs-rpl0"),
     },
     Scenario {
         name: "guest-hostile-iretq-iopl3",
-        run: || guest::hostile("iretq-iopl3"),
+        run: || hostile::dies_for("iretq-iopl3"),
     },
     Scenario {
         name: "guest-hostile-iretq-noncanonical",
-        run: || guest::hostile("iretq-noncanonical"),
+        run: || hostile::dies_for("iretq-noncanonical"),
     },
     Scenario {
         name: "guest-hostile-bad-stack",
-        run: || guest::hostile("bad-stack"),
+        run: || hostile::dies_for("bad-stack"),
     },
     Scenario {
         name: "guest-hostile-int",
-        run: guest::int_every_vector,
+        run: hostile::int_every_vector,
     },
     Scenario {
         name: "guest-hostile-int3",
-        run: || guest::hostile("int3"),
+        run: || hostile::dies_for("int3"),
     },
     Scenario {
         name: "guest-hostile-icebp",
-        run: || guest::hostile("icebp"),
+        run: || hostile::dies_for("icebp"),
     },
     Scenario {
         name: "guest-hostile-switcher-pages",
-        run: guest::switcher_pages,
+        run: hostile::switcher_pages,
     },
     Scenario {
         name: "guest-hostile-ldt-call-gate",
@@ -234,7 +236,7 @@ pub static SCENARIOS: [Scenario; 85] = [
     },
     Scenario {
         name: "guest-long-run",
-        run: guest::long_run,
+        run: teaching_guest::long_run,
     },
     Scenario {
         name: "guest-cr4",
@@ -270,7 +272,7 @@ pub static SCENARIOS: [Scenario; 85] = [
     },
     Scenario {
         name: "teaching-guest-lguest",
-        run: guest::teaching_guest,
+        run: teaching_guest::teaching_guest,
     },
     Scenario {
         name: "linux-boots",
@@ -318,11 +320,11 @@ pub static SCENARIOS: [Scenario; 85] = [
     },
     Scenario {
         name: "hostile-idt-gdt",
-        run: guest::bad_gates,
+        run: hostile::bad_gates,
     },
     Scenario {
         name: "hostile-pagetable",
-        run: guest::bad_page_tables,
+        run: hostile::bad_page_tables,
     },
     Scenario {
         name: "launcher-mmio",
