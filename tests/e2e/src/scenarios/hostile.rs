@@ -6,7 +6,8 @@
 //! afterwards. Here are the scenarios built on those rules:
 //!
 //! - `guest-hostile-<attack>`, one scenario per attack, each run with the Switcher's fast paths
-//!   and without ([`dies_for`]);
+//!   and without ([`dies_for`]); mod.rs lists them, and checks its list against the guest's own
+//!   ATTACKS table, so that an attack the guest learns cannot go untested;
 //! - `guest-hostile-int` (every vector) and `guest-hostile-switcher-pages` (every page of the
 //!   Switcher window), one attack with many arguments;
 //! - `hostile-idt-gdt` and `hostile-pagetable`: gates and page tables the host must refuse, each
