@@ -10,7 +10,9 @@ use anyhow::{bail, ensure, Context};
 use nix::sys::wait::{waitpid, WaitStatus};
 use nix::unistd::{fork, pipe, ForkResult};
 
-mod abi;
+mod abi_initialize;
+mod abi_owner;
+mod abi_regs;
 mod confined;
 mod devices;
 mod guest;
@@ -64,19 +66,19 @@ pub static SCENARIOS: [Scenario; 85] = [
     },
     Scenario {
         name: "abi-initialize",
-        run: abi::initialize,
+        run: abi_initialize::initialize,
     },
     Scenario {
         name: "abi-regs",
-        run: abi::regs,
+        run: abi_regs::regs,
     },
     Scenario {
         name: "abi-owner",
-        run: abi::owner,
+        run: abi_owner::owner,
     },
     Scenario {
         name: "abi-irq",
-        run: abi::irq,
+        run: abi_owner::irq,
     },
     Scenario {
         name: "abi-stranger-while-running",
