@@ -94,9 +94,12 @@ verdicts() {
 
 # scenario_names: the end-to-end scenarios, in the order `lguest-e2e all` runs them, read from
 # the table in tests/e2e/src/scenarios/mod.rs without building anything (a unit test there
-# checks that this reading and the table agree).
+# checks that this reading and the table agree): each `name: "NAME",` line, and each
+# `guest_hostile!("ATTACK"...),` line, which is the scenario guest-hostile-ATTACK.
 scenario_names() {
-    sed -n 's/^ *name: "\([^"]*\)",$/\1/p' "$REPO/tests/e2e/src/scenarios/mod.rs"
+    sed -n -e 's/^ *name: "\([^"]*\)",$/\1/p' \
+        -e 's/^ *guest_hostile!("\([^"]*\)"[^"]*),$/guest-hostile-\1/p' \
+        "$REPO/tests/e2e/src/scenarios/mod.rs"
 }
 
 # LGUEST_SLOWDOWN=N (a whole number; 1, the default, changes nothing): every QEMU runs as if on a

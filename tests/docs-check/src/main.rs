@@ -183,6 +183,12 @@ fn scenarios(root: &Path, tree: &Tree) -> std::io::Result<HashSet<String>> {
             names.insert(name.to_string());
         }
     }
+    // `guest_hostile!("cli")` is the scenario `guest-hostile-cli`.
+    for entry in table.split("guest_hostile!(\"").skip(1) {
+        if let Some((attack, _)) = entry.split_once('"') {
+            names.insert(format!("guest-hostile-{attack}"));
+        }
+    }
     let mut add = |text: &str| {
         for word in text.split(|c: char| c.is_whitespace() || c == '"') {
             if let Word::Scenario(name) = names::classify(word) {

@@ -10,12 +10,15 @@ use anyhow::{bail, ensure, Context};
 use nix::sys::wait::{waitpid, WaitStatus};
 use nix::unistd::{fork, pipe, ForkResult};
 
-mod abi;
+mod abi_initialize;
+mod abi_owner;
+mod abi_regs;
 mod confined;
 mod devices;
 mod guest;
 mod hazards;
 mod host_state;
+mod hostile;
 mod launcher;
 pub(crate) mod linux;
 mod linux_devices;
@@ -27,12 +30,33 @@ mod privileged;
 mod resources;
 mod session;
 mod stats;
+mod teaching_guest;
 
 pub use linux_soak::SOAKS;
 
 pub struct Scenario {
     pub name: &'static str,
     pub run: fn() -> anyhow::Result<()>,
+}
+
+/// `guest_hostile!("ATTACK")` is the scenario `guest-hostile-ATTACK`: the ring-1 guest makes its
+/// attack ATTACK (tests/guests/ring1/src/attacks.rs) and must die for it, with the fast paths
+/// and without ([`hostile::dies_for`]). `guest_hostile!("NAME", RUN)` is `guest-hostile-NAME`
+/// judged by RUN instead: an attack made with many arguments, or judged by more than the
+/// guest's death. Each is one line, from which the harness reads the name (see the tests below).
+macro_rules! guest_hostile {
+    ($attack:literal) => {
+        Scenario {
+            name: concat!("guest-hostile-", $attack),
+            run: || hostile::dies_for($attack),
+        }
+    };
+    ($name:literal, $run:path) => {
+        Scenario {
+            name: concat!("guest-hostile-", $name),
+            run: $run,
+        }
+    };
 }
 
 pub static SCENARIOS: [Scenario; 85] = [
@@ -42,19 +66,19 @@ pub static SCENARIOS: [Scenario; 85] = [
     },
     Scenario {
         name: "abi-initialize",
-        run: abi::initialize,
+        run: abi_initialize::initialize,
     },
     Scenario {
         name: "abi-regs",
-        run: abi::regs,
+        run: abi_regs::regs,
     },
     Scenario {
         name: "abi-owner",
-        run: abi::owner,
+        run: abi_owner::owner,
     },
     Scenario {
         name: "abi-irq",
-        run: abi::irq,
+        run: abi_owner::irq,
     },
     Scenario {
         name: "abi-stranger-while-running",
@@ -76,118 +100,34 @@ pub static SCENARIOS: [Scenario; 85] = [
         name: "guest-hello",
         run: guest::hello,
     },
-    Scenario {
-        name: "guest-hostile-syscall",
-        run: || guest::hostile("syscall"),
-    },
-    Scenario {
-        name: "guest-hostile-sysenter",
-        run: || guest::hostile("sysenter"),
-    },
-    Scenario {
-        name: "guest-hostile-cli",
-        run: || guest::hostile("cli"),
-    },
-    Scenario {
-        name: "guest-hostile-hlt",
-        run: || guest::hostile("hlt"),
-    },
-    Scenario {
-        name: "guest-hostile-mov-cr3",
-        run: || guest::hostile("mov-cr3"),
-    },
-    Scenario {
-        name: "guest-hostile-mov-to-cr4",
-        run: || guest::hostile("mov-to-cr4"),
-    },
-    Scenario {
-        name: "guest-hostile-lgdt",
-        run: || guest::hostile("lgdt"),
-    },
-    Scenario {
-        name: "guest-hostile-wrmsr",
-        run: || guest::hostile("wrmsr"),
-    },
-    Scenario {
-        name: "guest-hostile-ins",
-        run: || guest::hostile("ins"),
-    },
-    Scenario {
-        name: "guest-hostile-outs",
-        run: || guest::hostile("outs"),
-    },
-    Scenario {
-        name: "guest-hostile-swapgs",
-        run: || guest::hostile("swapgs"),
-    },
-    Scenario {
-        name: "guest-hostile-write-switcher-text",
-        run: || guest::hostile("write-switcher-text"),
-    },
-    Scenario {
-        name: "guest-hostile-read-switcher-host",
-        run: || guest::hostile("read-switcher-host"),
-    },
-    Scenario {
-        name: "guest-hostile-hcall-wild-pointer",
-        run: || guest::hostile("hcall-wild-pointer"),
-    },
-    Scenario {
-        name: "guest-hostile-hcall-huge-len",
-        run: || guest::hostile("hcall-huge-len"),
-    },
-    Scenario {
-        name: "guest-hostile-hcall-wrap",
-        run: || guest::hostile("hcall-wrap"),
-    },
-    Scenario {
-        name: "guest-hostile-hcall-unknown",
-        run: || guest::hostile("hcall-unknown"),
-    },
-    Scenario {
-        name: "guest-hostile-iretq-cs-rpl0",
-        run: || guest::hostile("iretq-cs-rpl0"),
-    },
-    Scenario {
-        name: "guest-hostile-iretq-iopl3",
-        run: || guest::hostile("iretq-iopl3"),
-    },
-    Scenario {
-        name: "guest-hostile-iretq-noncanonical",
-        run: || guest::hostile("iretq-noncanonical"),
-    },
-    Scenario {
-        name: "guest-hostile-bad-stack",
-        run: || guest::hostile("bad-stack"),
-    },
-    Scenario {
-        name: "guest-hostile-int",
-        run: guest::int_every_vector,
-    },
-    Scenario {
-        name: "guest-hostile-int3",
-        run: || guest::hostile("int3"),
-    },
-    Scenario {
-        name: "guest-hostile-icebp",
-        run: || guest::hostile("icebp"),
-    },
-    Scenario {
-        name: "guest-hostile-switcher-pages",
-        run: guest::switcher_pages,
-    },
-    Scenario {
-        name: "guest-hostile-ldt-call-gate",
-        run: hazards::ldt_call_gate,
-    },
-    Scenario {
-        name: "guest-hostile-single-step",
-        run: hazards::single_step,
-    },
-    Scenario {
-        name: "guest-hostile-pkru",
-        run: hazards::pkru,
-    },
+    guest_hostile!("syscall"),
+    guest_hostile!("sysenter"),
+    guest_hostile!("cli"),
+    guest_hostile!("hlt"),
+    guest_hostile!("mov-cr3"),
+    guest_hostile!("mov-to-cr4"),
+    guest_hostile!("lgdt"),
+    guest_hostile!("wrmsr"),
+    guest_hostile!("ins"),
+    guest_hostile!("outs"),
+    guest_hostile!("swapgs"),
+    guest_hostile!("write-switcher-text"),
+    guest_hostile!("read-switcher-host"),
+    guest_hostile!("hcall-wild-pointer"),
+    guest_hostile!("hcall-huge-len"),
+    guest_hostile!("hcall-wrap"),
+    guest_hostile!("hcall-unknown"),
+    guest_hostile!("iretq-cs-rpl0"),
+    guest_hostile!("iretq-iopl3"),
+    guest_hostile!("iretq-noncanonical"),
+    guest_hostile!("bad-stack"),
+    guest_hostile!("int", hostile::int_every_vector),
+    guest_hostile!("int3"),
+    guest_hostile!("icebp"),
+    guest_hostile!("switcher-pages", hostile::switcher_pages),
+    guest_hostile!("ldt-call-gate", hazards::ldt_call_gate),
+    guest_hostile!("single-step", hazards::single_step),
+    guest_hostile!("pkru", hazards::pkru),
     Scenario {
         name: "guest-pins-released",
         run: guest::pins_released,
@@ -234,7 +174,7 @@ pub static SCENARIOS: [Scenario; 85] = [
     },
     Scenario {
         name: "guest-long-run",
-        run: guest::long_run,
+        run: teaching_guest::long_run,
     },
     Scenario {
         name: "guest-cr4",
@@ -244,10 +184,7 @@ pub static SCENARIOS: [Scenario; 85] = [
         name: "guest-xsetbv",
         run: privileged::xsetbv,
     },
-    Scenario {
-        name: "guest-hostile-xsetbv",
-        run: privileged::hostile_xsetbv,
-    },
+    guest_hostile!("xsetbv", privileged::hostile_xsetbv),
     Scenario {
         name: "guest-ports",
         run: privileged::ports,
@@ -256,10 +193,7 @@ pub static SCENARIOS: [Scenario; 85] = [
         name: "guest-user-page",
         run: privileged::user_page,
     },
-    Scenario {
-        name: "guest-hostile-smep",
-        run: privileged::hostile_smep,
-    },
+    guest_hostile!("smep", privileged::hostile_smep),
     Scenario {
         name: "guest-pgtable-flush",
         run: privileged::pgtable_flush,
@@ -270,7 +204,7 @@ pub static SCENARIOS: [Scenario; 85] = [
     },
     Scenario {
         name: "teaching-guest-lguest",
-        run: guest::teaching_guest,
+        run: teaching_guest::teaching_guest,
     },
     Scenario {
         name: "linux-boots",
@@ -318,11 +252,11 @@ pub static SCENARIOS: [Scenario; 85] = [
     },
     Scenario {
         name: "hostile-idt-gdt",
-        run: guest::bad_gates,
+        run: hostile::bad_gates,
     },
     Scenario {
         name: "hostile-pagetable",
-        run: guest::bad_page_tables,
+        run: hostile::bad_page_tables,
     },
     Scenario {
         name: "launcher-mmio",
@@ -453,24 +387,79 @@ pub fn read_after_exec(fd: &str) -> std::process::ExitCode {
 
 #[cfg(test)]
 mod tests {
+    use super::hostile::SWITCHER_PAGE_ATTACKS;
     use super::SCENARIOS;
+
+    /// A `guest_hostile!` line, as the harness reads it: `guest_hostile!("ATTACK"),` gives
+    /// `ATTACK`, and `guest_hostile!("NAME", RUN),` gives `NAME` and `Some(RUN)`.
+    fn guest_hostile(line: &str) -> Option<(&str, Option<&str>)> {
+        let (name, rest) = line
+            .trim_start_matches(' ')
+            .strip_prefix("guest_hostile!(\"")?
+            .strip_suffix("),")?
+            .split_once('"')?;
+        let run = rest.strip_prefix(", ");
+        (!rest.contains('"') && (rest.is_empty() || run.is_some())).then_some((name, run))
+    }
 
     /// `./lguest-dev list` (and its check of the names given to `./lguest-dev scenario`) reads
     /// the names from this file's text, without building anything: `scenario_names` in
-    /// tests/harness/common.sh takes each line that is only `name: "..."`, after spaces. This
-    /// reads them the same way: a name written otherwise would be missing from the list.
+    /// tests/harness/common.sh takes each line that is only `name: "..."`, or only
+    /// `guest_hostile!("...")` with or without a second argument, after spaces. This reads them
+    /// the same way: a name written otherwise would be missing from the list.
     #[test]
     fn the_harness_reads_every_name_from_this_file() {
-        let read: Vec<&str> = include_str!("mod.rs")
+        let read: Vec<String> = include_str!("mod.rs")
             .lines()
             .filter_map(|line| {
-                line.trim_start_matches(' ')
+                if let Some((name, _)) = guest_hostile(line) {
+                    return Some(format!("guest-hostile-{name}"));
+                }
+                let name = line
+                    .trim_start_matches(' ')
                     .strip_prefix("name: \"")?
-                    .strip_suffix("\",")
-                    .filter(|name| !name.contains('"'))
+                    .strip_suffix("\",")?;
+                (!name.contains('"')).then(|| name.to_owned())
             })
             .collect();
         let table: Vec<&str> = SCENARIOS.iter().map(|s| s.name).collect();
         assert_eq!(read, table);
+    }
+
+    /// The attacks the ring-1 guest knows: the names in its ATTACKS table.
+    fn ring1_attacks() -> Vec<&'static str> {
+        let source = include_str!("../../../guests/ring1/src/attacks.rs");
+        let table = source
+            .split_once("const ATTACKS")
+            .and_then(|(_, rest)| rest.split_once("\n];"))
+            .expect("attacks.rs has an ATTACKS table")
+            .0;
+        table
+            .lines()
+            .filter_map(|line| line.trim_start().strip_prefix("(\"")?.split_once('"'))
+            .map(|(name, _)| name)
+            .collect()
+    }
+
+    /// The guest's list of attacks is the one list: each is a `guest-hostile-<attack>` scenario
+    /// (or one of those `guest-hostile-switcher-pages` makes on every page), and every
+    /// `guest_hostile!` of one attack names an attack the guest knows.
+    #[test]
+    fn every_attack_of_the_ring1_guest_is_a_scenario() {
+        let known = ring1_attacks();
+        assert!(known.len() > 20, "read only {known:?} from attacks.rs");
+        for (attack, run) in include_str!("mod.rs").lines().filter_map(guest_hostile) {
+            assert!(
+                run.is_some() || known.contains(&attack),
+                "guest_hostile!(\"{attack}\"): the ring-1 guest has no such attack"
+            );
+        }
+        for attack in known {
+            let name = format!("guest-hostile-{attack}");
+            assert!(
+                SCENARIOS.iter().any(|s| s.name == name) || SWITCHER_PAGE_ATTACKS.contains(&attack),
+                "the ring-1 guest's attack {attack:?} has no scenario"
+            );
+        }
     }
 }

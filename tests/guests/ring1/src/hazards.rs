@@ -25,8 +25,9 @@ use lguest_abi::hcall::idt_gate;
 
 use crate::attacks::{Ctx, HOST_RANGES};
 use crate::hcall::poweroff;
+use crate::page_tables::{self, Table, P, W};
 use crate::println;
-use crate::traps::{self, Table, P, W};
+use crate::traps;
 
 // ---- The LDT ----------------------------------------------------------------------------------
 
@@ -97,7 +98,7 @@ static mut LDT_PDPT: Table = Table([0; 512]);
 static mut LDT_PD: Table = Table([0; 512]);
 static mut LDT_PT: Table = Table([0; 512]);
 
-/// Switches to page tables of the guest's own: RAM identity-mapped (traps.rs), and OWN_LDT at
+/// Switches to page tables of the guest's own: RAM identity-mapped (page_tables.rs), and OWN_LDT at
 /// `va`, with a call gate to ring 0 where LDT entry 0 is read.
 fn map_call_gate_at(va: u64) {
     let target = ring1_ldt_gate_target as *const () as u64;
@@ -111,14 +112,14 @@ fn map_call_gate_at(va: u64) {
         let ldt = &mut (*ptr::addr_of_mut!(OWN_LDT)).0;
         ldt[entry] = low;
         ldt[entry + 1] = high;
-        let (_, pml4) = traps::ram_identity_tables();
+        let (_, pml4) = page_tables::ram_identity_tables();
         pml4[index(39)] = ptr::addr_of!(LDT_PDPT) as u64 | P | W;
         (*ptr::addr_of_mut!(LDT_PDPT)).0[index(30)] = ptr::addr_of!(LDT_PD) as u64 | P | W;
         (*ptr::addr_of_mut!(LDT_PD)).0[index(21)] = ptr::addr_of!(LDT_PT) as u64 | P | W;
         // Read-only: the CPU only reads a call gate.
         (*ptr::addr_of_mut!(LDT_PT)).0[index(12)] = ptr::addr_of!(OWN_LDT) as u64 | P;
     }
-    traps::load_own_tables();
+    page_tables::load_own_tables();
 }
 
 /// `ldt-call-gate`: a far call through LDT entry 0, which must be #GP (no LDT) and kill us. If

@@ -23,8 +23,8 @@ use lguest_abi::privileged::{
 };
 
 use crate::hcall::{hcall, poweroff};
+use crate::page_tables::{load_own_tables, ram_identity_tables, Table, HUGE, HUGE_PAGE, P, U, W};
 use crate::println;
-use crate::traps::{load_own_tables, ram_identity_tables, Table, HUGE, HUGE_PAGE, P, U, W};
 
 /// CPUID.1:ECX.OSXSAVE: CR4.OSXSAVE as the CPU shows it to every ring.
 fn cpuid_osxsave() -> bool {

@@ -10,12 +10,16 @@
 //! 1. the lguest note, which makes the launcher accept this file at all;
 //! 2. `_start`, which makes a stack and calls Rust;
 //! 3. `kernel_main`: LGUEST_INIT first (src/hcall.rs), then the command line picks a scenario;
-//! 4. the friendly scenarios below (`hello`, `reboot`, `nop-loop`, `spin`) and the hostile ones in
-//!    attacks.rs (instructions and hypercalls), hazards.rs (the host's LDT, debug status and
-//!    protection keys), traps.rs (gates, page tables, device pages) and virtqueue.rs
-//!    (descriptors for the launcher's devices); every one ends with SHUTDOWN, with the host
-//!    killing the guest, or with the launcher refusing what it was asked. linux.rs has what a
-//!    Linux guest needs of the host beyond hypercalls (privileged instructions it emulates).
+//! 4. the friendly scenarios below (`hello`, `reboot`, `nop-loop`, `spin`, `fpu`), and the rest
+//!    by subject: traps.rs (the guest's own IDT: exceptions, the timer, gates the host must
+//!    refuse), user.rs (ring 3 and its system calls), page_tables.rs (tables of the guest's own,
+//!    and tables the host must refuse), device_pages.rs (MMIO), async_ring.rs (queued
+//!    hypercalls), gdt.rs (TLS segments, and descriptors the host must refuse), virtqueue.rs
+//!    (descriptors for the launcher's devices), and the attacks of attacks.rs (instructions and
+//!    hypercalls) and hazards.rs (the host's LDT, debug status and protection keys). Every one
+//!    ends with SHUTDOWN, with the host killing the guest, or with the launcher refusing what it
+//!    was asked. linux.rs has what a Linux guest needs of the host beyond hypercalls (privileged
+//!    instructions it emulates).
 //!
 //! Output goes through CONSOLE_WRITE (src/console.rs), so `println!` works from step 3 on.
 #![no_std]
@@ -27,11 +31,15 @@ use core::panic::PanicInfo;
 use lguest_abi::boot::EntryNote;
 use lguest_abi::data::{SWITCHER_WINDOW_END, SWITCHER_WINDOW_START};
 
+mod async_ring;
 mod attacks;
 mod console;
+mod device_pages;
+mod gdt;
 mod hazards;
 mod hcall;
 mod linux;
+mod page_tables;
 mod traps;
 mod user;
 mod virtqueue;
@@ -113,14 +121,14 @@ extern "C" fn kernel_main(boot_params: u64) -> ! {
         "traps" => traps::traps(),
         "timer" => traps::timer(),
         "user" => user::user(),
-        "async" => traps::async_ring(),
-        "async-console" => traps::async_console(),
+        "async" => async_ring::async_ring(),
+        "async-console" => async_ring::async_console(),
         name if name.starts_with("idt-") => traps::bad_gate(name),
-        name if name.starts_with("pt-") => traps::bad_page_tables(name),
-        name if name.starts_with("mmio") => traps::mmio(name, number(arg, 0)),
-        "pin-churn" => traps::pin_churn(number(arg, 4000)),
+        name if name.starts_with("pt-") => page_tables::bad_page_tables(name),
+        name if name.starts_with("mmio") => device_pages::mmio(name, number(arg, 0)),
+        "pin-churn" => page_tables::pin_churn(number(arg, 4000)),
         name if name.starts_with("virtqueue-") => virtqueue::attack(name, number(arg, 0)),
-        "gdt-tls" => traps::tls(),
+        "gdt-tls" => gdt::tls(),
         "cr4" => linux::cr4(),
         "xsetbv" => linux::xsetbv_accepted(),
         name if name.starts_with("xsetbv-") => linux::xsetbv_refused(name),
@@ -130,7 +138,7 @@ extern "C" fn kernel_main(boot_params: u64) -> ! {
         "pgtable-flush" => linux::pgtable_flush(),
         "pgtable-bad-flag" => linux::pgtable_bad_flag(),
         "wallclock" => linux::wallclock(&data),
-        name if name.starts_with("gdt-") => traps::bad_descriptor(name),
+        name if name.starts_with("gdt-") => gdt::bad_descriptor(name),
         name => attacks::run(name, arg, &data),
     }
 }

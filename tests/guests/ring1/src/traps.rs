@@ -8,17 +8,16 @@
 //!
 //! Scenarios: `traps` (each exception and `int n` reaches its handler with the right frame),
 //! `timer` (interrupts arrive when on and only when on; HALT sleeps until one), and the `idt-*`
-//! attacks (gates the host must refuse); the handlers serve `user` (user.rs) too.
+//! attacks (gates the host must refuse); the handlers serve `user` (user.rs), `async`
+//! (async_ring.rs) and `ldt-call-gate` (hazards.rs) too.
 
-use core::arch::{asm, global_asm};
+use core::arch::global_asm;
 use core::ptr;
 use core::sync::atomic::{AtomicU64, Ordering};
 
 use lguest_abi::boot::GUEST_KERNEL_CS;
 use lguest_abi::data::{offset, IRQ_ENABLED};
-use lguest_abi::hcall::{
-    FIRST_IRQ_VECTOR, HALT, LOAD_IDT_ENTRY, NEW_PGTABLE, SEND_INTERRUPTS, SET_CLOCKEVENT,
-};
+use lguest_abi::hcall::{FIRST_IRQ_VECTOR, HALT, LOAD_IDT_ENTRY, SEND_INTERRUPTS, SET_CLOCKEVENT};
 
 use crate::hcall::{data_word, hcall, poweroff};
 use crate::{println, rdtsc};
@@ -90,7 +89,7 @@ global_asm!(
 extern "C" {
     fn trap_entry_0();
     fn trap_entry_3();
-    fn trap_entry_6();
+    pub(crate) fn trap_entry_6();
     fn trap_entry_13();
     fn trap_entry_14();
     fn trap_entry_32();
@@ -142,12 +141,12 @@ extern "C" fn trap_handler(state: &mut TrapState) {
 
 /// A gate to `handler` of `kind` (0xe interrupt, 0xf trap) into `selector`, for `int` from rings
 /// up to `dpl` (lguest-abi's encoding).
-fn gate(handler: u64, kind: u64, dpl: u64, selector: u64) -> (u64, u64) {
+pub(crate) fn gate(handler: u64, kind: u64, dpl: u64, selector: u64) -> (u64, u64) {
     let [low, high] = lguest_abi::hcall::idt_gate(handler, selector, kind, dpl);
     (low, high)
 }
 
-fn load_idt_entry(vector: u64, (low, high): (u64, u64)) {
+pub(crate) fn load_idt_entry(vector: u64, (low, high): (u64, u64)) {
     // SAFETY: the host only reads the registers.
     unsafe { hcall(LOAD_IDT_ENTRY, [vector, low, high, 0, 0]) };
 }
@@ -258,7 +257,9 @@ pub fn traps() -> ! {
     poweroff("traps done")
 }
 
-fn check(name: &str, expected: [u64; 3]) {
+/// Panics unless the last trap was `expected` (vector, error code, CS) with the virtual flag
+/// off, as an interrupt gate leaves it (int3 and int $0x80 come through trap gates).
+pub(crate) fn check(name: &str, expected: [u64; 3]) {
     let [vector, error, cs, _, irq] = seen();
     if [vector, error, cs] != expected || irq != 0 && vector != 3 && vector != 128 {
         panic!("{name}: handler saw vector {vector} error {error:#x} cs {cs:#x} irq {irq:#x}, expected {expected:x?}");
@@ -338,342 +339,4 @@ pub fn bad_gate(name: &str) -> ! {
     load_idt_entry(vector, bad);
     println!("attack {name}: survived (the host took the gate)");
     poweroff("bad gate taken")
-}
-
-// ---- Ring 3 -----------------------------------------------------------------------------------
-
-/// The guest's own page tables for `user`: RAM identity-mapped in 2 MiB pages, one of them
-/// (USER_REGION) open to ring 3. The kernel's own pages stay supervisor-only: with SMEP on, ring 1
-/// could not run code in a user page.
-#[repr(C, align(4096))]
-pub(crate) struct Table(pub(crate) [u64; 512]);
-pub(crate) static mut PML4: Table = Table([0; 512]);
-pub(crate) static mut PDPT: Table = Table([0; 512]);
-pub(crate) static mut PD: Table = Table([0; 512]);
-/// Page-table entry bits: present, writable, a 2 MiB page; and that page's size.
-pub(crate) const P: u64 = 1;
-pub(crate) const W: u64 = 2;
-pub(crate) const U: u64 = 4;
-pub(crate) const HUGE: u64 = 0x80;
-pub(crate) const HUGE_PAGE: u64 = 0x20_0000;
-// ---- Page tables the host must not trust ------------------------------------------------------
-
-/// Fills the guest's own tables (PML4 -> PDPT -> PD) with the first 64 MiB of RAM
-/// identity-mapped in 2 MiB pages, as the launcher's tables map it, so that switching to them
-/// keeps this code and its stack mapped. Returns the PD and the PML4, for the caller to add
-/// its own entries before it loads them (NEW_PGTABLE). The PML4 and PDPT entries allow ring 3
-/// (x86 takes the most restrictive permission along the walk), so a PD entry with the user bit
-/// is a user page; the identity map's are not.
-///
-/// # Safety
-///
-/// Single CPU, and nothing may hold a reference into PD, PDPT or PML4.
-pub(crate) unsafe fn ram_identity_tables() -> (&'static mut [u64; 512], &'static mut [u64; 512]) {
-    // SAFETY: by the function's contract, these are ours to write.
-    unsafe {
-        let pd = &mut (*ptr::addr_of_mut!(PD)).0;
-        for (i, entry) in pd.iter_mut().take(32).enumerate() {
-            *entry = (i as u64 * HUGE_PAGE) | P | W | HUGE;
-        }
-        (*ptr::addr_of_mut!(PDPT)).0[0] = ptr::addr_of!(PD) as u64 | P | W | U;
-        let pml4 = &mut (*ptr::addr_of_mut!(PML4)).0;
-        pml4[0] = ptr::addr_of!(PDPT) as u64 | P | W | U;
-        (pd, pml4)
-    }
-}
-
-/// Loads the guest's own tables (NEW_PGTABLE, RCX 0: the host may keep a shadow it has of them;
-/// the callers tell it of what they change, or mean to test what it kept).
-pub(crate) fn load_own_tables() {
-    // SAFETY: the host only reads the table's address.
-    unsafe { hcall(NEW_PGTABLE, [ptr::addr_of!(PML4) as u64, 0, 0, 0, 0]) };
-}
-
-/// `pt-*`: page tables of the guest's own that map what it must not have, each touched once:
-/// the host must kill the guest with the reason, never map the page.
-/// - `pt-beyond-ram`: a page beyond guest RAM (1 TiB up);
-/// - `pt-switcher-window`: an entry in PML4 slot 256, over the Switcher's window (the host page
-///   of CPU 0's block, which no guest view maps);
-/// - `pt-rewritten`: the launcher's tables, written in place (they are in guest RAM, writable)
-///   to point a mapped address beyond RAM, announced with FLUSH_TLB.
-pub fn bad_page_tables(name: &str) -> ! {
-    println!("attack: {name}");
-    // SAFETY: single CPU; the tables are ours; the addresses touched are the attack.
-    unsafe {
-        let (pd, pml4) = ram_identity_tables();
-        let target: u64 = match name {
-            "pt-beyond-ram" => {
-                pd[40] = 1 << 40 | P | W | HUGE;
-                40 * HUGE_PAGE
-            }
-            "pt-switcher-window" => {
-                pml4[256] = ptr::addr_of!(PDPT) as u64 | P | W;
-                // Window page 16: CPU 0's host page (block 0 starts at page 2; +14).
-                lguest_abi::data::SWITCHER_WINDOW_START + 16 * 4096
-            }
-            "pt-rewritten" => {
-                // Map it first, and touch it, so that the host has a shadow of it...
-                pd[40] = HUGE_PAGE | P | W | HUGE;
-                load_own_tables();
-                ptr::read_volatile((40 * HUGE_PAGE) as *const u64);
-                // ...then point it beyond RAM behind the shadow's back, and own up (a change
-                // above the last level wants FLUSH_TLB).
-                ptr::write_volatile(&mut pd[40], 1 << 40 | P | W | HUGE);
-                hcall(lguest_abi::hcall::FLUSH_TLB, [0, 0, 0, 0, 0]);
-                40 * HUGE_PAGE
-            }
-            _ => panic!("unknown scenario {name:?}"),
-        };
-        load_own_tables();
-        let value = ptr::read_volatile(target as *const u64);
-        println!("attack {name}: survived (read {value:#x} at {target:#x})");
-    }
-    poweroff("bad page tables taken")
-}
-
-// ---- Device pages ------------------------------------------------------------------------------
-
-/// `pin-churn N`: one virtual page mapped in turn to N different pages of RAM, each touched and
-/// then announced gone (SET_PTE), then a few seconds of spinning before powering off. The host
-/// pins a page while a shadow entry maps it: the test (`guest-pins-released`) watches the
-/// host's pin count stay small during the spin, where pins kept until the guest's end would
-/// have piled up to N.
-pub fn pin_churn(pages: u64) -> ! {
-    const CHURN_VA: u64 = 41 * HUGE_PAGE;
-    const FIRST_GPA: u64 = 16 << 20;
-    static mut PT: Table = Table([0; 512]);
-    // SAFETY: single CPU; the tables are ours (ram_identity_tables); the churned pages are
-    // unused RAM.
-    unsafe {
-        let (pd, _) = ram_identity_tables();
-        pd[41] = ptr::addr_of!(PT) as u64 | P | W;
-        load_own_tables();
-        let pt = ptr::addr_of_mut!(PT.0[0]);
-        for k in 0..pages {
-            ptr::write_volatile(pt, (FIRST_GPA + k * 4096) | P | W);
-            hcall(lguest_abi::hcall::SET_PTE, [CHURN_VA, 0, 0, 0, 0]);
-            ptr::write_volatile(CHURN_VA as *mut u64, k);
-        }
-        ptr::write_volatile(pt, 0);
-        hcall(lguest_abi::hcall::SET_PTE, [CHURN_VA, 0, 0, 0, 0]);
-    }
-    println!("pin-churn: {pages} pages mapped, touched and unmapped");
-    let start = rdtsc();
-    while rdtsc() - start < 3 * crate::tsc_khz() * 1000 {
-        core::hint::spin_loop();
-    }
-    poweroff("pin-churn done")
-}
-
-/// Where [`map_device_page`] maps device pages: a 2 MiB page of the guest's own tables.
-const DEVICE_WINDOW: u64 = 40 * HUGE_PAGE;
-
-/// Switches to page tables of the guest's own: RAM identity-mapped as the launcher's were, and
-/// the 2 MiB around guest-physical `gpa` at DEVICE_WINDOW. Returns where `gpa` is mapped.
-///
-/// Nothing at `gpa` is RAM (the launcher's first virtio device sits right above RAM): every
-/// access through the returned address leaves the guest, and the launcher emulates it.
-pub fn map_device_page(gpa: u64) -> u64 {
-    // SAFETY: single CPU; the tables are ours (ram_identity_tables).
-    let (pd, _) = unsafe { ram_identity_tables() };
-    pd[40] = (gpa & !(HUGE_PAGE - 1)) | P | W | HUGE;
-    load_own_tables();
-    DEVICE_WINDOW + (gpa & (HUGE_PAGE - 1))
-}
-
-/// `mmio GPA` and `mmio-*`: the device page at guest-physical GPA, touched:
-/// - `mmio GPA`: reads a virtio-blk device's magic and device id (32-bit registers), then its
-///   capacity in config space (any width there) with the instruction forms drivers use: a
-///   64-bit `mov`, a `movzx` of one byte, a 16-bit `mov` that must leave the rest of R9 alone,
-///   and a `cmp` whose flags must come back; then writes the status register (a reset);
-/// - `mmio-loop GPA`: reads the magic register over and over, timed: what an MMIO exit costs;
-/// - `mmio-exec GPA`: jumps into the device page: the host must kill the guest;
-/// - `mmio-rmw GPA`: `or [reg], eax` on a device register, which the launcher refuses to
-///   emulate: it must stop with the instruction's text.
-pub fn mmio(name: &str, gpa: u64) -> ! {
-    if !matches!(name, "mmio" | "mmio-loop") {
-        println!("attack: {name}");
-    }
-    let base = map_device_page(gpa);
-    // SAFETY: `base` is the device page; the instructions below touch only its registers.
-    unsafe {
-        match name {
-            "mmio" => {
-                let (magic, device, capacity, byte, below): (u32, u32, u64, u32, u8);
-                let mut r9: u64 = 0x1111_2222_3333_4444;
-                asm!(
-                    "mov {magic:e}, [{base}]",
-                    "mov {device:e}, [{base} + 8]",
-                    "mov {capacity}, [{base} + 0x100]",
-                    "movzx {byte:e}, byte ptr [{base} + 0x101]",
-                    "mov r9w, [{base} + 0x100]",
-                    "cmp qword ptr [{base} + 0x100], 0x4001",
-                    "setb {below}",
-                    "mov dword ptr [{base} + 0x70], 0",
-                    base = in(reg) base,
-                    magic = out(reg) magic,
-                    device = out(reg) device,
-                    capacity = out(reg) capacity,
-                    byte = out(reg) byte,
-                    below = out(reg_byte) below,
-                    inout("r9") r9,
-                    options(nostack),
-                );
-                println!(
-                    "mmio: magic={magic:#x} device={device} capacity={capacity:#x} byte={byte:#x} \
-                     r9={r9:#x} below-0x4001={below}"
-                );
-                poweroff("mmio done")
-            }
-            "mmio-loop" => {
-                // What one read costs: a full MMIO exit to the launcher and back.
-                const READS: u64 = 20_000;
-                let start = rdtsc();
-                for _ in 0..READS {
-                    ptr::read_volatile(base as *const u32);
-                }
-                let cycles = (rdtsc() - start) / READS;
-                println!("mmio-loop: {READS} device reads, {cycles} cycles each");
-                poweroff("mmio-loop done")
-            }
-            "mmio-exec" => {
-                let device_code: extern "C" fn() = core::mem::transmute(base as *const ());
-                device_code();
-                println!("attack {name}: survived (ran code from a device page)");
-            }
-            "mmio-rmw" => {
-                asm!("or dword ptr [{base} + 0x70], eax", base = in(reg) base, in("eax") 1,
-                    options(nostack));
-                println!("attack {name}: survived (the launcher emulated or)");
-            }
-            _ => panic!("unknown scenario {name:?}"),
-        }
-    }
-    poweroff("device page attack done")
-}
-
-// ---- The asynchronous hypercall ring -----------------------------------------------------------
-
-/// Queue hypercall `nr` with `args` in slot `slot` of lguest_data's ring.
-fn queue(slot: usize, nr: u64, args: [u64; 5]) {
-    let entry = data_word(offset::HCALLS + slot as u64 * 48);
-    // SAFETY: our lguest_data page; the slot is written in full before its status says so.
-    unsafe {
-        ptr::write_volatile(entry, nr);
-        for (i, arg) in args.into_iter().enumerate() {
-            ptr::write_volatile(entry.add(1 + i), arg);
-        }
-        let status = data_word(offset::HCALL_STATUS).cast::<u8>().add(slot);
-        ptr::write_volatile(status, lguest_abi::data::HCALL_PENDING);
-    }
-}
-
-fn status(slot: usize) -> u8 {
-    // SAFETY: our lguest_data page.
-    unsafe { ptr::read_volatile(data_word(offset::HCALL_STATUS).cast::<u8>().add(slot)) }
-}
-
-/// `async`: calls queued in the ring are carried out, in order, before the next synchronous
-/// call (here FLUSH_ASYNC), and their slots come back done: the #UD handler that a queued
-/// LOAD_IDT_ENTRY installed catches a ud2.
-pub fn async_ring() -> ! {
-    install();
-    let (low, high) = gate(trap_entry_6 as *const () as u64, 0xe, 0, GUEST_KERNEL_CS);
-    load_idt_entry(6, (0, 0));
-    queue(0, LOAD_IDT_ENTRY, [6, low, high, 0, 0]);
-    queue(1, lguest_abi::hcall::NOP, [0; 5]);
-    if status(0) != lguest_abi::data::HCALL_PENDING {
-        panic!("async: the host ran slot 0 before any synchronous call");
-    }
-    // SAFETY: FLUSH_ASYNC only drains the ring.
-    unsafe { hcall(lguest_abi::hcall::FLUSH_ASYNC, [0; 5]) };
-    if status(0) != lguest_abi::data::HCALL_DONE || status(1) != lguest_abi::data::HCALL_DONE {
-        panic!(
-            "async: slots 0 and 1 are {} and {} after FLUSH_ASYNC",
-            status(0),
-            status(1)
-        );
-    }
-    SKIP.store(2, Ordering::SeqCst);
-    // SAFETY: ud2 faults; the queued handler skips it.
-    unsafe { core::arch::asm!("ud2") };
-    check("#UD", [6, 0, GUEST_KERNEL_CS & !3]);
-    println!("async: queued calls ran in order at FLUSH_ASYNC");
-    poweroff("async done")
-}
-
-/// `async-console`: a call whose point is its effect on the launcher (console output) may not
-/// hide in the ring: the guest dies for it.
-pub fn async_console() -> ! {
-    println!("attack: async-console");
-    let text = b"from the ring";
-    queue(
-        0,
-        lguest_abi::hcall::CONSOLE_WRITE,
-        [text.as_ptr() as u64, text.len() as u64, 0, 0, 0],
-    );
-    // SAFETY: drains the ring.
-    unsafe { hcall(lguest_abi::hcall::FLUSH_ASYNC, [0; 5]) };
-    println!("attack async-console: survived");
-    poweroff("async console taken")
-}
-
-// ---- TLS segments -----------------------------------------------------------------------------
-
-/// A data segment descriptor: base (32 bits), 4 GiB limit, writable, present, `dpl`, accessed
-/// bit clear (the host must set it).
-fn data_descriptor(base: u64, dpl: u64) -> u64 {
-    0x00cf_9200_0000_ffff | (base & 0xff_ffff) << 16 | (base >> 24 & 0xff) << 56 | dpl << 45
-}
-
-fn load_gdt_entry(index: u64, descriptor: u64) {
-    // SAFETY: the host only reads the registers.
-    unsafe {
-        hcall(
-            lguest_abi::hcall::LOAD_GDT_ENTRY,
-            [index, descriptor, 0, 0, 0],
-        )
-    };
-}
-
-/// `gdt-tls`: a TLS segment the guest sets is loadable, with its base; one given with DPL 0 is
-/// raised to DPL 1 (so it never has the host's privilege) and still loads at ring 1.
-pub fn tls() -> ! {
-    const BASE: u64 = 0x12_3000;
-    load_gdt_entry(12, data_descriptor(BASE, 3));
-    load_gdt_entry(13, data_descriptor(0, 0));
-    let (fs_base, rights): (u64, u64);
-    // SAFETY: loads FS with our TLS segment (selector 0x63: entry 12, RPL 3) and reads its
-    // base (FSGSBASE works at ring 1), then asks for entry 13's access rights (0x69: RPL 1).
-    unsafe {
-        core::arch::asm!(
-            "mov ax, 0x63", "mov fs, ax", "rdfsbase {base}",
-            "mov ax, 0x69", "mov gs, ax", "lar {rights}, ax",
-            base = out(reg) fs_base, rights = out(reg) rights, out("rax") _,
-        )
-    };
-    let dpl = rights >> 13 & 3;
-    if fs_base != BASE || dpl != 1 {
-        panic!(
-            "gdt-tls: fs base {fs_base:#x} (expected {BASE:#x}), entry 13's DPL {dpl} (expected 1)"
-        );
-    }
-    println!("gdt-tls: fs base {fs_base:#x}, a DPL 0 segment came back DPL {dpl}");
-    poweroff("gdt-tls done")
-}
-
-/// `gdt-*`: descriptors the host must refuse.
-pub fn bad_descriptor(name: &str) -> ! {
-    let (index, descriptor) = match name {
-        "gdt-system" => (12, 0x0000_8900_0000_0067), // an available 64-bit TSS
-        "gdt-call-gate" => (12, 0x0000_ec00_0051_1000), // a call gate to the kernel's code
-        "gdt-long" => (12, 0x00af_fa00_0000_ffff),   // 64-bit code, DPL 3
-        "gdt-kernel-entry" => (10, data_descriptor(0, 3)), // the guest kernel's code segment
-        "gdt-host-entry" => (2, data_descriptor(0, 3)), // the host's (and Switcher's) code segment
-        _ => panic!("unknown scenario {name:?}"),
-    };
-    println!("attack: {name}");
-    load_gdt_entry(index, descriptor);
-    println!("attack {name}: survived (the host took the descriptor)");
-    poweroff("bad descriptor taken")
 }

@@ -31,8 +31,9 @@ use lguest_abi::data::offset;
 use lguest_abi::hcall::{NEW_PGTABLE, NOP, SET_STACK};
 
 use crate::hcall::{data_word, hcall, poweroff};
+use crate::page_tables::{HUGE, HUGE_PAGE, P, PD, PDPT, PML4, U, W};
 use crate::println;
-use crate::traps::{install, TrapState, HUGE, HUGE_PAGE, P, PD, PDPT, PML4, U, W};
+use crate::traps::{install, TrapState};
 
 const USER_REGION: u64 = 0x60_0000;
 const USER_STACK_TOP: u64 = 0x70_0000;

@@ -18,9 +18,9 @@
 
 use core::ptr;
 
+use crate::device_pages::map_device_page;
 use crate::hcall::poweroff;
 use crate::println;
-use crate::traps::map_device_page;
 
 // The virtio-mmio registers (virtio 1.2, section 4.2.2), as byte offsets.
 const MAGIC: u64 = 0x000;

@@ -1,4 +1,6 @@
-//! The /dev/lguest ABI, request by request, as abi/src/dev.rs defines it.
+//! The /dev/lguest ABI, request by request, as abi/src/dev.rs defines it: first INITIALIZE, the
+//! request that makes a guest, and every way a write can be malformed (abi_regs.rs and
+//! abi_owner.rs go on from there, once a guest exists).
 //!
 //! The launcher is one well-behaved client; the host must also survive every other one. So each
 //! rule of the ABI gets a request that breaks exactly that rule, on a fresh file, and must be
@@ -8,8 +10,7 @@
 
 use std::num::NonZeroUsize;
 
-use anyhow::{anyhow, ensure, Context};
-use lguest_abi::boot::{GUEST_INITIAL_RFLAGS, GUEST_KERNEL_CS, GUEST_KERNEL_SS};
+use anyhow::Context;
 use lguest_abi::dev::{Initialize, Refusal, Request, MAX_GUEST_PAGES};
 use lguest_abi::paging::PTE_ADDR_MASK;
 use lguest_abi::regs::Reg;
@@ -20,7 +21,7 @@ use nix::sys::mman::{mmap_anonymous, munmap, MapFlags, ProtFlags};
 
 use crate::check::Checks;
 use crate::kmod;
-use crate::lguest::{Lguest, TestGuest, BOOT_PARAMS, ENTRY, GETREG_LEN, INITIALIZE_LEN, RAM_BYTES};
+use crate::lguest::{Lguest, TestGuest, ENTRY, INITIALIZE_LEN, RAM_BYTES};
 
 /// The end of x86-64 user space with 4-level paging (TASK_SIZE_MAX): guest memory must lie
 /// below it, or the host would be reading its own memory on the launcher's behalf.
@@ -395,249 +396,4 @@ fn bad_framing(valid: Initialize) -> Vec<(&'static str, Vec<u8>, Refusal)> {
             Refusal::UnknownRequest,
         ),
     ]
-}
-
-/// What each register holds right after INITIALIZE (abi/src/boot.rs, abi/src/dev.rs).
-fn initial(reg: Reg) -> u64 {
-    match reg {
-        Reg::Rip => ENTRY,
-        Reg::Rsi => BOOT_PARAMS,
-        Reg::Cs => GUEST_KERNEL_CS,
-        Reg::Ss => GUEST_KERNEL_SS,
-        Reg::Rflags => GUEST_INITIAL_RFLAGS,
-        _ => 0,
-    }
-}
-
-/// A value for SETREG that no other register gets and that uses all 64 bits, so a swapped
-/// offset or a truncation shows. RIP and RSP get canonical kernel addresses, as a launcher
-/// stepping over an instruction would set.
-fn test_value(reg: Reg) -> u64 {
-    match reg {
-        Reg::Rip => 0xffff_ffff_8100_0040,
-        Reg::Rsp => 0xffff_ffff_8200_0ff0,
-        _ => 0xa5a5_0000_0000_1000 | (reg.offset() << 29) | reg.offset(),
-    }
-}
-
-/// `abi-regs`: the registers a guest starts with, SETREG/GETREG round trips, and the
-/// registers and offsets the launcher may not touch.
-pub fn regs() -> anyhow::Result<()> {
-    kmod::ensure_loaded()?;
-    let guest = TestGuest::new()?;
-    let dev = Lguest::open_initialized(guest.valid())?;
-    let mut c = Checks::new();
-
-    for reg in Reg::ALL {
-        c.equal(&format!("initial {reg:?}"), dev.get_reg(reg), initial(reg));
-    }
-    for reg in Reg::ALL.into_iter().filter(|r| r.is_writable()) {
-        c.ok(
-            &format!("SETREG {reg:?}"),
-            dev.set_reg(reg, test_value(reg)),
-        );
-    }
-    // RFLAGS takes only its arithmetic flags from SETREG.
-    let expected =
-        |reg: Reg| initial(reg) & !reg.writable_bits() | test_value(reg) & reg.writable_bits();
-    for reg in Reg::ALL {
-        c.equal(
-            &format!("{reg:?} after SETREGs"),
-            dev.get_reg(reg),
-            expected(reg),
-        );
-    }
-
-    // What a hostile launcher would try: IOPL 3 and IF off (taken, and ignored)...
-    c.ok("SETREG Rflags to IOPL 3", dev.set_reg(Reg::Rflags, 0x3002));
-    c.equal(
-        "Rflags after SETREG to IOPL 3",
-        dev.get_reg(Reg::Rflags),
-        initial(Reg::Rflags),
-    );
-    // ...and the kernel's own ring-0 selectors (refused).
-    for (reg, value) in [(Reg::Cs, 0x10), (Reg::Ss, 0x18)] {
-        let got = dev.request(Request::SetReg {
-            offset: reg.offset(),
-            value,
-        });
-        c.refused(&format!("SETREG {reg:?}"), got, Refusal::ReadOnlyRegister);
-        c.equal(
-            &format!("{reg:?} after the refused SETREG"),
-            dev.get_reg(reg),
-            initial(reg),
-        );
-    }
-
-    // Offsets that name no register; 2^32 is RAX's offset to a host that truncates to u32.
-    for offset in [4, Reg::COUNT as u64 * 8, u64::MAX - 7, 1 << 32] {
-        let get = dev.request(Request::GetReg { offset });
-        c.refused(
-            &format!("GETREG offset {offset:#x}"),
-            get,
-            Refusal::NoSuchRegister,
-        );
-        let set = dev.request(Request::SetReg { offset, value: 0 });
-        c.refused(
-            &format!("SETREG offset {offset:#x}"),
-            set,
-            Refusal::NoSuchRegister,
-        );
-    }
-    c.equal(
-        "RAX after SETREGs of bad offsets",
-        dev.get_reg(Reg::Rax),
-        test_value(Reg::Rax),
-    );
-
-    // (A read with no GETREG pending runs the guest, which this one has no code for: the guest
-    // scenarios do that.)
-    let getreg = |reg: Reg| Request::GetReg {
-        offset: reg.offset(),
-    };
-    c.returned("GETREG RIP", dev.request(getreg(Reg::Rip)), GETREG_LEN);
-    c.refused("read into 4 bytes", dev.read_len(4), Refusal::ShortRead);
-    // The refused read consumed nothing: the answer is still there for a big enough buffer.
-    let rip = dev
-        .read(8)
-        .map_err(|e| anyhow!("read: {e:?}"))
-        .and_then(|bytes| {
-            Ok(u64::from_le_bytes(
-                bytes.as_slice().try_into().context("not 8 bytes")?,
-            ))
-        });
-    c.equal(
-        "RIP read after the refused short read",
-        rip,
-        test_value(Reg::Rip),
-    );
-    c.returned("GETREG RBX", dev.request(getreg(Reg::Rbx)), GETREG_LEN);
-    c.returned("read into 16 bytes", dev.read_len(16), 8);
-
-    // Framing, on a file that has a guest.
-    let get = getreg(Reg::Rax).encode().as_bytes().to_vec();
-    let set = Request::SetReg {
-        offset: 0,
-        value: 0,
-    }
-    .encode()
-    .as_bytes()
-    .to_vec();
-    c.refused("15-byte GETREG", dev.write(&get[..15]), Refusal::ShortWrite);
-    c.refused(
-        "24-byte GETREG",
-        dev.write(&[&get[..], &[0; 8]].concat()),
-        Refusal::LongWrite,
-    );
-    c.refused("16-byte SETREG", dev.write(&set[..16]), Refusal::ShortWrite);
-    c.refused(
-        "32-byte SETREG",
-        dev.write(&[&set[..], &[0; 8]].concat()),
-        Refusal::LongWrite,
-    );
-    c.equal(
-        "RAX after malformed SETREGs",
-        dev.get_reg(Reg::Rax),
-        test_value(Reg::Rax),
-    );
-    c.finish()
-}
-
-/// `abi-owner`: a guest belongs to the task that initialized it. Another thread, or a child
-/// that inherited the file, may not drive it; a child with a file of its own may.
-pub fn owner() -> anyhow::Result<()> {
-    kmod::ensure_loaded()?;
-    let guest = TestGuest::new()?;
-    let valid = guest.valid();
-    let dev = Lguest::open_initialized(valid)?;
-    let mut c = Checks::new();
-    let getreg = Request::GetReg {
-        offset: Reg::Rip.offset(),
-    };
-
-    let (get, read) = std::thread::scope(|s| {
-        s.spawn(|| (dev.request(getreg), dev.read_len(8)))
-            .join()
-            .expect("two syscalls cannot panic")
-    });
-    c.refused("GETREG from another thread", get, Refusal::NotOwner);
-    c.refused("read from another thread", read, Refusal::NotOwner);
-
-    c.ok(
-        "child using the parent's file",
-        super::in_child(|| {
-            let mut c = Checks::new();
-            c.refused("GETREG", dev.request(getreg), Refusal::NotOwner);
-            let setreg = Request::SetReg {
-                offset: Reg::Rax.offset(),
-                value: 0xbad,
-            };
-            c.refused("SETREG", dev.request(setreg), Refusal::NotOwner);
-            c.refused("INITIALIZE", dev.initialize(valid), Refusal::NotOwner);
-            c.refused("read", dev.read_len(8), Refusal::NotOwner);
-            c.finish()
-        }),
-    );
-    c.ok(
-        "child with its own file",
-        super::in_child(|| {
-            let own = Lguest::open_initialized(valid)?;
-            let rip = own.get_reg(Reg::Rip)?;
-            ensure!(rip == ENTRY, "RIP: expected {ENTRY:#x}, got {rip:#x}");
-            Ok(())
-        }),
-    );
-
-    c.ok(
-        "the owner after exec",
-        super::in_child(|| {
-            let own = Lguest::open_initialized(valid)?;
-            super::exec_and_read(&own)
-        }),
-    );
-
-    c.equal("RIP in the parent afterwards", dev.get_reg(Reg::Rip), ENTRY);
-    c.equal(
-        "RAX after the child's refused SETREG",
-        dev.get_reg(Reg::Rax),
-        0,
-    );
-    c.finish()
-}
-
-/// `abi-irq`: IRQ raises an interrupt for a device. It needs a guest, an IRQ the guest has, and
-/// a caller in the launcher's address space: any thread of it (device threads raise IRQs while
-/// the main thread runs the guest), but no other process, not even a child with the file.
-pub fn irq() -> anyhow::Result<()> {
-    kmod::ensure_loaded()?;
-    let guest = TestGuest::new()?;
-    let irq = |n: u64| Request::Irq { irq: n };
-    let mut c = Checks::new();
-    let fresh = Lguest::open()?;
-    c.refused(
-        "IRQ before INITIALIZE",
-        fresh.request(irq(1)),
-        Refusal::NotInitialized,
-    );
-
-    let dev = Lguest::open_initialized(guest.valid())?;
-    c.returned("IRQ 1", dev.request(irq(1)), 16);
-    c.returned("IRQ 63", dev.request(irq(63)), 16);
-    c.refused("IRQ 64", dev.request(irq(64)), Refusal::NoSuchIrq);
-    c.refused("IRQ 2^64-1", dev.request(irq(u64::MAX)), Refusal::NoSuchIrq);
-    let from_thread = std::thread::scope(|s| {
-        s.spawn(|| dev.request(irq(2)))
-            .join()
-            .expect("a write cannot panic")
-    });
-    c.returned("IRQ from another thread of the launcher", from_thread, 16);
-    c.ok(
-        "child using the parent's file",
-        super::in_child(|| {
-            let mut c = Checks::new();
-            c.refused("IRQ", dev.request(irq(1)), Refusal::NotOwner);
-            c.finish()
-        }),
-    );
-    c.finish()
 }
