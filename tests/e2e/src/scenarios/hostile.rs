@@ -10,8 +10,8 @@
 //!   ATTACKS table, so that an attack the guest learns cannot go untested;
 //! - `guest-hostile-int` (every vector) and `guest-hostile-switcher-pages` (every page of the
 //!   Switcher window), one attack with many arguments;
-//! - `hostile-idt-gdt` and `hostile-pagetable`: gates and page tables the host must refuse, each
-//!   with the reason the guest dies for.
+//! - `hostile-idt-gdt` and `hostile-pagetable`: gates, GDT descriptors and page tables the host
+//!   must refuse, each with the reason the guest dies for.
 
 use std::time::Duration;
 
@@ -22,7 +22,9 @@ use lg_module::abi::data::SWITCHER_WINDOW_START;
 use lg_module::abi::PAGE_SIZE;
 use lg_module::layout;
 
-use super::guest::{died, guest, hello_still_runs, FAST_PATH_CHOICES, GUEST, MEM, PATIENCE};
+use super::guest::{
+    died, guest, hello_still_runs, runs_to, FAST_PATH_CHOICES, GUEST, MEM, PATIENCE,
+};
 
 /// `guest-hostile-<attack>`: the guest tries `attack` and must die for it, with the fast paths
 /// and without; the host lives on.
@@ -224,22 +226,42 @@ const BAD_GATES: [&str; 7] = [
     "idt-hypercall-vector",
 ];
 
-/// `hostile-idt-gdt`: every forbidden kind of gate is refused (the guest dies with
-/// LOAD_IDT_ENTRY's reason), and the host runs a fresh guest afterwards. (The GDT is the host's
-/// alone: there is no hypercall to change it yet, so there is nothing there to refuse.)
+/// The TLS descriptors `hostile-idt-gdt` offers LOAD_GDT_ENTRY: a system descriptor (a TSS), a
+/// call gate, a 64-bit code segment, and ordinary data segments for entries other than the TLS
+/// ones (the guest kernel's code segment, the host's).
+const BAD_DESCRIPTORS: [&str; 5] = [
+    "gdt-system",
+    "gdt-call-gate",
+    "gdt-long",
+    "gdt-kernel-entry",
+    "gdt-host-entry",
+];
+
+/// `hostile-idt-gdt`: every forbidden kind of gate and of GDT descriptor is refused (the guest
+/// dies with LOAD_IDT_ENTRY's or LOAD_GDT_ENTRY's reason), a TLS segment the host takes loads
+/// with its base and no more privilege than ring 1 (`gdt-tls`), and the host runs a fresh guest
+/// afterwards.
 pub fn bad_gates() -> anyhow::Result<()> {
     kmod::ensure_loaded()?;
     let mut c = Checks::new();
-    for attack in BAD_GATES {
+    let refused = BAD_GATES
+        .map(|attack| (attack, "LOAD_IDT_ENTRY"))
+        .into_iter()
+        .chain(BAD_DESCRIPTORS.map(|attack| (attack, "LOAD_GDT_ENTRY")));
+    for (attack, reason) in refused {
         let run = guest(&[attack], PATIENCE)?;
         died(&mut c, &[attack], &run);
-        c.that(run.stderr.contains("LOAD_IDT_ENTRY"), || {
-            format!(
-                "{attack}: expected a LOAD_IDT_ENTRY reason, got: {}",
-                run.shown()
-            )
+        c.that(run.stderr.contains(reason), || {
+            format!("{attack}: expected a {reason} reason, got: {}", run.shown())
         });
     }
+    c.ok(
+        "gdt-tls",
+        runs_to(
+            &["gdt-tls"],
+            "gdt-tls: fs base 0x123000, a DPL 0 segment came back DPL 1",
+        ),
+    );
     c.ok("after the gates", hello_still_runs());
     c.finish()
 }

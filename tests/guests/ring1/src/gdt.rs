@@ -4,7 +4,7 @@
 //! entries 12 to 14), as Linux does on every task switch. `gdt-tls` shows such a segment loads
 //! with its base and never with more privilege than ring 1; `gdt-*` offers descriptors the host
 //! must refuse: a system segment, a call gate, 64-bit code, and the entries the guest kernel and
-//! the host run on. No e2e scenario runs either: `hostile-idt-gdt` offers only the gates.
+//! the host run on. `hostile-idt-gdt` runs both.
 
 use crate::hcall::{hcall, poweroff};
 use crate::println;
