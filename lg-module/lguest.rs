@@ -45,6 +45,9 @@ module! {
 #[allow(unreachable_pub, dead_code)]
 #[path = "../abi/src/lib.rs"]
 mod abi;
+#[allow(unreachable_pub)]
+#[path = "src/address.rs"]
+mod address;
 mod cpu;
 #[allow(unreachable_pub)]
 #[path = "src/death.rs"]

@@ -25,6 +25,7 @@ use crate::abi::data::{offset, SWITCHER_WINDOW_START};
 use crate::abi::dev::Refusal;
 use crate::abi::exit::{ExitKind, ExitRecord};
 use crate::abi::stats::Bucket;
+use crate::address::{GuestPhys, GuestVirt, HostPhys, LauncherAddr};
 use crate::cpu::{self, CR4_PGE, CR4_PKE, CR4_SMAP, EFER_SCE};
 use crate::death;
 use crate::death::Death;
@@ -518,11 +519,15 @@ impl Host for KernelHost<'_> {
 
 /// The shadow page tables (shadow_tables.rs) behind exit handling's [`Shadow`].
 impl Shadow for Owner {
-    fn pin(&mut self, gpa_page: u64, launcher_addr: u64) -> Result<u64, PinFailure> {
+    fn pin(
+        &mut self,
+        gpa_page: GuestPhys,
+        launcher_addr: LauncherAddr,
+    ) -> Result<HostPhys, PinFailure> {
         self.shadow.pin(gpa_page, launcher_addr)
     }
 
-    fn set_entry(&mut self, va: u64, pte: u64, global: bool) -> Result<bool, OutOfMemory> {
+    fn set_entry(&mut self, va: GuestVirt, pte: u64, global: bool) -> Result<bool, OutOfMemory> {
         self.shadow.map(va, pte, global).map_err(|_| OutOfMemory)
     }
 
@@ -541,11 +546,15 @@ impl Shadow for Owner {
         self.shadow.flush(all, now);
     }
 
-    fn invalidate(&mut self, va: u64) {
+    fn invalidate(&mut self, va: GuestVirt) {
         self.shadow.invalidate(va);
     }
 
-    fn map_guest_data(&mut self, gpa_page: u64, launcher_addr: u64) -> Result<(), PinFailure> {
+    fn map_guest_data(
+        &mut self,
+        gpa_page: GuestPhys,
+        launcher_addr: LauncherAddr,
+    ) -> Result<(), PinFailure> {
         self.shadow.map_guest_data(gpa_page, launcher_addr)
     }
 }

@@ -31,6 +31,7 @@ use self::pins::{MemlockCharge, PinnedPage};
 use crate::abi::paging::{
     PTE_ACCESSED, PTE_ADDR_MASK, PTE_DIRTY, PTE_NO_EXEC, PTE_PRESENT, PTE_USER, PTE_WRITE,
 };
+use crate::address::GuestVirt;
 use crate::layout::*;
 use crate::lg_bindings;
 use crate::shadow::{in_kernel_half, KERNEL_HALF_FIRST_SLOT};
@@ -296,7 +297,7 @@ impl ShadowTables {
     }
 
     /// Drop the shadow of the page at `va` from every root.
-    pub(crate) fn invalidate(&mut self, va: u64) {
+    pub(crate) fn invalidate(&mut self, GuestVirt(va): GuestVirt) {
         if in_kernel_half(va) {
             self.unmap_below(self.kernel.top.addr(), va);
         } else {
@@ -393,7 +394,7 @@ impl ShadowTables {
     /// or in the kernel half, creating tables on the way; `global` says whether the guest's
     /// entry was global. Returns whether the entry changed: a fault that leaves it as it was is
     /// one the shadow cannot fix (SMAP, SMEP, a protection key), and would only come back.
-    pub(crate) fn map(&mut self, va: u64, pte: u64, global: bool) -> Result<bool> {
+    pub(crate) fn map(&mut self, GuestVirt(va): GuestVirt, pte: u64, global: bool) -> Result<bool> {
         // src/shadow.rs refuses faults in the window; this is the last line of defence.
         if ((va >> 39) & 0x1ff) as usize == WINDOW_PGD_SLOT {
             return Err(EINVAL);

@@ -9,6 +9,7 @@
 
 use super::ShadowTables;
 use crate::abi::paging::{PTE_ADDR_MASK, PTE_PRESENT};
+use crate::address::{GuestPhys, HostPhys, LauncherAddr};
 use crate::exit::PinFailure;
 use crate::lg_bindings;
 use kernel::{alloc::flags::GFP_KERNEL_ACCOUNT, bindings, prelude::*};
@@ -111,12 +112,17 @@ impl ShadowTables {
     /// The physical address of the launcher's page backing guest-physical page `gpa_page`
     /// (at user address `user_addr`), pinned on first use; `map` then counts the mapping, and
     /// the pin lasts until the last mapping goes.
-    pub(crate) fn pin(&mut self, gpa_page: u64, user_addr: u64) -> Result<u64, PinFailure> {
-        if let Some(pinned) = self.pinned.get(&gpa_page) {
-            return Ok(pinned.phys);
+    pub(crate) fn pin(
+        &mut self,
+        gpa_page: GuestPhys,
+        user_addr: LauncherAddr,
+    ) -> Result<HostPhys, PinFailure> {
+        if let Some(pinned) = self.pinned.get(&gpa_page.0) {
+            return Ok(HostPhys(pinned.phys));
         }
         self.memlock.pin_one()?;
-        self.pin_counted(gpa_page, user_addr)
+        self.pin_counted(gpa_page.0, user_addr.0)
+            .map(HostPhys)
             .inspect_err(|_| self.memlock.unpin_one())
     }
 

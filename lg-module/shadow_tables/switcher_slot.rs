@@ -6,6 +6,7 @@
 
 use super::{leaf_below, ShadowTables, GUEST_READ_ONLY, GUEST_WRITABLE};
 use crate::abi::paging::{PTE_PRESENT, PTE_USER, PTE_WRITE};
+use crate::address::{GuestPhys, HostPhys, LauncherAddr};
 use crate::exit::PinFailure;
 use crate::layout::*;
 use crate::lg_bindings;
@@ -49,10 +50,10 @@ impl ShadowTables {
     /// write it without a fault (src/fast_syscall.rs). The guest may write the page anyway.
     pub(crate) fn map_guest_data(
         &mut self,
-        gpa_page: u64,
-        user_addr: u64,
+        gpa_page: GuestPhys,
+        user_addr: LauncherAddr,
     ) -> Result<(), PinFailure> {
-        let phys = self.pin(gpa_page, user_addr)?;
+        let HostPhys(phys) = self.pin(gpa_page, user_addr)?;
         // A mapping that is never let go: the page stays pinned while the Switcher may use it.
         self.mapped(phys);
         self.guest_data = Some(phys);

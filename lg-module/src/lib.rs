@@ -18,6 +18,7 @@ extern crate std;
 
 pub use lguest_abi as abi;
 
+pub mod address;
 pub mod death;
 pub mod descriptors;
 pub mod emulate;

@@ -15,6 +15,7 @@ use crate::abi::exit::{ExitRecord, EXIT_MAX_BYTES};
 use crate::abi::hcall::IRQS;
 use crate::abi::regs::{Reg, Regs};
 use crate::abi::PAGE_SIZE;
+use crate::address::{GuestPhys, LauncherAddr};
 use crate::guest_ram::LauncherRam;
 pub use crate::guest_ram::UserMemory;
 use crate::interrupts::GuestGate;
@@ -95,6 +96,11 @@ impl<O> Guest<O> {
             ended: None,
             pending_read: None,
         }
+    }
+
+    /// Where the launcher mapped guest-physical `gpa`.
+    pub fn launcher_addr(&self, gpa: GuestPhys) -> LauncherAddr {
+        LauncherAddr(self.config.base + gpa.0)
     }
 
     /// Guest RAM in bytes.

@@ -27,6 +27,7 @@ use crate::abi::data::{SWITCHER_WINDOW_END, SWITCHER_WINDOW_START};
 use crate::abi::paging::{
     PTE_ACCESSED, PTE_DIRTY, PTE_GLOBAL, PTE_NO_EXEC, PTE_PRESENT, PTE_USER, PTE_WRITE,
 };
+use crate::address::HostPhys;
 use crate::death;
 use crate::death::Death;
 use crate::pagewalk::Leaf;
@@ -166,7 +167,7 @@ pub fn after_flush(leaf: Option<Leaf>, phys: PhysLayout) -> Option<(u64, u64)> {
         global: leaf.entry & PTE_GLOBAL != 0,
         updated_entry: leaf.entry,
     };
-    Some((mapping.gpa_page, shadow_pte_for(&mapping, 0)))
+    Some((mapping.gpa_page, shadow_pte_for(&mapping, HostPhys(0))))
 }
 
 /// The first top-level (PML4) slot of the kernel half: the one after the Switcher's window.
@@ -181,8 +182,8 @@ pub fn in_kernel_half(va: u64) -> bool {
 /// The shadow entry for `mapping`, backed by the host page at `host_phys`. Never global (the
 /// guest's entries must go with every CR3 switch), accessed and dirty preset (the host tracks
 /// those in the guest's own entries, so the MMU need not write the shadow).
-pub fn shadow_pte_for(mapping: &Mapping, host_phys: u64) -> u64 {
-    let mut pte = host_phys | PTE_PRESENT | PTE_ACCESSED | PTE_DIRTY;
+pub fn shadow_pte_for(mapping: &Mapping, host_phys: HostPhys) -> u64 {
+    let mut pte = host_phys.0 | PTE_PRESENT | PTE_ACCESSED | PTE_DIRTY;
     if mapping.writable {
         pte |= PTE_WRITE;
     }
@@ -234,7 +235,7 @@ mod tests {
         .unwrap();
         assert!(w.writable);
         assert_eq!(w.updated_entry & PTE_DIRTY, PTE_DIRTY);
-        let pte = shadow_pte_for(&w, 0x7_7000);
+        let pte = shadow_pte_for(&w, HostPhys(0x7_7000));
         assert_eq!(
             pte,
             0x7_7000 | PTE_PRESENT | PTE_WRITE | PTE_ACCESSED | PTE_DIRTY
@@ -256,7 +257,7 @@ mod tests {
         let pte_for = |leaf: Leaf, write: bool| {
             let error = if write { PF_WRITE } else { 0 };
             let m = decide(0x40_0000, error, Some(leaf), PHYS).unwrap();
-            (m.gpa_page, shadow_pte_for(&m, 0))
+            (m.gpa_page, shadow_pte_for(&m, HostPhys(0)))
         };
         let mut clean = leaf(0x20_0000, true, true);
         clean.entry |= PTE_ACCESSED;

@@ -11,6 +11,7 @@ use crate::abi::exit::{ExitKind, ExitRecord};
 use crate::abi::hcall::{CONSOLE_WRITE_MAX, SHUTDOWN_MESSAGE_MAX};
 use crate::abi::regs::{Reg, Regs};
 use crate::abi::stats::Bucket;
+use crate::address::{GuestPhys, GuestVirt};
 use crate::death;
 use crate::death::Death;
 use crate::hypercall::{self, Hypercall, Shutdown};
@@ -100,10 +101,13 @@ fn carry_out<O: Shadow, H: Host>(
                 host.write(data_gpa + field, &value.to_le_bytes())
                     .map_err(|_| death!("LGUEST_INIT: guest memory is not writable"))?;
             }
-            let launcher_addr = guest.config.base + data_gpa;
+            let (page, launcher_addr) = (
+                GuestPhys(data_gpa),
+                guest.launcher_addr(GuestPhys(data_gpa)),
+            );
             guest
                 .owner
-                .map_guest_data(data_gpa, launcher_addr)
+                .map_guest_data(page, launcher_addr)
                 .map_err(|_| death!("LGUEST_INIT: cannot pin the lguest_data page"))?;
             guest.lguest_data = Some(data_gpa);
             Ok(None)
@@ -170,7 +174,7 @@ fn carry_out<O: Shadow, H: Host>(
             Ok(None)
         }
         Hypercall::SetPte { va } => {
-            guest.owner.invalidate(va);
+            guest.owner.invalidate(GuestVirt(va));
             Ok(None)
         }
         // The ring was drained before this call was carried out.

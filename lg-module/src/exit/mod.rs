@@ -27,6 +27,7 @@ pub use interrupts_and_traps::deliver_interrupts;
 use crate::abi::data::offset;
 use crate::abi::exit::ExitRecord;
 use crate::abi::regs::Reg;
+use crate::address::{GuestPhys, GuestVirt, HostPhys, LauncherAddr};
 use crate::death::Death;
 use crate::emulate::HostCpu;
 use crate::session::Guest;
@@ -54,9 +55,13 @@ pub struct OutOfMemory;
 pub trait Shadow {
     /// Pin the launcher's page at `launcher_addr`, which backs guest-physical `gpa_page`: its
     /// host-physical address.
-    fn pin(&mut self, gpa_page: u64, launcher_addr: u64) -> Result<u64, PinFailure>;
+    fn pin(
+        &mut self,
+        gpa_page: GuestPhys,
+        launcher_addr: LauncherAddr,
+    ) -> Result<HostPhys, PinFailure>;
     /// Install `pte` for the page at `va`; whether the entry changed.
-    fn set_entry(&mut self, va: u64, pte: u64, global: bool) -> Result<bool, OutOfMemory>;
+    fn set_entry(&mut self, va: GuestVirt, pte: u64, global: bool) -> Result<bool, OutOfMemory>;
     /// Run on the shadow of the guest's tables at `cr3` (NEW_PGTABLE).
     fn switch_to(
         &mut self,
@@ -67,9 +72,13 @@ pub trait Shadow {
     /// Forget what the guest's TLB flush covers (FLUSH_TLB).
     fn flush(&mut self, all: bool, now: &mut dyn FnMut(u64) -> Option<(u64, u64)>);
     /// Forget the shadow entry for `va` (SET_PTE).
-    fn invalidate(&mut self, va: u64);
+    fn invalidate(&mut self, va: GuestVirt);
     /// Keep the lguest_data page pinned and mapped for the Switcher's fast paths (LGUEST_INIT).
-    fn map_guest_data(&mut self, gpa_page: u64, launcher_addr: u64) -> Result<(), PinFailure>;
+    fn map_guest_data(
+        &mut self,
+        gpa_page: GuestPhys,
+        launcher_addr: LauncherAddr,
+    ) -> Result<(), PinFailure>;
 }
 
 /// The rest of the host: the guest's interrupts and timer (lg-module/irqs.rs's

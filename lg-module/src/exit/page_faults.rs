@@ -9,6 +9,7 @@ use crate::abi::data::offset;
 use crate::abi::exit::{ExitRecord, MmioAccess};
 use crate::abi::regs::Reg;
 use crate::abi::PAGE_SIZE;
+use crate::address::{GuestPhys, GuestVirt};
 use crate::death;
 use crate::death::Death;
 use crate::pagewalk::{self, GuestPhysRead};
@@ -69,27 +70,27 @@ pub(super) fn page_fault<O: Shadow, H: Host>(
                 })?;
         }
     }
-    let launcher_addr = guest.config.base + mapping.gpa_page;
-    let phys =
-        guest
-            .owner
-            .pin(mapping.gpa_page, launcher_addr)
-            .map_err(|failure| match failure {
-                PinFailure::Gone => {
-                    death!("page fault at {addr:#x}: the launcher's memory for it is gone")
-                }
-                PinFailure::OverMemlock => death!(
-                    "page fault at {addr:#x}: pinning another page would exceed the launcher's \
+    let page = GuestPhys(mapping.gpa_page);
+    let launcher_addr = guest.launcher_addr(page);
+    let phys = guest
+        .owner
+        .pin(page, launcher_addr)
+        .map_err(|failure| match failure {
+            PinFailure::Gone => {
+                death!("page fault at {addr:#x}: the launcher's memory for it is gone")
+            }
+            PinFailure::OverMemlock => death!(
+                "page fault at {addr:#x}: pinning another page would exceed the launcher's \
                  RLIMIT_MEMLOCK (raise it with ulimit -l, or give it CAP_IPC_LOCK)"
-                ),
-                PinFailure::NoMemory => {
-                    death!("page fault at {addr:#x}: the host is out of memory")
-                }
-            })?;
+            ),
+            PinFailure::NoMemory => {
+                death!("page fault at {addr:#x}: the host is out of memory")
+            }
+        })?;
     let changed = guest
         .owner
         .set_entry(
-            addr & !0xfff,
+            GuestVirt(addr & !0xfff),
             shadow_pte_for(&mapping, phys),
             mapping.global,
         )

@@ -11,6 +11,7 @@ use crate::abi::exit::{ExitKind, MmioAccess, MMIO_INSN_MAX};
 use crate::abi::hcall;
 use crate::abi::regs::Regs;
 use crate::abi::stats::Bucket;
+use crate::address::{GuestPhys, GuestVirt, HostPhys, LauncherAddr};
 use crate::interrupts::GuestGate;
 use core::cell::{Cell, RefCell};
 use std::collections::BTreeMap;
@@ -128,12 +129,16 @@ fn host_phys(gpa: u64) -> u64 {
 }
 
 impl Shadow for FakeShadow {
-    fn pin(&mut self, gpa_page: u64, launcher_addr: u64) -> Result<u64, PinFailure> {
-        self.pinned.push((gpa_page, launcher_addr));
-        Ok(host_phys(gpa_page))
+    fn pin(
+        &mut self,
+        gpa_page: GuestPhys,
+        launcher_addr: LauncherAddr,
+    ) -> Result<HostPhys, PinFailure> {
+        self.pinned.push((gpa_page.0, launcher_addr.0));
+        Ok(HostPhys(host_phys(gpa_page.0)))
     }
-    fn set_entry(&mut self, va: u64, pte: u64, _global: bool) -> Result<bool, OutOfMemory> {
-        Ok(self.entries.insert(va, pte) != Some(pte))
+    fn set_entry(&mut self, va: GuestVirt, pte: u64, _global: bool) -> Result<bool, OutOfMemory> {
+        Ok(self.entries.insert(va.0, pte) != Some(pte))
     }
     fn switch_to(
         &mut self,
@@ -147,12 +152,16 @@ impl Shadow for FakeShadow {
     fn flush(&mut self, all: bool, _now: &mut dyn FnMut(u64) -> Option<(u64, u64)>) {
         self.flushes.push(all);
     }
-    fn invalidate(&mut self, va: u64) {
-        self.invalidated.push(va);
+    fn invalidate(&mut self, va: GuestVirt) {
+        self.invalidated.push(va.0);
     }
-    fn map_guest_data(&mut self, gpa_page: u64, launcher_addr: u64) -> Result<(), PinFailure> {
-        assert_eq!(launcher_addr, BASE + gpa_page);
-        self.guest_data = Some(gpa_page);
+    fn map_guest_data(
+        &mut self,
+        gpa_page: GuestPhys,
+        launcher_addr: LauncherAddr,
+    ) -> Result<(), PinFailure> {
+        assert_eq!(launcher_addr.0, BASE + gpa_page.0);
+        self.guest_data = Some(gpa_page.0);
         Ok(())
     }
 }
