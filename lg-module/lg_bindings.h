@@ -37,5 +37,4 @@ void lg_machine_check(void);
 /* switcher/switcher.S */
 extern const char lg_switcher_start[], lg_switcher_end[];
 extern const unsigned long lg_switcher_offsets[3];
-extern const unsigned long lg_switcher_layout[49];
 void lg_reraise(unsigned int vector);

@@ -16,7 +16,8 @@
 //!   `cpu.rs` (privileged instructions), `fpu.rs` (the guest's FPU registers),
 //!   `session_lock.rs` (a lock whose waiters can be killed), `helpers.c` and the bindings to it
 //!   (`lg_bindings` below);
-//! - `../switcher/switcher.S`: the world switch itself;
+//! - `../switcher/switcher.S`: the world switch itself, with the numbers it shares with the host
+//!   in `../switcher/layout.h`, generated from `src/layout.rs` by `src/layout_header.rs`;
 //! - `src/`: what the host decides without touching hardware (which requests to accept, how to
 //!   walk a guest page table, what to do with each exit, in `src/exit/`, and which bucket it is
 //!   counted in). Those files are also a
@@ -82,6 +83,9 @@ mod irqs;
 #[allow(unreachable_pub, dead_code)]
 #[path = "src/layout.rs"]
 mod layout;
+#[allow(unreachable_pub)]
+#[path = "src/layout_header.rs"]
+mod layout_header;
 mod misc_device;
 mod owner;
 #[allow(unreachable_pub)]

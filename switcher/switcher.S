@@ -7,8 +7,8 @@
  * mapped at the same address in the host and in every guest, so it keeps running across the
  * moment CR3 changes. It is position-independent: every reference is to itself, or to the
  * per-CPU block whose address it is given (on the way in) or finds from the stack pointer (on
- * the way out). The layout of the window is described in lg-module/src/layout.rs; the numbers
- * below must match it, and lg.ko checks that they do before it uses a byte of this file.
+ * the way out). The layout of the window is described in lg-module/src/layout.rs; every number
+ * this file shares with the host comes from layout.h beside it, generated from the Rust.
  *
  * The way in, switch_to_guest(block), called by the host with interrupts off:
  *   save the host's callee-saved registers and flags; park the host stack pointer in the host
@@ -32,81 +32,11 @@
 #include <asm/msr-index.h>
 #include <asm/processor-flags.h>
 
-#define PAGE			4096
-#define TEXT_PAGES		2
-#define FIRST_BLOCK_PAGE	2
-#define BLOCK_PAGES		16
-#define BLOCK_DATA		0
-#define BLOCK_REGS		(12 * PAGE)
-#define BLOCK_STATE		(13 * PAGE)
-#define BLOCK_HOST		(14 * PAGE)
-#define BLOCK_IDT		(15 * PAGE)
+#include "layout.h"
 
-/* Regs page */
-#define REGS_FS_BASE		0
-#define REGS_GS_BASE		8
-#define REGS_CR2		16
-#define REGS_SWITCHER_FAULT	24
-#define REGS_SELECTORS		32
-/*
- * An NMI or machine check that interrupts the Switcher itself is noted in the high bits of
- * MSR_TSC_AUX (Linux keeps only its CPU and node numbers in the low bits), because a flag in
- * memory the Switcher can write in the guest's address space is memory the guest can write
- * too, and the host must not re-raise an NMI or machine check on the guest's say-so.
- */
-#define AUX_NMI_PENDING		(1 << 31)
-#define AUX_MC_PENDING		(1 << 30)
-#define FRAME_WORDS		22
-#define REGS_FRAME		(PAGE - FRAME_WORDS * 8)
-/* Words of the frame, from its lowest address */
-#define F_VECTOR		(15 * 8)
-#define F_ERRCODE		(16 * 8)
-#define F_CS			(18 * 8)
-#define INVALID_OPCODE		6
-#define PAGE_FAULT		14
-
-/* State page */
-#define STATE_GDTR		512
-#define STATE_IDTR		528
-#define STATE_FAST_VECTOR	1024
-#define STATE_FAST_HANDLER	1032
-#define STATE_FAST_FRAME	1040
-#define STATE_FAST_CLEARS_IF	1048
-#define STATE_GDT		0
-/* GDT entry 15, the CPU-number segment, which Linux reads with lsl. */
-#define GDT_CPUNODE		(15 * 8)
-#define TSS_SELECTOR		0x40
 /* Byte 5 of a TSS descriptor holds its type; bit 1 of the type is "busy". */
 #define TSS_DESC_TYPE_BYTE	(TSS_SELECTOR + 5)
 #define TSS_BUSY		0x02
-
-/* Host page */
-#define HOST_RSP		0
-#define HOST_GDTR		16
-#define HOST_IDTR		32
-#define HOST_GDTR_RW		48
-#define HOST_FS_BASE		64
-#define HOST_GS_BASE		72
-#define HOST_KERNEL_GS_BASE	80
-#define HOST_DS			88
-#define HOST_ES			96
-#define HOST_CR4		104
-#define HOST_GUEST_FS_BASE	112
-#define HOST_GUEST_GS_BASE	120
-#define HOST_GUEST_CR3		128
-#define HOST_GUEST_CR4		136
-#define HOST_GUEST_SELECTORS	144
-#define HOST_CPUNODE		152
-#define HOST_GUEST_CPUNODE	160
-
-/* The guest's lguest_data page, mapped at BLOCK_DATA in its view */
-#define DATA_SYSCALL_VEC	72
-#define DATA_IRQ_ENABLED	16
-
-/* The guest kernel's selectors (ring 1), and 64-bit user mode's code selector */
-#define GUEST_KERNEL_CS		((10 << 3) | 1)
-#define GUEST_KERNEL_SS		((11 << 3) | 1)
-#define GUEST_USER_CS		((6 << 3) | 3)
 
 /* wrmsr of the 64-bit value at \mem into MSR \msr. Clobbers rax, rcx, rdx. */
 .macro WRMSR_FROM msr, mem
@@ -301,7 +231,7 @@ common_exit:
 	 * another process's, and this page is the guest's to read.
 	 */
 	xorl	%eax, %eax
-	cmpq	$PAGE_FAULT, F_VECTOR(%rsp)
+	cmpq	$VECTOR_PAGE_FAULT, F_VECTOR(%rsp)
 	jne	2f
 	movq	%cr2, %rax
 2:
@@ -506,8 +436,10 @@ ud_slow:
  * noted for the host to re-raise and the interrupted switch carries on; a double fault always
  * leaves (its frame moved too, so the exit path sees ring 0 in it and the guest dies).
  *
- * \pending is the TSC_AUX bit for "arrived inside the Switcher" (0 for the double fault, which
- * never resumes).
+ * \pending is the MSR_TSC_AUX bit for "arrived inside the Switcher" (0 for the double fault,
+ * which never resumes): a register, because memory the Switcher can write in the guest's
+ * address space is memory the guest can write too, and the host must not re-raise an NMI or
+ * machine check on the guest's say-so. Linux keeps only its CPU and node numbers in the low bits.
  */
 .macro IST_EXIT pending
 	/* Stack: vector, error code, RIP, CS, RFLAGS, RSP, SS. */
@@ -561,25 +493,29 @@ machine_check_exit:
 
 /*
  * 256 stubs, 16 bytes apart, so the IDT's gate for vector n points to stubs + 16 * n. The CPU
- * pushes an error code for vectors 8, 10-14, 17, 21, 29 and 30; the others push a zero so
- * every frame has the same shape.
+ * pushes an error code for the exceptions in ERROR_CODE_VECTORS (8, 10-14, 17, 21, 29 and 30);
+ * the other stubs push a zero so every frame has the same shape.
  */
 	.balign 16
 stubs:
 	vector = 0
 	.rept 256
-	.if vector == 8 || (vector >= 10 && vector <= 14) || vector == 17 || vector == 21 || vector == 29 || vector == 30
+	.if vector < 32
+	error_code = (ERROR_CODE_VECTORS >> vector) & 1
 	.else
+	error_code = 0
+	.endif
+	.if !error_code
 	pushq	$0
 	.endif
 	pushq	$vector
-	.if vector == 2
+	.if vector == VECTOR_NMI
 	jmp	nmi_exit
-	.elseif vector == INVALID_OPCODE
+	.elseif vector == VECTOR_INVALID_OPCODE
 	jmp	ud_exit
-	.elseif vector == 8
+	.elseif vector == VECTOR_DOUBLE_FAULT
 	jmp	double_fault_exit
-	.elseif vector == 18
+	.elseif vector == VECTOR_MACHINE_CHECK
 	jmp	machine_check_exit
 	.else
 	jmp	common_exit
@@ -591,8 +527,8 @@ stubs:
 SYM_DATA_END_LABEL(lg_switcher_start, SYM_L_GLOBAL, lg_switcher_end)
 
 /*
- * What lg.ko needs to know about the text above: where the entry and the stubs are (offsets
- * from lg_switcher_start), and the layout numbers this file was built with.
+ * What lg.ko needs to know about the text above: where the entry and the stubs are, and where
+ * the text ends (offsets from lg_switcher_start).
  */
 	.section .rodata, "a"
 	.balign 8
@@ -601,22 +537,6 @@ SYM_DATA_START(lg_switcher_offsets)
 	.quad	stubs - lg_switcher_start
 	.quad	lg_switcher_end - lg_switcher_start
 SYM_DATA_END(lg_switcher_offsets)
-
-SYM_DATA_START(lg_switcher_layout)
-	.quad	TEXT_PAGES, BLOCK_IDT, FIRST_BLOCK_PAGE, BLOCK_PAGES
-	.quad	BLOCK_REGS, BLOCK_STATE, BLOCK_HOST
-	.quad	REGS_FS_BASE, REGS_GS_BASE, REGS_CR2, REGS_SWITCHER_FAULT, REGS_SELECTORS
-	.quad	AUX_NMI_PENDING, AUX_MC_PENDING
-	.quad	FRAME_WORDS, F_VECTOR, F_ERRCODE, F_CS
-	.quad	STATE_GDT, STATE_GDTR, STATE_IDTR
-	.quad	HOST_RSP, HOST_GDTR, HOST_IDTR, HOST_GDTR_RW
-	.quad	HOST_FS_BASE, HOST_GS_BASE, HOST_KERNEL_GS_BASE, HOST_DS, HOST_ES, HOST_CR4
-	.quad	HOST_GUEST_FS_BASE, HOST_GUEST_GS_BASE, HOST_GUEST_CR3, HOST_GUEST_CR4
-	.quad	BLOCK_DATA, STATE_FAST_VECTOR, STATE_FAST_HANDLER, STATE_FAST_FRAME
-	.quad	STATE_FAST_CLEARS_IF, DATA_SYSCALL_VEC, DATA_IRQ_ENABLED
-	.quad	GUEST_KERNEL_CS, GUEST_KERNEL_SS, GUEST_USER_CS
-	.quad	HOST_GUEST_SELECTORS, HOST_CPUNODE, HOST_GUEST_CPUNODE, GDT_CPUNODE
-SYM_DATA_END(lg_switcher_layout)
 
 /*
  * void lg_reraise(unsigned int vector): deliver an interrupt the guest's run took from the

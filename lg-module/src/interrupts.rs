@@ -78,10 +78,15 @@ impl GuestGate {
     }
 }
 
-/// Whether the CPU pushes an error code for exception `vector` (the same list as the
-/// Switcher's stubs).
+/// The exceptions for which the CPU pushes an error code, one bit per vector: #DF (8), #TS to
+/// #PF (10-14), #AC (17), #CP (21), #VC (29) and #SX (30). The Switcher's stubs push a zero for
+/// every other vector, reading the same mask (switcher/layout.h).
+pub const ERROR_CODE_VECTORS: u32 =
+    (1 << 8) | (0b1_1111 << 10) | (1 << 17) | (1 << 21) | (1 << 29) | (1 << 30);
+
+/// Whether the CPU pushes an error code for exception `vector`.
 pub fn has_error_code(vector: u64) -> bool {
-    matches!(vector, 8 | 10..=14 | 17 | 21 | 29 | 30)
+    vector < 32 && ERROR_CODE_VECTORS & (1 << vector) != 0
 }
 
 /// The frame to push for a trap with `vector` (and `error`, if it has one) taken at `regs`,
@@ -214,6 +219,12 @@ mod tests {
     fn gate(handler: u64, kind: u64, dpl: u64, selector: u64) -> (u64, u64) {
         let [low, high] = hcall::idt_gate(handler, selector, kind, dpl);
         (low, high)
+    }
+
+    #[test]
+    fn error_codes_come_with_the_vectors_the_sdm_lists() {
+        let with: std::vec::Vec<u64> = (0..256).filter(|&v| has_error_code(v)).collect();
+        assert_eq!(with, [8, 10, 11, 12, 13, 14, 17, 21, 29, 30]);
     }
 
     #[test]

@@ -37,8 +37,8 @@
 //! and descriptor tables; it is never mapped for a guest (docs/design.md, D3: lguest kept them in a
 //! page the guest could read, a KASLR leak).
 //!
-//! `switcher/switcher.S` uses the same numbers; lg.ko compares them with these at load time
-//! (`LAYOUT_WORDS`) and refuses to load if they differ.
+//! `switcher/switcher.S` takes these numbers from `switcher/layout.h`, a header of `#define`s
+//! generated from this file (`layout_header.rs`), so the two cannot disagree.
 
 /// Bytes in a page.
 pub const PAGE: u64 = 4096;
@@ -189,60 +189,6 @@ pub const HOST_CPUNODE: u64 = 152;
 pub const HOST_GUEST_CPUNODE: u64 = 160;
 /// Where in the GDT that entry is.
 pub const GDT_CPUNODE: u64 = crate::abi::boot::CPUNODE_GDT_ENTRY as u64 * 8;
-
-/// The layout words `switcher.S` exports as `lg_switcher_layout`, in this order: every offset
-/// both sides use.
-pub const LAYOUT_WORDS: [u64; 49] = [
-    TEXT_PAGES,
-    BLOCK_IDT,
-    FIRST_BLOCK_PAGE,
-    BLOCK_PAGES,
-    BLOCK_REGS,
-    BLOCK_STATE,
-    BLOCK_HOST,
-    REGS_FS_BASE,
-    REGS_GS_BASE,
-    REGS_CR2,
-    REGS_SWITCHER_FAULT,
-    REGS_SELECTORS,
-    AUX_NMI_PENDING,
-    AUX_MC_PENDING,
-    FRAME_WORDS,
-    FrameWord::Vector as u64 * 8,
-    FrameWord::ErrorCode as u64 * 8,
-    FrameWord::Cs as u64 * 8,
-    STATE_GDT,
-    STATE_GDTR,
-    STATE_IDTR,
-    HOST_RSP,
-    HOST_GDTR,
-    HOST_IDTR,
-    HOST_GDTR_RW,
-    HOST_FS_BASE,
-    HOST_GS_BASE,
-    HOST_KERNEL_GS_BASE,
-    HOST_DS,
-    HOST_ES,
-    HOST_CR4,
-    HOST_GUEST_FS_BASE,
-    HOST_GUEST_GS_BASE,
-    HOST_GUEST_CR3,
-    HOST_GUEST_CR4,
-    BLOCK_DATA,
-    STATE_FAST_VECTOR,
-    STATE_FAST_HANDLER,
-    STATE_FAST_FRAME,
-    STATE_FAST_CLEARS_IF,
-    DATA_SYSCALL_VEC,
-    DATA_IRQ_ENABLED,
-    crate::abi::boot::GUEST_KERNEL_CS,
-    crate::abi::boot::GUEST_KERNEL_SS,
-    crate::abi::boot::GUEST_USER_CS,
-    HOST_GUEST_SELECTORS,
-    HOST_CPUNODE,
-    HOST_GUEST_CPUNODE,
-    GDT_CPUNODE,
-];
 
 /// The offset of CPU `cpu`'s block from the window's start.
 pub const fn block_offset(cpu: u64) -> u64 {

@@ -29,6 +29,7 @@ pub mod host_cpu;
 pub mod hypercall;
 pub mod interrupts;
 pub mod layout;
+pub mod layout_header;
 pub mod pagewalk;
 pub mod session;
 pub mod shadow;

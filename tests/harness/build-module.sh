@@ -4,8 +4,8 @@
 #        build-module.sh --clippy   build it through clippy (Kbuild's CLIPPY=1), every warning an
 #                                   error: lg.ko's part of `./lguest-dev check`
 #
-# Kbuild writes its objects next to the sources, so the module's sources (and the ABI and
-# hardware-free files it includes by path) are mirrored into the cache first and built there.
+# Kbuild writes its objects next to the sources, so the module's sources, the ABI it includes by
+# path and the Switcher it assembles from switcher/ are mirrored into the cache and built there.
 # rsync keeps modification times, so make rebuilds only what an edit touched. The clippy build
 # has a mirror of its own: Kbuild rebuilds an object whose command line changed, so one mirror
 # for both would rebuild lg.ko every time the one followed the other.
@@ -49,7 +49,9 @@ grep -E 'warning|error' "$BUILD/build.log" >&2 || true
 # only a relocation could put one there: the guest would learn where the host's kernel is. So a
 # Switcher with a relocation in its text does not build (guest-hostile-switcher-pages reads the
 # other pages at run time, where the host writes).
-if readelf -rW "$BUILD/lg-module/world_switch.o" | grep -qF "'.rela.rodata.lguest_switcher'"; then
+# Kbuild assembles the Switcher where it lives, so its object is in the mirror's switcher/.
+relocations=$(readelf -rW "$BUILD/switcher/switcher.o") || die "cannot read the Switcher's object"
+if grep -qF "'.rela.rodata.lguest_switcher'" <<<"$relocations"; then
     die "the Switcher's text has relocations: every guest would read host addresses in it"
 fi
 echo "$BUILD/lg-module/lg.ko"
