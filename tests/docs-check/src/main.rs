@@ -515,7 +515,10 @@ mod tests {
         assert_eq!(unfinished("none yet"), Some("none yet"));
         assert_eq!(unfinished("is not yet there"), Some("not yet"));
         assert_eq!(unfinished("(TODO) later"), Some("TODO"));
-        assert_eq!(unfinished("in this first version: anything"), Some("first version"));
+        assert_eq!(
+            unfinished("in this first version: anything"),
+            Some("first version")
+        );
         assert_eq!(unfinished("kept, for now."), Some("for now"));
         assert_eq!(unfinished("not mapped yet; no call answers yet"), None);
     }
