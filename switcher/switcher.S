@@ -7,8 +7,9 @@
  * mapped at the same address in the host and in every guest, so it keeps running across the
  * moment CR3 changes. It is position-independent: every reference is to itself, or to the
  * per-CPU block whose address it is given (on the way in) or finds from the GDT register (on
- * the way out: the stack pointer may be on an IST stack). The layout of the window is described in lg-module/src/layout.rs; the numbers
- * below must match it, and lg.ko checks that they do before it uses a byte of this file.
+ * the way out: the stack pointer may be on an IST stack). The layout of the window is
+ * described in lg-module/src/layout.rs; the numbers below must match it, and lg.ko checks that
+ * they do before it uses a byte of this file.
  *
  * The way in, switch_to_guest(block), called by the host with interrupts off:
  *   save the host's callee-saved registers and flags; park the host stack pointer in the host
