@@ -7,9 +7,10 @@
 //! writes while another thread is running the guest (`raise_irq` in `file_ops.rs`). Neither can
 //! wait for the session's lock, which the running guest holds, so [`Interrupts`] sits beside the
 //! session, not inside it: a bitmap of pending IRQs set atomically, and the launcher's task to
-//! wake (if it sleeps in HALT) or kick out of the guest (if it runs on another CPU). The run loop
-//! (`run.rs`) takes the pending bits from here and delivers them through the guest's IDT, as
-//! `src/interrupts.rs` decides.
+//! wake (if it sleeps in HALT) or kick out of the guest (if it runs on another CPU). Before each
+//! trip in, exit handling (`deliver_interrupts` in src/exit/interrupts_and_traps.rs, through
+//! `KernelHost` in run.rs) takes the pending bits from here and delivers them through the
+//! guest's IDT, as `src/interrupts.rs` decides.
 
 use crate::abi::hcall::TIMER_IRQ;
 use core::sync::atomic::{AtomicPtr, AtomicU64, Ordering};

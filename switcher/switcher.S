@@ -6,9 +6,10 @@
  * lg_switcher_end is copied by lg.ko into the text pages of the Switcher window, which is
  * mapped at the same address in the host and in every guest, so it keeps running across the
  * moment CR3 changes. It is position-independent: every reference is to itself, or to the
- * per-CPU block whose address it is given (on the way in) or finds from the stack pointer (on
- * the way out). The layout of the window is described in lg-module/src/layout.rs; every number
- * this file shares with the host comes from layout.h beside it, generated from the Rust.
+ * per-CPU block whose address it is given (on the way in) or finds from the GDT register (on
+ * the way out: the stack pointer may be on an IST stack). The layout of the window is
+ * described in lg-module/src/layout.rs; every number this file shares with the host comes from
+ * layout.h beside it, generated from the Rust.
  *
  * The way in, switch_to_guest(block), called by the host with interrupts off:
  *   save the host's callee-saved registers and flags; park the host stack pointer in the host
@@ -24,6 +25,10 @@
  * (from the MSR), host GS base first and the host's GDT entry 15 (a host NMI handler may run
  * from here on), host IDT, host GDT and TSS, host stack, host flags, return. The host's LDT,
  * if it has one, is lg.ko's to reload (lg-module/run.rs).
+ *
+ * One trap may not leave: the #UD stub goes to ud_exit first, which delivers a user `syscall`
+ * to the guest's own handler without leaving its address space when lg.ko armed it for this
+ * trip (lg-module/src/fast_syscall.rs), and otherwise joins the common exit.
  *
  * The order of both paths is chosen so that, whatever instant an NMI arrives, the IDT, GDT
  * and TSS in force agree with each other: docs/world-switch.md walks through it.

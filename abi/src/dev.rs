@@ -32,7 +32,8 @@ pub const INITIALIZE: u64 = 0;
 pub const IRQ: u64 = 2;
 /// Ask for one register; the next `read()` returns its value.
 pub const GETREG: u64 = 5;
-/// Change one register (general registers, RIP and RSP only).
+/// Change one register: a general register, RIP, RSP, or RFLAGS' six arithmetic flags
+/// ([`crate::regs::Reg::writable_bits`]); the selectors and the rest of RFLAGS are the host's.
 pub const SETREG: u64 = 6;
 /// Turn the Switcher's fast paths (a user `syscall` delivered without leaving the guest's
 /// address space: lg-module/src/fast_syscall.rs) off (0) or on (1, as every guest starts). For
@@ -104,7 +105,7 @@ pub enum Refusal {
     LongWrite,
     /// EOPNOTSUPP: not a request code this host knows.
     UnknownRequest,
-    /// EBADFD: GETREG, SETREG or read() before INITIALIZE.
+    /// EBADFD: GETREG, SETREG, FAST_PATHS or read() before INITIALIZE.
     NotInitialized,
     /// EBUSY: INITIALIZE on a file that already has a guest.
     AlreadyInitialized,

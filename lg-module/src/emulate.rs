@@ -4,7 +4,8 @@
 //! instruction the host carries out on its behalf: an `int n` the real IDT refused (docs/traps.md),
 //! a `syscall` with EFER.SCE off, or one of the privileged instructions a Linux kernel executes
 //! without a paravirt hook (`mov` from CR4, `xsetbv`, port I/O: the ABI's `privileged` module).
-//! `exception` in run.rs fetches the bytes at RIP once, through the guest's page tables, and every
+//! Exit handling (`exception` in src/exit/interrupts_and_traps.rs) fetches the bytes at RIP
+//! once, through the guest's page tables (`fetch_instruction` in src/exit/memory.rs), and every
 //! decision here is made on that one copy: the launcher shares guest memory and could change a
 //! byte between two reads.
 //!

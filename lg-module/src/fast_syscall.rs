@@ -3,9 +3,9 @@
 //!
 //! While a guest runs, EFER.SCE is off, so a `syscall` in its user mode is a #UD, and the slow
 //! path is a whole world switch: out to the host, which sees `0f 05` at RIP (`exception` in
-//! lg-module/run.rs), pushes a frame on the guest's kernel stack, enters the guest's handler for
-//! `lguest_data.syscall_vec`, and switches back in. A Linux guest makes a system call every few
-//! thousand instructions. So before each trip in, the host works out whether the Switcher could
+//! src/exit/interrupts_and_traps.rs), pushes a frame on the guest's kernel stack, enters the
+//! guest's handler for `lguest_data.syscall_vec`, and switches back in. A Linux guest makes a
+//! system call every few thousand instructions. So before each trip in, the host works out whether the Switcher could
 //! do the same without it ([`arm`]), and if so writes what it needs into the state page, which
 //! the guest can read but not write. The Switcher's #UD stub then checks, on the spot, that the
 //! trap came from ring 3, that the bytes at RIP are `0f 05` and that `syscall_vec` is still the

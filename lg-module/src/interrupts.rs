@@ -5,8 +5,8 @@
 //! which delivers a trap or interrupt through it the way the CPU would have: it builds the frame
 //! ([`trap_frame`]) on the guest kernel's stack and resumes the guest at the handler. The
 //! frame's conventions (CS shown with RPL 0 for kernel-mode traps, RFLAGS.IF = the virtual flag)
-//! are the ABI's (`abi::hcall`). The kernel side (`lg-module/run.rs`) writes the frame into
-//! guest memory and changes the registers.
+//! are the ABI's (`abi::hcall`). Exit handling (`deliver` in src/exit/interrupts_and_traps.rs)
+//! writes the frame into guest memory and changes the registers.
 
 use crate::abi::boot::{GUEST_KERNEL_CS, GUEST_KERNEL_SS};
 use crate::abi::data::IRQ_ENABLED;

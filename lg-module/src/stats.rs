@@ -2,9 +2,10 @@
 //!
 //! `--trace` on the launcher shows the exits that reach it; everything else a guest does, the
 //! hypercalls, page faults, traps and interrupts lg.ko deals with itself, would go unseen. So
-//! the run loop (`lg-module/run.rs`) tells [`ExitStats`] about every trip into the guest, every
-//! exit and what became of it, every call it carries out from the asynchronous ring and every
-//! interrupt it delivers, with the time it spent; [`exit_bucket`] decides where an exit
+//! the run loop (`lg-module/run.rs`) tells [`ExitStats`] about every trip into the guest, and
+//! exit handling (src/exit/) about every exit and what became of it, every call it carries out
+//! from the asynchronous ring and every interrupt it delivers, with the time it spent;
+//! [`exit_bucket`] decides where an exit
 //! belongs. The buckets, and the fdinfo lines user space reads them in, are the ABI's
 //! (`abi/src/stats.rs`); [`ExitStats::show`] prints them, for `lguest-stat` and the launcher's
 //! `--stats`.

@@ -11,8 +11,8 @@
 //!   file, as a grep would find them, unless they are Linux's or the CPU's (`NOT_OURS` below);
 //! - scenario names (`guest-hostile-cli`) are in the scenario table;
 //! - no chapter speaks of issues ("issue #4": the reader has no tracker), or of work not yet
-//!   done outside a section that lists it ("What this does not do yet", the README's Status)
-//!   and without pointing at one.
+//!   done ("not yet", "for now", "first version", TODO) outside a section that lists it ("What
+//!   this does not do yet", the README's Status) and without pointing at one.
 //!
 //! Usage: `lguest-docs-check [REPOSITORY]` (by default the one it was built from). It prints
 //! one line per finding, `FILE:LINE: what`, and exits 1 if there was any, 2 if it could not
@@ -475,7 +475,9 @@ fn issue_mention(text: &str) -> Option<&str> {
     None
 }
 
-/// A phrase of work not done yet: "not yet", "none yet", "yet to", TODO, FIXME.
+/// A phrase of work not done yet: "not yet", "none yet", "yet to", "for now", "first version"
+/// (the words a chapter wrote when its feature landed half-done, and that go stale unseen),
+/// TODO, FIXME.
 fn unfinished(text: &str) -> Option<&'static str> {
     // The words one space apart, so that a phrase matches across punctuation and line breaks.
     let words: Vec<&str> = text
@@ -483,7 +485,7 @@ fn unfinished(text: &str) -> Option<&'static str> {
         .filter(|word| !word.is_empty())
         .collect();
     let spaced = format!(" {} ", words.join(" ").to_ascii_lowercase());
-    ["not yet", "none yet", "yet to"]
+    ["not yet", "none yet", "yet to", "for now", "first version"]
         .into_iter()
         .find(|phrase| spaced.contains(&format!(" {phrase} ")))
         .or_else(|| {
@@ -513,6 +515,11 @@ mod tests {
         assert_eq!(unfinished("none yet"), Some("none yet"));
         assert_eq!(unfinished("is not yet there"), Some("not yet"));
         assert_eq!(unfinished("(TODO) later"), Some("TODO"));
+        assert_eq!(
+            unfinished("in this first version: anything"),
+            Some("first version")
+        );
+        assert_eq!(unfinished("kept, for now."), Some("for now"));
         assert_eq!(unfinished("not mapped yet; no call answers yet"), None);
     }
 
