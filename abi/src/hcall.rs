@@ -2,9 +2,9 @@
 //!
 //! A guest kernel runs at ring 1 and may not execute privileged instructions; instead it
 //! executes `int $0x1f` ([`VECTOR`]) with the call number in RAX and up to five arguments in RBX,
-//! RCX, RDX, RSI and RDI. The host answers in RAX (where a call has an answer) and resumes the
-//! guest after the `int`. A call the host does not know, or one whose arguments are wrong, kills
-//! the guest with a reason the launcher prints: a guest has no business guessing.
+//! RCX, RDX, RSI and RDI. No call answers in a register: the host carries the call out and
+//! resumes the guest after the `int`. A call the host does not know, or one whose arguments are
+//! wrong, kills the guest with a reason the launcher prints: a guest has no business guessing.
 //!
 //! The numbers are lguest's where lguest had the call; calls lguest-rs adds start at 20.
 //!

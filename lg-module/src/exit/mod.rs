@@ -9,10 +9,10 @@
 //!
 //! None of it touches hardware. What it needs of the machine comes through three small traits,
 //! which lg.ko implements over the launcher's memory, the shadow page tables and the hrtimer
-//! (run.rs), and the tests below over a byte vector and a few counters: guest RAM ([`GuestRam`],
-//! src/guest_ram.rs),
-//! the shadow page tables ([`Shadow`], the guest's owner) and the rest of the host ([`Host`]:
-//! interrupts, the timer, clocks). So every decision here is unit-tested with fake exits.
+//! (run.rs), and the tests (tests.rs) over a byte vector and a few counters: guest RAM
+//! ([`GuestRam`], src/guest_ram.rs), the shadow page tables ([`Shadow`], the guest's owner) and
+//! the rest of the host ([`Host`]: interrupts, the timer, clocks). So every decision here is
+//! unit-tested with fake exits.
 
 mod hypercalls;
 mod interrupts_and_traps;

@@ -27,9 +27,9 @@ use crate::launch::{self, shorten, Run};
 use crate::netns;
 
 /// A boot, the script and a power-off. The slowest, linux-net's, took 10 to 16 s on 2 shared
-/// cores, 38 s with other builds and VMs on them, and 79 s with LGUEST_SLOWDOWN=3. A process
-/// costs the guest up to half a second here (issue 12: every page fault and context switch is a
-/// trip to the host), so the scripts fork as little as they can.
+/// cores, 38 s with other builds and VMs on them, and 79 s with LGUEST_SLOWDOWN=3, before the
+/// Switcher's fast paths, when a process cost the guest up to half a second (every page fault
+/// and context switch a trip to the host); the scripts still fork as little as they can.
 const PATIENCE: Duration = Duration::from_secs(180);
 /// What init prints once the script ran to its end.
 const SCRIPT_DONE: &str = "lguest-linux: script exited with status 0";

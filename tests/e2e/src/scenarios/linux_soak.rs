@@ -31,7 +31,7 @@ pub static SOAKS: [Scenario; 1] = [Scenario {
     run: long_run,
 }];
 
-/// The soak's length when the VM's command line does not say (issue 11: ten minutes).
+/// The soak's length when the VM's command line does not say: ten minutes.
 const DEFAULT_MINUTES: u64 = 10;
 /// The disk the guest writes, in the VM's tmpfs.
 const DISK: &str = "/tmp/lguest-soak-disk.img";
