@@ -93,12 +93,13 @@ for run in $(seq "$runs"); do
 done
 
 # per_run SOURCE NAME: "RUN VALUE" for each run that printed the figure (its last value in that
-# run). The figure is searched for anywhere in a line, as the firmware or the kernel may have left
-# a line unfinished just before it.
+# run; a whole number, or a decimal one as the TCP figures are). The figure is searched for
+# anywhere in a line, as the firmware or the kernel may have left a line unfinished just before
+# it.
 per_run() {
     tr -d '\r' <"$log" | awk -v want="bench $1 $2 " '
         match($0, /bench run [0-9]+$/) { run = substr($0, RSTART + 10) }
-        (at = index($0, want)) && match(rest = substr($0, at + length(want)), /^[0-9]+/) {
+        (at = index($0, want)) && match(rest = substr($0, at + length(want)), /^[0-9]+(\.[0-9]+)?/) {
             value[run] = substr(rest, 1, RLENGTH)
         }
         END { for (r in value) print r, value[r] }' | sort -n
