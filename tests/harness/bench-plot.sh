@@ -7,9 +7,10 @@
 set -euo pipefail
 [ $# -ge 1 ] && [ $# -le 2 ] || { echo "usage: bench-plot.sh TSV [BEFORE_TSV]" >&2; exit 2; }
 awk -F'\t' -v before_file="${2:-}" '
-    # A figure where more is better (MB/s, ticks served): its slowdown is native over lg.ko.
+    # A figure where more is better (MB/s, round trips per second, ticks served): its slowdown
+    # is native over lg.ko.
     function better_when_more(section, name) {
-        return section == "virtio" || section == "tick" || name ~ /mbps$/
+        return section == "virtio" || section == "tick" || name ~ /(mbps|per-s)$/
     }
     function slowdown(section, name, ratio) {
         if (ratio <= 0) return 0

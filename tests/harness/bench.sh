@@ -13,7 +13,9 @@
 # Between them the teaching guest boots natively three times: on the `pc` machine for its
 # microbenchmarks and for 30 s of its 1 ms tick (`long-run 30`: how many ticks it loses, which
 # lguest-e2e bench counts under lg.ko too), and on `microvm` with QEMU's virtio-mmio disk and
-# network card for theirs.
+# network card for theirs; and so does the Linux guest, once, on microvm with a scratch disk and a
+# network card on a tap (linux-native.sh --disk --net: its TCP peer runs on this machine, in a
+# network namespace of its own), for the Linux table's native column.
 # All of it runs RUNS times (default 3), the boots of one run back to back, so that native and
 # lg.ko figures always come from the same minutes. Under TCG one run's figures move by a third
 # from one run to the next; so every figure is printed as the median of the runs with its spread
@@ -75,8 +77,8 @@ one_run() {
         sed 's/^bench /bench teaching-native-devices /' >>"$log" || true
     step "run $1 of $runs: booting the Linux guest natively: its microbenchmarks"
     truncate -s 32M "$linux_disk"
-    "$REPO/tests/harness/linux-native.sh" --disk "$linux_disk" --patience 600 \
-        lguest.run=bench lguest.bench-disk=/dev/vda 2>&1 | awk '
+    "$REPO/tests/harness/linux-native.sh" --disk "$linux_disk" --net --patience 600 \
+        lguest.run=bench lguest.bench-disk=/dev/vda lguest.bench-peer=10.0.2.2 2>&1 | awk '
         match($0, /init running after [0-9.]+ s/) {
             print "bench linux-native boot-to-init-ms " \
                 int(1000 * substr($0, RSTART + 19, RLENGTH - 21))
@@ -91,12 +93,13 @@ for run in $(seq "$runs"); do
 done
 
 # per_run SOURCE NAME: "RUN VALUE" for each run that printed the figure (its last value in that
-# run). The figure is searched for anywhere in a line, as the firmware or the kernel may have left
-# a line unfinished just before it.
+# run; a whole number, or a decimal one as the TCP figures are). The figure is searched for
+# anywhere in a line, as the firmware or the kernel may have left a line unfinished just before
+# it.
 per_run() {
     tr -d '\r' <"$log" | awk -v want="bench $1 $2 " '
         match($0, /bench run [0-9]+$/) { run = substr($0, RSTART + 10) }
-        (at = index($0, want)) && match(rest = substr($0, at + length(want)), /^[0-9]+/) {
+        (at = index($0, want)) && match(rest = substr($0, at + length(want)), /^[0-9]+(\.[0-9]+)?/) {
             value[run] = substr(rest, 1, RLENGTH)
         }
         END { for (r in value) print r, value[r] }' | sort -n
@@ -230,15 +233,18 @@ for figure in ticks:served lost:lost; do
     fi
 done
 # The Linux guest, the same bzImage and initramfs both ways: natively on QEMU's microvm, with its
-# virtio disk; under lg.ko with the launcher's.
+# virtio disk and network card (a tap in a network namespace on this machine, the TCP peer behind
+# it); under lg.ko with the launcher's (a tap in the test VM, the same peer behind it).
 header "Linux guest" "native" "lg.ko"
 for name in boot-to-init-ms null-syscall fork-exit fork-exec pipe-round-trip page-fault \
-    gzip-2mib blk-read-mbps blk-write-mbps; do
+    gzip-2mib blk-read-mbps blk-write-mbps tcp-send-mbps tcp-receive-mbps tcp-round-trips-per-s; do
     native=$(per_run linux-native "$name") lguest=$(per_run linux-lguest "$name")
     [ -n "$native" ] && [ -n "$lguest" ] || die "missing Linux guest figure $name; see $log"
     row linux "$name" "$lguest" "$native"
 done
 echo "(TSC cycles per operation, but boot-to-init-ms in ms from the start of QEMU natively and of"
-echo " the launcher under lg.ko, and the disk in MB/s: there lg.ko/native below 1 is the slowdown)"
+echo " the launcher under lg.ko, the disk and TCP in MB/s and TCP's one-byte round trips per second:"
+echo " there lg.ko/native below 1 is the slowdown; TCP's peer runs on this machine natively, in the"
+echo " test VM, on its emulated CPUs, under lg.ko)"
 "$REPO/tests/harness/bench-plot.sh" "$results" ${before:+"$before"} >"$stamp.svg"
 ok "bench done (all boots' output: $log; the table: $results; drawn: $stamp.svg)"

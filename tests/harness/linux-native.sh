@@ -4,7 +4,7 @@
 # metal, it is entered through startup_64 by the boot protocol rather than through the lguest
 # ELF note, so it never takes the lguest platform and its pv_ops stay native. That is what makes
 # a comparison of the two boots honest: one image, two worlds.
-# Usage: linux-native.sh [--selftests] [--disk IMAGE] [--patience SECONDS] [WORDS...]
+# Usage: linux-native.sh [--selftests] [--disk IMAGE] [--net] [--patience SECONDS] [WORDS...]
 #
 # Builds the guest kernel and its initramfs (both cached or cheap), boots them on QEMU's microvm
 # machine and checks what linux-boots checks under lg.ko, where it applies natively: the banner
@@ -13,7 +13,9 @@
 # running; then that init reached its end and the guest ended QEMU. WORDS go on the kernel's
 # command line after the harness's own (`lguest.run=demo`: init shows a few things first).
 # --disk gives the guest IMAGE as its virtio disk, /dev/vda, as `lguest-launcher --block` does;
-# --patience gives a longer run (the benchmarks) more than the 60 s a boot gets.
+# --net gives it a virtio network card on a tap, as `--net tap=` does, and behind the tap the
+# peer the bench's TCP figures are measured against (see below); --patience gives a longer run
+# (the benchmarks) more than the 60 s a boot gets.
 #
 # It prints the banner, the platform line and everything from the init line on, then
 # `e2e-info linux-native: from QEMU's start, the banner after B s, init running after I s, QEMU
@@ -39,8 +41,54 @@ PATIENCE=60
 # runner gives up on one test after 120 s.
 SELFTEST_PATIENCE=180
 
-usage="usage: linux-native.sh [--selftests] [--disk IMAGE] [--patience SECONDS] [WORDS...] (WORDS go on the command line)"
-disk=()
+# --net: the tap, the host's address on it (as the bench's tap has in the test VM: tests/e2e/
+# src/bench.rs) and the peer. The script runs again in a network namespace of its own (as root:
+# the harness runs as root), where the tap, its address and the peer are all there is, and all
+# go when the last process in it does; the machine's own networking is never touched. There the
+# same path carries a frame as under lg.ko: the guest's virtio-net driver, a device model in user
+# space (QEMU's here, the launcher's there), a tap, the host kernel's TCP stack and the peer, the
+# same program (`lguest-e2e tcp-peer`, tests/e2e/src/tcp_peer.rs) on both sides.
+NET_TAP=lgnative0
+NET_HOST=10.0.2.2
+# QEMU's virtio-net offers checksum and segmentation offloads, mergeable receive buffers, event
+# indices, indirect descriptors and a control queue; the launcher's offers a MAC and a link
+# status and no more. Off, all of them, so that both sides' guests run the same driver the same
+# way (1500-byte frames, checksums in software) and the difference is the platform's, not a
+# feature's: with the offloads, the guest would hand QEMU one 64 KiB segment where under lg.ko it
+# makes 45 frames.
+LAUNCHER_NET_FEATURES=csum=off,guest_csum=off,gso=off,guest_tso4=off,guest_tso6=off,guest_ecn=off
+LAUNCHER_NET_FEATURES+=,guest_ufo=off,guest_uso4=off,guest_uso6=off,host_tso4=off,host_tso6=off
+LAUNCHER_NET_FEATURES+=,host_ecn=off,host_ufo=off,host_uso=off,mrg_rxbuf=off,event_idx=off
+LAUNCHER_NET_FEATURES+=,indirect_desc=off,ctrl_vq=off,ctrl_rx=off,ctrl_vlan=off
+LAUNCHER_NET_FEATURES+=,ctrl_rx_extra=off,ctrl_mac_addr=off,ctrl_guest_offloads=off
+LAUNCHER_NET_FEATURES+=,guest_announce=off
+
+# enter_namespace: outside the namespace, builds the peer (with the test VM's programs, cached)
+# and runs this script again inside one, with the same arguments, and exits with its status;
+# inside, returns.
+enter_namespace() {
+    [ -z "${LGUEST_NATIVE_PEER:-}" ] || return 0
+    local bin
+    bin=$("$REPO/tests/harness/build-userspace.sh")
+    LGUEST_NATIVE_PEER=$bin/lguest-e2e exec unshare --net -- "$0" "${all_args[@]}"
+}
+
+# start_tap_and_peer: in the namespace, makes the tap and starts the peer, and returns once it
+# listens; its pid is in peer_pid.
+start_tap_and_peer() {
+    ip tuntap add dev "$NET_TAP" mode tap || die "cannot make a tap in a network namespace"
+    ip addr add "$NET_HOST/24" dev "$NET_TAP"
+    ip link set "$NET_TAP" up
+    local said=
+    exec {peer_out}< <(exec "$LGUEST_NATIVE_PEER" tcp-peer "$NET_HOST")
+    peer_pid=$!
+    read -r -t 30 said <&"$peer_out" || true
+    [[ $said == "tcp-peer: listening on"* ]] || die "the TCP peer did not start: '$said'"
+}
+
+usage="usage: linux-native.sh [--selftests] [--disk IMAGE] [--net] [--patience SECONDS] [WORDS...] (WORDS go on the command line)"
+all_args=("$@")
+disk=() net=()
 selftests=
 while [ $# -gt 0 ] && [[ $1 == -* ]]; do
     case $1 in
@@ -48,14 +96,19 @@ while [ $# -gt 0 ] && [[ $1 == -* ]]; do
     --disk) [ -f "${2:-}" ] || die "--disk wants a disk image file"
             disk=(-drive "id=disk,file=$2,format=raw,if=none" -device "virtio-blk-device,drive=disk")
             shift 2 ;;
+    --net) net=(-netdev "tap,id=net,ifname=$NET_TAP,script=no,downscript=no"
+                -device "virtio-net-device,netdev=net,$LAUNCHER_NET_FEATURES")
+           shift ;;
     --patience) [[ ${2:-} =~ ^[1-9][0-9]*$ ]] || die "--patience wants a whole number of seconds"
                 PATIENCE=$2; shift 2 ;;
     *) die "$usage" ;;
     esac
 done
 linux=$("$REPO/tests/harness/build-linux-guest.sh")
+[ ${#net[@]} = 0 ] || enter_namespace
 dir=$(mktemp -d)
-trap 'rm -rf "$dir"' EXIT
+trap 'rm -rf "$dir"; [ -z "${peer_pid:-}" ] || kill "$peer_pid"' EXIT
+[ ${#net[@]} = 0 ] || start_tap_and_peer
 "$REPO/tests/harness/build-linux-rootfs.sh" "$dir/initramfs.cpio.gz"
 if [ -n "$selftests" ]; then
     # Linux unpacks gzipped cpio archives one after the other: the overlay adds /selftests.
@@ -116,7 +169,7 @@ step "booting the Linux guest natively on microvm: $cmdline"
 start=$EPOCHREALTIME
 if slowed timeout --foreground "$PATIENCE" qemu-system-x86_64 \
     -M microvm,isa-serial=on,acpi=off -accel tcg -cpu max -m 64M -nographic -no-reboot \
-    -kernel "$linux/bzImage" -initrd "$dir/initramfs.cpio.gz" -append "$cmdline" "${disk[@]}" \
+    -kernel "$linux/bzImage" -initrd "$dir/initramfs.cpio.gz" -append "$cmdline" "${disk[@]}" "${net[@]}" \
     </dev/null 2>&1 | stamp "$start" "$dir" >"$log"; then
     status=0
 else

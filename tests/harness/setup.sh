@@ -18,13 +18,14 @@ set -euo pipefail
 #  cpio busybox-static    the initramfs: a static shell and its tools
 #  e2fsprogs e2fsck-static   the Linux guest's ext4 root disk (mke2fs -d) and, in the VM, the
 #                         check of it after the guest ran (a static e2fsck)
+#  iproute2               the tap the bench's native Linux boot sends its TCP through
 #  rust-web-clippy shellcheck   the lints of `./lguest-dev check`: clippy of the kernel's Rust,
 #                         for lg.ko under Kbuild's CLIPPY=1, and the harness scripts' (Debian
 #                         marks rust-web-clippy as conflicting with Debian's rustup package,
 #                         not with a rustup installed by rustup.rs)
 PACKAGES=(qemu-system-x86 linux-source-6.12 rustc-web rust-web-src cargo-web clang libclang-dev
           bc flex bison libelf-dev libssl-dev cpio busybox-static xz-utils rsync rust-web-clippy
-          shellcheck gcc libc6-dev e2fsprogs e2fsck-static)
+          shellcheck gcc libc6-dev e2fsprogs e2fsck-static iproute2)
 
 need_apt=0
 for p in "${PACKAGES[@]}"; do

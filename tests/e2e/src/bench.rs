@@ -7,7 +7,8 @@
 //! tick (how many ticks a guest loses is a speed figure: the tests only check that the ticks keep
 //! coming), to be set beside the same image's native figures; and the Linux guest's own
 //! microbenchmarks (`lguest.run=bench`: tests/harness/linux-guest/lguest-bench.c) on a scratch
-//! disk, with the time from the launcher's start to its init. The floor they are set against
+//! disk and over the tap to a TCP peer (src/tcp_peer.rs), with the time from the launcher's start
+//! to its init. The floor they are set against
 //! comes from a boot of its own (tests/guests/floor).
 //! Output: `bench lguest nop-hypercall <cycles>`, `bench lguest mmio-read <cycles>` (a device
 //! register read, an exit to the launcher), `bench host null-syscall <cycles>`,
@@ -16,7 +17,9 @@
 //! status 1.
 
 use std::arch::x86_64::_rdtsc;
+use std::net::Ipv4Addr;
 use std::process::ExitCode;
+use std::thread;
 use std::time::{Duration, Instant};
 
 use anyhow::{ensure, Context};
@@ -24,6 +27,7 @@ use anyhow::{ensure, Context};
 use crate::kmod;
 use crate::launch::{self, launch, Run, LAUNCHER};
 use crate::scenarios::linux;
+use crate::tcp_peer;
 
 /// The guest, its memory and its scenario: tests/guests/ring1, as the initramfs holds it.
 const GUEST_ARGS: [&str; 4] = ["64m", "/guests/ring1", "nop-loop", HYPERCALLS];
@@ -38,6 +42,7 @@ const REPETITIONS: usize = 5;
 
 pub fn run() -> ExitCode {
     let figures = kmod::ensure_loaded().and_then(|()| {
+        crate::netns::create_tap(BENCH_TAP, BENCH_HOST)?;
         Ok((
             hypercall()?,
             mmio_read()?,
@@ -66,11 +71,14 @@ pub fn run() -> ExitCode {
     }
 }
 
-/// The disk and the tap the teaching guest benchmarks its devices on. The VM is booted for the
-/// bench alone, so the tap lives in its one network namespace.
+/// The disk the teaching guest benchmarks its devices on, and the tap both guests' network cards
+/// are backed by, one guest after the other, with the host's address on it (the address
+/// linux-native.sh gives its tap). The VM is booted for the bench alone, so the tap lives in its
+/// one network namespace.
 const BENCH_DISK: &str = "/tmp/bench-disk.img";
 const BENCH_DISK_BYTES: u64 = 32 << 20;
 const BENCH_TAP: &str = "lgbench0";
+const BENCH_HOST: [u8; 4] = [10, 0, 2, 2];
 
 /// The teaching guest's `bench` lines under lg.ko (`<name> <figure>`), all of them or an error:
 /// the guest ends its run with `bench done`.
@@ -78,7 +86,6 @@ fn teaching_guest() -> anyhow::Result<Vec<String>> {
     std::fs::File::create(BENCH_DISK)
         .and_then(|disk| disk.set_len(BENCH_DISK_BYTES))
         .with_context(|| format!("create {BENCH_DISK}"))?;
-    crate::netns::create_tap(BENCH_TAP, [10, 0, 2, 2])?;
     let net = format!("tap={BENCH_TAP}");
     let args = [
         "64m",
@@ -112,14 +119,19 @@ const LINUX_BENCH_DISK: &str = "/tmp/linux-bench-disk.img";
 
 /// The Linux guest's `bench` lines under lg.ko (`<name> <figure>`), after `boot-to-init-ms <ms>`:
 /// from the launcher's start to the init's first line, as linux-native.sh times the native boot
-/// from QEMU's start.
+/// from QEMU's start. Its TCP figures are against the peer (src/tcp_peer.rs), here a thread
+/// listening on the tap's address, which lives as long as this process.
 fn linux() -> anyhow::Result<Vec<String>> {
     std::fs::File::create(LINUX_BENCH_DISK)
         .and_then(|disk| disk.set_len(BENCH_DISK_BYTES))
         .with_context(|| format!("create {LINUX_BENCH_DISK}"))?;
+    let peer = tcp_peer::listen(Ipv4Addr::from(BENCH_HOST))?;
+    thread::spawn(move || tcp_peer::serve(peer));
+    let net = format!("tap={BENCH_TAP}");
+    let peer_word = format!("lguest.bench-peer={}", Ipv4Addr::from(BENCH_HOST));
     let args = linux::args(
-        &["--block", LINUX_BENCH_DISK],
-        &["lguest.run=bench", "lguest.bench-disk=/dev/vda"],
+        &["--block", LINUX_BENCH_DISK, "--net", &net],
+        &["lguest.run=bench", "lguest.bench-disk=/dev/vda", &peer_word],
     );
     let start = Instant::now();
     let mut running = launch::spawn(&args)?;

@@ -8,7 +8,9 @@
 //! `lguest-e2e <scenario>...`, and counts the lines.
 //!
 //! Usage: `lguest-e2e <scenario>...`, `lguest-e2e all`, `lguest-e2e list` (or `lguest-e2e bench`,
-//! figures rather than tests: src/bench.rs). Each scenario
+//! figures rather than tests: src/bench.rs; or `lguest-e2e tcp-peer ADDRESS`, the host's end of
+//! the Linux guest's TCP figures, which the bench also runs on the machine outside the VM:
+//! src/tcp_peer.rs). Each scenario
 //! prints exactly one verdict line, `e2e <name>: PASS` or `e2e <name>: FAIL: <why>` (before it,
 //! `e2e-info <name>: took S s`, and from a few `e2e-figure` or more `e2e-info` lines, for the
 //! benchmark, the timeouts and the reader: the harness ignores them), and the exit code is 0 iff
@@ -28,6 +30,7 @@ mod netns;
 mod pinned;
 mod procfs;
 mod scenarios;
+mod tcp_peer;
 
 use std::panic::{self, AssertUnwindSafe};
 use std::process::ExitCode;
@@ -42,17 +45,21 @@ static PANIC: Mutex<Option<String>> = Mutex::new(None);
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     if args.is_empty() {
-        eprintln!("usage: lguest-e2e <scenario>... | all | list | bench");
+        eprintln!("usage: lguest-e2e <scenario>... | all | list | bench | tcp-peer ADDRESS");
         return ExitCode::from(2);
     }
     // Not a scenario: figures for `./lguest-dev bench`, with no verdict (src/bench.rs).
     if args == ["bench"] {
         return bench::run();
     }
-    // Not a scenario: the second half of abi-owner's exec case, in the program it exec'd.
-    if let [flag, fd] = &args[..] {
-        if flag == scenarios::READ_AFTER_EXEC {
-            return scenarios::read_after_exec(fd);
+    if let [word, arg] = &args[..] {
+        // Not a scenario: the second half of abi-owner's exec case, in the program it exec'd.
+        if word == scenarios::READ_AFTER_EXEC {
+            return scenarios::read_after_exec(arg);
+        }
+        // Not a scenario: a server for the bench's TCP figures, until it is killed.
+        if word == "tcp-peer" {
+            return tcp_peer::run(arg);
         }
     }
     if args == ["list"] {
