@@ -16,7 +16,7 @@ use lguest_abi::boot::EntryNote;
 use paravirt_ops::Backend;
 
 use crate::frames::{self, MemoryMap};
-use crate::{CommandLine, STACK_SIZE};
+use crate::{command_line_at, STACK_SIZE};
 
 /// The lguest entry note (lguest-abi's `EntryNote`): the launcher refuses an image without it.
 /// linker.ld keeps the section and gives it a PT_NOTE program header, where the launcher looks.
@@ -54,7 +54,7 @@ extern "C" fn lguest_main(boot_params: u64) -> ! {
     let cmdline = unsafe {
         let low = ((boot_params + CMD_LINE_PTR) as *const u32).read_unaligned();
         let high = ((boot_params + EXT_CMD_LINE_PTR) as *const u32).read_unaligned();
-        CommandLine::from_c_string(u64::from(high) << 32 | u64::from(low))
+        command_line_at(u64::from(high) << 32 | u64::from(low))
     };
     frames::init(&map);
     crate::kernel_main(&map, &cmdline)

@@ -25,7 +25,7 @@ use paravirt_ops::Backend;
 
 use crate::frames::{self, MemoryMap};
 use crate::gdt::{self, KERNEL_CS, KERNEL_DS};
-use crate::{CommandLine, STACK_SIZE};
+use crate::{command_line_at, STACK_SIZE};
 
 global_asm!(
     r#"
@@ -153,7 +153,7 @@ extern "C" fn native_main(start_info: u64) -> ! {
     }
     let map = memory_map(info);
     // SAFETY: start_info names QEMU's copy of `-append`, NUL-terminated, in low memory (or 0).
-    let cmdline = unsafe { CommandLine::from_c_string(info.cmdline_paddr) };
+    let cmdline = unsafe { command_line_at(info.cmdline_paddr) };
     frames::init(&map);
     gdt::init();
     crate::kernel_main(&map, &cmdline)

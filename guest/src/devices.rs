@@ -15,11 +15,12 @@
 //! | `block-reread-verify` | block | (`devices-verify` instead of `devices`) the pattern an earlier boot wrote reads back intact |
 //! | `net-ping` | network | ARP finds the address to ping, and an ICMP echo request gets its reply within 10 s |
 //!
-//! The pattern is a function of the byte offset alone ([`pattern`]), so a fresh boot with
-//! `devices-verify` can check a disk the last `devices` run wrote, with nothing remembered in
-//! between. `net-ping` pings `ping=A.B.C.D` from `ip=A.B.C.D` (by default 10.0.2.2 from
-//! 10.0.2.15, QEMU's user network's gateway and its guest's usual address); under lguest a tap
-//! device with the pinged address answers.
+//! The pattern is a function of the byte offset alone (guest-core/src/disk_pattern.rs), so a
+//! fresh boot with `devices-verify` can check a disk the last `devices` run wrote, with nothing
+//! remembered in between. `net-ping` pings `ping=A.B.C.D` from `ip=A.B.C.D` (by default 10.0.2.2
+//! from 10.0.2.15, QEMU's user network's gateway and its guest's usual address); under lguest a
+//! tap device with the pinged address answers. The frames it sends and reads are guest-core's
+//! too (guest-core/src/ping.rs), unit-tested on the host.
 //!
 //! Bench mode ends, when there are devices, with their figures, in megabytes (10^6 bytes) per
 //! second rather than cycles (bench.rs has the rest):
@@ -35,44 +36,23 @@
 //! host's page cache, a thread doing the copying); under lguest, the launcher's, a world switch
 //! or two per request.
 
+use guest_core::cmdline::{CommandLine, Plan};
+use guest_core::disk_pattern::{fill, mismatch, pattern, requests};
+use guest_core::ping::{self, DisplayIpv4, DisplayMac, Ipv4, Received, MAX_FRAME};
 use paravirt_ops::{irq, platform, time};
 
-use crate::ping::{self, DisplayIpv4, DisplayMac, Ipv4, Received, MAX_FRAME};
 use crate::selftest::{self, fail, Outcome};
 use crate::virtio::block::{Block, CHUNK, SECTOR};
 use crate::virtio::console::Console;
 use crate::virtio::net::Net;
 use crate::virtio::rng::Rng;
 use crate::virtio::{self, Device, Devices, Error};
-use crate::{println, timer, CommandLine};
+use crate::{println, timer};
 
 const MS: u64 = 1_000_000;
 const SECOND: u64 = 1000 * MS;
 /// The tick that ends every sleep a device does not end: 100 Hz.
 const TICK_NS: u64 = 10 * MS;
-
-/// What devices mode tests, from its words.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Plan {
-    /// `devices-verify` rather than `devices`: the block test only reads back.
-    pub reread: bool,
-    /// `echo`: the console's test too, which waits for a line typed on it. Without the word the
-    /// console is driven but not tested: under lguest every guest has one, and nobody need be
-    /// there to type.
-    pub echo: bool,
-}
-
-impl core::fmt::Display for Plan {
-    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        let mode = if self.reread {
-            "devices-verify"
-        } else {
-            "devices"
-        };
-        let echo = if self.echo { " echo" } else { "" };
-        write!(f, "{mode}{echo}")
-    }
-}
 
 /// Devices mode: the self-tests, the summary, power-off.
 pub fn run(devices: &mut Devices, cmdline: &CommandLine, plan: Plan) -> ! {
@@ -201,41 +181,12 @@ fn console_echo(console: &mut Console) -> Outcome {
 
 // ---- block-write-read-verify, block-reread-verify ---------------------------------------------
 
-/// XORed with each 8-byte word's offset: "lguest-r" in ASCII, so the pattern is neither zeros
-/// nor the offsets, which a device that drops or misplaces requests could produce.
-const PATTERN_KEY: u64 = 0x6c67_7565_7374_2d72;
 const CHUNK_SECTORS: u64 = (CHUNK / SECTOR) as u64;
 
-/// The 8-byte word at byte `offset` of the disk, little-endian.
-fn pattern(offset: u64) -> u64 {
-    offset ^ PATTERN_KEY
-}
-
-/// Fills `buffer`, which goes at byte `offset` of the disk, with the pattern.
-fn fill(buffer: &mut [u8], offset: u64) {
-    for (i, word) in buffer.chunks_exact_mut(8).enumerate() {
-        word.copy_from_slice(&pattern(offset + 8 * i as u64).to_le_bytes());
-    }
-}
-
-/// The first word of `buffer`, read from byte `offset` of the disk, that is not the pattern:
-/// its offset and what it holds.
-fn mismatch(buffer: &[u8], offset: u64) -> Option<(u64, u64)> {
-    buffer
-        .chunks_exact(8)
-        .enumerate()
-        .map(|(i, word)| {
-            let at = offset + 8 * i as u64;
-            (at, u64::from_le_bytes(word.try_into().unwrap_or_default()))
-        })
-        .find(|&(at, word)| word != pattern(at))
-}
-
-/// The requests that cover a disk of `capacity` sectors: (first sector, sectors).
+/// The requests that cover a disk of `capacity` sectors, a [`CHUNK`] at most each: (first
+/// sector, sectors).
 fn chunks(capacity: u64) -> impl Iterator<Item = (u64, usize)> {
-    (0..capacity)
-        .step_by(CHUNK_SECTORS as usize)
-        .map(move |sector| (sector, (capacity - sector).min(CHUNK_SECTORS) as usize))
+    requests(capacity, CHUNK_SECTORS).map(|(sector, sectors)| (sector, sectors as usize))
 }
 
 /// The pattern over the whole disk, request by request; it read back intact; a write one

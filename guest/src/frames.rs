@@ -11,69 +11,24 @@
 //!
 //! Frames are reached through the identity map (virtual == physical), which both worlds give
 //! the kernel: the boot loader's page tables at first, then its own (paging.rs).
+//!
+//! The map, and the count of which frames were never handed out, are bookkeeping that needs no
+//! memory but their own: they are guest-core's (`guest-core/src/frames.rs`), unit-tested on the
+//! host, where running out of RAM or a loader's range past the top of the address space is a
+//! test away. What is here needs the frames themselves: zeroing them, the free list in them,
+//! and a lock with interrupts off.
 
 use core::cell::UnsafeCell;
 
+pub use guest_core::frames::MemoryMap;
+use guest_core::frames::UntouchedFrames;
 use lguest_abi::PAGE_SIZE;
 use paravirt_ops::irq;
 
-/// One range of RAM, `start..end`.
-#[derive(Clone, Copy, Debug, Default)]
-pub struct Region {
-    pub start: u64,
-    pub end: u64,
-}
-
-/// The most RAM ranges kept; QEMU and the launcher report two or three.
-const MAX_REGIONS: usize = 32;
-
-/// The RAM a boot loader reported.
-pub struct MemoryMap {
-    regions: [Region; MAX_REGIONS],
-    len: usize,
-}
-
-impl MemoryMap {
-    pub const fn new() -> MemoryMap {
-        MemoryMap {
-            regions: [Region { start: 0, end: 0 }; MAX_REGIONS],
-            len: 0,
-        }
-    }
-
-    /// Adds `len` bytes of RAM at `start`, trimmed to whole pages; beyond MAX_REGIONS, ignored.
-    pub fn add(&mut self, start: u64, len: u64) {
-        let region = Region {
-            start: start.next_multiple_of(PAGE_SIZE),
-            end: (start + len) & !(PAGE_SIZE - 1),
-        };
-        if region.start < region.end && self.len < MAX_REGIONS {
-            self.regions[self.len] = region;
-            self.len += 1;
-        }
-    }
-
-    pub fn regions(&self) -> &[Region] {
-        &self.regions[..self.len]
-    }
-
-    /// Bytes of RAM.
-    pub fn total(&self) -> u64 {
-        self.regions().iter().map(|r| r.end - r.start).sum()
-    }
-
-    /// The first address above all RAM.
-    pub fn end(&self) -> u64 {
-        self.regions().iter().map(|r| r.end).max().unwrap_or(0)
-    }
-}
-
-/// The allocator: the free part of each region, a cursor, and the frames given back.
+/// The allocator: the frames never handed out (guest-core keeps that count), and the frames
+/// given back.
 struct Allocator {
-    free: MemoryMap,
-    /// The region the next frame comes from, and the frame.
-    region: usize,
-    next: u64,
+    untouched: UntouchedFrames,
     /// The first frame of the free list (0: empty), and how many it holds.
     freed: u64,
     freed_count: u64,
@@ -87,9 +42,7 @@ struct AllocatorCell(UnsafeCell<Allocator>);
 unsafe impl Sync for AllocatorCell {}
 
 static ALLOCATOR: AllocatorCell = AllocatorCell(UnsafeCell::new(Allocator {
-    free: MemoryMap::new(),
-    region: 0,
-    next: 0,
+    untouched: UntouchedFrames::new(MemoryMap::new()),
     freed: 0,
     freed_count: 0,
 }));
@@ -112,14 +65,8 @@ extern "C" {
 /// Starts the allocator on `map`, minus everything below the kernel's end.
 pub fn init(map: &MemoryMap) {
     let floor = (&raw const __kernel_end) as u64;
-    with_allocator(|a| {
-        for r in map.regions() {
-            a.free
-                .add(r.start.max(floor), r.end.saturating_sub(r.start.max(floor)));
-        }
-        a.region = 0;
-        a.next = a.free.regions().first().map_or(0, |r| r.start);
-    });
+    let untouched = UntouchedFrames::new(map.above(floor));
+    with_allocator(|a| a.untouched = untouched);
 }
 
 /// A fresh zeroed 4 KiB frame's physical address, or `None` when RAM is used up.
@@ -132,7 +79,7 @@ pub fn alloc_zeroed() -> Option<u64> {
             a.freed_count -= 1;
             return Some(frame);
         }
-        a.take(PAGE_SIZE)
+        a.untouched.take(1)
     })?;
     // SAFETY: the frame is RAM, identity-mapped, and now ours alone.
     unsafe { core::ptr::write_bytes(frame as *mut u8, 0, PAGE_SIZE as usize) };
@@ -140,32 +87,17 @@ pub fn alloc_zeroed() -> Option<u64> {
 }
 
 /// `pages` fresh zeroed frames in a row, physically contiguous: the first one's address, or
-/// `None` when no region has that many left. Each may later be given back on its own.
+/// `None` when no region has that many left (or for 0 pages). Each may later be given back on
+/// its own.
 pub fn alloc_contiguous(pages: usize) -> Option<u64> {
     if pages == 1 {
         return alloc_zeroed();
     }
+    let start = with_allocator(|a| a.untouched.take(pages as u64))?;
     let bytes = pages as u64 * PAGE_SIZE;
-    let start = with_allocator(|a| a.take(bytes))?;
     // SAFETY: the frames are RAM, identity-mapped, and now ours alone.
     unsafe { core::ptr::write_bytes(start as *mut u8, 0, bytes as usize) };
     Some(start)
-}
-
-impl Allocator {
-    /// `bytes` (whole pages) from the untouched part of the regions, moving on to the next
-    /// region when this one has not that much left (its tail is then never handed out).
-    fn take(&mut self, bytes: u64) -> Option<u64> {
-        while let Some(r) = self.free.regions().get(self.region).copied() {
-            if self.next + bytes <= r.end {
-                self.next += bytes;
-                return Some(self.next - bytes);
-            }
-            self.region += 1;
-            self.next = self.free.regions().get(self.region).map_or(0, |r| r.start);
-        }
-        None
-    }
 }
 
 /// Gives `frame` back.
@@ -185,14 +117,5 @@ pub unsafe fn free(frame: u64) {
 
 /// How many frames are still free.
 pub fn free_frames() -> u64 {
-    with_allocator(|a| {
-        let regions = a.free.regions();
-        let rest_of_current = regions.get(a.region).map_or(0, |r| r.end - a.next);
-        let later: u64 = regions
-            .iter()
-            .skip(a.region + 1)
-            .map(|r| r.end - r.start)
-            .sum();
-        (rest_of_current + later) / PAGE_SIZE + a.freed_count
-    })
+    with_allocator(|a| a.untouched.frames_left() + a.freed_count)
 }

@@ -35,6 +35,11 @@
 //!
 //! ## Reading order
 //!
+//! What the kernel decides without touching the machine (the frame allocator's bookkeeping, the
+//! tick's deadlines, the command line, the ping frames) is in the guest-core crate
+//! (`../guest-core`), where the host unit-tests it; each file below says what it takes from
+//! there.
+//!
 //! 1. `main.rs`: this overview, the boot stack, and [`kernel_main`].
 //! 2. `boot_native.rs`: QEMU's PVH entry, from 32-bit protected mode into long mode.
 //! 3. `boot_lguest.rs`: the lguest note and entry: already in long mode, at ring 1.
@@ -58,7 +63,7 @@
 //! 18. `virtio/console.rs`: the console, another: bytes out, a line in, asleep until it comes.
 //! 19. `virtio/block.rs`: the block device, the crate's driver with the kernel's waits.
 //! 20. `virtio/net.rs`: the network card, likewise, with receive buffers of the driver's own.
-//! 21. `ping.rs`: just enough Ethernet, ARP, IPv4 and ICMP to ping.
+//! 21. `guest-core/src/ping.rs`: just enough Ethernet, ARP, IPv4 and ICMP to ping.
 //! 22. `devices.rs`: devices mode, a self-test per device, and the devices' benchmarks.
 //! 23. `count.rs`: count mode, a known workload and the kernel's own tally of it.
 //!
@@ -95,6 +100,8 @@
 use core::arch::asm;
 use core::panic::PanicInfo;
 
+use guest_core::cmdline::{CommandLine, Mode, PARAMETERS};
+use guest_core::virtio_mmio;
 use paravirt_ops::{cpu, info, platform, time};
 
 mod bench;
@@ -107,7 +114,6 @@ mod frames;
 mod gdt;
 mod long_run;
 mod paging;
-mod ping;
 mod selftest;
 mod syscall;
 mod task;
@@ -128,130 +134,27 @@ pub struct Stack(pub [u8; STACK_SIZE]);
 pub static mut BOOT_STACK: Stack = Stack([0; STACK_SIZE]);
 
 // ---- The command line -------------------------------------------------------------------------
+//
+// What it says, its mode and its parameters, is guest-core's (`guest-core/src/cmdline.rs`),
+// unit-tested on the host; here is only where it comes from.
 
-/// The most of the command line kept: QEMU's `microvm` alone appends some 37 bytes per device.
-const CMDLINE_MAX: usize = 1024;
-
-/// The parameters a command line may carry besides the mode's words, `key=value` as Linux's: the
-/// virtio devices (virtio/mod.rs), and the addresses `net-ping` uses (devices.rs).
-const PARAMETERS: [&str; 3] = ["virtio_mmio.device", "ip", "ping"];
-
-/// The command line the boot loader passed, copied out of its memory.
-pub struct CommandLine {
-    buf: [u8; CMDLINE_MAX],
-    len: usize,
-}
-
-impl CommandLine {
-    /// Copies the NUL-terminated string at `addr`; 0 means there is none.
-    ///
-    /// # Safety
-    ///
-    /// `addr` is 0 or the address of a NUL-terminated string in mapped memory (the boot
-    /// loader's word: both put it in low RAM, identity-mapped).
-    pub unsafe fn from_c_string(addr: u64) -> CommandLine {
-        let mut line = CommandLine {
-            buf: [0; CMDLINE_MAX],
-            len: 0,
-        };
-        if addr == 0 {
-            return line;
-        }
-        while line.len < CMDLINE_MAX {
-            // SAFETY: inside the string, or its NUL: the caller's promise.
-            let byte = unsafe { ((addr + line.len as u64) as *const u8).read() };
-            if byte == 0 {
-                break;
-            }
-            line.buf[line.len] = byte;
-            line.len += 1;
-        }
-        line
+/// The NUL-terminated command line at `addr`, copied into a [`CommandLine`] (as much of it as
+/// that keeps); 0 means there is none.
+///
+/// # Safety
+///
+/// `addr` is 0 or the address of a NUL-terminated string in mapped memory (the boot
+/// loader's word: both put it in low RAM, identity-mapped).
+pub unsafe fn command_line_at(addr: u64) -> CommandLine {
+    if addr == 0 {
+        return CommandLine::default();
     }
-
-    pub fn as_str(&self) -> &str {
-        core::str::from_utf8(&self.buf[..self.len]).unwrap_or("")
-    }
-
-    /// The values of parameter `key`, in order: `b` and `c` for `a key=b key=c`.
-    pub fn values<'a>(&'a self, key: &'a str) -> impl Iterator<Item = &'a str> + 'a {
-        self.as_str()
-            .split_ascii_whitespace()
-            .filter_map(move |word| word.strip_prefix(key)?.strip_prefix('='))
-    }
-
-    /// The first parameter whose key is not one of [`PARAMETERS`], if any.
-    fn unknown_parameter(&self) -> Option<&str> {
-        self.as_str().split_ascii_whitespace().find(|word| {
-            word.split_once('=')
-                .is_some_and(|(key, _)| !PARAMETERS.contains(&key))
-        })
-    }
-
-    /// The words that are not parameters: the mode's.
-    fn mode_words(&self) -> impl Iterator<Item = &str> {
-        self.as_str()
-            .split_ascii_whitespace()
-            .filter(|word| !word.contains('='))
-    }
-}
-
-/// What the kernel does once it is up.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Mode {
-    /// No words: run the self-tests (selftest.rs).
-    SelfTests,
-    /// `bench`: the microbenchmarks (bench.rs), and the devices' if there are any (devices.rs).
-    Bench,
-    /// `long-run SECONDS`: the scheduler for that long (long_run.rs).
-    LongRun(u64),
-    /// `devices [echo]` or `devices-verify [echo]`: a self-test per virtio device
-    /// (devices.rs).
-    Devices(devices::Plan),
-    /// `count`: a known workload and the kernel's tally of it (count.rs).
-    Count,
-}
-
-impl core::fmt::Display for Mode {
-    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        match self {
-            Mode::SelfTests => write!(f, "self-tests"),
-            Mode::Bench => write!(f, "bench"),
-            Mode::LongRun(seconds) => write!(f, "long-run {seconds} s"),
-            Mode::Devices(plan) => write!(f, "{plan}"),
-            Mode::Count => write!(f, "count"),
-        }
-    }
-}
-
-impl Mode {
-    /// The mode a command line's words name, if they name one (parameters aside).
-    fn parse(line: &CommandLine) -> Option<Mode> {
-        let mut words = line.mode_words();
-        let mode = match words.next() {
-            None => Mode::SelfTests,
-            Some("bench") => Mode::Bench,
-            Some("count") => Mode::Count,
-            Some("long-run") => {
-                Mode::LongRun(words.next()?.parse::<u64>().ok().filter(|&s| s > 0)?)
-            }
-            Some(word @ ("devices" | "devices-verify")) => Mode::Devices(devices::Plan {
-                reread: word == "devices-verify",
-                echo: match words.next() {
-                    None => false,
-                    Some("echo") => true,
-                    Some(_) => return None,
-                },
-            }),
-            Some(_) => return None,
-        };
-        words.next().is_none().then_some(mode)
-    }
-
-    /// Whether the mode uses the virtio devices, which are then probed.
-    fn uses_devices(self) -> bool {
-        matches!(self, Mode::Bench | Mode::Devices(_))
-    }
+    let bytes = (addr..).map(|at| {
+        // SAFETY: inside the string, or its NUL (the caller's promise): `take_while` asks for
+        // no byte after the NUL, and `from_bytes` for none past what it keeps.
+        unsafe { (at as *const u8).read() }
+    });
+    CommandLine::from_bytes(bytes.take_while(|&byte| byte != 0))
 }
 
 // ---- Main -------------------------------------------------------------------------------------
@@ -282,7 +185,7 @@ pub fn kernel_main(map: &frames::MemoryMap, cmdline: &CommandLine) -> ! {
         );
         platform::power_off("teaching-guest: bad command line", true)
     };
-    let locations = match virtio::locations(cmdline) {
+    let locations = match virtio_mmio::locations(cmdline) {
         Ok(locations) => locations,
         Err(word) => {
             println!(

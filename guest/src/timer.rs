@@ -12,10 +12,13 @@
 //! arrives late (interrupts were off, the host was busy) does not push every later one back
 //! (Linux's `hrtimer_forward` does the same). A tick so late that whole deadlines went by
 //! unserved does not try to catch up with a burst: the deadlines it missed are counted as
-//! [`lost`], and the next one is the first still ahead.
+//! [`lost`], and the next one is the first still ahead. That arithmetic is guest-core's
+//! (`guest-core/src/tick.rs`), unit-tested on the host with ticks late, lost and past the top
+//! of the clock; here are the timer and the counters.
 
 use core::sync::atomic::{AtomicU64, Ordering};
 
+use guest_core::tick;
 use lguest_abi::hcall::TIMER_IRQ;
 use paravirt_ops::{irq, platform, time};
 
@@ -48,7 +51,10 @@ pub fn start(period_ns: u64) {
     // in their middle would re-arm the timer from its handler and garble them.
     let flags = irq::irq_save();
     PERIOD_NS.store(period_ns, Ordering::Relaxed);
-    DEADLINE_NS.store(time::sched_clock() + period_ns, Ordering::Relaxed);
+    DEADLINE_NS.store(
+        time::sched_clock().wrapping_add(period_ns),
+        Ordering::Relaxed,
+    );
     time::set_next_event(period_ns);
     irq::restore_fl(flags);
 }
@@ -65,18 +71,12 @@ pub fn stop() {
 /// ones already gone are lost), acknowledge.
 pub fn interrupt() {
     TICKS.fetch_add(1, Ordering::Relaxed);
+    let deadline = DEADLINE_NS.load(Ordering::Relaxed);
     let period = PERIOD_NS.load(Ordering::Relaxed);
-    if period != 0 {
-        let now = time::sched_clock();
-        let mut next = DEADLINE_NS.load(Ordering::Relaxed) + period;
-        if next <= now {
-            let missed = (now - next) / period + 1;
-            LOST.fetch_add(missed, Ordering::Relaxed);
-            next += missed * period;
-        }
-        DEADLINE_NS.store(next, Ordering::Relaxed);
-        // At least 1: set_next_event(0) would disarm the timer.
-        time::set_next_event((next - now).max(1));
+    if let Some(next) = tick::next_tick(deadline, period, time::sched_clock()) {
+        LOST.fetch_add(next.lost, Ordering::Relaxed);
+        DEADLINE_NS.store(next.deadline, Ordering::Relaxed);
+        time::set_next_event(next.delay_ns);
     }
     platform::eoi(TIMER_IRQ);
 }

@@ -34,6 +34,7 @@
 use core::arch::global_asm;
 use core::sync::atomic::{AtomicU64, Ordering};
 
+use guest_core::virtio_mmio::DEVICE_IRQS;
 use lguest_abi::hcall::{FIRST_IRQ_VECTOR, TIMER_IRQ};
 use paravirt_ops::cpu::{self, Gate, GateKind, Idt};
 use paravirt_ops::mmu;
@@ -47,8 +48,8 @@ pub const GENERAL_PROTECTION: u64 = 13;
 pub const PAGE_FAULT: u64 = 14;
 const TIMER_VECTOR: u64 = FIRST_IRQ_VECTOR + TIMER_IRQ as u64;
 /// The devices' vectors: IRQs 1 to 15 (virtio/mod.rs).
-const FIRST_DEVICE_VECTOR: u64 = FIRST_IRQ_VECTOR + virtio::DEVICE_IRQS.start as u64;
-const LAST_DEVICE_VECTOR: u64 = FIRST_IRQ_VECTOR + virtio::DEVICE_IRQS.end as u64 - 1;
+const FIRST_DEVICE_VECTOR: u64 = FIRST_IRQ_VECTOR + DEVICE_IRQS.start as u64;
+const LAST_DEVICE_VECTOR: u64 = FIRST_IRQ_VECTOR + DEVICE_IRQS.end as u64 - 1;
 
 /// What the kernel installs besides the devices' vectors: (vector, DPL). Every exception the
 /// CPU can raise in this kernel but NMI (2), double fault (8) and machine check (18), plus the

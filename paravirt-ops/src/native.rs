@@ -13,6 +13,7 @@ use core::arch::{asm, naked_asm, x86_64::__cpuid_count};
 use core::cell::UnsafeCell;
 use core::sync::atomic::{AtomicU64, Ordering};
 
+use guest_core::clock::{self, PIT_HZ};
 use lguest_abi::hcall::FIRST_IRQ_VECTOR;
 
 use crate::console::ConsoleOps;
@@ -340,8 +341,6 @@ fn leave_lazy_mmu_mode() {}
 
 // ---- time: the PIT ----------------------------------------------------------------------------
 
-/// The PIT's input clock, in Hz (a 14.31818 MHz crystal divided by 12, since the IBM PC).
-const PIT_HZ: u64 = 1_193_182;
 const PIT_CHANNEL0: u16 = 0x40;
 const PIT_COMMAND: u16 = 0x43;
 /// Command: channel 0, low byte then high byte, mode 0 ("interrupt on terminal count": OUT goes
@@ -358,13 +357,13 @@ fn tsc_khz() -> u64 {
 }
 
 /// Channel 0's count now.
-fn pit_count() -> u64 {
+fn pit_count() -> u16 {
     // SAFETY: the latch command and the two reads of channel 0 only read its count.
     unsafe {
         outb(PIT_COMMAND, PIT_CH0_LATCH);
         let low = inb(PIT_CHANNEL0);
         let high = inb(PIT_CHANNEL0);
-        u64::from(high) << 8 | u64::from(low)
+        u16::from_le_bytes([low, high])
     }
 }
 
@@ -374,7 +373,7 @@ fn pit_count() -> u64 {
 /// machine lacks, while every PIT has channel 0 and its latch. The count goes down from the
 /// largest value, and runs out (raising IRQ 0) only after 55 ms; `init` remaps the PIC
 /// afterwards anyway, which forgets an edge it saw. Between two readings the count may also
-/// have wrapped around (in mode 0 it goes on from 0xffff), which 16-bit arithmetic absorbs.
+/// have wrapped around (in mode 0 it goes on from 0xffff), which `pit_ticks_between` absorbs.
 fn calibrate_tsc_khz() -> u64 {
     const MS: u64 = 50;
     let ticks = PIT_HZ * MS / 1000;
@@ -391,10 +390,10 @@ fn calibrate_tsc_khz() -> u64 {
     let mut elapsed = 0;
     while elapsed < ticks {
         let count = pit_count();
-        elapsed += previous.wrapping_sub(count) & 0xffff;
+        elapsed += clock::pit_ticks_between(previous, count);
         previous = count;
     }
-    (rdtsc() - start) * PIT_HZ / (elapsed * 1000)
+    clock::tsc_khz(rdtsc() - start, elapsed)
 }
 
 fn set_next_event(ns: u64) {
@@ -403,9 +402,9 @@ fn set_next_event(ns: u64) {
     unsafe {
         outb(PIT_COMMAND, PIT_CH0_ONESHOT);
         if ns != 0 {
-            let count = (ns * PIT_HZ / 1_000_000_000).clamp(1, 0xffff);
-            outb(PIT_CHANNEL0, count as u8);
-            outb(PIT_CHANNEL0, (count >> 8) as u8);
+            let [low, high] = clock::pit_count(ns).to_le_bytes();
+            outb(PIT_CHANNEL0, low);
+            outb(PIT_CHANNEL0, high);
         }
     }
 }

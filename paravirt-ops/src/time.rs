@@ -4,7 +4,11 @@
 //! CR4.TSD); only its rate comes from different places: natively it is measured against the
 //! PIT at boot, under lguest the host says it in `lguest_data.tsc_khz`. The timer is a one-shot
 //! "clock event" in Linux's sense: [`set_next_event`] asks for one interrupt, IRQ 0 at vector
-//! 32, that many nanoseconds from now; a periodic tick re-arms it from its handler.
+//! 32, that many nanoseconds from now; a periodic tick re-arms it from its handler. The sums
+//! both backends do on what they read (cycles into nanoseconds, nanoseconds into a PIT count)
+//! are guest-core's (`guest-core/src/clock.rs`), unit-tested on the host.
+
+use guest_core::clock;
 
 use crate::ops;
 
@@ -19,8 +23,9 @@ pub struct TimeOps {
     pub set_next_event: fn(ns: u64),
 }
 
-/// The longest one-shot delay every backend honours: the PIT's 16-bit counter at 1.193182 MHz.
-pub const MAX_DELTA_NS: u64 = 54_925_000;
+/// The longest one-shot delay every backend honours: the PIT's 16-bit counter at 1.193182 MHz
+/// (guest-core's clock module, which tests it against the PIT's arithmetic).
+pub use guest_core::clock::MAX_DELTA_NS;
 
 /// The TSC's rate in kHz.
 pub fn tsc_khz() -> u64 {
@@ -50,6 +55,5 @@ pub fn rdtsc() -> u64 {
 /// Nanoseconds on a clock that only goes forward (`pv_ops.time.sched_clock`): the TSC at the
 /// backend's rate. Both backends use the same code, so it is a plain function rather than an op.
 pub fn sched_clock() -> u64 {
-    // 128 bits, or cycles × 10^6 overflows after a few hours of TSC.
-    (u128::from(rdtsc()) * 1_000_000 / u128::from(tsc_khz().max(1))) as u64
+    clock::cycles_to_ns(rdtsc(), tsc_khz())
 }

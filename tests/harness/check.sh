@@ -10,7 +10,7 @@
 #   clippy-workspace  the workspace's crates, for the host
 #   clippy-guests     the crates outside it, built for x86_64-unknown-none
 #   clippy-module     lg.ko itself, through Kbuild's CLIPPY=1 (build-module.sh --clippy)
-#   unit-tests        cargo test --workspace
+#   unit-tests        cargo test --workspace (guest-core's tests too: the teaching guest's logic)
 #   docs              the book names only what exists (tests/docs-check)
 #   scripts           bash -n and shellcheck on every harness script
 #   harness           the harness's own tests (selftest.sh): progress lines, colours, heartbeats,
@@ -22,8 +22,11 @@ set -euo pipefail
 cd "$REPO"
 
 # The crates outside the workspace: kernels' code for bare x86-64, each a workspace of its own
-# (built by build-userspace.sh, teaching-guest.sh and bench.sh). None has host-run tests: each
-# says `test = false`, and what they share with the host (abi/) is tested in the workspace.
+# (built by build-userspace.sh, teaching-guest.sh and bench.sh). Each says `test = false`: no
+# test harness runs on bare x86-64. What the teaching guest and paravirt-ops decide without the
+# machine is in guest-core/, and what every guest shares with the host in abi/, both workspace
+# members that the unit-tests step runs on the host; the ring-1 and floor guests are hardware
+# access throughout.
 GUEST_CRATES=(paravirt-ops guest tests/guests/ring1 tests/guests/floor)
 CLIPPY_ARGS=(-- -D warnings -D clippy::undocumented_unsafe_blocks)
 

@@ -43,114 +43,27 @@ pub mod net;
 pub mod rng;
 
 use core::fmt;
-use core::ops::Range;
 use core::ptr::NonNull;
 use core::sync::atomic::{AtomicU64, Ordering};
 
+use guest_core::virtio_mmio::{Location, Locations, DEVICE_IRQS};
 use lguest_abi::PAGE_SIZE;
 use paravirt_ops::{irq, platform, time};
 use virtio_drivers::transport::mmio::{MmioTransport, VirtIOHeader};
 use virtio_drivers::transport::{DeviceType, Transport};
 use virtio_drivers::{BufferDirection, Hal, PhysAddr};
 
-use crate::{frames, paging, println, timer, CommandLine};
+use crate::{frames, paging, println, timer};
 use block::Block;
 use console::Console;
 use net::Net;
 use rng::Rng;
 
-/// The IRQs a device may raise: the PIC's lines but the timer's. Natively there are no others;
-/// under lguest the launcher numbers its devices from 1.
-pub const DEVICE_IRQS: Range<u32> = 1..16;
-
-// ---- Finding the devices ----------------------------------------------------------------------
-
-/// Where a device's registers are, and its interrupt line: one `virtio_mmio.device=` word.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Location {
-    pub base: u64,
-    pub size: u64,
-    pub irq: u32,
-}
-
-impl fmt::Display for Location {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{:#x}, IRQ {}", self.base, self.irq)
-    }
-}
-
-/// The most devices the kernel looks at (QEMU's `microvm` has eight transports).
-const MAX_DEVICES: usize = 8;
-/// The most registers a device may claim: one page is what any virtio device needs.
-const MAX_REGISTERS: u64 = PAGE_SIZE;
-
-/// The devices a command line names.
-pub struct Locations {
-    list: [Location; MAX_DEVICES],
-    len: usize,
-}
-
-impl Locations {
-    pub fn iter(&self) -> impl Iterator<Item = &Location> {
-        self.list[..self.len].iter()
-    }
-}
-
-/// Every `virtio_mmio.device=` word of the command line, or the value of the first that is
-/// not one the kernel can use (malformed, an IRQ outside [`DEVICE_IRQS`], more than a page of
-/// registers, more than [`MAX_DEVICES`] devices).
-pub fn locations(cmdline: &CommandLine) -> Result<Locations, &str> {
-    let mut found = Locations {
-        list: [Location {
-            base: 0,
-            size: 0,
-            irq: 0,
-        }; MAX_DEVICES],
-        len: 0,
-    };
-    for value in cmdline.values("virtio_mmio.device") {
-        let location = parse_location(value).ok_or(value)?;
-        *found.list.get_mut(found.len).ok_or(value)? = location;
-        found.len += 1;
-    }
-    Ok(found)
-}
-
-/// `<size>@<base>:<irq>`, as Linux's virtio_mmio reads it (less its optional `:<id>`): a size
-/// with an optional K, M or G, a base address, an IRQ number in decimal.
-fn parse_location(value: &str) -> Option<Location> {
-    let (size, rest) = value.split_once('@')?;
-    let (base, irq) = rest.split_once(':')?;
-    let location = Location {
-        base: parse_number(base)?,
-        size: parse_size(size)?,
-        irq: irq.parse().ok()?,
-    };
-    let fits = location.size > 0 && location.size <= MAX_REGISTERS;
-    let addressable = location.base.checked_add(location.size).is_some();
-    (fits && addressable && DEVICE_IRQS.contains(&location.irq)).then_some(location)
-}
-
-/// A number with an optional K, M or G after it (binary multiples): Linux's `memparse`.
-fn parse_size(text: &str) -> Option<u64> {
-    let (digits, shift) = match text.as_bytes().last()? {
-        b'K' | b'k' => (&text[..text.len() - 1], 10),
-        b'M' | b'm' => (&text[..text.len() - 1], 20),
-        b'G' | b'g' => (&text[..text.len() - 1], 30),
-        _ => (text, 0),
-    };
-    parse_number(digits)?.checked_mul(1 << shift)
-}
-
-/// A number in hexadecimal after `0x`, else in decimal.
-fn parse_number(text: &str) -> Option<u64> {
-    match text.strip_prefix("0x").or_else(|| text.strip_prefix("0X")) {
-        Some(hex) => u64::from_str_radix(hex, 16).ok(),
-        None => text.parse().ok(),
-    }
-}
-
 // ---- Probing ----------------------------------------------------------------------------------
+//
+// Where the devices are is the command line's word, read by guest-core
+// (`guest-core/src/virtio_mmio.rs`, unit-tested on the host): `kernel_main` asks it for the
+// `Locations` that `probe` takes.
 
 /// The devices the kernel drives: the first of each kind it knows.
 #[derive(Default)]

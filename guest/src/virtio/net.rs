@@ -14,8 +14,8 @@
 use virtio_drivers::device::net::VirtIONetRaw;
 use virtio_drivers::transport::mmio::MmioTransport;
 
-use crate::ping::Mac;
 use crate::virtio::{Acknowledge, Device, DmaBuffer, Error, VirtioHal};
+use guest_core::ping::Mac;
 
 /// Buffers per queue: a power of two, as the crate's queues want.
 const QUEUE_SIZE: usize = 16;

@@ -88,9 +88,10 @@ const TRACKING_HEADINGS: &[&str] = &["what this does not do yet", "status"];
 /// Where the scenarios are listed, and the script that runs the host-side ones.
 const SCENARIO_TABLE: &str = "tests/e2e/src/scenarios/mod.rs";
 const HOST_SCENARIOS: &str = "lguest-dev";
-/// The teaching guest's sources, whose self-tests and command words (`guest-#UD`,
-/// `devices-verify`) are named like scenarios: strings there count as scenario names.
-const GUEST_SOURCES: &str = "guest/src/";
+/// The teaching guest's sources, and guest-core's (its command line is read there), whose
+/// self-tests and command words (`guest-#UD`, `devices-verify`) are named like scenarios:
+/// strings there count as scenario names.
+const GUEST_SOURCES: &[&str] = &["guest/src/", "guest-core/src/"];
 
 /// This program's own directory, whose lists must not count as sources.
 const SELF: &str = "tests/docs-check";
@@ -197,7 +198,8 @@ fn scenarios(root: &Path, tree: &Tree) -> std::io::Result<HashSet<String>> {
         }
     };
     add(&fs::read_to_string(root.join(HOST_SCENARIOS))?);
-    for file in tree.files.iter().filter(|f| f.starts_with(GUEST_SOURCES)) {
+    let in_guest = |f: &&String| GUEST_SOURCES.iter().any(|dir| f.starts_with(dir));
+    for file in tree.files.iter().filter(in_guest) {
         // Only the strings: every other piece of the file is code or comment.
         let text = fs::read_to_string(root.join(file))?;
         for (i, piece) in text.split('"').enumerate() {
