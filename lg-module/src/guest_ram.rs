@@ -59,10 +59,13 @@ impl<M: UserMemory> GuestRam for LauncherRam<'_, M> {
     }
 }
 
-impl<M: UserMemory> GuestPhysRead for LauncherRam<'_, M> {
+/// Any guest RAM as the page-table walker (src/pagewalk.rs) reads it: a u64 at a time.
+pub struct Phys<'a, R>(pub &'a R);
+
+impl<R: GuestRam> GuestPhysRead for Phys<'_, R> {
     fn read_u64(&self, gpa: u64) -> Result<u64, Refusal> {
         let mut bytes = [0u8; 8];
-        self.read(gpa, &mut bytes)?;
+        self.0.read(gpa, &mut bytes)?;
         Ok(u64::from_le_bytes(bytes))
     }
 }
@@ -102,7 +105,7 @@ mod tests {
             ram_bytes: 32,
         };
         assert_eq!(
-            ram.read_u64(8),
+            Phys(&ram).read_u64(8),
             Ok(u64::from_le_bytes([8, 9, 10, 11, 12, 13, 14, 15]))
         );
         assert_eq!(ram.write(24, &[0xaa; 8]), Ok(()));

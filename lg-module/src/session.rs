@@ -16,8 +16,8 @@ use crate::abi::hcall::IRQS;
 use crate::abi::regs::{Reg, Regs};
 use crate::abi::PAGE_SIZE;
 use crate::address::{GuestPhys, LauncherAddr};
-use crate::guest_ram::LauncherRam;
 pub use crate::guest_ram::UserMemory;
+use crate::guest_ram::{LauncherRam, Phys};
 use crate::interrupts::GuestGate;
 use crate::pagewalk;
 
@@ -266,7 +266,7 @@ fn check_initialize(config: &Initialize, user: &impl UserMemory) -> Result<(), R
         base: config.base,
         ram_bytes,
     };
-    match pagewalk::translate(&ram, ram_bytes, config.cr3, config.start_ip)? {
+    match pagewalk::translate(&Phys(&ram), ram_bytes, config.cr3, config.start_ip)? {
         Some(gpa) if gpa < ram_bytes => Ok(()),
         _ => Err(Refusal::OutsideRam),
     }

@@ -1,7 +1,6 @@
 //! Carrying out hypercalls: the guest's `int $0x1f` (decoded and checked by src/hypercall.rs),
 //! and the calls it queued in the asynchronous ring of its lguest_data page, which come first.
 
-use super::memory::Phys;
 use super::page_faults::{phys_layout, shadow_after_flush};
 use super::{interrupts_and_traps, Host, Shadow};
 use crate::abi::data::{
@@ -160,7 +159,7 @@ fn carry_out<O: Shadow, H: Host>(
             guest
                 .owner
                 .switch_to(cr3, flush, &mut |va| {
-                    shadow_after_flush(&Phys(host), host.ram_bytes(), cr3, va, phys)
+                    shadow_after_flush(host, cr3, va, phys)
                 })
                 .map_err(|_| death!("out of memory for shadow page tables"))?;
             guest.cr3 = cr3;
@@ -168,9 +167,9 @@ fn carry_out<O: Shadow, H: Host>(
         }
         Hypercall::FlushTlb { all } => {
             let (cr3, phys) = (guest.cr3, phys_layout(guest));
-            guest.owner.flush(all, &mut |va| {
-                shadow_after_flush(&Phys(host), host.ram_bytes(), cr3, va, phys)
-            });
+            guest
+                .owner
+                .flush(all, &mut |va| shadow_after_flush(host, cr3, va, phys));
             Ok(None)
         }
         Hypercall::SetPte { va } => {

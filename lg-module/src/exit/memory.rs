@@ -10,18 +10,14 @@ use crate::abi::dev::Refusal;
 use crate::abi::exit::MMIO_INSN_MAX;
 use crate::death;
 use crate::death::Death;
-use crate::pagewalk::{self, GuestPhysRead};
+use crate::guest_ram::Phys;
+use crate::pagewalk::{self, GuestPhysRead, Leaf};
 use crate::session::Guest;
 
-/// Guest RAM as the page-table walker reads it.
-pub(super) struct Phys<'a, R>(pub(super) &'a R);
-
-impl<R: GuestRam> GuestPhysRead for Phys<'_, R> {
-    fn read_u64(&self, gpa: u64) -> Result<u64, Refusal> {
-        let mut bytes = [0u8; 8];
-        self.0.read(gpa, &mut bytes)?;
-        Ok(u64::from_le_bytes(bytes))
-    }
+/// The guest's page tables at `cr3`, walked for `va` through guest RAM, every table bounded by
+/// it (src/pagewalk.rs).
+pub(super) fn walk(ram: &impl GuestRam, cr3: u64, va: u64) -> Result<Option<Leaf>, Refusal> {
+    pagewalk::walk(&Phys(ram), ram.ram_bytes(), cr3, va)
 }
 
 /// A word of the guest's lguest_data (0 before LGUEST_INIT).
@@ -63,8 +59,7 @@ fn for_each_page<O>(
     while done < len {
         let at = va.wrapping_add(done as u64);
         let in_page = ((0x1000 - (at & 0xfff)) as usize).min(len - done);
-        let leaf =
-            pagewalk::walk(&Phys(ram), ram.ram_bytes(), guest.cr3, at)?.ok_or(Refusal::Fault)?;
+        let leaf = walk(ram, guest.cr3, at)?.ok_or(Refusal::Fault)?;
         if write && !leaf.writable {
             return Err(Refusal::Fault);
         }

@@ -3,7 +3,7 @@
 //! mapped, a device access handed to the launcher, or the fault given to the guest.
 
 use super::interrupts_and_traps::deliver;
-use super::memory::{fetch_instruction, set_data, Phys};
+use super::memory::{fetch_instruction, set_data, walk};
 use super::{GuestRam, Host, PinFailure, Shadow};
 use crate::abi::data::offset;
 use crate::abi::exit::{ExitRecord, MmioAccess};
@@ -12,7 +12,6 @@ use crate::abi::PAGE_SIZE;
 use crate::address::{GuestPhys, GuestVirt};
 use crate::death;
 use crate::death::Death;
-use crate::pagewalk::{self, GuestPhysRead};
 use crate::session::Guest;
 use crate::shadow::{self, shadow_pte_for, PhysLayout, Unresolved, PF_PRESENT};
 use crate::stats::Fault;
@@ -29,13 +28,12 @@ pub(super) fn phys_layout<O>(guest: &Guest<O>) -> PhysLayout {
 /// What a shadow entry for `va` may hold after a flush of the page tables at `cr3`, as they
 /// say now (`shadow::after_flush`); nothing if they cannot be read.
 pub(super) fn shadow_after_flush(
-    ram: &impl GuestPhysRead,
-    ram_bytes: u64,
+    ram: &impl GuestRam,
     cr3: u64,
     va: u64,
     phys: PhysLayout,
 ) -> Option<(u64, u64)> {
-    let leaf = pagewalk::walk(ram, ram_bytes, cr3, va).ok()?;
+    let leaf = walk(ram, cr3, va).ok()?;
     shadow::after_flush(leaf, phys)
 }
 
@@ -48,7 +46,7 @@ pub(super) fn page_fault<O: Shadow, H: Host>(
     addr: u64,
     error: u64,
 ) -> Result<(Fault, Option<ExitRecord>), Death> {
-    let leaf = pagewalk::walk(&Phys(host), host.ram_bytes(), guest.cr3, addr)
+    let leaf = walk(host, guest.cr3, addr)
         .map_err(|_| death!("page fault at {addr:#x}: the guest's page tables lie outside RAM"))?;
     let mapping = match shadow::decide(addr, error, leaf, phys_layout(guest)) {
         Ok(mapping) => mapping,
